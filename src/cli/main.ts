@@ -1,0 +1,60 @@
+/**
+ * cfs command line. Each command group lives in its own module exporting `register(program)`;
+ * heavy modules are imported lazily inside actions so `cfs` starts fast (mount latency matters).
+ */
+import { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import { CfsError } from '../errors.js';
+import { register as registerFsverity } from './fsverity.js';
+import { register as registerMkcomposefs } from './mkcomposefs.js';
+import { register as registerInfo } from './info.js';
+import { register as registerRepo } from './repo.js';
+import { register as registerOci } from './oci.js';
+import { register as registerMount } from './mount.js';
+
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('cfs')
+    .description('composefs tooling: import OCI images into a composefs repository and mount them')
+    .version(packageVersion())
+    .option('--repo <path>', 'repository path (default: $CFS_REPO, else system repo for root, user repo otherwise)')
+    .option('--user', 'use the user repository ($HOME/.var/lib/composefs)')
+    .option('--system', 'use the system repository (/sysroot/composefs)')
+    .option('--insecure', 'do not require fs-verity on repository objects')
+    .showHelpAfterError(false);
+  registerFsverity(program);
+  registerMkcomposefs(program);
+  registerInfo(program);
+  registerRepo(program);
+  registerOci(program);
+  registerMount(program);
+  return program;
+}
+
+export function reportError(e: unknown): number {
+  if (e instanceof CfsError) {
+    process.stderr.write(`cfs: ${e.message}\n`);
+    return 1;
+  }
+  const err = e as NodeJS.ErrnoException;
+  if (err && typeof err === 'object' && typeof err.code === 'string' && typeof err.message === 'string') {
+    process.stderr.write(`cfs: ${err.message}\n`);
+    return 1;
+  }
+  process.stderr.write(`cfs: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  return 70;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (e) {
+    process.exitCode = reportError(e);
+  }
+}

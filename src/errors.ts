@@ -1,0 +1,41 @@
+/**
+ * Typed errors. Every failure the user can cause maps to a CfsError with a stable code and
+ * a one-line message naming the thing (layer, path, object) and the reason.
+ */
+export type CfsErrorCode =
+  | 'EINVAL' // malformed input (dumpfile line, manifest, tar entry, image)
+  | 'ENOENT' // a named thing does not exist
+  | 'EEXIST'
+  | 'ENOTSUP' // the kernel or filesystem lacks a feature (fs-verity, mount API)
+  | 'EPERM' // privileges missing
+  | 'EIO' // data does not match (digest mismatch, truncated stream)
+  | 'EFBIG' // format limits
+  | 'ERANGE'
+  | 'ELOOP'
+  | 'EBUSY'
+  | 'EDIGEST' // content digest mismatch
+  | 'EPLATFORM' // no manifest for this platform
+  | 'ECORRUPT'; // repository or image structure is damaged
+
+export class CfsError extends Error {
+  readonly code: CfsErrorCode;
+  readonly context: Record<string, string | number>;
+  constructor(code: CfsErrorCode, message: string, context: Record<string, string | number> = {}) {
+    super(message);
+    this.name = 'CfsError';
+    this.code = code;
+    this.context = context;
+  }
+}
+
+export function isCfsError(e: unknown): e is CfsError {
+  return e instanceof CfsError;
+}
+
+/** errno-style code of a Node system error, or undefined. */
+export function errnoCode(e: unknown): string | undefined {
+  if (e && typeof e === 'object' && 'code' in e && typeof (e as { code: unknown }).code === 'string') {
+    return (e as { code: string }).code;
+  }
+  return undefined;
+}
