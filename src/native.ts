@@ -1,7 +1,9 @@
 /**
  * The one gateway to the native addon (native/, node-gyp). The addon is thin: each function is
  * one Linux call; errors come back as Node-style errors with `code` = errno name (e.g. 'ENOTTY',
- * 'EOPNOTSUPP'), `errno` and `syscall`. Policy lives in TypeScript.
+ * 'EOPNOTSUPP'), `errno` (negative, as Node's own errors) and `syscall`; the message reads
+ * "<syscall>[ <path or key>]: <strerror>". Every fd the addon creates is close-on-exec.
+ * Policy lives in TypeScript.
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -11,35 +13,108 @@ export interface NativeAddon {
   // xattrs (never follow symlinks)
   lgetxattr(path: string, name: string): Buffer | null; // null when ENODATA
   llistxattr(path: string): string[]; // names as latin1 strings
-  lsetxattr(path: string, name: string, value: Buffer): void;
+  lsetxattr(path: string, name: string, value: Buffer, flags?: number): void; // flags: XATTR_CREATE/REPLACE
   fgetxattr(fd: number, name: string): Buffer | null;
   flistxattr(fd: number): string[];
   // fs-verity
   fsverityEnable(fd: number, hashAlg: 1 | 2, blockSize: number): void;
   fsverityMeasure(fd: number): { hashAlg: number; digest: Buffer };
   // file creation and copies
-  openTmpfile(dirPath: string, flags: number, mode: number): number; // O_TMPFILE
+  openTmpfile(dirPath: string, flags: number, mode: number): number; // O_TMPFILE added; flags need O_WRONLY or O_RDWR
   linkFd(fd: number, newPath: string): void; // linkat(AT_FDCWD, /proc/self/fd/N, …, AT_SYMLINK_FOLLOW)
   ficlone(destFd: number, srcFd: number): void;
   renameNoReplace(oldPath: string, newPath: string): void; // renameat2(RENAME_NOREPLACE)
   flock(fd: number, op: number): void; // LOCK_SH=1 LOCK_EX=2 LOCK_NB=4 LOCK_UN=8
   syncfs(fd: number): void;
   // new mount API and classic mount calls
-  fsopen(fsType: string, flags: number): number;
+  fsopen(fsType: string, flags: number): number; // FSOPEN_CLOEXEC always added
   fsconfigSetString(fsfd: number, key: string, value: string): void;
   fsconfigSetFlag(fsfd: number, key: string): void;
   fsconfigSetFd(fsfd: number, key: string, fd: number): void;
   fsconfigCreate(fsfd: number): void;
-  fsmount(fsfd: number, flags: number, attrFlags: number): number;
+  fsmount(fsfd: number, flags: number, attrFlags: number): number; // FSMOUNT_CLOEXEC always added
   moveMount(fromFd: number, fromPath: string, toFd: number, toPath: string, flags: number): void;
-  openTree(dirfd: number, path: string, flags: number): number;
+  openTree(dirfd: number, path: string, flags: number): number; // OPEN_TREE_CLOEXEC always added
+  mountSetattr(
+    dirfd: number,
+    path: string,
+    flags: number,
+    attrSet: number,
+    attrClr: number,
+    propagation: number,
+    usernsFd: number,
+  ): void;
   mount(source: string | null, target: string, fsType: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
   // directories and fds
-  openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
+  openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number; // O_CLOEXEC added
   // SCM_RIGHTS over a connected unix socket fd
-  sendFds(sockFd: number, data: Buffer, fds: number[]): number;
-  recvFds(sockFd: number, maxData: number, maxFds: number): { data: Buffer; fds: number[] } | null; // null on EAGAIN
+  socketpair(): [number, number]; // AF_UNIX SOCK_STREAM
+  sendFds(sockFd: number, data: Buffer, fds: number[]): number; // empty data is sent as one 0 byte
+  recvFds(sockFd: number, maxData: number, maxFds: number): RecvFdsResult | null; // MSG_DONTWAIT; null on EAGAIN
+  constants: NativeConstants;
+}
+
+export interface RecvFdsResult {
+  data: Buffer; // empty at end of stream
+  fds: number[];
+  truncated: boolean; // MSG_TRUNC or MSG_CTRUNC: data or fds were cut off
+}
+
+/** Kernel constants the TypeScript side needs, taken from the C headers at build time. */
+export interface NativeConstants {
+  O_TMPFILE: number;
+  O_PATH: number;
+  O_DIRECTORY: number;
+  O_NOFOLLOW: number;
+  O_CLOEXEC: number;
+  O_RDONLY: number;
+  O_WRONLY: number;
+  O_RDWR: number;
+  AT_FDCWD: number;
+  AT_EMPTY_PATH: number;
+  AT_SYMLINK_FOLLOW: number;
+  AT_SYMLINK_NOFOLLOW: number;
+  AT_RECURSIVE: number;
+  FSOPEN_CLOEXEC: number;
+  FSMOUNT_CLOEXEC: number;
+  MOVE_MOUNT_F_SYMLINKS: number;
+  MOVE_MOUNT_F_AUTOMOUNTS: number;
+  MOVE_MOUNT_F_EMPTY_PATH: number;
+  MOVE_MOUNT_T_SYMLINKS: number;
+  MOVE_MOUNT_T_AUTOMOUNTS: number;
+  MOVE_MOUNT_T_EMPTY_PATH: number;
+  MOUNT_ATTR_RDONLY: number;
+  MOUNT_ATTR_NOSUID: number;
+  MOUNT_ATTR_NODEV: number;
+  MOUNT_ATTR_NOEXEC: number;
+  MOUNT_ATTR_IDMAP: number;
+  OPEN_TREE_CLONE: number;
+  OPEN_TREE_CLOEXEC: number;
+  MNT_FORCE: number;
+  MNT_DETACH: number;
+  MNT_EXPIRE: number;
+  UMOUNT_NOFOLLOW: number;
+  MS_RDONLY: number;
+  MS_NOSUID: number;
+  MS_NODEV: number;
+  MS_NOEXEC: number;
+  MS_BIND: number;
+  MS_REC: number;
+  MS_PRIVATE: number;
+  MS_SLAVE: number;
+  RESOLVE_NO_XDEV: number;
+  RESOLVE_NO_MAGICLINKS: number;
+  RESOLVE_NO_SYMLINKS: number;
+  RESOLVE_BENEATH: number;
+  RESOLVE_IN_ROOT: number;
+  RESOLVE_CACHED: number;
+  LOCK_SH: number;
+  LOCK_EX: number;
+  LOCK_NB: number;
+  LOCK_UN: number;
+  XATTR_CREATE: number;
+  XATTR_REPLACE: number;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));

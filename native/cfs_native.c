@@ -1,0 +1,754 @@
+/*
+ * cfs native addon: thin N-API wrappers around Linux calls Node does not expose.
+ * Each export is one system call; policy lives in TypeScript (src/native.ts).
+ *
+ * Errors: a JS Error with .code = errno name ('ENOENT', 'EOPNOTSUPP', …), .errno = negative
+ * errno (as Node does), .syscall = the call name, message "<syscall>[ <what>]: <strerror>".
+ * Every fd the addon creates is close-on-exec.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <linux/fs.h>
+#include <linux/fsverity.h>
+#include <linux/openat2.h>
+
+#include <node_api.h>
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+
+#define MAX_ARGS 8
+#define MAX_STRS 4
+#define MAX_DIGEST 64
+#define MAX_FDS 253 /* SCM_MAX_FD */
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static void set_prop_str(napi_env env, napi_value obj, const char *key, const char *val) {
+  napi_value v;
+  if (napi_create_string_utf8(env, val, NAPI_AUTO_LENGTH, &v) == napi_ok) napi_set_named_property(env, obj, key, v);
+}
+
+/* Throws an errno error; returns NULL so callers can `return throw_errno(...)`. */
+static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *what) {
+  const char *name = strerrorname_np(err);
+  char code_buf[16];
+  if (!name) {
+    snprintf(code_buf, sizeof code_buf, "E%d", err);
+    name = code_buf;
+  }
+  char msg[512];
+  if (what && *what)
+    snprintf(msg, sizeof msg, "%s %s: %s", syscall, what, strerror(err));
+  else
+    snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
+  napi_value jmsg, jerr, jerrno;
+  if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg) != napi_ok) return NULL;
+  if (napi_create_error(env, NULL, jmsg, &jerr) != napi_ok) return NULL;
+  set_prop_str(env, jerr, "code", name);
+  set_prop_str(env, jerr, "syscall", syscall);
+  if (napi_create_int32(env, -err, &jerrno) == napi_ok) napi_set_named_property(env, jerr, "errno", jerrno);
+  napi_throw(env, jerr);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *fn, size_t idx, const char *expected) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "%s: argument %zu must be %s", fn, idx + 1, expected);
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+/* ---- argument helpers ------------------------------------------------------------------ */
+
+typedef struct {
+  napi_env env;
+  const char *fn;
+  size_t argc;
+  napi_value argv[MAX_ARGS];
+  char *strs[MAX_STRS];
+  int nstrs;
+  int failed; /* an exception is pending */
+} call_t;
+
+static void call_init(call_t *c, napi_env env, napi_callback_info info, const char *fn) {
+  memset(c, 0, sizeof *c);
+  c->env = env;
+  c->fn = fn;
+  c->argc = MAX_ARGS;
+  if (napi_get_cb_info(env, info, &c->argc, c->argv, NULL, NULL) != napi_ok) c->failed = 1;
+}
+
+static void call_free(call_t *c) {
+  for (int i = 0; i < c->nstrs; i++) free(c->strs[i]);
+}
+
+static int64_t arg_int(call_t *c, size_t i) {
+  int64_t v = 0;
+  if (c->failed) return 0;
+  if (i >= c->argc || napi_get_value_int64(c->env, c->argv[i], &v) != napi_ok) {
+    throw_type(c->env, c->fn, i, "a number");
+    c->failed = 1;
+  }
+  return v;
+}
+
+static int arg_is_nullish(call_t *c, size_t i) {
+  napi_valuetype t;
+  if (i >= c->argc) return 1;
+  if (napi_typeof(c->env, c->argv[i], &t) != napi_ok) return 0;
+  return t == napi_null || t == napi_undefined;
+}
+
+/* UTF-8 string argument; NULL for null/undefined when nullable. */
+static const char *arg_str(call_t *c, size_t i, int nullable) {
+  size_t len = 0;
+  if (c->failed) return NULL;
+  if (nullable && arg_is_nullish(c, i)) return NULL;
+  if (i >= c->argc || c->nstrs >= MAX_STRS ||
+      napi_get_value_string_utf8(c->env, c->argv[i], NULL, 0, &len) != napi_ok) {
+    throw_type(c->env, c->fn, i, nullable ? "a string or null" : "a string");
+    c->failed = 1;
+    return NULL;
+  }
+  char *s = malloc(len + 1);
+  if (!s) {
+    throw_errno(c->env, ENOMEM, c->fn, NULL);
+    c->failed = 1;
+    return NULL;
+  }
+  napi_get_value_string_utf8(c->env, c->argv[i], s, len + 1, &len);
+  c->strs[c->nstrs++] = s;
+  return s;
+}
+
+static void *arg_buf(call_t *c, size_t i, size_t *len) {
+  void *data = NULL;
+  bool ok = false;
+  *len = 0;
+  if (c->failed) return NULL;
+  if (i >= c->argc || napi_is_buffer(c->env, c->argv[i], &ok) != napi_ok || !ok ||
+      napi_get_buffer_info(c->env, c->argv[i], &data, len) != napi_ok) {
+    throw_type(c->env, c->fn, i, "a Buffer");
+    c->failed = 1;
+    return NULL;
+  }
+  return data;
+}
+
+static napi_value undefined(napi_env env) {
+  napi_value v;
+  napi_get_undefined(env, &v);
+  return v;
+}
+
+static napi_value null_value(napi_env env) {
+  napi_value v;
+  napi_get_null(env, &v);
+  return v;
+}
+
+static napi_value int_value(napi_env env, int64_t n) {
+  napi_value v;
+  napi_create_int64(env, n, &v);
+  return v;
+}
+
+static napi_value buffer_copy(napi_env env, const void *data, size_t len) {
+  napi_value v;
+  void *out;
+  if (napi_create_buffer_copy(env, len, len ? data : "", &out, &v) != napi_ok) return NULL;
+  return v;
+}
+
+/* Result helpers: on rc < 0 throw errno, else return undefined / the number. */
+#define RETURN_VOID(c, rc, sys, what)                                  \
+  do {                                                                 \
+    int e_ = errno;                                                    \
+    napi_value r_ = (rc) < 0 ? throw_errno((c)->env, e_, sys, what) : undefined((c)->env); \
+    call_free(c);                                                      \
+    return r_;                                                         \
+  } while (0)
+
+#define RETURN_INT(c, rc, sys, what)                                   \
+  do {                                                                 \
+    int e_ = errno;                                                    \
+    napi_value r_ = (rc) < 0 ? throw_errno((c)->env, e_, sys, what) : int_value((c)->env, rc); \
+    call_free(c);                                                      \
+    return r_;                                                         \
+  } while (0)
+
+#define BAIL_IF_FAILED(c) \
+  do {                    \
+    if ((c)->failed) {    \
+      call_free(c);       \
+      return NULL;        \
+    }                     \
+  } while (0)
+
+/* ---- xattrs ---------------------------------------------------------------------------- */
+
+/* get: (path or fd) -> Buffer, null on ENODATA. Retries when the value grows between calls. */
+static napi_value xattr_get(call_t *c, const char *path, int fd, const char *name) {
+  const char *sys = path ? "lgetxattr" : "fgetxattr";
+  for (;;) {
+    ssize_t n = path ? lgetxattr(path, name, NULL, 0) : fgetxattr(fd, name, NULL, 0);
+    if (n < 0) break;
+    char *buf = malloc(n ? (size_t)n : 1);
+    if (!buf) {
+      errno = ENOMEM;
+      break;
+    }
+    ssize_t m = path ? lgetxattr(path, name, buf, n) : fgetxattr(fd, name, buf, n);
+    if (m < 0) {
+      int e = errno;
+      free(buf);
+      errno = e;
+      if (e == ERANGE) continue;
+      break;
+    }
+    napi_value r = buffer_copy(c->env, buf, (size_t)m);
+    free(buf);
+    call_free(c);
+    return r;
+  }
+  int e = errno;
+  napi_value r = e == ENODATA ? null_value(c->env) : throw_errno(c->env, e, sys, path ? path : name);
+  call_free(c);
+  return r;
+}
+
+static napi_value xattr_list(call_t *c, const char *path, int fd) {
+  const char *sys = path ? "llistxattr" : "flistxattr";
+  for (;;) {
+    ssize_t n = path ? llistxattr(path, NULL, 0) : flistxattr(fd, NULL, 0);
+    if (n < 0) break;
+    char *buf = malloc(n ? (size_t)n : 1);
+    if (!buf) {
+      errno = ENOMEM;
+      break;
+    }
+    ssize_t m = path ? llistxattr(path, buf, n) : flistxattr(fd, buf, n);
+    if (m < 0) {
+      int e = errno;
+      free(buf);
+      errno = e;
+      if (e == ERANGE) continue;
+      break;
+    }
+    napi_value arr;
+    napi_create_array(c->env, &arr);
+    uint32_t idx = 0;
+    for (ssize_t off = 0; off < m;) {
+      size_t len = strnlen(buf + off, (size_t)(m - off));
+      napi_value s;
+      napi_create_string_latin1(c->env, buf + off, len, &s);
+      napi_set_element(c->env, arr, idx++, s);
+      off += (ssize_t)len + 1;
+    }
+    free(buf);
+    call_free(c);
+    return arr;
+  }
+  int e = errno;
+  napi_value r = throw_errno(c->env, e, sys, path);
+  call_free(c);
+  return r;
+}
+
+static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "lgetxattr");
+  const char *path = arg_str(&c, 0, 0);
+  const char *name = arg_str(&c, 1, 0);
+  BAIL_IF_FAILED(&c);
+  return xattr_get(&c, path, -1, name);
+}
+
+static napi_value js_fgetxattr(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fgetxattr");
+  int fd = (int)arg_int(&c, 0);
+  const char *name = arg_str(&c, 1, 0);
+  BAIL_IF_FAILED(&c);
+  return xattr_get(&c, NULL, fd, name);
+}
+
+static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "llistxattr");
+  const char *path = arg_str(&c, 0, 0);
+  BAIL_IF_FAILED(&c);
+  return xattr_list(&c, path, -1);
+}
+
+static napi_value js_flistxattr(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "flistxattr");
+  int fd = (int)arg_int(&c, 0);
+  BAIL_IF_FAILED(&c);
+  return xattr_list(&c, NULL, fd);
+}
+
+/* lsetxattr(path, name, value, flags = 0) */
+static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "lsetxattr");
+  const char *path = arg_str(&c, 0, 0);
+  const char *name = arg_str(&c, 1, 0);
+  size_t len;
+  void *val = arg_buf(&c, 2, &len);
+  int flags = arg_is_nullish(&c, 3) ? 0 : (int)arg_int(&c, 3);
+  BAIL_IF_FAILED(&c);
+  int rc = lsetxattr(path, name, len ? val : "", len, flags);
+  RETURN_VOID(&c, rc, "lsetxattr", path);
+}
+
+/* ---- fs-verity ------------------------------------------------------------------------- */
+
+static napi_value js_fsverity_enable(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fsverityEnable");
+  int fd = (int)arg_int(&c, 0);
+  uint32_t alg = (uint32_t)arg_int(&c, 1);
+  uint32_t block = (uint32_t)arg_int(&c, 2);
+  BAIL_IF_FAILED(&c);
+  struct fsverity_enable_arg arg;
+  memset(&arg, 0, sizeof arg);
+  arg.version = 1;
+  arg.hash_algorithm = alg;
+  arg.block_size = block;
+  int rc = ioctl(fd, FS_IOC_ENABLE_VERITY, &arg);
+  RETURN_VOID(&c, rc, "ioctl FS_IOC_ENABLE_VERITY", NULL);
+}
+
+static napi_value js_fsverity_measure(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fsverityMeasure");
+  int fd = (int)arg_int(&c, 0);
+  BAIL_IF_FAILED(&c);
+  struct {
+    struct fsverity_digest d;
+    uint8_t buf[MAX_DIGEST];
+  } m;
+  memset(&m, 0, sizeof m);
+  m.d.digest_size = MAX_DIGEST;
+  if (ioctl(fd, FS_IOC_MEASURE_VERITY, &m) < 0) {
+    int e = errno;
+    call_free(&c);
+    return throw_errno(env, e, "ioctl FS_IOC_MEASURE_VERITY", NULL);
+  }
+  napi_value obj;
+  napi_create_object(env, &obj);
+  napi_set_named_property(env, obj, "hashAlg", int_value(env, m.d.digest_algorithm));
+  napi_set_named_property(env, obj, "digest", buffer_copy(env, m.d.digest, m.d.digest_size));
+  call_free(&c);
+  return obj;
+}
+
+/* ---- files ----------------------------------------------------------------------------- */
+
+static napi_value js_open_tmpfile(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "openTmpfile");
+  const char *dir = arg_str(&c, 0, 0);
+  int flags = (int)arg_int(&c, 1);
+  int mode = (int)arg_int(&c, 2);
+  BAIL_IF_FAILED(&c);
+  int fd = open(dir, flags | O_TMPFILE | O_CLOEXEC, (mode_t)mode);
+  RETURN_INT(&c, fd, "open O_TMPFILE", dir);
+}
+
+static napi_value js_link_fd(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "linkFd");
+  int fd = (int)arg_int(&c, 0);
+  const char *newpath = arg_str(&c, 1, 0);
+  BAIL_IF_FAILED(&c);
+  char proc[64];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  int rc = linkat(AT_FDCWD, proc, AT_FDCWD, newpath, AT_SYMLINK_FOLLOW);
+  RETURN_VOID(&c, rc, "linkat", newpath);
+}
+
+static napi_value js_ficlone(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "ficlone");
+  int dst = (int)arg_int(&c, 0);
+  int src = (int)arg_int(&c, 1);
+  BAIL_IF_FAILED(&c);
+  int rc = ioctl(dst, FICLONE, src);
+  RETURN_VOID(&c, rc, "ioctl FICLONE", NULL);
+}
+
+static napi_value js_rename_noreplace(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "renameNoReplace");
+  const char *oldp = arg_str(&c, 0, 0);
+  const char *newp = arg_str(&c, 1, 0);
+  BAIL_IF_FAILED(&c);
+  int rc = (int)syscall(SYS_renameat2, AT_FDCWD, oldp, AT_FDCWD, newp, RENAME_NOREPLACE);
+  RETURN_VOID(&c, rc, "renameat2", newp);
+}
+
+static napi_value js_flock(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "flock");
+  int fd = (int)arg_int(&c, 0);
+  int op = (int)arg_int(&c, 1);
+  BAIL_IF_FAILED(&c);
+  int rc = flock(fd, op);
+  RETURN_VOID(&c, rc, "flock", NULL);
+}
+
+static napi_value js_syncfs(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "syncfs");
+  int fd = (int)arg_int(&c, 0);
+  BAIL_IF_FAILED(&c);
+  int rc = syncfs(fd);
+  RETURN_VOID(&c, rc, "syncfs", NULL);
+}
+
+/* openat2(dirfd, path, flags, mode, resolve); O_CLOEXEC is always added. */
+static napi_value js_openat2(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "openat2");
+  int dirfd = (int)arg_int(&c, 0);
+  const char *path = arg_str(&c, 1, 0);
+  int64_t flags = arg_int(&c, 2);
+  int64_t mode = arg_int(&c, 3);
+  int64_t resolve = arg_int(&c, 4);
+  BAIL_IF_FAILED(&c);
+  struct open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = (uint64_t)flags | O_CLOEXEC;
+  how.mode = (uint64_t)mode;
+  how.resolve = (uint64_t)resolve;
+  int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+  RETURN_INT(&c, fd, "openat2", path);
+}
+
+/* ---- mounts ---------------------------------------------------------------------------- */
+
+static napi_value js_fsopen(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fsopen");
+  const char *type = arg_str(&c, 0, 0);
+  unsigned flags = (unsigned)arg_int(&c, 1);
+  BAIL_IF_FAILED(&c);
+  int fd = (int)syscall(SYS_fsopen, type, flags | FSOPEN_CLOEXEC);
+  RETURN_INT(&c, fd, "fsopen", type);
+}
+
+static int do_fsconfig(int fd, unsigned cmd, const char *key, const void *value, int aux) {
+  return (int)syscall(SYS_fsconfig, fd, cmd, key, value, aux);
+}
+
+static napi_value js_fsconfig_set_string(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fsconfigSetString");
+  int fd = (int)arg_int(&c, 0);
+  const char *key = arg_str(&c, 1, 0);
+  const char *val = arg_str(&c, 2, 0);
+  BAIL_IF_FAILED(&c);
+  int rc = do_fsconfig(fd, FSCONFIG_SET_STRING, key, val, 0);
+  RETURN_VOID(&c, rc, "fsconfig", key);
+}
+
+static napi_value js_fsconfig_set_flag(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fsconfigSetFlag");
+  int fd = (int)arg_int(&c, 0);
+  const char *key = arg_str(&c, 1, 0);
+  BAIL_IF_FAILED(&c);
+  int rc = do_fsconfig(fd, FSCONFIG_SET_FLAG, key, NULL, 0);
+  RETURN_VOID(&c, rc, "fsconfig", key);
+}
+
+static napi_value js_fsconfig_set_fd(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fsconfigSetFd");
+  int fd = (int)arg_int(&c, 0);
+  const char *key = arg_str(&c, 1, 0);
+  int vfd = (int)arg_int(&c, 2);
+  BAIL_IF_FAILED(&c);
+  int rc = do_fsconfig(fd, FSCONFIG_SET_FD, key, NULL, vfd);
+  RETURN_VOID(&c, rc, "fsconfig", key);
+}
+
+static napi_value js_fsconfig_create(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fsconfigCreate");
+  int fd = (int)arg_int(&c, 0);
+  BAIL_IF_FAILED(&c);
+  int rc = do_fsconfig(fd, FSCONFIG_CMD_CREATE, NULL, NULL, 0);
+  RETURN_VOID(&c, rc, "fsconfig", "create");
+}
+
+static napi_value js_fsmount(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fsmount");
+  int fd = (int)arg_int(&c, 0);
+  unsigned flags = (unsigned)arg_int(&c, 1);
+  unsigned attrs = (unsigned)arg_int(&c, 2);
+  BAIL_IF_FAILED(&c);
+  int mfd = (int)syscall(SYS_fsmount, fd, flags | FSMOUNT_CLOEXEC, attrs);
+  RETURN_INT(&c, mfd, "fsmount", NULL);
+}
+
+static napi_value js_move_mount(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "moveMount");
+  int from_fd = (int)arg_int(&c, 0);
+  const char *from = arg_str(&c, 1, 0);
+  int to_fd = (int)arg_int(&c, 2);
+  const char *to = arg_str(&c, 3, 0);
+  unsigned flags = (unsigned)arg_int(&c, 4);
+  BAIL_IF_FAILED(&c);
+  int rc = (int)syscall(SYS_move_mount, from_fd, from, to_fd, to, flags);
+  RETURN_VOID(&c, rc, "move_mount", to);
+}
+
+static napi_value js_open_tree(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "openTree");
+  int dirfd = (int)arg_int(&c, 0);
+  const char *path = arg_str(&c, 1, 0);
+  unsigned flags = (unsigned)arg_int(&c, 2);
+  BAIL_IF_FAILED(&c);
+  int fd = (int)syscall(SYS_open_tree, dirfd, path, flags | OPEN_TREE_CLOEXEC);
+  RETURN_INT(&c, fd, "open_tree", path);
+}
+
+/* mountSetattr(dirfd, path, flags, attrSet, attrClr, propagation, usernsFd) */
+static napi_value js_mount_setattr(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "mountSetattr");
+  int dirfd = (int)arg_int(&c, 0);
+  const char *path = arg_str(&c, 1, 0);
+  unsigned flags = (unsigned)arg_int(&c, 2);
+  struct mount_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.attr_set = (uint64_t)arg_int(&c, 3);
+  attr.attr_clr = (uint64_t)arg_int(&c, 4);
+  attr.propagation = (uint64_t)arg_int(&c, 5);
+  attr.userns_fd = (uint64_t)arg_int(&c, 6);
+  BAIL_IF_FAILED(&c);
+  int rc = (int)syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof attr);
+  RETURN_VOID(&c, rc, "mount_setattr", path);
+}
+
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "mount");
+  const char *src = arg_str(&c, 0, 1);
+  const char *target = arg_str(&c, 1, 0);
+  const char *type = arg_str(&c, 2, 1);
+  unsigned long flags = (unsigned long)arg_int(&c, 3);
+  const char *data = arg_str(&c, 4, 1);
+  BAIL_IF_FAILED(&c);
+  int rc = mount(src, target, type, flags, data);
+  RETURN_VOID(&c, rc, "mount", target);
+}
+
+static napi_value js_umount2(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "umount2");
+  const char *target = arg_str(&c, 0, 0);
+  int flags = (int)arg_int(&c, 1);
+  BAIL_IF_FAILED(&c);
+  int rc = umount2(target, flags);
+  RETURN_VOID(&c, rc, "umount2", target);
+}
+
+/* ---- unix sockets and fd passing ------------------------------------------------------- */
+
+static napi_value js_socketpair(napi_env env, napi_callback_info info) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return throw_errno(env, errno, "socketpair", NULL);
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, int_value(env, sv[0]));
+  napi_set_element(env, arr, 1, int_value(env, sv[1]));
+  return arr;
+}
+
+static napi_value js_send_fds(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "sendFds");
+  int sock = (int)arg_int(&c, 0);
+  size_t len;
+  void *data = arg_buf(&c, 1, &len);
+  bool is_arr = false;
+  uint32_t nfds = 0;
+  if (!c.failed && (c.argc < 3 || napi_is_array(env, c.argv[2], &is_arr) != napi_ok || !is_arr ||
+                    napi_get_array_length(env, c.argv[2], &nfds) != napi_ok || nfds > MAX_FDS)) {
+    throw_type(env, c.fn, 2, "an array of at most 253 fds");
+    c.failed = 1;
+  }
+  BAIL_IF_FAILED(&c);
+  int fds[MAX_FDS];
+  for (uint32_t i = 0; i < nfds; i++) {
+    napi_value v;
+    napi_get_element(env, c.argv[2], i, &v);
+    if (napi_get_value_int32(env, v, &fds[i]) != napi_ok) {
+      call_free(&c);
+      return throw_type(env, c.fn, 2, "an array of fd numbers");
+    }
+  }
+  /* A zero-length stream message would carry no fds: always send at least one byte. */
+  char zero = 0;
+  struct iovec iov = {.iov_base = len ? data : &zero, .iov_len = len ? len : 1};
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+  } ctl;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (nfds) {
+    memset(&ctl, 0, sizeof ctl);
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+  }
+  ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  RETURN_INT(&c, n, "sendmsg", NULL);
+}
+
+/* recvFds(sock, maxData, maxFds) -> {data, fds} | null when nothing is ready (EAGAIN). */
+static napi_value js_recv_fds(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "recvFds");
+  int sock = (int)arg_int(&c, 0);
+  int64_t max_data = arg_int(&c, 1);
+  int64_t max_fds = arg_int(&c, 2);
+  BAIL_IF_FAILED(&c);
+  call_free(&c);
+  if (max_data < 1 || max_data > (1 << 24) || max_fds < 0 || max_fds > MAX_FDS)
+    return throw_errno(env, EINVAL, "recvmsg", "maxData/maxFds out of range");
+  char *data = malloc((size_t)max_data);
+  if (!data) return throw_errno(env, ENOMEM, "recvmsg", NULL);
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+  } ctl;
+  struct iovec iov = {.iov_base = data, .iov_len = (size_t)max_data};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctl.buf;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)(max_fds ? max_fds : 1));
+  ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (n < 0) {
+    int e = errno;
+    free(data);
+    if (e == EAGAIN) return null_value(env);
+    return throw_errno(env, e, "recvmsg", NULL);
+  }
+  napi_value fds;
+  napi_create_array(env, &fds);
+  uint32_t k = 0;
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    size_t cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int got[MAX_FDS];
+    memcpy(got, CMSG_DATA(cm), cnt * sizeof(int));
+    for (size_t i = 0; i < cnt; i++) napi_set_element(env, fds, k++, int_value(env, got[i]));
+  }
+  napi_value obj;
+  napi_create_object(env, &obj);
+  napi_set_named_property(env, obj, "data", buffer_copy(env, data, (size_t)n));
+  napi_set_named_property(env, obj, "fds", fds);
+  napi_value trunc;
+  napi_get_boolean(env, (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) != 0, &trunc);
+  napi_set_named_property(env, obj, "truncated", trunc);
+  free(data);
+  return obj;
+}
+
+/* ---- module ---------------------------------------------------------------------------- */
+
+#define FN(name, cb) {name, NULL, cb, NULL, NULL, NULL, napi_enumerable, NULL}
+
+static void add_const(napi_env env, napi_value obj, const char *name, int64_t v) {
+  napi_set_named_property(env, obj, name, int_value(env, v));
+}
+
+static napi_value make_constants(napi_env env) {
+  napi_value k;
+  napi_create_object(env, &k);
+#define C(n) add_const(env, k, #n, (int64_t)(n))
+  C(O_TMPFILE); C(O_PATH); C(O_DIRECTORY); C(O_NOFOLLOW); C(O_CLOEXEC); C(O_RDONLY); C(O_WRONLY); C(O_RDWR);
+  C(AT_FDCWD); C(AT_EMPTY_PATH); C(AT_SYMLINK_FOLLOW); C(AT_SYMLINK_NOFOLLOW); C(AT_RECURSIVE);
+  C(FSOPEN_CLOEXEC); C(FSMOUNT_CLOEXEC);
+  C(MOVE_MOUNT_F_SYMLINKS); C(MOVE_MOUNT_F_AUTOMOUNTS); C(MOVE_MOUNT_F_EMPTY_PATH);
+  C(MOVE_MOUNT_T_SYMLINKS); C(MOVE_MOUNT_T_AUTOMOUNTS); C(MOVE_MOUNT_T_EMPTY_PATH);
+  C(MOUNT_ATTR_RDONLY); C(MOUNT_ATTR_NOSUID); C(MOUNT_ATTR_NODEV); C(MOUNT_ATTR_NOEXEC); C(MOUNT_ATTR_IDMAP);
+  C(OPEN_TREE_CLONE); C(OPEN_TREE_CLOEXEC);
+  C(MNT_FORCE); C(MNT_DETACH); C(MNT_EXPIRE); C(UMOUNT_NOFOLLOW);
+  C(MS_RDONLY); C(MS_NOSUID); C(MS_NODEV); C(MS_NOEXEC); C(MS_BIND); C(MS_REC); C(MS_PRIVATE); C(MS_SLAVE);
+  C(RESOLVE_NO_XDEV); C(RESOLVE_NO_MAGICLINKS); C(RESOLVE_NO_SYMLINKS); C(RESOLVE_BENEATH); C(RESOLVE_IN_ROOT);
+  C(RESOLVE_CACHED);
+  C(LOCK_SH); C(LOCK_EX); C(LOCK_NB); C(LOCK_UN);
+  C(XATTR_CREATE); C(XATTR_REPLACE);
+#undef C
+  return k;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      FN("lgetxattr", js_lgetxattr),
+      FN("llistxattr", js_llistxattr),
+      FN("lsetxattr", js_lsetxattr),
+      FN("fgetxattr", js_fgetxattr),
+      FN("flistxattr", js_flistxattr),
+      FN("fsverityEnable", js_fsverity_enable),
+      FN("fsverityMeasure", js_fsverity_measure),
+      FN("openTmpfile", js_open_tmpfile),
+      FN("linkFd", js_link_fd),
+      FN("ficlone", js_ficlone),
+      FN("renameNoReplace", js_rename_noreplace),
+      FN("flock", js_flock),
+      FN("syncfs", js_syncfs),
+      FN("fsopen", js_fsopen),
+      FN("fsconfigSetString", js_fsconfig_set_string),
+      FN("fsconfigSetFlag", js_fsconfig_set_flag),
+      FN("fsconfigSetFd", js_fsconfig_set_fd),
+      FN("fsconfigCreate", js_fsconfig_create),
+      FN("fsmount", js_fsmount),
+      FN("moveMount", js_move_mount),
+      FN("openTree", js_open_tree),
+      FN("mountSetattr", js_mount_setattr),
+      FN("mount", js_mount),
+      FN("umount2", js_umount2),
+      FN("openat2", js_openat2),
+      FN("socketpair", js_socketpair),
+      FN("sendFds", js_send_fds),
+      FN("recvFds", js_recv_fds),
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_set_named_property(env, exports, "constants", make_constants(env));
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

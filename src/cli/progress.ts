@@ -1,0 +1,90 @@
+/**
+ * Renders ProgressSink events: per-layer bars (bytes, rate, ETA) on a TTY, one line per finished
+ * layer otherwise, nothing with --quiet. Output goes to stderr so stdout stays machine-readable.
+ */
+import cliProgress from 'cli-progress';
+import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
+
+function shortId(id: string): string {
+  const hex = id.includes(':') ? id.slice(id.indexOf(':') + 1) : id;
+  return hex.slice(0, 12);
+}
+
+function humanBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`;
+}
+
+class LineProgress implements ProgressSink {
+  private readonly startedAt = new Map<string, number>();
+  started(id: string): void {
+    this.startedAt.set(id, Date.now());
+  }
+  progress(): void {}
+  skipped(id: string): void {
+    process.stderr.write(`${shortId(id)}: already present\n`);
+  }
+  done(id: string, transferred: number): void {
+    const ms = Date.now() - (this.startedAt.get(id) ?? Date.now());
+    process.stderr.write(`${shortId(id)}: ${humanBytes(transferred)} in ${(ms / 1000).toFixed(2)} s\n`);
+  }
+  message(text: string): void {
+    process.stderr.write(`${text}\n`);
+  }
+}
+
+class BarProgress implements ProgressSink {
+  private readonly multi = new cliProgress.MultiBar(
+    {
+      format: '{id} [{bar}] {percentage}% | {value_h}/{total_h} | {rate} | ETA {eta_formatted}',
+      hideCursor: true,
+      clearOnComplete: false,
+      stopOnComplete: false,
+      etaBuffer: 50,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  private readonly bars = new Map<string, { bar: cliProgress.SingleBar; start: number; total: number }>();
+  private active = 0;
+
+  private payload(id: string, value: number, total: number, start: number): Record<string, string> {
+    const secs = Math.max((Date.now() - start) / 1000, 0.001);
+    return { id: shortId(id), value_h: humanBytes(value), total_h: total ? humanBytes(total) : '?', rate: `${humanBytes(value / secs)}/s` };
+  }
+  started(id: string, total: number | null): void {
+    const t = total ?? 0;
+    const start = Date.now();
+    const bar = this.multi.create(t || 1, 0, this.payload(id, 0, t, start));
+    this.bars.set(id, { bar, start, total: t });
+    this.active++;
+  }
+  progress(id: string, fetched: number): void {
+    const b = this.bars.get(id);
+    if (b) b.bar.update(fetched, this.payload(id, fetched, b.total, b.start));
+  }
+  skipped(id: string): void {
+    this.multi.log(`${shortId(id)}: already present\n`);
+  }
+  done(id: string, transferred: number): void {
+    const b = this.bars.get(id);
+    if (!b) return;
+    b.bar.update(b.total || 1, this.payload(id, transferred, b.total || transferred, b.start));
+    b.bar.stop();
+    if (--this.active === 0) this.multi.stop();
+  }
+  message(text: string): void {
+    if (this.active > 0) this.multi.log(`${text}\n`);
+    else process.stderr.write(`${text}\n`);
+  }
+}
+
+export function progressFor(opts: { quiet?: boolean }): ProgressSink {
+  if (opts.quiet) return NO_PROGRESS;
+  return process.stderr.isTTY ? new BarProgress() : new LineProgress();
+}

@@ -1,0 +1,79 @@
+/**
+ * /proc/self/mountinfo parser (proc(5)): one line per mount,
+ *   ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE SUPEROPTIONS
+ * where space, tab, newline and backslash inside fields are written as octal escapes (\040…).
+ */
+import { readFileSync, realpathSync } from 'node:fs';
+import path from 'node:path';
+
+export interface MountInfo {
+  mountId: number;
+  parentId: number;
+  device: string; // major:minor
+  root: string;
+  mountpoint: string;
+  options: string; // per-mount options
+  optional: string[]; // shared:N, master:N, …
+  fsType: string;
+  source: string;
+  superOptions: string;
+}
+
+const MOUNTINFO = '/proc/self/mountinfo';
+
+function unescape(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** Parse mountinfo text; lines that do not have the documented shape are skipped. */
+export function parseMountinfo(text: string): MountInfo[] {
+  const out: MountInfo[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const f = line.split(' ');
+    const sep = f.indexOf('-', 6);
+    if (sep < 0 || f.length < sep + 4) continue;
+    out.push({
+      mountId: Number(f[0]),
+      parentId: Number(f[1]),
+      device: f[2],
+      root: unescape(f[3]),
+      mountpoint: unescape(f[4]),
+      options: f[5],
+      optional: f.slice(6, sep),
+      fsType: unescape(f[sep + 1]),
+      source: unescape(f[sep + 2]),
+      superOptions: unescape(f.slice(sep + 3).join(' ')),
+    });
+  }
+  return out;
+}
+
+export function readMountinfo(): MountInfo[] {
+  return parseMountinfo(readFileSync(MOUNTINFO, 'latin1'));
+}
+
+function canonical(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
+}
+
+/** The topmost mount at `mountpoint` (the last one listed), or undefined. */
+export function findMount(mountpoint: string, mounts: MountInfo[] = readMountinfo()): MountInfo | undefined {
+  const want = canonical(mountpoint);
+  for (let i = mounts.length - 1; i >= 0; i--) if (mounts[i].mountpoint === want) return mounts[i];
+  return undefined;
+}
+
+export function isComposefsMount(m: MountInfo): boolean {
+  if (m.fsType === 'overlay') return m.source.startsWith('composefs:');
+  return m.fsType === 'fuse.cfs' || (m.fsType.startsWith('fuse') && m.source.startsWith('cfs:'));
+}
+
+/** Kernel composefs overlays (source composefs:…) and cfs FUSE mounts (fuse.cfs or source cfs:…). */
+export function listComposefsMounts(mounts: MountInfo[] = readMountinfo()): MountInfo[] {
+  return mounts.filter(isComposefsMount);
+}
