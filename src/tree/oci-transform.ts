@@ -1,0 +1,50 @@
+/**
+ * The OCI transform composefs-rs applies to a merged container tree before writing its image
+ * (`transform_for_oci`), so the image ID matches `cfsctl oci pull` + `compute-id`:
+ *
+ * 1. `/` takes `/usr`'s mode, uid, gid, mtime (seconds and nanoseconds) and xattrs; `/usr` must
+ *    exist and be a directory.
+ * 2. `/run`, if present (it must then be a directory), is emptied and takes `/usr`'s mtime
+ *    (seconds and nanoseconds); its other metadata stays.
+ * 3. xattrs on every inode are filtered: only `security.capability` survives, plus `user.*`
+ *    with `keepUserXattrs`.
+ * Orphaned inodes need no compaction here: unreferenced Inode objects simply drop out.
+ */
+import { CfsError } from '../errors.js';
+import { isDir, type Inode } from './inode.js';
+
+export interface OciTransformOptions {
+  /** Keep `user.*` xattrs too (composefs-rs `keep-user-xattrs`). */
+  keepUserXattrs?: boolean;
+}
+
+const XATTR_ALLOWLIST: ReadonlySet<string> = new Set(['security.capability']);
+
+export function ociTransform(root: Inode, opts: OciTransformOptions = {}): void {
+  const usr = root.children?.get('usr');
+  if (!usr || !isDir(usr)) throw new CfsError('EINVAL', 'image has no /usr directory (needed for the root directory metadata)');
+  root.mode = usr.mode;
+  root.uid = usr.uid;
+  root.gid = usr.gid;
+  root.mtimeSec = usr.mtimeSec;
+  root.mtimeNsec = usr.mtimeNsec;
+  root.xattrs = new Map(usr.xattrs);
+
+  const run = root.children!.get('run');
+  if (run) {
+    if (!isDir(run)) throw new CfsError('EINVAL', 'image /run is not a directory');
+    run.mtimeSec = usr.mtimeSec;
+    run.mtimeNsec = usr.mtimeNsec;
+    run.children!.clear();
+  }
+
+  const keep = (name: string): boolean => XATTR_ALLOWLIST.has(name) || (opts.keepUserXattrs === true && name.startsWith('user.'));
+  const seen = new Set<Inode>();
+  const filter = (n: Inode): void => {
+    if (seen.has(n)) return;
+    seen.add(n);
+    for (const k of [...n.xattrs.keys()]) if (!keep(k)) n.xattrs.delete(k);
+    if (n.children) for (const c of n.children.values()) filter(c);
+  };
+  filter(root);
+}

@@ -1,0 +1,35 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { isCfsError } from '../src/errors.js';
+import { parseImageReference } from '../src/oci/reference.js';
+
+test('parseImageReference: table', () => {
+  const table: Array<[string, ReturnType<typeof parseImageReference>]> = [
+    ['oci:/p', { transport: 'oci', path: '/p', tag: null }],
+    ['oci:/p:tag', { transport: 'oci', path: '/p', tag: 'tag' }],
+    ['oci:/p:a:b', { transport: 'oci', path: '/p:a', tag: 'b' }],
+    ['oci:/p:mid/x', { transport: 'oci', path: '/p:mid/x', tag: null }],
+    ['oci:/p:', { transport: 'oci', path: '/p', tag: '' }],
+    ['oci:rel/dir:v1.2', { transport: 'oci', path: 'rel/dir', tag: 'v1.2' }],
+    ['oci-archive:/x/img.tar', { transport: 'oci-archive', path: '/x/img.tar', tag: null }],
+    ['oci-archive:/x/img.tar:latest', { transport: 'oci-archive', path: '/x/img.tar', tag: 'latest' }],
+    ['containers-storage:quay.io/a/b:1', { transport: 'containers-storage', path: 'quay.io/a/b:1', tag: null }],
+    ['containers-storage:[overlay@/var/lib/x]img', { transport: 'containers-storage', path: '[overlay@/var/lib/x]img', tag: null }],
+  ];
+  for (const [s, want] of table) assert.deepEqual(parseImageReference(s), want, s);
+});
+
+test('parseImageReference: rejected references', () => {
+  const bad: Array<[string, string, RegExp]> = [
+    ['quay.io/x/y', 'EINVAL', /missing transport/],
+    ['foo:/x', 'EINVAL', /unknown transport "foo"/],
+    ['docker://quay.io/x', 'ENOTSUP', /transport "docker" is not supported/],
+    ['dir:/x', 'ENOTSUP', /not supported/],
+    ['oci:', 'EINVAL', /empty path/],
+    ['oci::tag', 'EINVAL', /empty path/],
+    ['containers-storage:', 'EINVAL', /empty image name/],
+  ];
+  for (const [s, code, msg] of bad) {
+    assert.throws(() => parseImageReference(s), (e) => isCfsError(e) && e.code === code && msg.test(e.message), s);
+  }
+});
