@@ -11,6 +11,7 @@ import { register as registerInfo } from './info.js';
 import { register as registerRepo } from './repo.js';
 import { register as registerOci } from './oci.js';
 import { register as registerMount } from './mount.js';
+import { register as registerBoot } from './boot.js';
 
 function packageVersion(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerRepo(program);
   registerOci(program);
   registerMount(program);
+  registerBoot(program);
   return program;
 }
 
