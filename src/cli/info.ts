@@ -1,5 +1,74 @@
+/** `cfs info dump|ls|objects|missing-objects IMAGE…`, like composefs-info. */
 import type { Command } from 'commander';
+import { CfsError } from '../errors.js';
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../tree/inode.js';
 
-export function register(_program: Command): void {
-  // Commands of this group are added by their module owner.
+const COMMANDS = ['dump', 'ls', 'objects', 'missing-objects'] as const;
+type InfoCommand = (typeof COMMANDS)[number];
+
+function writeStdout(data: Buffer | string): Promise<void> {
+  return new Promise((resolve, reject) => process.stdout.write(data, (e) => (e ? reject(e) : resolve())));
+}
+
+export function register(program: Command): void {
+  program
+    .command('info')
+    .description('inspect composefs images: dump (dumpfile), ls (paths), objects (backing files), missing-objects (not under --basedir)')
+    .argument('<command>', COMMANDS.join('|'))
+    .argument('<images...>')
+    .option('--basedir <dir>', 'object store for missing-objects')
+    .action(async (cmd: string, images: string[], o: { basedir?: string }) => {
+      if (!(COMMANDS as readonly string[]).includes(cmd)) throw new CfsError('EINVAL', `unknown info command '${cmd}' (${COMMANDS.join(', ')})`);
+      const command = cmd as InfoCommand;
+      if (command === 'missing-objects' && o.basedir === undefined) throw new CfsError('EINVAL', 'missing-objects needs --basedir');
+      const { readFile } = await import('node:fs/promises');
+      const { readErofs } = await import('../erofs/reader.js');
+      const { printDumpfile, walkTree } = await import('../dumpfile/print.js');
+      const { escape } = await import('../dumpfile/escape.js');
+      const objects = new Set<string>();
+      for (const image of images) {
+        const root = readErofs(await readFile(image));
+        if (command === 'dump') {
+          await writeStdout(printDumpfile(root));
+          continue;
+        }
+        if (command === 'ls') {
+          const out: string[] = [];
+          walkTree(root, (path, n, first) => {
+            if (n === root) return;
+            let l = escape(path, { keepSpace: true });
+            const type = n.mode & S_IFMT;
+            // Later names of a hardlinked inode carry no type in composefs-info's tree.
+            if (first === null) {
+              if (type === S_IFDIR) l += '/\t';
+              else if (type === S_IFLNK) l += `\t-> ${escape(n.payload ?? '')}`;
+              else if (type === S_IFREG && n.payload !== null) l += `\t@ ${escape(n.payload)}`;
+            }
+            out.push(l + '\n');
+          });
+          await writeStdout(Buffer.from(out.join(''), 'latin1'));
+          continue;
+        }
+        walkTree(root, (_path, n, first) => {
+          if (first === null && (n.mode & S_IFMT) === S_IFREG && n.payload !== null) objects.add(n.payload);
+        });
+      }
+      if (command !== 'objects' && command !== 'missing-objects') return;
+      let list = [...objects].sort();
+      if (command === 'missing-objects') {
+        const { access } = await import('node:fs/promises');
+        const path = await import('node:path');
+        const missing: string[] = [];
+        for (const p of list) {
+          const rel = Buffer.from(p.replace(/^\/+/, ''), 'latin1').toString();
+          try {
+            await access(path.join(o.basedir!, rel));
+          } catch {
+            missing.push(p);
+          }
+        }
+        list = missing;
+      }
+      await writeStdout(Buffer.from(list.map((p) => p + '\n').join(''), 'latin1'));
+    });
 }

@@ -1,5 +1,124 @@
+/**
+ * `cfs mkcomposefs`, `cfs compute-id`, `cfs create-dumpfile`: build composefs images from a
+ * dumpfile or a directory, like C mkcomposefs.
+ */
 import type { Command } from 'commander';
+import { CfsError } from '../errors.js';
+import type { Inode } from '../tree/inode.js';
 
-export function register(_program: Command): void {
-  // Commands of this group are added by their module owner.
+interface MkOpts {
+  fromFile?: boolean;
+  digestStore?: string;
+  minVersion?: string;
+  maxVersion?: string;
+  printDigest?: boolean;
+  printDigestOnly?: boolean;
+  useEpoch?: boolean;
+  skipXattrs?: boolean;
+  userXattrs?: boolean;
+}
+
+function parseVersion(v: string | undefined, what: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v)) throw new CfsError('EINVAL', `invalid ${what} '${v}'`);
+  return Number(v);
+}
+
+async function readAll(source: string): Promise<Buffer> {
+  if (source !== '-') {
+    const { readFile } = await import('node:fs/promises');
+    return readFile(source);
+  }
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+async function scan(dir: string, o: MkOpts): Promise<Inode> {
+  const { scanDirectory } = await import('../tree/scan.js');
+  return scanDirectory(dir, { useEpoch: o.useEpoch, skipXattrs: o.skipXattrs, userXattrs: o.userXattrs, digestStore: o.digestStore });
+}
+
+/** Write `data` to `dest` atomically: a temp file in the same directory, renamed into place. */
+async function writeAtomic(dest: string, data: Buffer): Promise<void> {
+  const { writeFile, rename, rm } = await import('node:fs/promises');
+  const path = await import('node:path');
+  const { randomBytes } = await import('node:crypto');
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.tmp-${randomBytes(6).toString('hex')}`);
+  try {
+    await writeFile(tmp, data, { mode: 0o644 });
+    await rename(tmp, dest);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+function writeStdout(data: Buffer | string): Promise<void> {
+  return new Promise((resolve, reject) => process.stdout.write(data, (e) => (e ? reject(e) : resolve())));
+}
+
+export function register(program: Command): void {
+  program
+    .command('mkcomposefs')
+    .description('build a composefs image from a directory or (--from-file) a dumpfile')
+    .argument('<source>', "source directory, or dumpfile with --from-file ('-' = stdin)")
+    .argument('[image]', "output image ('-' = stdout); not with --print-digest-only")
+    .option('--from-file', 'SOURCE is a dumpfile (strict parsing when CFS_PARSE_STRICT is set)')
+    .option('--digest-store <dir>', 'copy non-inlined files into DIR/xx/yyyy… (directory source)')
+    .option('--min-version <n>', 'lowest composefs format version (default 0)')
+    .option('--max-version <n>', 'highest composefs format version (default 1; used only for whiteouts)')
+    .option('--print-digest', 'print the fs-verity digest of the image')
+    .option('--print-digest-only', 'print the fs-verity digest of the image without writing it')
+    .option('--use-epoch', 'set all mtimes to 0 (directory source)')
+    .option('--skip-xattrs', 'ignore xattrs (directory source)')
+    .option('--user-xattrs', 'only user.* xattrs (directory source)')
+    .action(async (source: string, image: string | undefined, o: MkOpts) => {
+      if (o.printDigestOnly && image !== undefined) throw new CfsError('EINVAL', 'cannot specify an image with --print-digest-only');
+      if (!o.printDigestOnly && image === undefined) throw new CfsError('EINVAL', 'missing image argument');
+      const minVersion = parseVersion(o.minVersion, 'min version');
+      const maxVersion = parseVersion(o.maxVersion, 'max version');
+      let root: Inode;
+      if (o.fromFile) {
+        const { parseDumpfile } = await import('../dumpfile/parse.js');
+        root = parseDumpfile(await readAll(source), { strict: process.env.CFS_PARSE_STRICT !== undefined });
+      } else {
+        root = await scan(source, o);
+      }
+      const { writeErofs } = await import('../erofs/writer.js');
+      const data = writeErofs(root, { minVersion, maxVersion });
+      if (o.printDigest || o.printDigestOnly) {
+        const { fsverityDigest } = await import('../fsverity/index.js');
+        await writeStdout(`${fsverityDigest(data, 'sha256').toString('hex')}\n`);
+      }
+      if (image === undefined) return;
+      if (image === '-') await writeStdout(data);
+      else await writeAtomic(image, data);
+    });
+
+  program
+    .command('compute-id')
+    .description('print the image id (fs-verity sha256 of the image built from DIR, hex) without writing anything')
+    .argument('<dir>')
+    .option('--use-epoch', 'set all mtimes to 0')
+    .option('--skip-xattrs', 'ignore xattrs')
+    .option('--user-xattrs', 'only user.* xattrs')
+    .action(async (dir: string, o: MkOpts) => {
+      const { writeErofs } = await import('../erofs/writer.js');
+      const { fsverityDigest } = await import('../fsverity/index.js');
+      const data = writeErofs(await scan(dir, { ...o, digestStore: undefined }));
+      await writeStdout(`${fsverityDigest(data, 'sha256').toString('hex')}\n`);
+    });
+
+  program
+    .command('create-dumpfile')
+    .description('print the dumpfile of the tree scanned from DIR')
+    .argument('<dir>')
+    .option('--use-epoch', 'set all mtimes to 0')
+    .option('--skip-xattrs', 'ignore xattrs')
+    .option('--user-xattrs', 'only user.* xattrs')
+    .action(async (dir: string, o: MkOpts) => {
+      const { printDumpfile } = await import('../dumpfile/print.js');
+      await writeStdout(printDumpfile(await scan(dir, { ...o, digestStore: undefined })));
+    });
 }

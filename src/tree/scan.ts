@@ -1,0 +1,179 @@
+/**
+ * Build a tree from a directory, like C `mkcomposefs SRCDIR` (format brief, appendix A): lstat
+ * metadata, xattrs, files of at most 64 bytes inlined, larger ones referenced by their fs-verity
+ * digest (payload `xx/yyyy…`), optionally copied into a digest store.
+ *
+ * Deviation from C: hardlinks are detected by (dev, ino) and share one Inode whose nlink is the
+ * number of names it has in the scanned tree (C makes one inode per path, nlink 1).
+ * Paths are handled as bytes; xattrs of files whose path is not valid UTF-8 cannot be read
+ * through the native addon and are reported as an error.
+ */
+import { constants, type BigIntStats } from 'node:fs';
+import { chmod, copyFile, lstat, mkdir, open, readdir, readlink, rename, rm, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { CfsError, errnoCode } from '../errors.js';
+import { FsVerityHasher, type HashAlg } from '../fsverity/digest.js';
+import { RECOMMENDED_INLINE_CONTENT } from '../erofs/format.js';
+import { native } from '../native.js';
+import { newInode, objectPathOf, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from './inode.js';
+
+export interface ScanOptions {
+  /** Set every mtime to 0. */
+  useEpoch?: boolean;
+  /** Do not read xattrs. */
+  skipXattrs?: boolean;
+  /** Only read `user.*` xattrs. */
+  userXattrs?: boolean;
+  /** Leave out block and character devices. */
+  skipDevices?: boolean;
+  /** Copy non-inlined files into DIR/xx/yyyy… (by fs-verity digest). */
+  digestStore?: string;
+  hashAlg?: HashAlg;
+}
+
+const READ_CHUNK = 1 << 20;
+const PARALLEL = 8;
+
+async function digestOf(file: Buffer, alg: HashAlg): Promise<Buffer> {
+  const fh = await open(file, 'r');
+  try {
+    const h = new FsVerityHasher(alg);
+    const buf = Buffer.allocUnsafe(READ_CHUNK);
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, READ_CHUNK, null);
+      if (bytesRead === 0) break;
+      h.update(buf.subarray(0, bytesRead));
+    }
+    return h.digest();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Copy `file` to STORE/xx/yyyy… unless present: temp file + rename, so the object is whole or absent. */
+async function storeObject(store: string, objectPath: string, file: Buffer): Promise<void> {
+  const dest = path.join(store, objectPath);
+  try {
+    await stat(dest);
+    return;
+  } catch (e) {
+    if (errnoCode(e) !== 'ENOENT') throw e;
+  }
+  await mkdir(path.dirname(dest), { recursive: true });
+  const tmp = `${dest}.tmp-${randomBytes(6).toString('hex')}`;
+  try {
+    await copyFile(file, tmp, constants.COPYFILE_FICLONE);
+    await chmod(tmp, 0o644);
+    await rename(tmp, dest);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+function readXattrs(file: Buffer, opts: ScanOptions): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  if (opts.skipXattrs) return out;
+  const p = file.toString('utf8');
+  if (!Buffer.from(p, 'utf8').equals(file)) throw new CfsError('EINVAL', `cannot read xattrs of ${file.toString('latin1')}: path is not UTF-8`);
+  const nat = native();
+  const names = nat.llistxattr(p).sort();
+  for (const name of names) {
+    if (opts.userXattrs && !name.startsWith('user.')) continue;
+    const v = nat.lgetxattr(p, name);
+    if (v !== null) out.set(name, v);
+  }
+  return out;
+}
+
+interface Ctx {
+  opts: ScanOptions;
+  alg: HashAlg;
+  /** Hardlinked inodes by "dev:ino", registered before any await so parallel scans agree. */
+  links: Map<string, Promise<Inode>>;
+  /** How many names each hardlinked inode got. */
+  linkCount: Map<Inode, number>;
+}
+
+async function scanEntry(ctx: Ctx, file: Buffer): Promise<Inode | null> {
+  const st = await lstat(file, { bigint: true });
+  const type = Number(st.mode) & S_IFMT;
+  if (ctx.opts.skipDevices && (type === S_IFCHR || type === S_IFBLK)) return null;
+  if (type === S_IFDIR || st.nlink <= 1n) return build(ctx, file, st);
+  const key = `${st.dev}:${st.ino}`;
+  const known = ctx.links.get(key);
+  if (known !== undefined) {
+    const n = await known;
+    ctx.linkCount.set(n, ctx.linkCount.get(n)! + 1);
+    return n;
+  }
+  const pending = build(ctx, file, st).then((n) => {
+    ctx.linkCount.set(n, ctx.linkCount.get(n) ?? 1);
+    return n;
+  });
+  ctx.links.set(key, pending);
+  return pending;
+}
+
+async function build(ctx: Ctx, file: Buffer, st: BigIntStats): Promise<Inode> {
+  const type = Number(st.mode) & S_IFMT;
+  const mtime = ctx.opts.useEpoch ? 0n : st.mtimeNs;
+  const n = newInode(Number(st.mode), {
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    mtimeSec: Number(mtime / 1_000_000_000n),
+    mtimeNsec: Number(mtime % 1_000_000_000n),
+    xattrs: readXattrs(file, ctx.opts),
+  });
+  if (type === S_IFDIR) {
+    await scanDir(ctx, file, n);
+  } else if (type === S_IFREG) {
+    n.size = Number(st.size);
+    if (n.size > 0 && n.size <= RECOMMENDED_INLINE_CONTENT) {
+      const fh = await open(file, 'r');
+      try {
+        const buf = Buffer.alloc(n.size);
+        const { bytesRead } = await fh.read(buf, 0, n.size, 0);
+        if (bytesRead !== n.size) throw new CfsError('EIO', `${file.toString('latin1')}: file changed while reading`);
+        n.content = buf;
+      } finally {
+        await fh.close();
+      }
+    } else if (n.size > 0) {
+      n.digest = await digestOf(file, ctx.alg);
+      n.payload = objectPathOf(n.digest);
+      if (ctx.opts.digestStore !== undefined) await storeObject(ctx.opts.digestStore, n.payload, file);
+    }
+  } else if (type === S_IFLNK) {
+    const target = (await readlink(file, { encoding: 'buffer' })).toString('latin1');
+    n.payload = target;
+    n.size = target.length;
+  } else if (type === S_IFCHR || type === S_IFBLK) {
+    n.rdev = Number(st.rdev);
+  }
+  return n;
+}
+
+async function scanDir(ctx: Ctx, dir: Buffer, node: Inode): Promise<void> {
+  const names = (await readdir(dir, { encoding: 'buffer' })).map((b) => b.toString('latin1')).sort();
+  const slash = Buffer.from('/');
+  // A few entries at a time; children are inserted in name order.
+  for (let i = 0; i < names.length; i += PARALLEL) {
+    const batch = names.slice(i, i + PARALLEL);
+    const inodes = await Promise.all(batch.map((name) => scanEntry(ctx, Buffer.concat([dir, slash, Buffer.from(name, 'latin1')]))));
+    batch.forEach((name, j) => {
+      const c = inodes[j];
+      if (c !== null && c !== undefined) node.children!.set(name, c);
+    });
+  }
+}
+
+/** Scan a directory tree into an Inode tree (the root is `dir` itself). */
+export async function scanDirectory(dir: string, opts: ScanOptions = {}): Promise<Inode> {
+  const ctx: Ctx = { opts, alg: opts.hashAlg ?? 'sha256', links: new Map(), linkCount: new Map() };
+  const root = await scanEntry(ctx, Buffer.from(path.resolve(dir)));
+  if (root === null || root.children === null) throw new CfsError('EINVAL', `${dir} is not a directory`);
+  for (const [n, count] of ctx.linkCount) n.nlink = count;
+  return root;
+}
