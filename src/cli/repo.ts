@@ -1,5 +1,101 @@
+/** Repository commands (`cfs init`, `cfs cat`) and the repository opener other CLI modules share. */
 import type { Command } from 'commander';
+import { CfsError, errnoCode } from '../errors.js';
+import type { Repository } from '../repository/repository.js';
 
-export function register(_program: Command): void {
-  // Commands of this group are added by their module owner.
+interface GlobalOptions {
+  repo?: string;
+  user?: boolean;
+  system?: boolean;
+  insecure?: boolean;
+}
+
+function parseHash(v: string): 'sha256' | 'sha512' {
+  if (v !== 'sha256' && v !== 'sha512') throw new CfsError('EINVAL', `unsupported hash algorithm '${v}' (sha256 or sha512)`);
+  return v;
+}
+
+/**
+ * Open the repository selected by the global options (--repo/--user/--system/--insecure),
+ * creating it with defaults (sha256, EROFS V1) on first use unless `create` is false.
+ */
+export async function openRepoFromCli(program: Command, opts: { create?: boolean } = {}): Promise<Repository> {
+  const g = program.opts<GlobalOptions>();
+  const { resolveRepositoryPath } = await import('../repository/location.js');
+  const { Repository } = await import('../repository/repository.js');
+  return Repository.open(resolveRepositoryPath(g), { create: opts.create ?? true, insecure: !!g.insecure });
+}
+
+/** Write chunks to stdout with backpressure; a closed pipe (EPIPE) ends the output quietly. */
+async function writeToStdout(chunks: AsyncIterable<Buffer>): Promise<void> {
+  const out = process.stdout;
+  let failure: Error | null = null;
+  let closed = false;
+  const onError = (e: Error): void => {
+    if (errnoCode(e) === 'EPIPE') closed = true;
+    else failure = e;
+  };
+  out.on('error', onError);
+  try {
+    for await (const b of chunks) {
+      if (closed || failure) break;
+      if (!out.write(b)) {
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            out.off('drain', done);
+            out.off('error', done);
+            out.off('close', done);
+            resolve();
+          };
+          out.on('drain', done);
+          out.on('error', done);
+          out.on('close', done);
+        });
+      }
+    }
+    if (failure) throw failure;
+  } finally {
+    out.off('error', onError);
+    if (closed) out.on('error', () => undefined);
+  }
+}
+
+export function register(program: Command): void {
+  program
+    .command('init')
+    .description('create a composefs repository (meta.json; fs-verity required unless --insecure)')
+    .option('--insecure', 'do not require fs-verity (needed on filesystems without fs-verity)')
+    .option('--hash <alg>', 'fs-verity hash algorithm: sha256 or sha512', 'sha256')
+    .argument('[path]', 'repository path (default: the repository selected by the global options)')
+    .action(async (repoPath: string | undefined, opts: { insecure?: boolean; hash: string }) => {
+      const g = program.opts<GlobalOptions>();
+      const { resolveRepositoryPath } = await import('../repository/location.js');
+      const { initRepository } = await import('../repository/repository.js');
+      const { algorithmString } = await import('../repository/meta.js');
+      const target = resolveRepositoryPath(repoPath !== undefined ? { repo: repoPath } : g);
+      const hashAlg = parseHash(opts.hash);
+      const insecure = !!(opts.insecure || g.insecure);
+      const { created } = await initRepository(target, { hashAlg, insecure });
+      if (!created) {
+        process.stdout.write(`Repository already initialized at ${target}\n`);
+        return;
+      }
+      process.stdout.write(`Initialized composefs repository at ${target}\n`);
+      process.stdout.write(`algorithm: ${algorithmString(hashAlg)}\n`);
+      process.stdout.write(`verity: ${insecure ? 'not required (insecure)' : 'required'}\n`);
+    });
+
+  program
+    .command('cat')
+    .description('write the reassembled contents of a split stream to stdout')
+    .argument('<stream>', 'stream content id (e.g. oci-layer-sha256:…) or refs/NAME')
+    .action(async (stream: string) => {
+      const { catStream } = await import('../splitstream/cat.js');
+      const repo = await openRepoFromCli(program, { create: false });
+      try {
+        await writeToStdout(catStream(repo, stream));
+      } finally {
+        repo.close();
+      }
+    });
 }

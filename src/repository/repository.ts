@@ -1,0 +1,514 @@
+/**
+ * A composefs repository (composefs-rs compatible layout, brief section 1):
+ *
+ *   meta.json
+ *   objects/XX/YYYY…                    content-addressed files, named by fs-verity digest
+ *   streams/<content-id> -> ../objects/XX/YYYY…      split streams
+ *   streams/refs/<name…> -> …/<content-id>           named stream refs (GC roots)
+ *   images/<hex> -> ../objects/XX/YYYY…              EROFS images that may be mounted
+ *   images/refs/<name…> -> …/<hex>                   named image refs (GC roots)
+ *
+ * An open handle holds flock(LOCK_SH) on the repository directory (GC takes LOCK_EX).
+ */
+import { closeSync, constants as C, mkdirSync, openSync, readFileSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
+import { access, lstat, mkdir, open, readdir, readlink, readFile, unlink, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { native } from '../native.js';
+import { CfsError, errnoCode, isCfsError } from '../errors.js';
+import { fsverityDigest, HASH_SIZE, type HashAlg } from '../fsverity/digest.js';
+import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
+import { idFromObjectPath, objectRelPath } from './ids.js';
+import {
+  algorithmString, effectiveErofsFormats, META_FILE, metaEqual, newMeta, parseMeta, serializeMeta,
+  type ErofsFormat, type ErofsFormats, type RepoMeta,
+} from './meta.js';
+import { ObjectWriter, type ObjectStore } from './objects.js';
+import { atomicSymlink, validateRefName } from './symlink.js';
+
+const LOCK_SH = 1;
+
+export type RefKind = 'streams' | 'images';
+
+export interface InitOptions {
+  hashAlg?: HashAlg;
+  /** Do not seal meta.json (and later objects) with fs-verity. */
+  insecure?: boolean;
+  /** Default EROFS format of the repository (1 unless given). */
+  erofsVersion?: ErofsFormat;
+}
+
+export interface OpenOptions {
+  /** Initialise the repository with defaults when it does not exist yet. */
+  create?: boolean;
+  /** Force insecure mode (missing fs-verity is tolerated). Also used when creating. */
+  insecure?: boolean;
+  /** Only a check against meta.json (or the algorithm for a repository created now). */
+  hashAlg?: HashAlg;
+}
+
+export interface ImageHandle {
+  imageId: Buffer;
+  /** Absolute path of the image object. */
+  path: string;
+  /** Whether a mount must enforce fs-verity on the image (brief 1.8). */
+  verityRequired: boolean;
+}
+
+/** Write meta.json so that it appears complete or not at all. Returns false if one exists. */
+function writeMetaFile(repoPath: string, text: string, insecure: boolean): boolean {
+  const dest = path.join(repoPath, META_FILE);
+  const seal = (fd: number): void => {
+    if (insecure) return;
+    try {
+      enableVerityFd(fd, parseMeta(text, dest).alg, dest);
+    } catch (e) {
+      if (isCfsError(e) && e.code === 'ENOTSUP') {
+        throw new CfsError('ENOTSUP', `cannot initialise repository ${repoPath}: its filesystem does not support fs-verity (use --insecure)`);
+      }
+      throw e;
+    }
+  };
+  let fd: number;
+  let named = false;
+  try {
+    fd = native().openTmpfile(repoPath, C.O_RDWR, 0o644);
+  } catch (e) {
+    const code = errnoCode(e);
+    if (code !== 'EOPNOTSUPP' && code !== 'ENOTSUP' && code !== 'EISDIR' && code !== 'ENOSYS') throw e;
+    try {
+      fd = openSync(dest, C.O_RDWR | C.O_CREAT | C.O_EXCL, 0o644);
+    } catch (e2) {
+      if (errnoCode(e2) === 'EEXIST') return false;
+      throw e2;
+    }
+    named = true;
+  }
+  let ro = -1;
+  try {
+    writeSync(fd, Buffer.from(text));
+    fsyncSync(fd);
+    ro = openSync(named ? dest : `/proc/self/fd/${fd}`, C.O_RDONLY);
+    closeSync(fd);
+    fd = -1;
+    seal(ro);
+    if (named) return true;
+    try {
+      native().linkFd(ro, dest);
+    } catch (e) {
+      if (errnoCode(e) === 'EEXIST') return false;
+      throw e;
+    }
+    return true;
+  } catch (e) {
+    if (named) unlinkSync(dest);
+    throw e;
+  } finally {
+    if (fd >= 0) closeSync(fd);
+    if (ro >= 0) closeSync(ro);
+  }
+}
+
+function describeMeta(m: RepoMeta): string {
+  return `algorithm: ${algorithmString(m.alg)}, erofs_version: ${effectiveErofsFormats(m).default}`;
+}
+
+/**
+ * Create a repository (idempotent when an identical meta.json exists). Without `insecure`,
+ * meta.json is sealed with fs-verity, so this fails on filesystems without fs-verity.
+ */
+export async function initRepository(repoPath: string, opts: InitOptions = {}): Promise<{ created: boolean }> {
+  const meta = newMeta(opts.hashAlg ?? 'sha256', opts.erofsVersion ?? 1);
+  await mkdir(path.dirname(repoPath), { recursive: true });
+  try {
+    await mkdir(repoPath, { mode: 0o700 });
+  } catch (e) {
+    if (errnoCode(e) !== 'EEXIST') throw e;
+  }
+  if (writeMetaFile(repoPath, serializeMeta(meta), !!opts.insecure)) {
+    for (const d of ['objects', 'streams', 'images']) await mkdir(path.join(repoPath, d), { recursive: true, mode: 0o755 });
+    return { created: true };
+  }
+  const file = path.join(repoPath, META_FILE);
+  const existing = parseMeta(await readFile(file, 'utf8'), file);
+  if (!metaEqual(existing, meta)) {
+    throw new CfsError('EEXIST', `repository ${repoPath} already initialized with different configuration (${describeMeta(existing)}); cannot re-initialize with (${describeMeta(meta)})`);
+  }
+  return { created: false };
+}
+
+export class Repository implements ObjectStore {
+  readonly path: string;
+  readonly meta: RepoMeta;
+  readonly alg: HashAlg;
+  /** fs-verity is required on objects (meta.json has verity and --insecure was not given). */
+  readonly secure: boolean;
+  tmpfileUnsupported = false;
+  readonly knownDirs = new Set<string>();
+  private dirFd: number;
+  private writableChecked = false;
+
+  private constructor(repoPath: string, dirFd: number, meta: RepoMeta, secure: boolean) {
+    this.path = repoPath;
+    this.dirFd = dirFd;
+    this.meta = meta;
+    this.alg = meta.alg;
+    this.secure = secure;
+  }
+
+  static async init(repoPath: string, opts: InitOptions = {}): Promise<Repository> {
+    await initRepository(repoPath, opts);
+    return Repository.open(repoPath, { insecure: opts.insecure, hashAlg: opts.hashAlg });
+  }
+
+  static async open(repoPath: string, opts: OpenOptions = {}): Promise<Repository> {
+    const abs = path.resolve(repoPath);
+    const metaPath = path.join(abs, META_FILE);
+    let dirFd: number;
+    try {
+      dirFd = openSync(abs, C.O_RDONLY | C.O_DIRECTORY);
+    } catch (e) {
+      if (errnoCode(e) !== 'ENOENT') throw e;
+      if (!opts.create) throw new CfsError('ENOENT', `repository ${abs} does not exist (create it with \`cfs init\`)`);
+      return Repository.init(abs, { hashAlg: opts.hashAlg, insecure: opts.insecure });
+    }
+    try {
+      native().flock(dirFd, LOCK_SH);
+      let text: string | null;
+      try {
+        text = readFileSync(metaPath, 'utf8');
+      } catch (e) {
+        if (errnoCode(e) !== 'ENOENT') throw e;
+        const hasObjects = await access(path.join(abs, 'objects')).then(() => true, () => false);
+        if (hasObjects) throw new CfsError('ENOTSUP', `${abs}: old-format repository without meta.json (upgrading is not supported; re-create it)`);
+        if (!opts.create) throw new CfsError('ENOENT', `${metaPath}: meta.json not found; this repository must be initialized with \`cfs init\``);
+        text = null;
+      }
+      if (text === null) {
+        closeSync(dirFd);
+        dirFd = -1;
+        return await Repository.init(abs, { hashAlg: opts.hashAlg, insecure: opts.insecure });
+      }
+      const meta = parseMeta(text, metaPath);
+      if (opts.hashAlg && opts.hashAlg !== meta.alg) {
+        throw new CfsError('EINVAL', `repository ${abs} is configured for ${algorithmString(meta.alg)} (from meta.json) but --hash ${opts.hashAlg} was specified`);
+      }
+      const secure = !opts.insecure && metaHasVerity(metaPath, meta.alg);
+      const repo = new Repository(abs, dirFd, meta, secure);
+      try {
+        mkdirSync(path.join(abs, 'objects'), { mode: 0o755 });
+      } catch {
+        // exists, or a read-only repository (reported by ensureWritable when writing)
+      }
+      return repo;
+    } catch (e) {
+      if (dirFd >= 0) closeSync(dirFd);
+      throw e;
+    }
+  }
+
+  get insecure(): boolean {
+    return !this.secure;
+  }
+
+  get hashSize(): number {
+    return HASH_SIZE[this.alg];
+  }
+
+  /** EROFS format config in effect for new images (brief 1.3). */
+  get erofsFormats(): ErofsFormats {
+    return effectiveErofsFormats(this.meta);
+  }
+
+  /** Release the shared lock. The handle must not be used afterwards. */
+  close(): void {
+    if (this.dirFd >= 0) closeSync(this.dirFd);
+    this.dirFd = -1;
+  }
+
+  /** Fail early with a clear message when the repository cannot be written (brief 1.4). */
+  async ensureWritable(): Promise<void> {
+    if (this.writableChecked) return;
+    try {
+      await access(this.path, C.W_OK);
+    } catch (e) {
+      const code = errnoCode(e);
+      if (code === 'EROFS') throw new CfsError('EPERM', `Repository is not writable: read-only file system (${this.path})`);
+      if (code === 'EACCES' || code === 'EPERM') throw new CfsError('EPERM', `Repository is not writable: permission denied (${this.path})`);
+      throw e;
+    }
+    this.writableChecked = true;
+  }
+
+  /** syncfs on the repository: makes every object written so far durable. */
+  sync(): void {
+    native().syncfs(this.dirFd);
+  }
+
+  // ---- objects -------------------------------------------------------------------------
+
+  objectPath(id: Buffer): string {
+    return path.join(this.path, 'objects', objectRelPath(id));
+  }
+
+  async hasObject(id: Buffer): Promise<boolean> {
+    return lstat(this.objectPath(id)).then(() => true, () => false);
+  }
+
+  /** Streaming writer for a new object: `await w.write(buf)…; const id = await w.commit()`. */
+  createObjectWriter(): ObjectWriter {
+    return new ObjectWriter(this);
+  }
+
+  /** Store in-memory data as an object (no write when it is already present). */
+  async writeObject(data: Uint8Array): Promise<Buffer> {
+    const id = fsverityDigest(data, this.alg);
+    if (await this.hasObject(id)) return id;
+    const w = this.createObjectWriter();
+    try {
+      await w.write(data);
+    } catch (e) {
+      w.abort();
+      throw e;
+    }
+    return w.commit();
+  }
+
+  /** Open an object read-only; in a secure repository its fs-verity digest must equal the ID. */
+  async openObject(id: Buffer): Promise<FileHandle> {
+    const p = this.objectPath(id);
+    let fh: FileHandle;
+    try {
+      fh = await open(p, C.O_RDONLY);
+    } catch (e) {
+      if (errnoCode(e) === 'ENOENT') throw new CfsError('ENOENT', `object ${objectRelPath(id)} not found in repository ${this.path}`);
+      throw e;
+    }
+    if (this.secure) {
+      try {
+        const m = measureVerityFd(fh.fd, `object ${objectRelPath(id)}`);
+        if (m.alg !== this.alg || !m.digest.equals(id)) {
+          throw new CfsError('ECORRUPT', `object ${objectRelPath(id)}: fs-verity digest mismatch (kernel reports ${m.digest.toString('hex')})`);
+        }
+      } catch (e) {
+        await fh.close();
+        throw e;
+      }
+    }
+    return fh;
+  }
+
+  async readObject(id: Buffer): Promise<Buffer> {
+    const fh = await this.openObject(id);
+    try {
+      return await fh.readFile();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  // ---- streams -------------------------------------------------------------------------
+
+  /** The object ID behind `streams/<contentId>`, or null when there is no such stream. */
+  async hasStream(contentId: string): Promise<Buffer | null> {
+    validateContentId(contentId);
+    let target: string;
+    try {
+      target = await readlink(path.join(this.path, 'streams', contentId));
+    } catch (e) {
+      const code = errnoCode(e);
+      if (code === 'ENOENT') return null;
+      if (code === 'EINVAL') throw new CfsError('ECORRUPT', `streams/${contentId} is not a symlink`);
+      throw e;
+    }
+    const id = target.startsWith('../') ? idFromObjectPath(target, this.alg) : null;
+    if (!id) throw new CfsError('ECORRUPT', `streams/${contentId}: unexpected symlink target '${target}'`);
+    return id;
+  }
+
+  /**
+   * Publish a split stream under `streams/<contentId>`. Runs syncfs first, so the stream and
+   * every object it refers to are durable before the name appears.
+   */
+  async linkStream(contentId: string, objectId: Buffer): Promise<void> {
+    validateContentId(contentId);
+    if (!(await this.hasObject(objectId))) throw new CfsError('ENOENT', `cannot link stream ${contentId}: object ${objectRelPath(objectId)} is missing`);
+    this.sync();
+    await mkdir(path.join(this.path, 'streams'), { recursive: true, mode: 0o755 });
+    await atomicSymlink(this.path, `streams/${contentId}`, `objects/${objectRelPath(objectId)}`);
+  }
+
+  /**
+   * Create or replace the named ref `<kind>/refs/<name>`, pointing at `<kind>/<target>`
+   * (a stream content id, or an image's full hex id).
+   */
+  async setRef(kind: RefKind, name: string, target: string): Promise<void> {
+    validateRefName(name);
+    validateContentId(target);
+    await atomicSymlink(this.path, `${kind}/refs/${name}`, `${kind}/${target}`);
+  }
+
+  async removeRef(kind: RefKind, name: string): Promise<void> {
+    validateRefName(name);
+    try {
+      await unlink(path.join(this.path, kind, 'refs', name));
+    } catch (e) {
+      if (errnoCode(e) === 'ENOENT') throw new CfsError('ENOENT', `${kind} ref '${name}' not found`);
+      throw e;
+    }
+  }
+
+  /** The target name (content id / image hex) of a named ref, or null. */
+  async readRef(kind: RefKind, name: string): Promise<string | null> {
+    validateRefName(name);
+    try {
+      return path.basename(await readlink(path.join(this.path, kind, 'refs', name)));
+    } catch (e) {
+      if (errnoCode(e) === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  /** A stream by content id, or by named ref as `refs/NAME` (also `ref/NAME`). */
+  async resolveStream(ref: string): Promise<{ contentId: string; objectId: Buffer }> {
+    let contentId = ref;
+    const m = /^refs?\/(.+)$/.exec(ref);
+    if (m) {
+      const target = await this.readRef('streams', m[1]);
+      if (target === null) throw new CfsError('ENOENT', `stream ref '${m[1]}' not found in repository ${this.path}`);
+      contentId = target;
+    }
+    const objectId = await this.hasStream(contentId);
+    if (!objectId) throw new CfsError('ENOENT', `stream '${contentId}' not found in repository ${this.path}`);
+    return { contentId, objectId };
+  }
+
+  /** First-level stream content ids, sorted. */
+  async listStreams(): Promise<string[]> {
+    return (await listDir(path.join(this.path, 'streams'))).filter((n) => n !== 'refs').sort();
+  }
+
+  async listStreamRefs(): Promise<Array<{ name: string; contentId: string }>> {
+    return (await this.listRefs('streams')).map(({ name, target }) => ({ name, contentId: target }));
+  }
+
+  // ---- images --------------------------------------------------------------------------
+
+  /** Store an EROFS image as an object and publish `images/<hex>` (and `images/refs/<name>`). */
+  async writeImage(erofs: Buffer, name?: string): Promise<string> {
+    const id = await this.writeObject(erofs);
+    const hex = id.toString('hex');
+    this.sync();
+    await mkdir(path.join(this.path, 'images'), { recursive: true, mode: 0o755 });
+    await atomicSymlink(this.path, `images/${hex}`, `objects/${objectRelPath(id)}`);
+    if (name !== undefined) await this.setRef('images', name, hex);
+    return hex;
+  }
+
+  /** First-level image ids (full hex), sorted. */
+  async listImages(): Promise<string[]> {
+    return (await listDir(path.join(this.path, 'images'))).filter((n) => n !== 'refs').sort();
+  }
+
+  async listImageRefs(): Promise<Array<{ name: string; imageId: string }>> {
+    return (await this.listRefs('images')).map(({ name, target }) => ({ name, imageId: target }));
+  }
+
+  /**
+   * Find a mountable image (brief 1.8): `images/<name>`, else `images/refs/<name>` for names
+   * without '/'. Secure repository: images named through a ref require verity (they were sealed
+   * when written); a full hex id is measured and must match. Insecure repository: verity is
+   * required only when the image object actually carries the matching digest.
+   */
+  async openImage(name: string): Promise<ImageHandle> {
+    let rel = `images/${name}`;
+    let viaRef = name.includes('/');
+    if (!(await lstat(path.join(this.path, rel)).then(() => true, () => false))) {
+      if (name.includes('/')) throw new CfsError('ENOENT', `image not found: ${name}`);
+      rel = `images/refs/${name}`;
+      viaRef = true;
+      if (!(await lstat(path.join(this.path, rel)).then(() => true, () => false))) throw new CfsError('ENOENT', `image not found: ${name}`);
+    }
+    const imageId = await this.imageIdOf(rel);
+    const objPath = this.objectPath(imageId);
+    if (viaRef && this.secure) return { imageId, path: objPath, verityRequired: true };
+    const fd = openSync(objPath, C.O_RDONLY);
+    try {
+      const m = measureVerityFd(fd, `image ${name}`);
+      if (!m.digest.equals(imageId)) throw new CfsError('ECORRUPT', `image ${name}: fs-verity content mismatch`);
+      return { imageId, path: objPath, verityRequired: true };
+    } catch (e) {
+      if (isCfsError(e) && (e.code === 'ENOTSUP' || e.code === 'ENOENT') && !this.secure) {
+        return { imageId, path: objPath, verityRequired: false };
+      }
+      throw e;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  // ---- helpers -------------------------------------------------------------------------
+
+  /** Follow an images/ entry (or ref) to its object and parse the ID from the object path. */
+  private async imageIdOf(rel: string): Promise<Buffer> {
+    let cur = path.join(this.path, rel);
+    for (let i = 0; i < 4; i++) {
+      const t = await readlink(cur);
+      const next = path.resolve(path.dirname(cur), t);
+      const id = idFromObjectPath(t, this.alg);
+      if (id && path.dirname(path.dirname(next)) === path.join(this.path, 'objects')) return id;
+      cur = next;
+    }
+    throw new CfsError('ECORRUPT', `${rel}: does not lead to an object`);
+  }
+
+  private async listRefs(kind: RefKind): Promise<Array<{ name: string; target: string }>> {
+    const out: Array<{ name: string; target: string }> = [];
+    const walk = async (dirRel: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(path.join(this.path, kind, 'refs', dirRel), { withFileTypes: true });
+      } catch (e) {
+        if (errnoCode(e) === 'ENOENT') return;
+        throw e;
+      }
+      for (const ent of entries) {
+        const rel = dirRel ? `${dirRel}/${ent.name}` : ent.name;
+        if (ent.isDirectory()) await walk(rel);
+        else if (ent.isSymbolicLink()) {
+          out.push({ name: rel, target: path.basename(await readlink(path.join(this.path, kind, 'refs', rel))) });
+        }
+      }
+    };
+    await walk('');
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+}
+
+/** Whether meta.json carries fs-verity with the repository's algorithm (=> secure repository). */
+function metaHasVerity(metaPath: string, alg: HashAlg): boolean {
+  const fd = openSync(metaPath, C.O_RDONLY);
+  try {
+    return measureVerityFd(fd, metaPath).alg === alg;
+  } catch (e) {
+    if (isCfsError(e) && (e.code === 'ENOTSUP' || e.code === 'ENOENT')) return false;
+    throw e;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Stream content ids and image ids are single path components used as file names as they are. */
+function validateContentId(id: string): void {
+  if (id.length === 0 || id.includes('/') || id.includes('\0') || id === '.' || id === '..' || id === 'refs' || id.startsWith('.')) {
+    throw new CfsError('EINVAL', `invalid stream or image name '${id}'`);
+  }
+}
+
+async function listDir(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (e) {
+    if (errnoCode(e) === 'ENOENT') return [];
+    throw e;
+  }
+}

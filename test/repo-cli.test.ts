@@ -1,0 +1,91 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Repository } from '../src/repository/index.js';
+import { importTarLayer } from '../src/tar/index.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+const projectRoot = path.resolve(here, ext === 'ts' ? '..' : '../..');
+
+/** Runs the repo command group under a program with cfs's global options (as src/cli/main.ts has them). */
+function cliArgs(args: string[]): string[] {
+  const mod = pathToFileURL(path.join(here, `../src/cli/repo.${ext}`)).href;
+  const script = `
+    import { Command } from 'commander';
+    const { register } = await import(${JSON.stringify(mod)});
+    const p = new Command().name('cfs').option('--repo <path>').option('--user').option('--system').option('--insecure');
+    register(p);
+    try { await p.parseAsync(process.argv.slice(1), { from: 'user' }); }
+    catch (e) { process.stderr.write('cfs: ' + e.message + '\\n'); process.exitCode = 1; }`;
+  return [...(ext === 'ts' ? ['--import', 'tsx'] : []), '--input-type=module', '-e', script, '--', ...args];
+}
+
+function cfs(args: string[], env: Record<string, string> = {}): { status: number | null; stdout: Buffer; stderr: string } {
+  const r = spawnSync(process.execPath, cliArgs(args), { cwd: projectRoot, env: { ...process.env, ...env }, maxBuffer: 64 << 20 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+test('cfs init: insecure, sha512, idempotent, refuses secure init without fs-verity', () => {
+  const d = mkdtempSync(path.join(tmpdir(), 'cfs-cli-'));
+  try {
+    const secure = cfs(['init', path.join(d, 'secure')]);
+    assert.equal(secure.status, 1);
+    assert.match(secure.stderr, /does not support fs-verity \(use --insecure\)/);
+    const r = cfs(['init', '--insecure', '--hash', 'sha512', path.join(d, 'a/b')]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.toString(), `Initialized composefs repository at ${path.join(d, 'a/b')}\nalgorithm: fsverity-sha512-12\nverity: not required (insecure)\n`);
+    assert.match(readFileSync(path.join(d, 'a/b/meta.json'), 'utf8'), /"algorithm": "fsverity-sha512-12"/);
+    const again = cfs(['init', '--insecure', '--hash', 'sha512', path.join(d, 'a/b')]);
+    assert.equal(again.stdout.toString(), `Repository already initialized at ${path.join(d, 'a/b')}\n`);
+    const conflict = cfs(['init', '--insecure', path.join(d, 'a/b')]);
+    assert.equal(conflict.status, 1);
+    assert.match(conflict.stderr, /already initialized with different configuration/);
+    // Global options select the path; --insecure works before the subcommand too.
+    const viaEnv = cfs(['--insecure', 'init'], { CFS_REPO: path.join(d, 'env') });
+    assert.equal(viaEnv.status, 0, viaEnv.stderr);
+    assert.match(readFileSync(path.join(d, 'env/meta.json'), 'utf8'), /fsverity-sha256-12/);
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+});
+
+test('cfs cat: content id and refs/NAME, byte-exact; closed pipe ends quietly', async () => {
+  const d = mkdtempSync(path.join(tmpdir(), 'cfs-cli-'));
+  try {
+    const repoPath = path.join(d, 'r');
+    const repo = await Repository.init(repoPath, { insecure: true });
+    const tarFile = path.join(d, 'l.tar');
+    const big = Buffer.alloc(3 << 20, 'z');
+    writeFileSync(path.join(d, 'big'), big);
+    spawnSync('tar', ['--format=pax', '-cf', tarFile, '-C', d, 'big']);
+    const tar = readFileSync(tarFile);
+    const res = await importTarLayer(repo, (async function* () { yield tar; })());
+    await repo.setRef('streams', 'layers/one', `oci-layer-${res.diffId}`);
+    repo.close();
+    for (const ref of [`oci-layer-${res.diffId}`, 'refs/layers/one']) {
+      const r = cfs(['--repo', repoPath, 'cat', ref]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(createHash('sha256').update(r.stdout).digest('hex'), res.diffId.slice(7));
+    }
+    const missing = cfs(['--repo', repoPath, 'cat', 'refs/nope']);
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, /stream ref 'nope' not found/);
+    // The reader closes the pipe after a few bytes: no EPIPE crash, exit status 0.
+    const child = spawn(process.execPath, cliArgs(['--repo', repoPath, 'cat', 'refs/layers/one']), { cwd: projectRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    child.stdout.destroy();
+    const status = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    assert.equal(status, 0, stderr);
+    assert.equal(stderr, '');
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+});
