@@ -22,14 +22,17 @@ const MTIME = new Date(1_700_000_000_000);
 async function makeTar(entries: FileSpec[]): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
-  pack.on('data', (c: Buffer) => chunks.push(c));
+  pack.on('data', (c: unknown) => {
+    chunks.push(c as Buffer);
+  });
   const done = new Promise<void>((resolve, reject) => {
     pack.on('end', () => resolve());
     pack.on('error', reject);
   });
   for (const e of entries) {
     const header = { name: e.name, mode: e.mode, mtime: MTIME, uid: 0, gid: 0, type: e.type ?? 'file', linkname: e.linkname };
-    pack.entry(header, e.type === 'file' || e.type === undefined ? (e.content ?? '') : undefined);
+    if (e.type === 'file' || e.type === undefined) pack.entry(header, e.content ?? '');
+    else pack.entry(header);
   }
   pack.finalize();
   await done;

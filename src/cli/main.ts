@@ -13,9 +13,17 @@ import { register as registerOci } from './oci.js';
 import { register as registerMount } from './mount.js';
 import { register as registerBoot } from './boot.js';
 
+/** package.json is two levels up from src/cli (tsx) and three from dist/src/cli (compiled). */
 function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+  for (const rel of ['../../../package.json', '../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version: string };
+      if (pkg.name === 'cfs') return pkg.version;
+    } catch {
+      // try the next layout
+    }
+  }
+  return 'unknown';
 }
 
 export function buildProgram(): Command {

@@ -1,5 +1,190 @@
+/** `cfs oci …`: pull, images, inspect, tag, untag, dump, compute-id. */
 import type { Command } from 'commander';
+import { openRepoFromCli } from './repo.js';
+import type { Repository } from '../repository/repository.js';
+import type { StoredImage } from '../oci/stored.js';
 
-export function register(_program: Command): void {
-  // Commands of this group are added by their module owner.
+interface PullOpts {
+  platform?: string;
+  quiet?: boolean;
+}
+
+async function writeOut(data: Buffer | string): Promise<void> {
+  await new Promise<void>((resolve, reject) => process.stdout.write(data, (e) => (e ? reject(e) : resolve())));
+}
+
+/** Pull (import) a transport reference; shared with `cfs mount`. */
+export async function pullReference(repo: Repository, reference: string, name: string | null, opts: PullOpts) {
+  const { openImageSource } = await import('../oci/sources.js');
+  const { importImage } = await import('../oci/import.js');
+  const { progressFor } = await import('./progress.js');
+  const img = await openImageSource(reference, { platform: opts.platform });
+  try {
+    return await importImage(repo, img, { name, progress: progressFor({ quiet: opts.quiet }) });
+  } finally {
+    await img.close();
+  }
+}
+
+async function storedTree(repo: Repository, img: StoredImage) {
+  const { buildTreeFromLayers } = await import('../oci/image-build.js');
+  return buildTreeFromLayers(repo, img.diffIds.map((d) => ({ diffId: d, streamId: img.layerStreams.get(d)! })));
+}
+
+export function register(program: Command): void {
+  const oci = program.command('oci').description('OCI images in the repository');
+
+  oci
+    .command('pull')
+    .description('import an image from oci:DIR[:TAG], oci-archive:FILE[:TAG] or containers-storage:NAME')
+    .argument('<source>', 'transport reference')
+    .argument('[name]', 'tag to give the image (default: the source reference)')
+    .option('--platform <os/arch[/variant]>', 'platform to select from a multi-platform index (default: this machine)')
+    .option('-q, --quiet', 'no progress output')
+    .action(async (source: string, name: string | undefined, opts: PullOpts) => {
+      const repo = await openRepoFromCli(program);
+      try {
+        const r = await pullReference(repo, source, name ?? source, opts);
+        let out = `manifest ${r.manifestDigest}\nconfig ${r.configDigest}\n`;
+        if (r.imageId) out += `image ${r.imageId}\n`;
+        out += `tagged ${name ?? source}\n`;
+        await writeOut(out);
+      } finally {
+        repo.close();
+      }
+    });
+
+  oci
+    .command('images')
+    .description('list tagged images')
+    .option('--json', 'JSON output')
+    .action(async (opts: { json?: boolean }) => {
+      const repo = await openRepoFromCli(program);
+      try {
+        const { listTags, openStoredImage } = await import('../oci/stored.js');
+        const rows: Array<Record<string, string | number | null>> = [];
+        for (const t of await listTags(repo)) {
+          try {
+            const img = await openStoredImage(repo, `@${t.manifestDigest}`, repo.erofsFormats.default);
+            rows.push({
+              name: t.name,
+              manifestDigest: t.manifestDigest,
+              configDigest: img.configDigest,
+              imageId: img.imageId,
+              architecture: img.artifact ? 'artifact' : (img.config.architecture ?? ''),
+              os: img.config.os ?? '',
+              layers: img.diffIds.length,
+            });
+          } catch (e) {
+            process.stderr.write(`cfs: warning: image ${t.name}: ${(e as Error).message}\n`);
+          }
+        }
+        if (opts.json) {
+          await writeOut(`${JSON.stringify({ images: rows }, null, 2)}\n`);
+        } else if (rows.length === 0) {
+          await writeOut('No images found\n');
+        } else {
+          const table = [['NAME', 'MANIFEST', 'IMAGE ID', 'ARCH', 'LAYERS']];
+          for (const r of rows) {
+            table.push([String(r.name), String(r.manifestDigest).slice(7, 19), String(r.imageId ?? '-').slice(0, 12), String(r.architecture), String(r.layers)]);
+          }
+          const widths = table[0].map((_, i) => Math.max(...table.map((row) => row[i].length)));
+          await writeOut(table.map((row) => row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n');
+        }
+      } finally {
+        repo.close();
+      }
+    });
+
+  oci
+    .command('inspect')
+    .description('show an image: manifest, config and composefs image id (or the raw manifest/config)')
+    .argument('<image>', 'tag, or @sha256:<manifest digest>')
+    .option('--manifest', 'print the raw manifest')
+    .option('--config', 'print the raw config')
+    .action(async (name: string, opts: { manifest?: boolean; config?: boolean }) => {
+      const repo = await openRepoFromCli(program, { create: false });
+      try {
+        const { openStoredImage } = await import('../oci/stored.js');
+        const img = await openStoredImage(repo, name, repo.erofsFormats.default);
+        if (opts.manifest) return void (await writeOut(Buffer.concat([img.manifestBytes, Buffer.from('\n')])));
+        if (opts.config) return void (await writeOut(Buffer.concat([img.configBytes, Buffer.from('\n')])));
+        const out = {
+          manifestDigest: img.manifestDigest,
+          configDigest: img.configDigest,
+          imageId: img.imageId,
+          manifest: JSON.parse(img.manifestBytes.toString('utf8')) as unknown,
+          config: JSON.parse(img.configBytes.toString('utf8')) as unknown,
+          referrers: [],
+        };
+        await writeOut(`${JSON.stringify(out, null, 2)}\n`);
+      } finally {
+        repo.close();
+      }
+    });
+
+  oci
+    .command('tag')
+    .description('tag a stored manifest')
+    .argument('<digest>', 'manifest digest (sha256:…)')
+    .argument('<name>')
+    .action(async (digest: string, name: string) => {
+      const repo = await openRepoFromCli(program, { create: false });
+      try {
+        const { tagImage } = await import('../oci/stored.js');
+        await tagImage(repo, name, digest.replace(/^@/, ''));
+        await writeOut(`Tagged ${digest} as ${name}\n`);
+      } finally {
+        repo.close();
+      }
+    });
+
+  oci
+    .command('untag')
+    .description('remove a tag (data stays until gc)')
+    .argument('<name>')
+    .action(async (name: string) => {
+      const repo = await openRepoFromCli(program, { create: false });
+      try {
+        const { untagImage } = await import('../oci/stored.js');
+        await untagImage(repo, name);
+        await writeOut(`Removed tag ${name}\n`);
+      } finally {
+        repo.close();
+      }
+    });
+
+  oci
+    .command('dump')
+    .description('composefs dumpfile of the merged root filesystem')
+    .argument('<image>', 'tag, or @sha256:<manifest digest>')
+    .action(async (name: string) => {
+      const repo = await openRepoFromCli(program, { create: false });
+      try {
+        const { openStoredImage } = await import('../oci/stored.js');
+        const { printDumpfile } = await import('../dumpfile/print.js');
+        const img = await openStoredImage(repo, name, repo.erofsFormats.default);
+        await writeOut(printDumpfile(await storedTree(repo, img)));
+      } finally {
+        repo.close();
+      }
+    });
+
+  oci
+    .command('compute-id')
+    .description('compute the composefs image id of a stored image from its layers')
+    .argument('<image>', 'tag, or @sha256:<manifest digest>')
+    .action(async (name: string) => {
+      const repo = await openRepoFromCli(program, { create: false });
+      try {
+        const { openStoredImage } = await import('../oci/stored.js');
+        const { erofsForFormat } = await import('../oci/image-build.js');
+        const { fsverityDigest } = await import('../fsverity/digest.js');
+        const img = await openStoredImage(repo, name, repo.erofsFormats.default);
+        const erofs = erofsForFormat(await storedTree(repo, img), repo.erofsFormats.default);
+        await writeOut(`${fsverityDigest(erofs, repo.alg).toString('hex')}\n`);
+      } finally {
+        repo.close();
+      }
+    });
 }

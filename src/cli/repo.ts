@@ -23,7 +23,12 @@ export async function openRepoFromCli(program: Command, opts: { create?: boolean
   const g = program.opts<GlobalOptions>();
   const { resolveRepositoryPath } = await import('../repository/location.js');
   const { Repository } = await import('../repository/repository.js');
-  return Repository.open(resolveRepositoryPath(g), { create: opts.create ?? true, insecure: !!g.insecure });
+  return Repository.open(resolveRepositoryPath(g), {
+    create: opts.create ?? true,
+    insecure: !!g.insecure,
+    fallbackInsecure: true,
+    onNotice: (text) => process.stderr.write(`cfs: note: ${text}\n`),
+  });
 }
 
 /** Write chunks to stdout with backpressure; a closed pipe (EPIPE) ends the output quietly. */

@@ -44,6 +44,10 @@ export interface OpenOptions {
   insecure?: boolean;
   /** Only a check against meta.json (or the algorithm for a repository created now). */
   hashAlg?: HashAlg;
+  /** When creating: fall back to insecure mode if the filesystem lacks fs-verity. */
+  fallbackInsecure?: boolean;
+  /** Receives one-line notices (e.g. the insecure fallback). */
+  onNotice?: (text: string) => void;
 }
 
 export interface ImageHandle {
@@ -169,7 +173,7 @@ export class Repository implements ObjectStore {
     } catch (e) {
       if (errnoCode(e) !== 'ENOENT') throw e;
       if (!opts.create) throw new CfsError('ENOENT', `repository ${abs} does not exist (create it with \`cfs init\`)`);
-      return Repository.init(abs, { hashAlg: opts.hashAlg, insecure: opts.insecure });
+      return Repository.createOnFirstUse(abs, opts);
     }
     try {
       native().flock(dirFd, LOCK_SH);
@@ -186,7 +190,7 @@ export class Repository implements ObjectStore {
       if (text === null) {
         closeSync(dirFd);
         dirFd = -1;
-        return await Repository.init(abs, { hashAlg: opts.hashAlg, insecure: opts.insecure });
+        return await Repository.createOnFirstUse(abs, opts);
       }
       const meta = parseMeta(text, metaPath);
       if (opts.hashAlg && opts.hashAlg !== meta.alg) {
@@ -203,6 +207,21 @@ export class Repository implements ObjectStore {
     } catch (e) {
       if (dirFd >= 0) closeSync(dirFd);
       throw e;
+    }
+  }
+
+  /**
+   * Implicit creation by a command other than `init`: secure when the filesystem has fs-verity;
+   * otherwise, with `fallbackInsecure`, an insecure repository (reported through `onNotice`)
+   * so that `cfs mount oci:…` works in one step on any filesystem.
+   */
+  private static async createOnFirstUse(abs: string, opts: OpenOptions): Promise<Repository> {
+    try {
+      return await Repository.init(abs, { hashAlg: opts.hashAlg, insecure: opts.insecure });
+    } catch (e) {
+      if (opts.insecure || !opts.fallbackInsecure || !(e instanceof CfsError) || e.code !== 'ENOTSUP') throw e;
+      opts.onNotice?.(`created repository ${abs} in insecure mode: its filesystem does not support fs-verity`);
+      return Repository.init(abs, { hashAlg: opts.hashAlg, insecure: true });
     }
   }
 

@@ -1,0 +1,46 @@
+/**
+ * What `cfs mount SOURCE` mounts: a transport reference (imported first when needed), an OCI
+ * image name known to the repository, an image id (hex) or `ref/NAME` (brief 1.8).
+ */
+import { CfsError } from '../errors.js';
+import type { Repository } from '../repository/repository.js';
+import type { ImageHandle } from '../repository/repository.js';
+
+export interface ResolvedMountSource {
+  image: ImageHandle;
+  /** Shown as the mount source (`composefs:<label>` / `cfs:<label>`). */
+  label: string;
+}
+
+export interface ResolveMountOptions {
+  platform?: string;
+  quiet?: boolean;
+  /** Imports a transport reference into the repository; returns the composefs image id. */
+  pull: (reference: string) => Promise<string | null>;
+}
+
+export async function resolveMountSource(repo: Repository, source: string, opts: ResolveMountOptions): Promise<ResolvedMountSource> {
+  const { isTransportReference } = await import('../oci/sources.js');
+  if (isTransportReference(source)) {
+    const imageId = await opts.pull(source);
+    if (!imageId) throw new CfsError('EINVAL', `${source}: an artifact has no filesystem to mount`);
+    return { image: await repo.openImage(imageId), label: source };
+  }
+  const { resolveTag, openStoredImage } = await import('./../oci/stored.js');
+  if (!/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(source) && !source.startsWith('ref/') && !source.startsWith('refs/')) {
+    if ((await resolveTag(repo, source)) !== null || source.startsWith('@')) {
+      const img = await openStoredImage(repo, source, repo.erofsFormats.default);
+      if (!img.imageId) throw new CfsError('ENOENT', `image '${source}' has no composefs image for EROFS format ${repo.erofsFormats.default}; pull it again`);
+      return { image: await repo.openImage(img.imageId), label: source };
+    }
+  }
+  const name = source.startsWith('ref/') ? `refs/${source.slice(4)}` : source;
+  try {
+    return { image: await repo.openImage(name), label: source };
+  } catch (e) {
+    if (e instanceof CfsError && e.code === 'ENOENT') {
+      throw new CfsError('ENOENT', `image '${source}' not found in repository ${repo.path} (not a tag, image id or ref; see 'cfs oci images')`);
+    }
+    throw e;
+  }
+}

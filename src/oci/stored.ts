@@ -1,0 +1,135 @@
+/**
+ * OCI images as stored in a repository (brief 2.8, 3.14, 3.15): manifest and config split
+ * streams with named refs, tags under `streams/refs/oci/<encoded name>`, and the composefs
+ * image recorded in the config stream's named refs.
+ */
+import { CfsError } from '../errors.js';
+import type { Repository } from '../repository/repository.js';
+import { readExternalSplitStream } from '../splitstream/reader.js';
+import { isImageConfigMediaType } from './media-types.js';
+import { parseConfig, parseManifest, type ImageConfig, type ImageManifest } from './source.js';
+
+export const TAG_REF_DIR = 'oci';
+export const IMAGE_REF_V1 = 'composefs.image.v1';
+export const IMAGE_REF_V2 = 'composefs.image';
+const BOOT_REF_PREFIX = 'composefs.image.boot';
+
+export function manifestContentId(digest: string): string {
+  return `oci-manifest-${digest}`;
+}
+export function configContentId(digest: string): string {
+  return `oci-config-${digest}`;
+}
+
+/** Tag names are stored as one path component: '%' → %25 first, then '/' → %2F. */
+export function encodeTag(name: string): string {
+  if (name.length === 0) throw new CfsError('EINVAL', 'empty image name');
+  if (name.startsWith('@')) throw new CfsError('EINVAL', `invalid image name '${name}': a leading '@' is reserved for digests`);
+  return name.replace(/%/g, '%25').replace(/\//g, '%2F');
+}
+
+export function decodeTag(enc: string): string {
+  return enc.replace(/%2F|%25/g, (m) => (m === '%2F' ? '/' : '%'));
+}
+
+export interface StoredImage {
+  name: string | null;
+  manifestDigest: string;
+  manifestBytes: Buffer;
+  manifest: ImageManifest;
+  configDigest: string;
+  configBytes: Buffer;
+  config: ImageConfig;
+  /** Layer stream object ids by diff_id. */
+  layerStreams: Map<string, Buffer>;
+  /** Layer ids in application order (config diff_ids, or blob digests for artifacts). */
+  diffIds: string[];
+  /** Hex id of the composefs image for the repository's format, when recorded. */
+  imageId: string | null;
+  artifact: boolean;
+}
+
+function isDigest(s: string): boolean {
+  return /^sha(256|384|512):[0-9a-f]+$/.test(s);
+}
+
+/** Manifest digest of a tag, or null. */
+export async function resolveTag(repo: Repository, name: string): Promise<string | null> {
+  const target = await repo.readRef('streams', `${TAG_REF_DIR}/${encodeTag(name)}`);
+  if (target === null) return null;
+  if (!target.startsWith('oci-manifest-')) throw new CfsError('ECORRUPT', `tag '${name}' points at '${target}', not a manifest stream`);
+  return target.slice('oci-manifest-'.length);
+}
+
+export async function tagImage(repo: Repository, name: string, manifestDigest: string): Promise<void> {
+  if (!(await repo.hasStream(manifestContentId(manifestDigest)))) {
+    throw new CfsError('ENOENT', `manifest ${manifestDigest} is not in repository ${repo.path}`);
+  }
+  await repo.setRef('streams', `${TAG_REF_DIR}/${encodeTag(name)}`, manifestContentId(manifestDigest));
+}
+
+export async function untagImage(repo: Repository, name: string): Promise<void> {
+  const ref = `${TAG_REF_DIR}/${encodeTag(name)}`;
+  if ((await repo.readRef('streams', ref)) === null) throw new CfsError('ENOENT', `image '${name}' not found in repository ${repo.path}`);
+  await repo.removeRef('streams', ref);
+}
+
+export async function listTags(repo: Repository): Promise<Array<{ name: string; manifestDigest: string }>> {
+  const prefix = `${TAG_REF_DIR}/`;
+  const out: Array<{ name: string; manifestDigest: string }> = [];
+  for (const { name, contentId } of await repo.listStreamRefs()) {
+    if (!name.startsWith(prefix) || !contentId.startsWith('oci-manifest-')) continue;
+    out.push({ name: decodeTag(name.slice(prefix.length)), manifestDigest: contentId.slice('oci-manifest-'.length) });
+  }
+  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/** Image ref name for the repository's EROFS format. */
+export function imageRefName(erofsVersion: number): string {
+  return erofsVersion === 2 ? IMAGE_REF_V2 : IMAGE_REF_V1;
+}
+
+/** Open an image by tag, `sha256:` manifest digest, or `@sha256:` manifest digest. */
+export async function openStoredImage(repo: Repository, nameOrDigest: string, erofsVersion = 1): Promise<StoredImage> {
+  let manifestDigest: string | null;
+  let name: string | null = null;
+  const bare = nameOrDigest.startsWith('@') ? nameOrDigest.slice(1) : nameOrDigest;
+  if (isDigest(bare) && (nameOrDigest.startsWith('@') || (await repo.hasStream(manifestContentId(bare))))) {
+    manifestDigest = bare;
+  } else {
+    name = nameOrDigest;
+    manifestDigest = await resolveTag(repo, nameOrDigest);
+    if (manifestDigest === null) throw new CfsError('ENOENT', `image '${nameOrDigest}' not found in repository ${repo.path} (see 'cfs oci images')`);
+  }
+  const manifestStream = await repo.hasStream(manifestContentId(manifestDigest));
+  if (!manifestStream) throw new CfsError('ENOENT', `manifest ${manifestDigest} not found in repository ${repo.path}`);
+  const m = await readExternalSplitStream(repo, manifestStream, { name: manifestContentId(manifestDigest) });
+  const manifest = parseManifest(m.data, `manifest ${manifestDigest}`);
+  const configDigest = manifest.config.digest;
+  const configStream = m.namedRefs.get(`config:${configDigest}`) ?? (await repo.hasStream(configContentId(configDigest)));
+  if (!configStream) throw new CfsError('ECORRUPT', `manifest ${manifestDigest}: config stream ${configDigest} is missing`);
+  const c = await readExternalSplitStream(repo, configStream, { name: configContentId(configDigest) });
+  const artifact = !isImageConfigMediaType(manifest.config.mediaType);
+  const config = parseConfig(c.data, `config ${configDigest}`, !artifact);
+  const diffIds = artifact ? manifest.layers.map((l) => l.digest) : (config.rootfs?.diff_ids ?? []);
+  const layerStreams = new Map<string, Buffer>();
+  for (const [k, v] of c.namedRefs) {
+    if (k === IMAGE_REF_V1 || k === IMAGE_REF_V2 || k.startsWith(BOOT_REF_PREFIX)) continue;
+    layerStreams.set(k, v);
+  }
+  if (artifact) for (const [k, v] of m.namedRefs) if (!k.startsWith('config:')) layerStreams.set(k, v);
+  const imageObj = c.namedRefs.get(imageRefName(erofsVersion)) ?? null;
+  return {
+    name,
+    manifestDigest,
+    manifestBytes: m.data,
+    manifest,
+    configDigest,
+    configBytes: c.data,
+    config,
+    layerStreams,
+    diffIds,
+    imageId: imageObj ? imageObj.toString('hex') : null,
+    artifact,
+  };
+}
