@@ -1,0 +1,217 @@
+/**
+ * Rebuilding a layer's exact tar from tar-split metadata plus the layer's files.
+ *
+ * `<driver>-layers/<id>.tar-split.gz` is gzip'd JSON, one entry per line (vbatts/tar-split):
+ *   {"type":2,"payload":"<base64>","position":N}   raw bytes: headers (incl. PAX/GNU), padding, trailer
+ *   {"type":1,"name":"etc/x","size":N,"payload":"<base64 crc64>","position":N}   a member's content
+ * (`name_raw` replaces `name`, base64, when the name is not UTF-8; size and payload are omitted
+ * when the size is 0). Concatenating the segments with the named files' contents gives back the
+ * original tar byte for byte, so its sha256 is the layer's diff_id.
+ *
+ * Whiteouts need nothing special: the `.wh.` members are recorded as headers with size 0 (the
+ * overlay diff holds char device 0/0 or an opaque xattr instead), and only members with
+ * size > 0 are looked up on disk, like tar-split's own assembler.
+ */
+import { open, lstat } from 'node:fs/promises';
+import { createGunzip } from 'node:zlib';
+import { createReadStream } from 'node:fs';
+import path from 'node:path';
+import { CfsError, errnoCode } from '../../errors.js';
+import { Crc64 } from './crc64.js';
+import type { ContainersStore } from './store.js';
+
+export type TarSplitEntry =
+  | { type: 'segment'; payload: Buffer }
+  | { type: 'file'; name: string; nameBytes: Buffer; size: number; crc64: Buffer | null };
+
+export type LayerSegment =
+  | { kind: 'raw'; data: Buffer }
+  | {
+      kind: 'file';
+      /** Absolute path of the content in the layer's files (a Buffer when the name is not UTF-8). */
+      path: string | Buffer;
+      /** Member name as recorded in the tar. */
+      name: string;
+      size: number;
+      /** Expected CRC-64/ISO (big-endian), for consumers that read the file themselves. */
+      crc64: Buffer;
+    };
+
+const TYPE_FILE = 1;
+const TYPE_SEGMENT = 2;
+const READ_CHUNK = 1024 * 1024;
+/** A JSON line longer than this is not tar-split (PAX headers are capped well below). */
+const MAX_LINE = 64 * 1024 * 1024;
+
+function corrupt(file: string, line: number, why: string): CfsError {
+  return new CfsError('ECORRUPT', `${file}:${line}: ${why}`);
+}
+
+function b64(v: unknown, file: string, line: number, what: string): Buffer {
+  if (v === undefined || v === null) return Buffer.alloc(0);
+  if (typeof v !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(v)) throw corrupt(file, line, `${what} is not base64`);
+  return Buffer.from(v, 'base64');
+}
+
+function parseEntry(text: string, file: string, line: number): TarSplitEntry {
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch (e) {
+    throw corrupt(file, line, `invalid JSON: ${(e as Error).message}`);
+  }
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw corrupt(file, line, 'entry is not an object');
+  const r = o as Record<string, unknown>;
+  if (r['type'] === TYPE_SEGMENT) return { type: 'segment', payload: b64(r['payload'], file, line, 'payload') };
+  if (r['type'] !== TYPE_FILE) throw corrupt(file, line, `unknown entry type ${JSON.stringify(r['type'])}`);
+  const size = r['size'] ?? 0;
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw corrupt(file, line, 'invalid size');
+  let nameBytes: Buffer;
+  if (r['name_raw'] !== undefined && r['name_raw'] !== null) nameBytes = b64(r['name_raw'], file, line, 'name_raw');
+  else if (typeof r['name'] === 'string') nameBytes = Buffer.from(r['name'], 'utf8');
+  else throw corrupt(file, line, 'file entry has no name');
+  const crc = r['payload'] === undefined || r['payload'] === null ? null : b64(r['payload'], file, line, 'payload');
+  if (size > 0 && (crc === null || crc.length !== 8)) throw corrupt(file, line, 'file entry has no 8-byte crc64');
+  return { type: 'file', name: nameBytes.toString('utf8'), nameBytes, size, crc64: crc };
+}
+
+/** Streams the entries of a tar-split file. */
+export async function* readTarSplit(file: string): AsyncGenerator<TarSplitEntry> {
+  const input = createReadStream(file);
+  const gunzip = input.pipe(createGunzip());
+  input.on('error', (e) => gunzip.destroy(e));
+  let pending: Buffer[] = [];
+  let pendingLen = 0;
+  let line = 0;
+  try {
+    for await (const chunk of gunzip as AsyncIterable<Buffer>) {
+      let start = 0;
+      for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, start)) {
+        pending.push(chunk.subarray(start, nl));
+        const text = Buffer.concat(pending).toString('utf8');
+        pending = [];
+        pendingLen = 0;
+        start = nl + 1;
+        line++;
+        if (text.trim() !== '') yield parseEntry(text, file, line);
+      }
+      pending.push(chunk.subarray(start));
+      pendingLen += chunk.length - start;
+      if (pendingLen > MAX_LINE) throw corrupt(file, line + 1, 'line too long');
+    }
+  } catch (e) {
+    if (e instanceof CfsError) throw e;
+    if (errnoCode(e) === 'ENOENT') throw new CfsError('ENOENT', `${file}: tar-split metadata is missing; the layer's tar cannot be reproduced`);
+    throw new CfsError('ECORRUPT', `${file}: ${(e as Error).message}`);
+  } finally {
+    input.destroy();
+  }
+  const tail = Buffer.concat(pending).toString('utf8');
+  // tar-split's own reader ignores a final line that is not JSON (it writes none).
+  if (tail.trim() !== '') {
+    try {
+      JSON.parse(tail);
+    } catch {
+      return;
+    }
+    yield parseEntry(tail, file, line + 1);
+  }
+}
+
+/** Relative path of a member inside the layer dir; `..` components would escape it. */
+function memberPath(nameBytes: Buffer, layerId: string, name: string): Buffer {
+  const parts = nameBytes
+    .toString('latin1')
+    .split('/')
+    .filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw new CfsError('ECORRUPT', `layer ${layerId}: member "${name}" escapes the layer directory`);
+  if (parts.length === 0) throw new CfsError('ECORRUPT', `layer ${layerId}: file member with an empty name`);
+  return Buffer.from(parts.join('/'), 'latin1');
+}
+
+function joinPath(dir: string, rel: Buffer, utf8: boolean): string | Buffer {
+  return utf8 ? path.join(dir, rel.toString('utf8')) : Buffer.concat([Buffer.from(`${dir}/`, 'utf8'), rel]);
+}
+
+/** First regular file of the right size for a member, searching the layer's dirs in order. */
+async function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, layerId: string, name: string): Promise<string | Buffer> {
+  let wrongSize: number | null = null;
+  for (const d of dirs) {
+    const p = joinPath(d, rel, utf8);
+    let st;
+    try {
+      st = await lstat(p);
+    } catch (e) {
+      if (errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENOTDIR') continue;
+      throw new CfsError('EIO', `layer ${layerId}: ${name}: ${(e as Error).message}`);
+    }
+    if (!st.isFile()) continue;
+    if (st.size === size) return p;
+    wrongSize ??= st.size;
+  }
+  if (wrongSize !== null) {
+    throw new CfsError('EDIGEST', `layer ${layerId}: ${name} changed since import (size ${wrongSize}, recorded ${size})`);
+  }
+  throw new CfsError('ENOENT', `layer ${layerId}: ${name} is missing from the layer's files in ${dirs[0]}`);
+}
+
+/**
+ * The layer's tar as raw segments and file references, without reading file contents. Holds a
+ * shared lock on layers.lock until the iteration ends, so a consumer that hardlinks or reflinks
+ * `path` should do so before asking for the next segment.
+ */
+export async function* layerSegments(store: ContainersStore, layerId: string): AsyncGenerator<LayerSegment> {
+  const tarSplit = store.tarSplitPath(layerId);
+  const lock = await store.lockLayers();
+  try {
+    const dirs = await store.layerSearchDirs(layerId);
+    for await (const e of readTarSplit(tarSplit)) {
+      if (e.type === 'segment') {
+        if (e.payload.length) yield { kind: 'raw', data: e.payload };
+        continue;
+      }
+      if (e.size === 0) continue; // directories, links, devices, whiteouts, empty files
+      const utf8 = Buffer.from(e.name, 'utf8').equals(e.nameBytes);
+      const rel = memberPath(e.nameBytes, layerId, e.name);
+      const p = await findFile(dirs, rel, utf8, e.size, layerId, e.name);
+      yield { kind: 'file', path: p, name: e.name, size: e.size, crc64: e.crc64! };
+    }
+  } finally {
+    lock.release();
+  }
+}
+
+/** Streams one file's content, checking its length and CRC-64 against the tar-split record. */
+async function* fileContent(layerId: string, seg: Extract<LayerSegment, { kind: 'file' }>): AsyncGenerator<Buffer> {
+  const changed = (why: string): CfsError => new CfsError('EDIGEST', `layer ${layerId}: ${seg.name} changed since import (${why})`);
+  const fh = await open(seg.path, 'r');
+  try {
+    const crc = new Crc64();
+    let done = 0;
+    while (done < seg.size) {
+      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, seg.size - done));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, done);
+      if (bytesRead === 0) throw changed(`shorter than the recorded ${seg.size} bytes`);
+      const chunk = bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+      crc.update(chunk);
+      done += bytesRead;
+      yield chunk;
+    }
+    const { bytesRead } = await fh.read(Buffer.alloc(1), 0, 1, done);
+    if (bytesRead !== 0) throw changed(`longer than the recorded ${seg.size} bytes`);
+    if (!crc.digest().equals(seg.crc64)) throw changed('crc64 mismatch');
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * The layer's exact uncompressed tar, streamed: raw segments as recorded, file contents read
+ * from the layer's files and checked against their recorded size and CRC-64.
+ */
+export async function* layerTarStream(store: ContainersStore, layerId: string): AsyncGenerator<Buffer> {
+  for await (const seg of layerSegments(store, layerId)) {
+    if (seg.kind === 'raw') yield seg.data;
+    else yield* fileContent(layerId, seg);
+  }
+}

@@ -1,0 +1,245 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { isCfsError } from '../src/errors.js';
+import { openStorageImage, type OpenStorageOptions, type StorageImage } from '../src/oci/containers-storage/image.js';
+import { lockMechanism } from '../src/oci/containers-storage/lock.js';
+import { layerSegments, layerTarStream } from '../src/oci/containers-storage/tar-split.js';
+import { cstorSkipReason, makeCstorStore, type CstorDriver, type CstorFixture } from './helpers/cstor-fixture.js';
+
+const skip = await cstorSkipReason();
+if (skip) console.log(`# skipping containers-storage store tests: ${skip}`);
+
+const isErr = (code: string, re: RegExp) => (e: unknown) => isCfsError(e) && e.code === code && re.test(e.message);
+
+async function sha256Of(stream: AsyncIterable<Buffer>): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of stream) h.update(c);
+  return `sha256:${h.digest('hex')}`;
+}
+
+function opts(f: CstorFixture, extra: OpenStorageOptions = {}): OpenStorageOptions {
+  return { context: { env: { CONTAINERS_STORAGE_CONF: f.confPath } }, ...extra };
+}
+
+for (const driver of ['overlay', 'vfs'] as CstorDriver[]) {
+  describe(`containers-storage (${driver})`, { skip: skip ?? false }, () => {
+    let f: CstorFixture;
+    before(async () => {
+      f = await makeCstorStore({ driver });
+      await f.add('quay.io/acme/other:v1', { layers: [[{ path: 'hello', content: 'hello world, more than sixty-four bytes of content to be external!' }]] });
+    });
+    after(() => f?.cleanup());
+
+    test('every layer stream hashes to its diff_id; manifest and config match the source', async () => {
+      const src = f.images[0]!.built;
+      const img = await openStorageImage('localhost/x:latest', opts(f));
+      assert.equal(img.manifestDigest, src.manifestDigest);
+      assert.ok(img.manifestBytes.equals(src.manifestBytes));
+      assert.equal(img.configDigest, src.configDigest);
+      assert.ok(img.configBytes.equals(src.configBytes));
+      assert.deepEqual(img.layers.map((l) => l.diffId), src.layers.map((l) => l.diffId));
+      for (const [i, l] of img.layers.entries()) {
+        assert.equal(await sha256Of(layerTarStream(l.store, l.layerId)), l.diffId, `layer ${i}`);
+        assert.equal(l.uncompressedSize, src.layers[i]!.tar.length);
+      }
+    });
+
+    test('layerSegments reference files in the layer dir and add up to the tar', async () => {
+      const img = await openStorageImage('localhost/x', opts(f));
+      const l = img.layers[0]!;
+      const parts: Buffer[] = [];
+      const files: string[] = [];
+      for await (const s of layerSegments(l.store, l.layerId)) {
+        if (s.kind === 'raw') parts.push(s.data);
+        else {
+          assert.equal(typeof s.path, 'string');
+          assert.ok((s.path as string).startsWith(l.store.layerDir(l.layerId)));
+          files.push(s.name);
+          parts.push(await readFile(s.path));
+        }
+      }
+      assert.ok(Buffer.concat(parts).equals(f.images[0]!.built.layers[0]!.tar));
+      // Empty files, links and directories have no content to fetch.
+      assert.deepEqual(files.sort(), ['etc/hundred', 'etc/ten', 'opq/a', 'opq/sub/b', 'private', 'usr/attr', 'usr/big'].sort());
+    });
+
+    test('lookup by name, short name, digest, ID and ID prefix', async () => {
+      const { built } = f.images[0]!;
+      const id = built.configDigest.slice(7);
+      const refs = [
+        'x',
+        'x:latest',
+        'localhost/x',
+        'containers-storage:localhost/x:latest',
+        `@${built.manifestDigest}`,
+        `localhost/x@${built.manifestDigest}`,
+        id,
+        `@${id}`,
+        `sha256:${id}`,
+        id.slice(0, 12),
+        `[${driver}@${f.graphroot}+${f.runroot}]localhost/x`,
+      ];
+      for (const r of refs) {
+        const img = await openStorageImage(r, r.startsWith('[') ? { context: { env: {} } } : opts(f));
+        assert.equal(img.imageId, id, r);
+        assert.equal(img.manifestDigest, built.manifestDigest, r);
+      }
+      const other = await openStorageImage('quay.io/acme/other:v1', opts(f));
+      assert.equal(other.layers.length, 1);
+      assert.equal(await sha256Of(layerTarStream(other.layers[0]!.store, other.layers[0]!.layerId)), other.layers[0]!.diffId);
+      // `other` is not a docker.io name: only the unique-suffix rule finds it by its short name.
+      assert.equal((await openStorageImage('acme/other:v1', opts(f))).imageId, other.imageId);
+    });
+
+    test('unknown names fail with ENOENT listing similar names', async () => {
+      await assert.rejects(openStorageImage('xx', opts(f)), isErr('ENOENT', /docker\.io\/library\/xx:latest: no such image .*similar: localhost\/x:latest/));
+      await assert.rejects(openStorageImage('quay.io/acme/othr:v1', opts(f)), isErr('ENOENT', /similar: quay\.io\/acme\/other:v1/));
+      await assert.rejects(openStorageImage('x:nope', opts(f)), isErr('ENOENT', /no such image/));
+      await assert.rejects(openStorageImage(`@sha256:${'0'.repeat(64)}`, opts(f)), isErr('ENOENT', /no such image/));
+    });
+
+    test('changed layer files are detected (EDIGEST naming the file)', async () => {
+      const img = await openStorageImage('localhost/x', opts(f));
+      const l = img.layers[0]!;
+      const file = join(l.store.layerDir(l.layerId), 'usr/attr');
+      const orig = await readFile(file);
+      try {
+        const flipped = Buffer.from(orig);
+        flipped[100] = flipped[100]! ^ 1;
+        await writeFile(file, flipped);
+        await assert.rejects(sha256Of(layerTarStream(l.store, l.layerId)), isErr('EDIGEST', new RegExp(`layer ${l.layerId}: usr/attr changed since import \\(crc64 mismatch\\)`)));
+        await writeFile(file, orig.subarray(1));
+        await assert.rejects(sha256Of(layerTarStream(l.store, l.layerId)), isErr('EDIGEST', /usr\/attr changed since import \(size 299, recorded 300\)/));
+        await rm(file);
+        await assert.rejects(sha256Of(layerTarStream(l.store, l.layerId)), isErr('ENOENT', /usr\/attr is missing/));
+      } finally {
+        await writeFile(file, orig);
+      }
+      assert.equal(await sha256Of(layerTarStream(l.store, l.layerId)), l.diffId);
+    });
+
+    test('damaged store metadata gives clear errors', async () => {
+      const layersJson = join(f.graphroot, `${driver}-layers`, 'layers.json');
+      const orig = await readFile(layersJson, 'utf8');
+      try {
+        await writeFile(layersJson, orig.slice(0, orig.length >> 1));
+        await assert.rejects(openStorageImage('localhost/x', opts(f)), isErr('ECORRUPT', new RegExp(`${layersJson.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: invalid JSON`)));
+        const recs = JSON.parse(orig) as Array<Record<string, unknown>>;
+        recs[0]!['diff-digest'] = `sha256:${'1'.repeat(64)}`;
+        await writeFile(layersJson, JSON.stringify(recs));
+        await assert.rejects(openStorageImage('localhost/x', opts(f)), isErr('ECORRUPT', /has diff-digest sha256:1{64}, the config says/));
+      } finally {
+        await writeFile(layersJson, orig);
+      }
+      const img = await openStorageImage('localhost/x', opts(f));
+      const ts = img.layers[1]!.store.tarSplitPath(img.layers[1]!.layerId);
+      await rename(ts, `${ts}.away`);
+      try {
+        await assert.rejects(sha256Of(layerTarStream(img.layers[1]!.store, img.layers[1]!.layerId)), isErr('ENOENT', /tar-split metadata is missing/));
+      } finally {
+        await rename(`${ts}.away`, ts);
+      }
+    });
+  });
+}
+
+describe('containers-storage: store discovery errors', { skip: skip ?? false }, () => {
+  test('a missing graph root is named', async () => {
+    const env = { CONTAINERS_STORAGE_CONF: '/nonexistent/storage.conf' };
+    await assert.rejects(openStorageImage('x', { context: { env } }), isErr('ENOENT', /\/nonexistent\/storage\.conf/));
+    await assert.rejects(openStorageImage('[overlay@/nonexistent/graph]x', { context: { env: {} } }), isErr('ENOENT', /graph root \/nonexistent\/graph does not exist/));
+    await assert.rejects(openStorageImage('[btrfs@/tmp]x', { context: { env: {} } }), isErr('ENOTSUP', /storage driver "btrfs" is not supported/));
+  });
+});
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+
+/** A child process that holds `lockPath` the way a writer would, until its stdin closes. */
+async function holdLock(lockPath: string, how: 'cfs-exclusive' | 'posix-write'): Promise<ChildProcess> {
+  const lockModule = JSON.stringify(join(here, '../src/oci/containers-storage/lock.ts'));
+  const child =
+    how === 'cfs-exclusive'
+      ? spawn(
+          process.execPath,
+          [
+            '--import',
+            'tsx',
+            '--input-type=module',
+            '-e',
+            `const { acquireLock } = await import(${lockModule});
+             await acquireLock(${JSON.stringify(lockPath)}, 'exclusive');
+             console.log('locked'); process.stdin.resume(); process.stdin.on('end', () => process.exit(0));`,
+          ],
+          { stdio: ['pipe', 'pipe', 'inherit'] },
+        )
+      : spawn('python3', ['-c', `import fcntl,sys\nf=open(${JSON.stringify(lockPath)},'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\nsys.stdin.read()`], {
+          stdio: ['pipe', 'pipe', 'inherit'],
+        });
+  const [data] = (await once(child.stdout!, 'data')) as [Buffer];
+  assert.equal(data.toString().trim(), 'locked');
+  return child;
+}
+
+async function release(child: ChildProcess): Promise<void> {
+  const exited = once(child, 'exit');
+  child.stdin!.end();
+  await exited;
+}
+
+describe('containers-storage: read locks', { skip: skip ?? false }, () => {
+  let f: CstorFixture;
+  let img: StorageImage;
+  before(async () => {
+    f = await makeCstorStore({ driver: 'vfs', images: [{ name: 'localhost/l:1', spec: { layers: [[{ path: 'a', content: 'x'.repeat(100) }]] } }] });
+    img = await openStorageImage('localhost/l:1', opts(f, { timeoutMs: 300 }));
+  });
+  after(() => f?.cleanup());
+
+  test('an exclusive holder of layers.lock makes us wait, then fail with EBUSY naming the lock', async () => {
+    const lockPath = join(f.graphroot, 'vfs-layers', 'layers.lock');
+    const child = await holdLock(lockPath, 'cfs-exclusive');
+    try {
+      await assert.rejects(openStorageImage('localhost/l:1', opts(f, { timeoutMs: 300 })), isErr('EBUSY', /vfs-layers\/layers\.lock: locked by another process/));
+      // Streaming a layer takes the same lock (img's store was opened with timeoutMs 300).
+      await assert.rejects(sha256Of(layerTarStream(img.layers[0]!.store, img.layers[0]!.layerId)), isErr('EBUSY', /layers\.lock/));
+      // A waiting reader proceeds once the writer lets go.
+      const waiting = openStorageImage('localhost/l:1', opts(f));
+      await new Promise((r) => setTimeout(r, 200));
+      await release(child);
+      assert.equal((await waiting).imageId, img.imageId);
+    } finally {
+      child.kill();
+    }
+  });
+
+  test('an exclusive holder of images.lock blocks image lookup', async () => {
+    const child = await holdLock(join(f.graphroot, 'vfs-images', 'images.lock'), 'cfs-exclusive');
+    try {
+      await assert.rejects(openStorageImage('localhost/l:1', opts(f, { timeoutMs: 0 })), isErr('EBUSY', /vfs-images\/images\.lock/));
+    } finally {
+      await release(child);
+    }
+  });
+
+  test('a containers/storage-style POSIX write lock excludes us', { skip: lockMechanism() === 'flock' ? 'native addon has no fcntlLock: flock does not see containers/storage fcntl locks' : false }, async () => {
+    const child = await holdLock(join(f.graphroot, 'vfs-layers', 'layers.lock'), 'posix-write');
+    try {
+      await assert.rejects(openStorageImage('localhost/l:1', opts(f, { timeoutMs: 200 })), isErr('EBUSY', /layers\.lock/));
+    } finally {
+      await release(child);
+    }
+  });
+
+  test('concurrent readers in one process share the lock', async () => {
+    const l = img.layers[0]!;
+    const [a, b] = await Promise.all([sha256Of(layerTarStream(l.store, l.layerId)), sha256Of(layerTarStream(l.store, l.layerId))]);
+    assert.equal(a, l.diffId);
+    assert.equal(b, l.diffId);
+  });
+});
