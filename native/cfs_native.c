@@ -413,6 +413,21 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   RETURN_VOID(&c, rc, "flock", NULL);
 }
 
+/* POSIX whole-file record lock (what containers/storage uses); op takes flock's LOCK_* bits. */
+static napi_value js_fcntl_lock(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fcntlLock");
+  int fd = (int)arg_int(&c, 0);
+  int op = (int)arg_int(&c, 1);
+  BAIL_IF_FAILED(&c);
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_whence = SEEK_SET;
+  fl.l_type = (op & LOCK_UN) ? F_UNLCK : (op & LOCK_EX) ? F_WRLCK : F_RDLCK;
+  int rc = fcntl(fd, (op & LOCK_NB) ? F_SETLK : F_SETLKW, &fl);
+  RETURN_VOID(&c, rc, "fcntl F_SETLK", NULL);
+}
+
 static napi_value js_syncfs(napi_env env, napi_callback_info info) {
   call_t c;
   call_init(&c, env, info, "syncfs");
@@ -729,6 +744,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("ficlone", js_ficlone),
       FN("renameNoReplace", js_rename_noreplace),
       FN("flock", js_flock),
+      FN("fcntlLock", js_fcntl_lock),
       FN("syncfs", js_syncfs),
       FN("fsopen", js_fsopen),
       FN("fsconfigSetString", js_fsconfig_set_string),

@@ -25,6 +25,8 @@ export interface NativeAddon {
   ficlone(destFd: number, srcFd: number): void;
   renameNoReplace(oldPath: string, newPath: string): void; // renameat2(RENAME_NOREPLACE)
   flock(fd: number, op: number): void; // LOCK_SH=1 LOCK_EX=2 LOCK_NB=4 LOCK_UN=8
+  /** POSIX whole-file lock via fcntl(F_SETLK[W]); op takes flock's LOCK_* bits. */
+  fcntlLock(fd: number, op: number): void;
   syncfs(fd: number): void;
   // new mount API and classic mount calls
   fsopen(fsType: string, flags: number): number; // FSOPEN_CLOEXEC always added
