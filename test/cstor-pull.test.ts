@@ -1,0 +1,72 @@
+/**
+ * `cfs oci pull containers-storage:…` through the real CLI against a store made by skopeo:
+ * same image id as pulling the layout via oci:, every layer rebuilds to its diff_id, and a diff
+ * file changed behind podman's back is caught.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { appendFileSync, readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { makeCstorStore, cstorSkipReason, type CstorFixture } from './helpers/cstor-fixture.js';
+import { cfsOk, runCfs } from './helpers/cli.js';
+import { repoProblems } from './helpers/repo-check.js';
+
+const skip = await cstorSkipReason();
+let fx: CstorFixture;
+
+before(async () => {
+  if (skip) return;
+  fx = await makeCstorStore();
+});
+after(async () => {
+  if (fx) await fx.cleanup();
+});
+
+function imageIdOf(out: string): string {
+  const m = /image ([0-9a-f]+)/.exec(out);
+  assert.ok(m, out);
+  return m[1];
+}
+
+test('containers-storage pull equals the oci: pull of the same image', { skip: skip ?? false }, () => {
+  const img = fx.images[0];
+  const repo = path.join(fx.dir, 'repo');
+  const a = cfsOk(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${img.name}`, 'cs'], { env: fx.env });
+  const b = cfsOk(['--repo', path.join(fx.dir, 'repo-oci'), 'oci', 'pull', '-q', `oci:${path.join(fx.dir, 'layout0')}:img`, 'o'], { env: fx.env });
+  assert.equal(imageIdOf(a.stdout), imageIdOf(b.stdout));
+  for (const l of img.built.layers) {
+    const cat = cfsOk(['--repo', repo, 'cat', `oci-layer-${l.diffId}`]);
+    assert.equal(`sha256:${createHash('sha256').update(cat.stdoutBuf).digest('hex')}`, l.diffId);
+  }
+  assert.deepEqual(repoProblems(repo), []);
+});
+
+test('containers-storage: unknown image lists similar names; changed diff file is caught', { skip: skip ?? false }, () => {
+  const repo = path.join(fx.dir, 'repo-bad');
+  const unknown = runCfs(['--repo', repo, 'oci', 'pull', '-q', 'containers-storage:localhost/y:latest'], { env: fx.env });
+  assert.notEqual(unknown.status, 0);
+  assert.match(unknown.stderr, /localhost\/x:latest/);
+
+  // Append to the largest regular file of a layer's diff directory (what podman would never do).
+  const overlay = path.join(fx.graphroot, fx.driver === 'overlay' ? 'overlay' : 'vfs/dir');
+  let victim: string | null = null;
+  let size = -1;
+  const walk = (d: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile() && statSync(p).size > size && p.includes(fx.driver === 'overlay' ? '/diff/' : '/')) {
+        victim = p;
+        size = statSync(p).size;
+      }
+    }
+  };
+  walk(overlay);
+  assert.ok(victim);
+  appendFileSync(victim, 'tampered');
+  const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /changed since import|crc64|diff_id/);
+  assert.deepEqual(repoProblems(repo), []);
+});
