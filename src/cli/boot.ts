@@ -1,5 +1,153 @@
+/**
+ * Boot tooling: `cfs create-image`, `cfs compute-karg`, `cfs oci prepare-boot`, `cfs setup-root`.
+ * (`compute-id` / `create-dumpfile` of a directory live in mkcomposefs.ts; the directory image
+ * library they can share is src/boot/image.ts.)
+ */
 import type { Command } from 'commander';
+import { CfsError } from '../errors.js';
+import type { HashAlg } from '../fsverity/digest.js';
+import { openRepoFromCli } from './repo.js';
 
-export function register(_program: Command): void {
-  // Boot tooling commands are added by their module owner.
+interface GlobalOptions {
+  repo?: string;
+  user?: boolean;
+  system?: boolean;
+  insecure?: boolean;
+}
+
+interface TreeOpts {
+  bootable?: boolean;
+  propagateUsrToRoot: boolean;
+  xattrs: string;
+}
+
+function keepUserXattrs(mode: string): boolean {
+  if (mode === 'allowlist-only') return false;
+  if (mode === 'keep-user-xattrs') return true;
+  throw new CfsError('EINVAL', `unknown xattr mode '${mode}' (allowlist-only or keep-user-xattrs)`);
+}
+
+function parseHash(v: string | undefined): HashAlg | undefined {
+  if (v === undefined) return undefined;
+  if (v !== 'sha256' && v !== 'sha512') throw new CfsError('EINVAL', `unsupported hash algorithm '${v}' (sha256 or sha512)`);
+  return v;
+}
+
+function parseErofsVersion(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (v !== '0' && v !== '1' && v !== '2') throw new CfsError('EINVAL', `invalid EROFS format version '${v}' (0, 1 or 2)`);
+  return Number(v);
+}
+
+/**
+ * Hash for commands that need no repository (cfsctl rule): the existing repository's
+ * algorithm (a conflicting --hash is an error), else --hash, else sha512.
+ */
+async function hashWithoutRepo(program: Command, hash: HashAlg | undefined): Promise<HashAlg> {
+  const { readFile } = await import('node:fs/promises');
+  const path = await import('node:path');
+  const { resolveRepositoryPath } = await import('../repository/location.js');
+  const { parseMeta, algorithmString } = await import('../repository/meta.js');
+  let metaPath: string;
+  try {
+    metaPath = path.join(resolveRepositoryPath(program.opts<GlobalOptions>()), 'meta.json');
+  } catch {
+    return hash ?? 'sha512';
+  }
+  let text: string;
+  try {
+    text = await readFile(metaPath, 'utf8');
+  } catch {
+    return hash ?? 'sha512';
+  }
+  const alg = parseMeta(text, metaPath).alg;
+  if (hash && hash !== alg) throw new CfsError('EINVAL', `repository is configured for ${algorithmString(alg)} (from meta.json) but --hash ${hash} was specified`);
+  return alg;
+}
+
+function registerPrepareBoot(program: Command): void {
+  const oci = program.commands.find((c) => c.name() === 'oci') ?? program.command('oci').description('OCI images in the repository');
+  oci
+    .command('prepare-boot')
+    .description('make a stored image bootable: boot image, BLS entries per kernel, deployment state for setup-root')
+    .argument('<image>', 'tag, or @sha256:… manifest digest')
+    .option('--bootdir <dir>', 'boot partition mount point', '/boot')
+    .option('--entry-id <id>', 'boot entry id (default: the kernel version)')
+    .option('--cmdline <arg>', 'extra kernel argument (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .action(async (image: string, o: { bootdir: string; entryId?: string; cmdline: string[] }) => {
+      const { prepareBoot } = await import('../boot/oci-boot.js');
+      const repo = await openRepoFromCli(program, { create: false });
+      try {
+        const r = await prepareBoot(repo, image, { bootdir: o.bootdir, entryId: o.entryId, cmdline: o.cmdline });
+        process.stdout.write(`${repo.alg}:${r.imageId}\n`);
+        for (const e of r.entries) process.stdout.write(`wrote ${e}\n`);
+        process.stdout.write(`state ${r.stateDir}\n`);
+      } finally {
+        repo.close();
+      }
+    });
+}
+
+export function register(program: Command): void {
+  program
+    .command('create-image')
+    .description('store a directory tree as a composefs image in the repository and print its id')
+    .argument('<path>', 'root directory of the tree')
+    .argument('[name]', 'image ref name (images/refs/NAME)')
+    .option('--bootable', 'apply the boot transform (empty /boot and /sysroot, SELinux labels)')
+    .option('--no-propagate-usr-to-root', "keep /'s own metadata (skip the OCI transform)")
+    .option('--xattrs <mode>', 'xattrs to keep: allowlist-only or keep-user-xattrs', 'allowlist-only')
+    .action(async (dir: string, name: string | undefined, o: TreeOpts) => {
+      const { createDirImage } = await import('../boot/image.js');
+      const repo = await openRepoFromCli(program);
+      try {
+        const hex = await createDirImage(repo, dir, {
+          name,
+          bootable: o.bootable,
+          propagateUsrToRoot: o.propagateUsrToRoot,
+          keepUserXattrs: keepUserXattrs(o.xattrs),
+        });
+        process.stdout.write(`${repo.alg}:${hex}\n`);
+      } finally {
+        repo.close();
+      }
+    });
+
+  program
+    .command('compute-karg')
+    .description('print the composefs kernel argument for the bootable image of a directory (nothing is stored)')
+    .argument('<path>', 'root directory of the tree')
+    .option('--no-propagate-usr-to-root', "keep /'s own metadata (skip the OCI transform)")
+    .option('--hash <alg>', 'sha256 or sha512 (default: the repository\'s, else sha512)')
+    .option('--erofs-version <n>', 'EROFS format version 0, 1 or 2 (default 1)')
+    .option('--insecure', "mark the digest optional ('?'): fs-verity is not enforced at boot")
+    .action(async (dir: string, o: { propagateUsrToRoot: boolean; hash?: string; erofsVersion?: string; insecure?: boolean }) => {
+      const { computeDirKarg } = await import('../boot/image.js');
+      const alg = await hashWithoutRepo(program, parseHash(o.hash));
+      const karg = await computeDirKarg(dir, {
+        alg,
+        propagateUsrToRoot: o.propagateUsrToRoot,
+        erofsVersion: parseErofsVersion(o.erofsVersion),
+        insecure: !!(o.insecure || program.opts<GlobalOptions>().insecure),
+      });
+      process.stdout.write(`${karg}\n`);
+    });
+
+  program
+    .command('setup-root')
+    .description('initramfs: mount the composefs image named on the kernel command line as the new root')
+    .option('--cmdline <file|string>', 'kernel command line file or text (default /proc/cmdline)')
+    .option('--sysroot <dir>', 'sysroot holding composefs/ and state/', '/sysroot')
+    .option('--target <dir>', 'where to mount the new root (default: over the sysroot)')
+    .action(async (o: { cmdline?: string; sysroot: string; target?: string }) => {
+      const { readCmdlineArg, setupRoot } = await import('../boot/setup-root.js');
+      await setupRoot({
+        cmdline: readCmdlineArg(o.cmdline),
+        sysroot: o.sysroot,
+        target: o.target,
+        log: (line) => process.stderr.write(`${line}\n`),
+      });
+    });
+
+  registerPrepareBoot(program);
 }

@@ -1,0 +1,174 @@
+/**
+ * Boot Loader Specification Type 1 entries for the kernels of an image, laid out as
+ * composefs-rs `prepare-boot` writes them (composefs-boot `bootloader.rs`, `write_boot.rs`):
+ *
+ *   <bootdir>/<id>/vmlinuz                    copy of /usr/lib/modules/<kver>/vmlinuz
+ *   <bootdir>/<id>/initramfs.img              copy of /usr/lib/modules/<kver>/initramfs.img
+ *   <bootdir>/loader/entries/<id>.conf
+ *
+ *   # File created by composefs
+ *   title <title>
+ *   version <version>
+ *   linux /<id>/vmlinuz
+ *   initrd /<id>/initramfs.img
+ *   options <composefs karg> <extra args…>
+ *
+ * <id> is the --entry-id, else the kernel version directory name. Each extra argument replaces
+ * an earlier one with the same key (`key=` prefix, or the whole word), else it is appended.
+ * A kernel without initramfs.img is an error.
+ *
+ * Differences from composefs-rs: it writes only the first boot entry it finds and uses the
+ * placeholder title "todoOS" / version "0-todo"; here every kernel gets an entry (with several
+ * kernels and an --entry-id, the ids are `<entry-id>-<kver>`), the title is PRETTY_NAME (else
+ * NAME) from /usr/lib/os-release, else "Linux", and the version is the kernel version.
+ * Files are copied (reflinked where possible) to a temporary name and renamed, the entry file last.
+ */
+import { constants as FS, copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { CfsError } from '../errors.js';
+import { isDir, isReg, sortedEntries, type Inode } from '../tree/inode.js';
+import { splitCmdline } from './karg.js';
+import type { TreeFiles } from './tree-files.js';
+
+export interface KernelFiles {
+  kver: string;
+  vmlinuz: Inode;
+  initramfs: Inode | null;
+}
+
+export interface BootEntrySource {
+  kernels: KernelFiles[];
+  /** /usr/lib/os-release, if the image has one. */
+  osRelease: Inode | null;
+}
+
+function lookup(root: Inode, p: string): Inode | undefined {
+  let n: Inode | undefined = root;
+  for (const comp of p.split('/').filter(Boolean)) n = n && isDir(n) ? n.children!.get(comp) : undefined;
+  return n;
+}
+
+/** Kernels under /usr/lib/modules/<kver>/vmlinuz, in byte order of <kver>. Call before bootTransform. */
+export function findBootEntries(root: Inode): BootEntrySource {
+  const kernels: KernelFiles[] = [];
+  const modules = lookup(root, '/usr/lib/modules');
+  if (modules && isDir(modules)) {
+    for (const [kver, dir] of sortedEntries(modules)) {
+      if (!isDir(dir)) continue;
+      const vmlinuz = dir.children!.get('vmlinuz');
+      if (!vmlinuz || !isReg(vmlinuz)) continue;
+      const initramfs = dir.children!.get('initramfs.img');
+      kernels.push({ kver, vmlinuz, initramfs: initramfs && isReg(initramfs) ? initramfs : null });
+    }
+  }
+  const osRelease = lookup(root, '/usr/lib/os-release');
+  return { kernels, osRelease: osRelease && isReg(osRelease) ? osRelease : null };
+}
+
+/** Value of KEY in os-release text (quotes removed), or null. */
+export function osReleaseValue(text: string, key: string): string | null {
+  for (const line of text.split('\n')) {
+    const m = /^\s*([A-Z0-9_]+)=(.*)$/.exec(line);
+    if (!m || m[1] !== key) continue;
+    let v = m[2].trim();
+    if ((v.startsWith('"') && v.endsWith('"')) || (v.startsWith("'") && v.endsWith("'"))) v = v.slice(1, -1);
+    return v.replace(/\\(.)/g, '$1');
+  }
+  return null;
+}
+
+/**
+ * Add one argument to an options line (composefs-rs `add_cmdline`): a word starting with the
+ * same key (`key=` or the whole argument) is replaced in place, else the argument is appended.
+ */
+export function addCmdlineArg(options: string, arg: string): string {
+  const eq = arg.indexOf('=');
+  const key = eq >= 0 ? arg.slice(0, eq + 1) : arg;
+  const words = splitCmdline(options);
+  const i = words.findIndex((w) => w.startsWith(key));
+  if (i >= 0) {
+    words[i] = arg;
+    return words.join(' ');
+  }
+  return options ? `${options} ${arg}` : arg;
+}
+
+export interface BlsEntryOptions {
+  id: string;
+  title: string;
+  version: string;
+  karg: string;
+  cmdline?: string[];
+}
+
+export function blsEntryText(o: BlsEntryOptions): string {
+  let options = '';
+  for (const a of [o.karg, ...(o.cmdline ?? [])]) options = addCmdlineArg(options, a);
+  return [
+    '# File created by composefs',
+    `title ${o.title}`,
+    `version ${o.version}`,
+    `linux /${o.id}/vmlinuz`,
+    `initrd /${o.id}/initramfs.img`,
+    `options ${options}`,
+  ].join('\n') + '\n';
+}
+
+function checkEntryId(id: string): void {
+  if (!id || id === '.' || id === '..' || id.includes('/') || /\s/.test(id)) {
+    throw new CfsError('EINVAL', `invalid boot entry id '${id}' (one path component, no whitespace)`);
+  }
+}
+
+/** Write bytes, or copy the file at `from.path`, to `dest` atomically. */
+async function writeAtomic(dest: string, from: { data: Buffer | string } | { path: string }): Promise<void> {
+  await mkdir(path.dirname(dest), { recursive: true, mode: 0o755 });
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.tmp-${randomBytes(6).toString('hex')}`);
+  try {
+    if ('path' in from) await copyFile(from.path, tmp, FS.COPYFILE_FICLONE);
+    else await writeFile(tmp, from.data, { mode: 0o644 });
+    await rename(tmp, dest);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+export interface WriteBootEntriesOptions {
+  bootdir: string;
+  entryId?: string;
+  karg: string;
+  cmdline?: string[];
+  files: TreeFiles;
+}
+
+async function copyOut(files: TreeFiles, file: Inode, treePath: string, dest: string): Promise<void> {
+  const backing = files.backingPath(file, treePath);
+  await writeAtomic(dest, backing === null ? { data: await files.read(file, treePath) } : { path: backing });
+}
+
+/** Write one Type 1 entry per kernel; returns the entry files written. */
+export async function writeBootEntries(src: BootEntrySource, o: WriteBootEntriesOptions): Promise<string[]> {
+  if (src.kernels.length === 0) throw new CfsError('ENOENT', 'no boot entries: the image has no /usr/lib/modules/<kver>/vmlinuz');
+  for (const k of src.kernels) {
+    if (!k.initramfs) throw new CfsError('ENOENT', `kernel ${k.kver} has no initramfs.img in /usr/lib/modules/${k.kver}`);
+  }
+  let title = 'Linux';
+  if (src.osRelease) {
+    const text = (await o.files.read(src.osRelease, '/usr/lib/os-release')).toString('utf8');
+    title = osReleaseValue(text, 'PRETTY_NAME') || osReleaseValue(text, 'NAME') || title;
+  }
+  const written: string[] = [];
+  for (const k of src.kernels) {
+    const id = o.entryId === undefined ? k.kver : src.kernels.length === 1 ? o.entryId : `${o.entryId}-${k.kver}`;
+    checkEntryId(id);
+    const mod = `/usr/lib/modules/${k.kver}`;
+    await copyOut(o.files, k.vmlinuz, `${mod}/vmlinuz`, path.join(o.bootdir, id, 'vmlinuz'));
+    await copyOut(o.files, k.initramfs!, `${mod}/initramfs.img`, path.join(o.bootdir, id, 'initramfs.img'));
+    const entry = path.join(o.bootdir, 'loader', 'entries', `${id}.conf`);
+    await writeAtomic(entry, { data: blsEntryText({ id, title, version: k.kver, karg: o.karg, cmdline: o.cmdline }) });
+    written.push(entry);
+  }
+  return written;
+}

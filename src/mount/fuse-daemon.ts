@@ -1,0 +1,241 @@
+/**
+ * Background FUSE server for a composefs image.
+ *
+ * `mountFuseDaemon` spawns a detached node process (fuse-server-main) in its own session, with
+ * stdin/stdout on /dev/null and stderr inherited. The child reads the image, mounts, and writes
+ * one line to its fd 3 (a pipe to the parent): `ready` or `error <message>`; the parent returns
+ * on `ready` and throws the child's message otherwise (also when the child dies silently).
+ *
+ * Runtime record: the server writes `<runtime dir>/fuse-<sha256(mountpoint)[0..32]>.json`
+ * ({ pid, mountpoint, name }) where the runtime dir is /run/cfs for root, else
+ * $XDG_RUNTIME_DIR/cfs, else <tmpdir>/cfs-<uid> (mode 0700). `unmountFuse` uses it to find and
+ * wait for the server; the server removes it when it exits.
+ *
+ * Unmounting: `unmountFuse` runs `fusermount3 -u` (root and the mounting user alike), then
+ * SIGTERMs the server and waits for it to exit. A busy mount fails with CfsError EBUSY and stays
+ * mounted, unless `lazy` is asked: then it is detached at once (`fusermount3 -u -z`) and the
+ * server keeps answering already-open files, exiting when the last one is closed.
+ * The server also exits by itself when its connection ends (plain `umount`/`fusermount3 -u`).
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import os from 'node:os';
+import type { Readable } from 'node:stream';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CfsError, errnoCode, isCfsError } from '../errors.js';
+import type { HashAlg } from '../fsverity/digest.js';
+import { fusermountUnmount, startFuse, type FuseHandle } from './fuse.js';
+import { findMount } from './mountinfo.js';
+
+export interface FuseDaemonOptions {
+  imagePath: string;
+  objectsDir: string;
+  mountpoint: string;
+  name: string;
+  verify?: { alg: HashAlg };
+  /** Serve in this process until SIGTERM/SIGINT (which unmount), instead of detaching. */
+  foreground?: boolean;
+}
+
+export interface FuseDaemonRecord {
+  pid: number;
+  mountpoint: string;
+  name: string;
+}
+
+const READY_FD = 3;
+const EXIT_WAIT_MS = 10_000;
+
+function canonical(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
+}
+
+/** Where this user's FUSE server records live (created 0700 on demand). */
+export function fuseRuntimeDir(): string {
+  const uid = process.getuid?.() ?? 0;
+  if (uid === 0) return '/run/cfs';
+  const xdg = process.env.XDG_RUNTIME_DIR;
+  return xdg ? path.join(xdg, 'cfs') : path.join(os.tmpdir(), `cfs-${uid}`);
+}
+
+export function fuseRecordPath(mountpoint: string): string {
+  return recordPathOf(canonical(mountpoint));
+}
+
+/** Touches no file: the server must not stat its own mountpoint from its serving thread. */
+function recordPathOf(canonicalMountpoint: string): string {
+  const key = createHash('sha256').update(canonicalMountpoint).digest('hex').slice(0, 32);
+  return path.join(fuseRuntimeDir(), `fuse-${key}.json`);
+}
+
+export function readFuseRecord(mountpoint: string): FuseDaemonRecord | null {
+  try {
+    const rec = JSON.parse(readFileSync(fuseRecordPath(mountpoint), 'utf8')) as FuseDaemonRecord;
+    return typeof rec.pid === 'number' ? rec : null;
+  } catch {
+    return null;
+  }
+}
+
+function writeFuseRecord(rec: FuseDaemonRecord): void {
+  const dir = fuseRuntimeDir();
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // A shared tmpdir fallback must be ours, or another user could plant records.
+  if (statSync(dir).uid !== (process.getuid?.() ?? 0)) {
+    throw new CfsError('EPERM', `${dir}: runtime directory is owned by another user`, { path: dir });
+  }
+  writeFileSync(recordPathOf(rec.mountpoint), `${JSON.stringify(rec)}\n`, { mode: 0o600 });
+}
+
+function removeFuseRecord(canonicalMountpoint: string): void {
+  rmSync(recordPathOf(canonicalMountpoint), { force: true });
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return errnoCode(e) === 'EPERM';
+  }
+}
+
+/** Whether pid still runs our server (guards against a recycled pid). */
+function isServer(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('fuse-server-main');
+  } catch {
+    return false;
+  }
+}
+
+async function readImageTree(imagePath: string) {
+  const { readErofs } = await import('../erofs/reader.js');
+  return readErofs(await readFile(imagePath));
+}
+
+/** Mount and serve until unmounted; `onReady` runs once the mount is up. */
+export async function serveFuse(opts: FuseDaemonOptions, onReady: () => void): Promise<void> {
+  const mountpoint = canonical(opts.mountpoint);
+  const root = await readImageTree(opts.imagePath);
+  const handle = await startFuse({ root, objectsDir: opts.objectsDir, mountpoint, name: opts.name, verify: opts.verify });
+  writeFuseRecord({ pid: process.pid, mountpoint, name: opts.name });
+  onReady();
+  try {
+    await untilStopped(handle);
+  } finally {
+    removeFuseRecord(mountpoint);
+  }
+}
+
+/**
+ * Resolves when the kernel connection has ended: after an unmount from outside, or after
+ * SIGTERM/SIGINT, which unmount (lazily when busy, so open files are served until closed).
+ */
+async function untilStopped(handle: FuseHandle): Promise<void> {
+  const onSignal = (): void => {
+    handle.unmount().catch((e: unknown) => {
+      if (isCfsError(e) && e.code === 'EBUSY') return handle.unmount({ lazy: true });
+      throw e;
+    }).catch((e: unknown) => process.stderr.write(`cfs fuse: ${(e as Error).message}\n`));
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    await handle.closed;
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+}
+
+/** The module-loader flags of this node (tsx during tests), without test-runner or inspector flags. */
+function loaderArgs(): string[] {
+  const out: string[] = [];
+  const argv = process.execArgv;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (/^--(import|loader|experimental-loader|require)=/.test(a)) out.push(a);
+    else if (/^(--import|--loader|--experimental-loader|--require|-r)$/.test(a) && i + 1 < argv.length) out.push(a, argv[++i]);
+  }
+  return out;
+}
+
+function serverEntry(): string {
+  // Same extension as this module: .js when compiled, .ts when run through tsx.
+  const self = fileURLToPath(import.meta.url);
+  return path.join(path.dirname(self), `fuse-server-main${path.extname(self)}`);
+}
+
+/** Mount an image through a background FUSE server (or in the foreground, see options). */
+export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
+  const config: FuseDaemonOptions = {
+    ...opts,
+    imagePath: path.resolve(opts.imagePath),
+    objectsDir: path.resolve(opts.objectsDir),
+    mountpoint: canonical(opts.mountpoint),
+  };
+  if (opts.foreground) {
+    await serveFuse(config, () => undefined);
+    return;
+  }
+  const child = spawn(process.execPath, [...loaderArgs(), serverEntry(), JSON.stringify(config)], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'inherit', 'pipe'],
+  });
+  const pipe = child.stdio[READY_FD] as Readable | null;
+  if (!pipe) throw new CfsError('EIO', 'FUSE server: no readiness pipe');
+  const exited = new Promise<string>((resolve) => {
+    child.on('error', (e) => resolve(`cannot start: ${e.message}`));
+    child.on('exit', (code, signal) => resolve(`exited with ${signal ?? `code ${code}`} before the mount was ready`));
+  });
+  let text = '';
+  pipe.setEncoding('utf8');
+  pipe.on('data', (chunk: string) => (text += chunk));
+  const eof = new Promise<void>((resolve) => pipe.on('close', () => resolve()));
+  await Promise.race([eof, exited]);
+  await eof;
+  const line = text.split('\n')[0];
+  if (line === 'ready') {
+    child.unref();
+    return;
+  }
+  const why = line.startsWith('error ') ? line.slice('error '.length) : `FUSE server ${await exited}`;
+  throw new CfsError('EIO', `${config.mountpoint}: ${why}`, { path: config.mountpoint });
+}
+
+/**
+ * Unmount a cfs FUSE mount and wait for its server to exit (see the module comment for busy
+ * mounts and `lazy`). Without a runtime record (mounted by another user, or the server died)
+ * only the unmount is done.
+ */
+export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } = {}): Promise<void> {
+  const mp = canonical(mountpoint);
+  const rec = readFuseRecord(mp);
+  const server = rec && alive(rec.pid) && isServer(rec.pid) ? rec.pid : null;
+  if (findMount(mp)) {
+    await fusermountUnmount(mp, opts.lazy ?? false);
+  } else if (!rec) {
+    throw new CfsError('ENOENT', `${mp}: not a mount point`, { path: mp });
+  }
+  if (server === null) {
+    if (rec) removeFuseRecord(mp);
+    return;
+  }
+  if (opts.lazy) return; // the server drains open files, then exits by itself
+  process.kill(server, 'SIGTERM');
+  const deadline = Date.now() + EXIT_WAIT_MS;
+  while (alive(server)) {
+    if (Date.now() > deadline) {
+      throw new CfsError('EBUSY', `${mp}: FUSE server pid ${server} did not exit after unmount`, { path: mp, pid: server });
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
