@@ -10,7 +10,7 @@
  * Equal short xattr values share one Buffer across inodes: treat xattr values as read-only.
  */
 import { CfsError } from '../errors.js';
-import { newInode, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, type Inode } from '../tree/inode.js';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, type Inode } from '../tree/inode.js';
 import { MAX_INLINE_CONTENT, NAME_MAX, PATH_MAX } from '../erofs/format.js';
 import { setXattrCounted } from '../erofs/xattr-budget.js';
 import { setPrimaryLink } from '../erofs/hardlinks.js';
@@ -134,10 +134,34 @@ function noNul(s: string, what: string): string {
   return s;
 }
 
+function hexDigit(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  const l = c | 0x20;
+  return l >= 0x61 && l <= 0x66 ? l - 0x57 : -1;
+}
+
+/** Digests are cut from shared slabs (like Buffer's pool) and decoded here, not in C++. */
+const SLAB_SIZE = 64 * 1024;
+let slab = Buffer.alloc(0);
+let slabAt = 0;
+
 function parseDigest(s: string): Buffer | null {
   if (s.length === 0) return null;
-  if ((s.length !== 64 && s.length !== 128) || !/^[0-9a-fA-F]*$/.test(s)) throw new LineError(`Invalid digest ${s}`);
-  return Buffer.from(s, 'hex');
+  if (s.length !== 64 && s.length !== 128) throw new LineError(`Invalid digest ${s}`);
+  const n = s.length >> 1;
+  if (slabAt + n > slab.length) {
+    slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+    slabAt = 0;
+  }
+  for (let k = 0; k < n; k++) {
+    const hi = hexDigit(s.charCodeAt(2 * k));
+    const lo = hexDigit(s.charCodeAt(2 * k + 1));
+    if ((hi | lo) < 0) throw new LineError(`Invalid digest ${s}`);
+    slab[slabAt + k] = (hi << 4) | lo;
+  }
+  const d = slab.subarray(slabAt, slabAt + n);
+  slabAt += n;
+  return d;
 }
 
 interface Fixup {
@@ -167,6 +191,13 @@ class TreeBuilder {
   /** Directory by the exact text of its path line: lines come parents-first, so this is a cache
    *  of what the name-by-name lookup returns (entries are never removed while parsing). */
   private readonly dirs = new Map<string, Inode>();
+  /** Parent and name of the last added entry. */
+  parent: Inode | null = null;
+  name = '';
+  /** Text before the name (through its last slash) of a recent line, and the directory it names:
+   *  dumpfiles list a directory's children right after it, so most lines hit this. */
+  private lastPrefix = '';
+  private lastDir: Inode | null = null;
 
   /** C lookup_parent_path: skips leading/repeated slashes, intermediate names must exist. */
   private parentOf(path: string): { parent: Inode | null; name: string } {
@@ -209,26 +240,66 @@ class TreeBuilder {
     }
   }
 
-  add(path: string, node: Inode): { parent: Inode; name: string } | null {
+  /** Add `path` (unescaped, non-empty); sets `this.parent` and `this.name` (null parent for the root). */
+  add(path: string, node: Inode): void {
     if (path === '/') {
       if ((node.mode & S_IFMT) !== S_IFDIR) throw new LineError('Root must be a directory');
       if (this.root !== null) throw new LineError("Can't have multiple roots");
       this.root = node;
       this.dirs.set('', node);
       this.dirs.set('/', node);
-      return null;
+      this.lastPrefix = '/';
+      this.lastDir = node;
+      this.parent = null;
+      return;
     }
     if (this.root === null) throw new LineError('Root node not present');
-    const { parent, name } = this.parentOf(path);
+    let parent: Inode | null;
+    let name: string;
+    const lp = this.lastPrefix.length;
+    if (lp > 0 && path.length > lp && path.startsWith(this.lastPrefix) && path.indexOf('/', lp) < 0) {
+      parent = this.lastDir;
+      name = path.slice(lp);
+    } else {
+      ({ parent, name } = this.parentOf(path));
+      if (parent !== null) {
+        this.lastPrefix = path.slice(0, path.length - name.length);
+        this.lastDir = parent;
+      }
+    }
     if (parent === null) throw new LineError(`Parent directory missing for ${path}`);
     if (parent.children === null) throw new LineError(`Parent must be a directory for ${path}`);
     if (name === '.' || name === '..') throw new LineError(`Invalid . or .. in path: ${path}`);
     if (name.length === 0 || name.length > NAME_MAX) throw new LineError("Can't add child");
     if (parent.children.has(name)) throw new LineError(`Path ${path} already exist`);
     parent.children.set(name, node);
-    if (node.children !== null) this.dirs.set(path, node);
-    return { parent, name };
+    if (node.children !== null) {
+      this.dirs.set(path, node);
+      this.lastPrefix = path + '/';
+      this.lastDir = node;
+    }
+    this.parent = parent;
+    this.name = name;
   }
+}
+
+/** newInode's object, built without its defaults object (same shape: same property order). */
+function newNode(mode: number, dir: boolean): Inode {
+  return {
+    mode,
+    nlink: dir ? 2 : 1,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    size: 0,
+    mtimeSec: 0,
+    mtimeNsec: 0,
+    xattrs: new Map(),
+    payload: null,
+    content: null,
+    digest: null,
+    children: dir ? new Map() : null,
+  };
 }
 
 /** Field boundaries of the current line: field i is s[FS[i], FE[i]). */
@@ -276,15 +347,15 @@ function parseLine(tb: TreeBuilder, s: string, start: number, end: number, lineN
   const mode = modeFull & 0xffff;
   const type = mode & S_IFMT;
 
-  const node = newInode(mode);
-  const loc = tb.add(path, node);
+  const node = newNode(mode, type === S_IFDIR);
+  tb.add(path, node);
 
   if (isHardlink) {
     if (type === S_IFDIR) throw new LineError("Directories can't be hardlinked");
     const target = optionalField(s, F_PAYLOAD);
     tb.placeholders.add(node);
-    // loc is non-null: a non-directory can't be the root line.
-    tb.fixups.push({ node, parent: loc!.parent, name: loc!.name, target: target === null ? null : noNul(target, 'hardlink target'), line: lineNo });
+    // parent is non-null: a non-directory can't be the root line.
+    tb.fixups.push({ node, parent: tb.parent!, name: tb.name, target: target === null ? null : noNul(target, 'hardlink target'), line: lineNo });
     return;
   }
 

@@ -1,16 +1,21 @@
 /**
  * composefs EROFS image writer, byte-identical to C mkcomposefs (format versions 0 and 1).
  *
- * Passes: (1) walk the input tree (never mutated) into writer nodes, deciding which entry of a
+ * Passes: (1) walk the input tree (never mutated), numbering inodes and deciding which entry of a
  * hardlinked inode is the real one; (2) BFS order + the overlayfs rewrite (escaping, metacopy,
  * redirect, whiteouts, root stubs, `.`/`..`); (3) shared xattr table; (4) layout of every inode
  * and data block; (5) one preallocated buffer filled in place.
+ *
+ * Speed: per-inode state is kept in parallel (mostly typed) arrays, not objects, so a large tree
+ * adds little to the heap the garbage collector has to copy; metacopy and redirect values are
+ * never materialised as strings (digest and payload are written directly).
  */
 import { CfsError } from '../errors.js';
-import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, type Inode } from '../tree/inode.js';
+import { newInode, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, type Inode } from '../tree/inode.js';
 import {
   ACL_ACCESS,
   ACL_DEFAULT,
+  BLOCK_BITS,
   BLOCK_SIZE,
   CFS_FLAG_HAS_ACL,
   CFS_HDR,
@@ -45,7 +50,6 @@ import {
   MAX_INLINE_CONTENT,
   METACOPY_HDR_SIZE,
   NAME_MAX,
-  NULL_ADDR,
   OVL_ESCAPED_OPAQUE,
   OVL_ESCAPED_PREFIX,
   OVL_ESCAPED_WHITEOUT,
@@ -84,35 +88,16 @@ export interface WriteOptions {
   maxVersion?: number;
 }
 
-interface Entry {
-  name: string;
-  node: WNode;
-  /** The directory holding this entry. */
-  dir: WNode;
-  /** False for `.`, `..` and the extra names of hardlinked inodes. */
-  canonical: boolean;
-}
-
-/** One distinct (key, value) pair of the image; values are latin1 byte strings. */
-interface Pair {
-  key: string;
-  value: string;
-  /** Number of inodes carrying it. */
-  count: number;
-  /** Byte offset in the shared table, or -1 when never shared. */
-  offset: number;
-}
-
-/** Per-key facts, computed once per distinct key. */
-interface KeyInfo {
-  index: number;
-  suffix: string;
-  filterBit: number;
-}
+/** Keys the writer itself sets on external files; interned first so their ids are fixed. */
+const K_METACOPY = 0;
+const K_REDIRECT = 1;
+const DOT = '.';
+const DOTDOT = '..';
 
 /** A node's xattrs as alternating key/value strings: nodes carry only a handful. */
 class XList implements XattrStore<string> {
   readonly kv: string[] = [];
+  acct = 0;
   get size(): number {
     return this.kv.length >> 1;
   }
@@ -143,73 +128,6 @@ class XList implements XattrStore<string> {
   }
 }
 
-/** The writer's private, rewritten copy of one inode. */
-class WNode {
-  /** The input inode (null for the root stubs). */
-  readonly src: Inode | null;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  rdev: number;
-  size: number;
-  mtimeSec: number;
-  mtimeNsec: number;
-  readonly xattrs = new XList();
-  acct = 0;
-  content: Buffer | null;
-  payload: string | null;
-  digest: Buffer | null;
-  entries: Entry[] | null;
-  /** Canonical parent and name (error messages, whiteout markers). */
-  parent: WNode | null = null;
-  name = '';
-  firstEntry: Entry | null = null;
-  primaryEntry: Entry | null = null;
-  // layout
-  ino = 0;
-  nid = 0;
-  compact = true;
-  nblocks = 0;
-  tail = 0;
-  pad = 0;
-  blockIndex = 0;
-  /** Xattrs in key order; the first XATTR_MAX_SHARED_REFS shared-eligible ones are referenced. */
-  xattrList: Pair[] = [];
-  nShared = 0;
-  xattrSize = 0;
-  chunkCount = 0;
-  chunkFormat = 0;
-  /** Directory chunks: [first entry, end entry) per full block, then the tail's. */
-  dirChunks: number[] = [];
-
-  constructor(src: Inode | null, mode: number) {
-    this.src = src;
-    this.mode = mode;
-    this.nlink = src?.nlink ?? 1;
-    this.uid = src?.uid ?? 0;
-    this.gid = src?.gid ?? 0;
-    this.rdev = src?.rdev ?? 0;
-    this.size = src?.size ?? 0;
-    this.mtimeSec = src?.mtimeSec ?? 0;
-    this.mtimeNsec = src?.mtimeNsec ?? 0;
-    this.content = src?.content && src.content.length > 0 ? src.content : null;
-    this.payload = src?.payload ?? null;
-    this.digest = src?.digest ?? null;
-    this.entries = (mode & S_IFMT) === S_IFDIR ? [] : null;
-  }
-
-  get type(): number {
-    return this.mode & S_IFMT;
-  }
-  path(): string {
-    if (this.parent === null) return '/';
-    const parts: string[] = [];
-    for (let n: WNode | null = this; n !== null && n.parent !== null; n = n.parent) parts.push(n.name);
-    return '/' + parts.reverse().join('/');
-  }
-}
-
 function fileTypeOf(mode: number): number {
   switch (mode & S_IFMT) {
     case S_IFREG:
@@ -231,27 +149,6 @@ function fileTypeOf(mode: number): number {
   }
 }
 
-function byName(a: Entry, b: Entry): number {
-  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
-}
-
-function insertSorted(entries: Entry[], e: Entry): void {
-  let lo = 0;
-  let hi = entries.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (entries[mid]!.name < e.name) lo = mid + 1;
-    else hi = mid;
-  }
-  entries.splice(lo, 0, e);
-}
-
-function checkName(name: string, dir: WNode): void {
-  if (name.length === 0 || name.length > NAME_MAX || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
-    throw new CfsError('EINVAL', `cannot write image: invalid file name '${name}' in ${dir.path()}`);
-  }
-}
-
 /** Version selection like mkcomposefs (3.1). */
 function chooseVersion(opts: WriteOptions, hasWhiteout: boolean): number {
   let min = 0;
@@ -269,85 +166,228 @@ function chooseVersion(opts: WriteOptions, hasWhiteout: boolean): number {
   return min < 1 && max >= 1 && hasWhiteout ? 1 : min;
 }
 
-/** Pass 1: writer nodes for every distinct inode; decide canonical entries. */
-function buildNodes(root: Inode): { wroot: WNode; nodes: WNode[] } {
-  if ((root.mode & S_IFMT) !== S_IFDIR || root.children === null) {
-    throw new CfsError('EINVAL', 'cannot write image: the root is not a directory');
-  }
-  const map = new Map<Inode, WNode>();
-  const wroot = new WNode(root, root.mode & 0xffff);
-  map.set(root, wroot);
-  const nodes: WNode[] = [wroot];
-  // DFS pre-order in name order, so "first entry" is the first in depth-first order.
-  const stack: Array<[Inode, WNode]> = [[root, wroot]];
-  while (stack.length > 0) {
-    const [dir, wdir] = stack.pop()!;
-    const names = [...dir.children!.keys()];
-    // Parsed trees usually list children in order already.
-    let sorted = true;
-    for (let i = 1; i < names.length && sorted; i++) sorted = names[i - 1]! < names[i]!;
-    if (!sorted) names.sort();
-    const subdirs: Array<[Inode, WNode]> = [];
-    for (const name of names) {
-      checkName(name, wdir);
-      const child = dir.children!.get(name)!;
-      let wc = map.get(child);
-      const isDir = (child.mode & S_IFMT) === S_IFDIR;
-      if (wc === undefined) {
-        if (isDir !== (child.children !== null)) {
-          throw new CfsError('EINVAL', `cannot write image: ${wdir.path()}/${name}: children do not match the file type`);
-        }
-        wc = new WNode(child, child.mode & 0xffff);
-        map.set(child, wc);
-        nodes.push(wc);
-        if (isDir) subdirs.push([child, wc]);
-      } else if (isDir) {
-        throw new CfsError('ELOOP', `cannot write image: directory ${wc.path()} appears twice (directory hardlink or cycle) at ${wdir.path()}/${name}`);
-      }
-      const e: Entry = { name, node: wc, dir: wdir, canonical: false };
-      wdir.entries!.push(e);
-      if (wc.firstEntry === null) {
-        wc.firstEntry = e;
-        wc.parent = wdir;
-        wc.name = name;
-      }
-      if (!isDir && wc.primaryEntry === null && isRecordedPrimary(child, dir, name)) wc.primaryEntry = e;
-    }
-    for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
-  }
-  for (const n of nodes) {
-    const e = n.primaryEntry ?? n.firstEntry;
-    if (e === null) continue; // root
-    e.canonical = true;
-    n.parent = e.dir;
-    n.name = e.name;
-  }
-  return { wroot, nodes };
+function digestAlg(digest: Buffer): number {
+  return digest.length === 32 ? HASH_ALG_ID.sha256 : digest.length === 64 ? HASH_ALG_ID.sha512 : 0;
 }
 
+function sameBytes(a: Buffer, b: Buffer): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Bytes of a latin1 string at `off`; short strings are cheaper copied here than in C++. */
+function putLatin1(buf: Buffer, off: number, s: string): number {
+  const n = s.length;
+  if (n > 256) return buf.write(s, off, 'latin1');
+  for (let i = 0; i < n; i++) buf[off + i] = s.charCodeAt(i);
+  return n;
+}
+
+/**
+ * The writer's state. Nodes (distinct inodes, then the root stubs) are numbered in discovery
+ * order and every per-node fact lives in a parallel array indexed by that number; directory
+ * entries likewise live in flat arrays. The input tree is only read.
+ */
 class Writer {
-  private readonly nodes: WNode[];
-  private readonly wroot: WNode;
-  private readonly bfs: WNode[] = [];
+  // --- nodes (discovery order; 0 is the root)
+  private readonly src: Inode[] = [];
+  /** Entry naming the node: its first entry while discovering, then its canonical one. */
+  private readonly nameEntry: number[] = [-1];
+  /** Directories: their entries are [entStart, entEnd) of the flat entry arrays. */
+  private readonly entStart: number[] = [0];
+  private readonly entEnd: number[] = [0];
+  /** Root entries in name order, stubs included. */
+  private rootOrder: number[] = [];
+  private nDiscovered = 0;
+  private nNodes = 0;
+  // rewritten attributes and layout (allocated once the node count is known)
+  private mode = new Uint32Array(0);
+  private nlink = new Float64Array(0);
+  private size = new Float64Array(0);
+  /** 1: external file carrying metacopy (and redirect when it has a payload). */
+  private external = new Uint8Array(0);
+  private hasRedirect = new Uint8Array(0);
+  private xl: Array<XList | null> = [];
+  private bfs = new Int32Array(0);
+  private ino = new Int32Array(0);
+  private nid = new Float64Array(0);
+  private compact = new Uint8Array(0);
+  private nblocks = new Float64Array(0);
+  private tail = new Int32Array(0);
+  private blockIndex = new Float64Array(0);
+  private chunkCount = new Int32Array(0);
+  private chunkFormat = new Int32Array(0);
+  private nShared = new Int32Array(0);
+  private xattrSize = new Int32Array(0);
+  /** Pair ids of the node's xattrs in key order (nodes with any xattr other than metacopy/redirect). */
+  private lists: Array<number[] | null> = [];
+  private metaPair = new Int32Array(0);
+  private redirPair = new Int32Array(0);
+  /** Directories: their image entries ('.' and '..' included) are [fStart, fEnd) of fName/fNode. */
+  private fStart = new Int32Array(0);
+  private fEnd = new Int32Array(0);
+  /** Directories: entry boundaries of each full block, then of the tail, from chunkAt. */
+  private chunkAt = new Int32Array(0);
+  private readonly chunks: number[] = [];
+  // --- entries as discovered: name, target node, containing directory
+  private readonly eName: string[] = [];
+  private readonly eNode: number[] = [];
+  private readonly eDir: number[] = [];
+  private eCanon = new Uint8Array(0);
+  private readonly fName: string[] = [];
+  private readonly fNode: number[] = [];
+  // --- xattr keys and (key, value) pairs
+  private readonly keyIds = new Map<string, number>();
+  private readonly keyStr: string[] = [];
+  private readonly keyIndex: number[] = [];
+  private readonly keySuffix: string[] = [];
+  private readonly keyFilterBit: number[] = [];
+  /** Per key (metacopy excepted): value token -> pair id (token: the value; redirect: the payload). */
+  private readonly pairIds: Array<Map<string, number>> = [];
+  private readonly pairKey: number[] = [];
+  /** Value: latin1 string; metacopy: the digest (null: empty value); redirect: the payload. */
+  private readonly pairVal: Array<string | Buffer | null> = [];
+  private readonly pairCount: number[] = [];
+  private readonly pairOffset: number[] = [];
+  /** Metacopy pairs by the digest's first 32 bits, chained through metaNext; -1 ends a chain. */
+  private readonly metaByWord = new Map<number, number>();
+  private readonly metaNext: number[] = [];
+  private metaNull = -1;
+  /** latin1 strings of input xattr values, by Buffer identity (parsed trees share Buffers). */
+  private readonly valueStrings = new Map<Buffer, string>();
+  private readonly scratch: number[] = [];
+
   private version = 0;
   private minSec = 0;
   private minNsec = 0;
   private hasAcl = false;
-  private shared: Pair[] = [];
+  private shared: number[] = [];
   private sharedSize = 0;
   private inodesEnd = 0;
   private dataStart = 0;
   private nDataBlocks = 0;
-  private readonly keyInfo = new Map<string, KeyInfo>();
-  /** latin1 strings of input xattr values, by Buffer identity (parsed trees share Buffers). */
-  private readonly valueStrings = new Map<Buffer, string>();
+  /** View of the image being emitted (DataView stores are cheaper than Buffer.write*). */
+  private dv = new DataView(new ArrayBuffer(0));
 
   constructor(root: Inode, opts: WriteOptions) {
-    const { wroot, nodes } = buildNodes(root);
-    this.wroot = wroot;
-    this.nodes = nodes;
-    const hasWhiteout = nodes.some((n) => n.type === S_IFCHR && n.rdev === 0);
+    this.internKey(OVL_METACOPY);
+    this.internKey(OVL_REDIRECT);
+    this.discover(root);
+    let hasWhiteout = false;
+    for (let i = 0; i < this.nDiscovered && !hasWhiteout; i++) {
+      const s = this.src[i]!;
+      hasWhiteout = (s.mode & S_IFMT) === S_IFCHR && s.rdev === 0;
+    }
     this.version = chooseVersion(opts, hasWhiteout);
+  }
+
+  build(): Buffer {
+    this.addStubs();
+    this.rewriteAndOrder();
+    this.computeShared();
+    this.layout();
+    return this.emit();
+  }
+
+  private path(i: number): string {
+    const parts: string[] = [];
+    for (let n = i; n !== 0; ) {
+      const e = this.nameEntry[n]!;
+      if (e < 0) break;
+      parts.push(this.eName[e]!);
+      n = this.eDir[e]!;
+    }
+    return '/' + parts.reverse().join('/');
+  }
+  private parentOf(i: number): number {
+    const e = this.nameEntry[i]!;
+    return e < 0 ? i : this.eDir[e]!;
+  }
+
+  private checkName(name: string, dir: number): void {
+    if (name.length === 0 || name.length > NAME_MAX || name === DOT || name === DOTDOT || name.includes('/') || name.includes('\0')) {
+      throw new CfsError('EINVAL', `cannot write image: invalid file name '${name}' in ${this.path(dir)}`);
+    }
+  }
+
+  /**
+   * Pass 1: number every distinct inode and record every entry. Directories are visited from a
+   * stack in name order; the canonical entry of a hardlinked inode is its recorded primary one
+   * (if met) else the first one seen.
+   */
+  private discover(root: Inode): void {
+    if ((root.mode & S_IFMT) !== S_IFDIR || root.children === null) {
+      throw new CfsError('EINVAL', 'cannot write image: the root is not a directory');
+    }
+    const { src, nameEntry, entStart, entEnd, eName, eNode, eDir } = this;
+    const ids = new Map<Inode, number>();
+    ids.set(root, 0);
+    src.push(root);
+    let linked: number[] | null = null;
+    const stack: number[] = [0];
+    const subdirs: number[] = [];
+    while (stack.length > 0) {
+      const d = stack.pop()!;
+      const dir = src[d]!;
+      const children = dir.children!;
+      const names = [...children.keys()];
+      // Parsed trees usually list children in order already.
+      for (let i = 1; i < names.length; i++) {
+        if (!(names[i - 1]! < names[i]!)) {
+          names.sort();
+          break;
+        }
+      }
+      entStart[d] = eName.length;
+      subdirs.length = 0;
+      for (const name of names) {
+        this.checkName(name, d);
+        const child = children.get(name)!;
+        const e = eName.length;
+        const isDir = (child.mode & S_IFMT) === S_IFDIR;
+        let c = ids.get(child);
+        if (c === undefined) {
+          if (isDir !== (child.children !== null)) {
+            throw new CfsError('EINVAL', `cannot write image: ${this.path(d)}/${name}: children do not match the file type`);
+          }
+          c = src.length;
+          ids.set(child, c);
+          src.push(child);
+          nameEntry.push(e);
+          entStart.push(0);
+          entEnd.push(0);
+          if (isDir) subdirs.push(c);
+        } else if (isDir) {
+          throw new CfsError('ELOOP', `cannot write image: directory ${this.path(c)} appears twice (directory hardlink or cycle) at ${this.path(d)}/${name}`);
+        } else {
+          (linked ??= []).push(c);
+        }
+        eName.push(name);
+        eNode.push(c);
+        eDir.push(d);
+      }
+      entEnd[d] = eName.length;
+      for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
+    }
+    this.nDiscovered = src.length;
+    const canon = new Uint8Array(eName.length + 256);
+    for (let i = 1; i < src.length; i++) canon[nameEntry[i]!] = 1;
+    if (linked !== null) {
+      // Only inodes with several entries can have a recorded primary other than their first.
+      const multi = new Set(linked);
+      const primary = new Map<number, number>();
+      for (let e = 0; e < eName.length; e++) {
+        const c = eNode[e]!;
+        if (multi.has(c) && !primary.has(c) && isRecordedPrimary(src[c]!, src[eDir[e]!]!, eName[e]!)) primary.set(c, e);
+      }
+      for (const [c, e] of primary) {
+        canon[nameEntry[c]!] = 0;
+        canon[e] = 1;
+        nameEntry[c] = e;
+      }
+    }
+    this.eCanon = canon;
   }
 
   private str(b: Buffer): string {
@@ -358,96 +398,138 @@ class Writer {
     return s;
   }
 
-  private info(key: string): KeyInfo {
-    let k = this.keyInfo.get(key);
-    if (k === undefined) {
-      const index = xattrIndexOf(key);
-      const suffix = key.slice(xattrPrefixLen(index));
-      const filterBit = xxh32(suffix, (XATTR_FILTER_SEED + index) >>> 0) & (XATTR_FILTER_BITS - 1);
-      k = { index, suffix, filterBit };
-      this.keyInfo.set(key, k);
-    }
-    return k;
-  }
-
-  private entrySize(p: Pair): number {
-    return roundUp(XATTR_ENTRY_SIZE + this.info(p.key).suffix.length + p.value.length, 4);
-  }
-
-  private writeEntry(buf: Buffer, off: number, p: Pair): number {
-    const { index, suffix } = this.info(p.key);
-    buf[off + XATTR_ENTRY.nameLen] = suffix.length;
-    buf[off + XATTR_ENTRY.nameIndex] = index;
-    buf.writeUInt16LE(p.value.length, off + XATTR_ENTRY.valueSize);
-    let q = off + XATTR_ENTRY_SIZE;
-    q += buf.write(suffix, q, 'latin1');
-    q += buf.write(p.value, q, 'latin1');
-    return off + roundUp(q - off, 4);
-  }
-
-  private set(n: WNode, key: string, value: string): void {
-    const acct = setXattrCounted(n.xattrs, n.acct, key, value);
+  private set(i: number, key: string, value: string): void {
+    const x = (this.xl[i] ??= new XList());
+    const acct = setXattrCounted(x, x.acct, key, value);
     if (acct === null) {
-      throw new CfsError('ERANGE', `cannot write image: xattrs of ${n.path()} exceed the per-inode size budget (setting ${key})`);
+      throw new CfsError('ERANGE', `cannot write image: xattrs of ${this.path(i)} exceed the per-inode size budget (setting ${key})`);
     }
-    n.acct = acct;
+    x.acct = acct;
   }
 
-  build(): Buffer {
-    this.rewriteAndOrder();
-    this.computeShared();
-    this.layout();
-    return this.emit();
-  }
-
-  /** BFS order, overlayfs rewrite, `.`/`..`, root stubs (3.2, 3.3). */
-  private rewriteAndOrder(): void {
-    const root = this.wroot;
-    // Stubs are added to the root before ordering; C adds them after the rewrite, which is
-    // equivalent because they are never rewritten and only copy the root's security.selinux.
-    const selinux = root.src!.xattrs.get('security.selinux');
-    const existing = new Set(root.entries!.map((e) => e.name));
-    let addedStub = false;
+  /** Root stubs `00`..`ff` for names the root lacks (3.3); allocates the per-node arrays. */
+  private addStubs(): void {
+    const root = this.src[0]!;
+    const { eName, eNode, eDir } = this;
+    const existing = new Set<string>();
+    const order: number[] = [];
+    for (let e = this.entStart[0]!; e < this.entEnd[0]!; e++) {
+      existing.add(eName[e]!);
+      order.push(e);
+    }
+    const stubs: number[] = [];
     for (let i = 0; i < 256; i++) {
       const name = i.toString(16).padStart(2, '0');
       if (existing.has(name)) continue;
-      const stub = new WNode(null, S_IFCHR | 0o644);
-      stub.uid = root.uid;
-      stub.gid = root.gid;
-      stub.mtimeSec = root.mtimeSec;
-      stub.mtimeNsec = root.mtimeNsec;
-      stub.parent = root;
-      stub.name = name;
-      if (selinux !== undefined) this.set(stub, 'security.selinux', this.str(selinux));
-      root.entries!.push({ name, node: stub, dir: root, canonical: true });
-      addedStub = true;
+      const c = this.src.length;
+      const e = eName.length;
+      this.src.push(newInode(S_IFCHR | 0o644, { uid: root.uid, gid: root.gid, mtimeSec: root.mtimeSec, mtimeNsec: root.mtimeNsec }));
+      this.nameEntry.push(e);
+      this.entStart.push(0);
+      this.entEnd.push(0);
+      eName.push(name);
+      eNode.push(c);
+      eDir.push(0);
+      this.eCanon[e] = 1;
+      order.push(e);
+      stubs.push(c);
     }
-    if (addedStub) root.entries!.sort(byName);
+    if (stubs.length > 0) order.sort((a, b) => (eName[a]! < eName[b]! ? -1 : 1));
+    this.rootOrder = order;
 
-    const bfs = this.bfs;
-    bfs.push(root);
-    for (let qi = 0; qi < bfs.length; qi++) {
-      const n = bfs[qi]!;
-      n.ino = qi;
-      if (n.src !== null) this.rewrite(n, n.src);
-      if (n.entries !== null) {
-        let subdirs = 0;
-        for (const e of n.entries) {
-          if (!e.canonical) continue;
-          if (e.node.type === S_IFDIR) subdirs++;
-          bfs.push(e.node);
-        }
-        n.nlink = 2 + subdirs;
-        insertSorted(n.entries, { name: '.', node: n, dir: n, canonical: false });
-        insertSorted(n.entries, { name: '..', node: n.parent ?? n, dir: n, canonical: false });
-      }
+    const n = this.src.length;
+    this.nNodes = n;
+    this.mode = new Uint32Array(n);
+    this.nlink = new Float64Array(n);
+    this.size = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      const s = this.src[i]!;
+      this.mode[i] = s.mode & 0xffff;
+      this.nlink[i] = s.nlink;
+      this.size[i] = s.size;
     }
-    this.set(root, OVL_OPAQUE, 'y');
+    this.external = new Uint8Array(n);
+    this.hasRedirect = new Uint8Array(n);
+    this.xl = new Array<XList | null>(n).fill(null);
+    this.lists = new Array<number[] | null>(n).fill(null);
+    this.bfs = new Int32Array(n);
+    this.ino = new Int32Array(n);
+    this.nid = new Float64Array(n);
+    this.compact = new Uint8Array(n);
+    this.nblocks = new Float64Array(n);
+    this.tail = new Int32Array(n);
+    this.blockIndex = new Float64Array(n);
+    this.chunkCount = new Int32Array(n);
+    this.chunkFormat = new Int32Array(n);
+    this.nShared = new Int32Array(n);
+    this.xattrSize = new Int32Array(n);
+    this.metaPair = new Int32Array(n).fill(-1);
+    this.redirPair = new Int32Array(n).fill(-1);
+    this.fStart = new Int32Array(n);
+    this.fEnd = new Int32Array(n);
+    this.chunkAt = new Int32Array(n);
+
+    // Stubs are never rewritten; they only copy the root's security.selinux.
+    const selinux = root.xattrs.get('security.selinux');
+    if (selinux !== undefined) for (const c of stubs) this.set(c, 'security.selinux', this.str(selinux));
   }
 
-  /** Per-node rewrite (3.2 steps 1-4); `n.xattrs` starts empty with a zero budget counter. */
-  private rewrite(n: WNode, s: Inode): void {
-    const type = n.type;
+  /** BFS order, overlayfs rewrite, image entries with `.`/`..` (3.2, 3.3). */
+  private rewriteAndOrder(): void {
+    const { bfs, ino, mode, nlink, eName, eNode, eCanon, fName, fNode, fStart, fEnd } = this;
+    let qn = 1;
+    bfs[0] = 0;
+    for (let q = 0; q < qn; q++) {
+      const i = bfs[q]!;
+      ino[i] = q;
+      if (i < this.nDiscovered) this.rewrite(i);
+      if ((mode[i]! & S_IFMT) !== S_IFDIR) continue;
+      const ro = i === 0 ? this.rootOrder : null;
+      const s = this.entStart[i]!;
+      const count = ro !== null ? ro.length : this.entEnd[i]! - s;
+      let subdirs = 0;
+      let dot = true;
+      let dotdot = true;
+      fStart[i] = fName.length;
+      for (let k = 0; k < count; k++) {
+        const e = ro !== null ? ro[k]! : s + k;
+        const name = eName[e]!;
+        const c = eNode[e]!;
+        if (eCanon[e] === 1) {
+          if ((mode[c]! & S_IFMT) === S_IFDIR) subdirs++;
+          bfs[qn++] = c;
+        }
+        if (dot && DOT < name) {
+          fName.push(DOT);
+          fNode.push(i);
+          dot = false;
+        }
+        if (dotdot && DOTDOT < name) {
+          fName.push(DOTDOT);
+          fNode.push(this.parentOf(i));
+          dotdot = false;
+        }
+        fName.push(name);
+        fNode.push(c);
+      }
+      if (dot) {
+        fName.push(DOT);
+        fNode.push(i);
+      }
+      if (dotdot) {
+        fName.push(DOTDOT);
+        fNode.push(this.parentOf(i));
+      }
+      fEnd[i] = fName.length;
+      nlink[i] = 2 + subdirs;
+    }
+    this.set(0, OVL_OPAQUE, 'y');
+  }
+
+  /** Per-node rewrite (3.2 steps 1-4); xattrs start empty with a zero budget counter. */
+  private rewrite(i: number): void {
+    const s = this.src[i]!;
+    const type = this.mode[i]! & S_IFMT;
     switch (type) {
       case S_IFREG:
       case S_IFDIR:
@@ -458,39 +540,52 @@ class Writer {
       case S_IFIFO:
         break;
       default:
-        throw new CfsError('EINVAL', `cannot write image: ${n.path()}: invalid mode ${s.mode.toString(8)}`);
+        throw new CfsError('EINVAL', `cannot write image: ${this.path(i)}: invalid mode ${s.mode.toString(8)}`);
     }
-    // The deep copy C writes from starts with a zero budget counter (see xattr-budget.ts).
-    for (const [k, v] of s.xattrs) {
-      n.xattrs.kv.push(k.startsWith(OVL_PREFIX) ? OVL_ESCAPED_PREFIX + k.slice(OVL_PREFIX.length) : k, this.str(v));
+    if (s.xattrs.size > 0) {
+      // The deep copy C writes from starts with a zero budget counter (see xattr-budget.ts).
+      const x = new XList();
+      for (const [k, v] of s.xattrs) x.kv.push(k.startsWith(OVL_PREFIX) ? OVL_ESCAPED_PREFIX + k.slice(OVL_PREFIX.length) : k, this.str(v));
+      this.xl[i] = x;
     }
     if (type === S_IFLNK) {
-      if (n.payload === null || n.payload.length === 0 || n.payload.length >= PATH_MAX) {
-        throw new CfsError('EINVAL', `cannot write image: ${n.path()}: invalid symlink target`);
+      const payload = s.payload;
+      if (payload === null || payload.length === 0 || payload.length >= PATH_MAX) {
+        throw new CfsError('EINVAL', `cannot write image: ${this.path(i)}: invalid symlink target`);
       }
-      n.size = n.payload.length;
+      this.size[i] = payload.length;
     } else if (type === S_IFREG) {
-      if (n.content !== null) {
-        if (n.content.length !== n.size || n.size > MAX_INLINE_CONTENT) {
-          throw new CfsError('EINVAL', `cannot write image: ${n.path()}: inline content of ${n.content.length} bytes (size ${n.size}, max ${MAX_INLINE_CONTENT})`);
+      const size = this.size[i]!;
+      const content = s.content;
+      if (content !== null && content.length > 0) {
+        if (content.length !== size || size > MAX_INLINE_CONTENT) {
+          throw new CfsError('EINVAL', `cannot write image: ${this.path(i)}: inline content of ${content.length} bytes (size ${size}, max ${MAX_INLINE_CONTENT})`);
         }
-      } else if (n.size > 0) {
-        const { chunkCount } = chunking(n.size);
-        if (chunkCount > MAX_CHUNKS) throw new CfsError('EFBIG', `cannot write image: ${n.path()}: file too large (${n.size > 2 ** 53 ? 'over 2^53' : n.size} bytes, more than ${MAX_CHUNKS} chunks)`);
-        this.set(n, OVL_METACOPY, metacopyValue(n.digest, n));
-        if (n.payload !== null && n.payload.length > 0) {
-          if (n.payload.length >= PATH_MAX) throw new CfsError('EINVAL', `cannot write image: ${n.path()}: payload too long`);
-          this.set(n, OVL_REDIRECT, '/' + n.payload);
+      } else if (size > 0) {
+        const { chunkBits, chunkCount } = chunking(size);
+        if (chunkCount > MAX_CHUNKS) throw new CfsError('EFBIG', `cannot write image: ${this.path(i)}: file too large (${size > 2 ** 53 ? 'over 2^53' : size} bytes, more than ${MAX_CHUNKS} chunks)`);
+        this.chunkCount[i] = chunkCount;
+        this.chunkFormat[i] = chunkBits - BLOCK_BITS;
+        // metacopy and redirect: the writer's own keys, so they never replace an input xattr
+        // and always fit the budget; their values are made from digest and payload when written.
+        if (s.digest !== null && digestAlg(s.digest) === 0) {
+          throw new CfsError('EINVAL', `cannot write image: ${this.path(i)}: digest of ${s.digest.length} bytes`);
+        }
+        this.external[i] = 1;
+        const payload = s.payload;
+        if (payload !== null && payload.length > 0) {
+          if (payload.length >= PATH_MAX) throw new CfsError('EINVAL', `cannot write image: ${this.path(i)}: payload too long`);
+          this.hasRedirect[i] = 1;
         }
       }
-    } else if (type === S_IFCHR && n.rdev === 0) {
+    } else if (type === S_IFCHR && s.rdev === 0) {
       // A user whiteout is stored escaped: a regular file overlayfs shows as a whiteout.
-      n.size = 0;
-      n.mode = S_IFREG | (n.mode & ~S_IFMT & 0xffff);
+      this.size[i] = 0;
+      this.mode[i] = S_IFREG | (this.mode[i]! & ~S_IFMT & 0xffff);
       const empty = '';
-      this.set(n, OVL_ESCAPED_WHITEOUT, empty);
-      this.set(n, OVL_USER_WHITEOUT, empty);
-      const p = n.parent!;
+      this.set(i, OVL_ESCAPED_WHITEOUT, empty);
+      this.set(i, OVL_USER_WHITEOUT, empty);
+      const p = this.parentOf(i);
       this.set(p, OVL_ESCAPED_WHITEOUTS, empty);
       this.set(p, OVL_USER_WHITEOUTS, empty);
       if (this.version >= 1) {
@@ -501,178 +596,263 @@ class Writer {
     }
   }
 
+  private internKey(key: string): number {
+    let k = this.keyIds.get(key);
+    if (k === undefined) {
+      k = this.keyStr.length;
+      const index = xattrIndexOf(key);
+      const suffix = key.slice(xattrPrefixLen(index));
+      this.keyIds.set(key, k);
+      this.keyStr.push(key);
+      this.keyIndex.push(index);
+      this.keySuffix.push(suffix);
+      this.keyFilterBit.push(xxh32(suffix, (XATTR_FILTER_SEED + index) >>> 0) & (XATTR_FILTER_BITS - 1));
+      this.pairIds.push(new Map());
+      if (key === ACL_ACCESS || key === ACL_DEFAULT) this.hasAcl = true;
+    }
+    return k;
+  }
+
+  /** One more inode whose metacopy value is made from `d`: digests are compared as bytes. */
+  private useMetacopy(d: Buffer | null): number {
+    let p: number;
+    if (d === null) {
+      if (this.metaNull < 0) this.metaNull = this.newPair(K_METACOPY, null);
+      p = this.metaNull;
+    } else {
+      const word = d.readInt32LE(0);
+      const head = this.metaByWord.get(word) ?? -1;
+      p = head;
+      while (p >= 0 && !sameBytes(this.pairVal[p] as Buffer, d)) p = this.metaNext[p]!;
+      if (p < 0) {
+        p = this.newPair(K_METACOPY, d);
+        this.metaNext[p] = head;
+        this.metaByWord.set(word, p);
+      }
+    }
+    this.pairCount[p]!++;
+    return p;
+  }
+
+  private newPair(key: number, value: string | Buffer | null): number {
+    const p = this.pairKey.length;
+    this.pairKey.push(key);
+    this.pairVal.push(value);
+    this.pairCount.push(0);
+    this.pairOffset.push(-1);
+    this.metaNext.push(-1);
+    return p;
+  }
+
+  /** One more inode carrying (key, value); `token` identifies the value within the key. */
+  private usePair(key: number, token: string, value: string | Buffer | null): number {
+    const ids = this.pairIds[key]!;
+    let p = ids.get(token);
+    if (p === undefined) {
+      p = this.newPair(key, value);
+      ids.set(token, p);
+    }
+    this.pairCount[p]!++;
+    return p;
+  }
+
+  private valueLength(p: number): number {
+    const k = this.pairKey[p]!;
+    const v = this.pairVal[p]!;
+    if (k === K_METACOPY) return v === null ? 0 : METACOPY_HDR_SIZE + v.length;
+    if (k === K_REDIRECT) return 1 + v!.length;
+    return v!.length;
+  }
+
+  private entrySize(p: number): number {
+    return roundUp(XATTR_ENTRY_SIZE + this.keySuffix[this.pairKey[p]!]!.length + this.valueLength(p), 4);
+  }
+
+  /** Pair ids of node i in key order (a shared scratch array for plain external files). */
+  private pairsOf(i: number): number[] {
+    const list = this.lists[i];
+    if (list !== null) return list;
+    const out = this.scratch;
+    out.length = 0;
+    if (this.metaPair[i]! >= 0) out.push(this.metaPair[i]!);
+    if (this.redirPair[i]! >= 0) out.push(this.redirPair[i]!);
+    return out;
+  }
+
   /** Shared xattr table (3.4): pairs used by more than one inode, in descending order. */
   private computeShared(): void {
-    const pairs = new Map<string, Map<string, Pair>>();
-    let minSec = this.wroot.mtimeSec;
-    let minNsec = this.wroot.mtimeNsec;
-    for (const n of this.bfs) {
-      if (n.mtimeSec < minSec || (n.mtimeSec === minSec && n.mtimeNsec < minNsec)) {
-        minSec = n.mtimeSec;
-        minNsec = n.mtimeNsec;
+    const { bfs, src, external, hasRedirect, metaPair, redirPair, xl, keyStr } = this;
+    let minSec = src[0]!.mtimeSec;
+    let minNsec = src[0]!.mtimeNsec;
+    for (let q = 0; q < this.nNodes; q++) {
+      const i = bfs[q]!;
+      const s = src[i]!;
+      if (s.mtimeSec < minSec || (s.mtimeSec === minSec && s.mtimeNsec < minNsec)) {
+        minSec = s.mtimeSec;
+        minNsec = s.mtimeNsec;
       }
-      const kv = n.xattrs.kv;
-      const count = kv.length >> 1;
-      if (count === 0) continue;
-      const order: number[] = [];
-      for (let i = 0; i < kv.length; i += 2) order.push(i);
-      if (count > 1) order.sort((a, b) => (kv[a]! < kv[b]! ? -1 : 1));
-      const list = new Array<Pair>(count);
-      for (let i = 0; i < count; i++) {
-        const key = kv[order[i]!]!;
-        const value = kv[order[i]! + 1]!;
-        if (key === ACL_ACCESS || key === ACL_DEFAULT) this.hasAcl = true;
-        let byValue = pairs.get(key);
-        if (byValue === undefined) {
-          byValue = new Map();
-          pairs.set(key, byValue);
-        }
-        let p = byValue.get(value);
-        if (p === undefined) {
-          p = { key, value, count: 0, offset: -1 };
-          byValue.set(value, p);
-        }
-        p.count++;
-        list[i] = p;
+      if (external[i] === 1) {
+        metaPair[i] = this.useMetacopy(s.digest);
+        if (hasRedirect[i] === 1) redirPair[i] = this.usePair(K_REDIRECT, s.payload!, s.payload);
       }
-      n.xattrList = list;
+      const x = xl[i];
+      if (x === null) continue;
+      const list: number[] = [];
+      const kv = x.kv;
+      for (let j = 0; j < kv.length; j += 2) {
+        const value = kv[j + 1]!;
+        list.push(this.usePair(this.internKey(kv[j]!), value, value));
+      }
+      if (metaPair[i]! >= 0) list.push(metaPair[i]!);
+      if (redirPair[i]! >= 0) list.push(redirPair[i]!);
+      if (list.length > 1) list.sort((a, b) => (keyStr[this.pairKey[a]!]! < keyStr[this.pairKey[b]!]! ? -1 : 1));
+      this.lists[i] = list;
     }
     this.minSec = minSec;
     this.minNsec = minNsec;
 
-    const multi: Pair[] = [];
-    for (const byValue of pairs.values()) for (const p of byValue.values()) if (p.count > 1) multi.push(p);
+    const { pairKey, pairVal } = this;
+    const multi: number[] = [];
+    for (let p = 0; p < pairKey.length; p++) if (this.pairCount[p]! > 1) multi.push(p);
     multi.sort((a, b) => {
-      if (a.key !== b.key) return a.key < b.key ? 1 : -1;
-      if (a.value.length !== b.value.length) return b.value.length - a.value.length;
-      return a.value < b.value ? 1 : a.value > b.value ? -1 : 0;
+      const ka = pairKey[a]!;
+      const kb = pairKey[b]!;
+      if (ka !== kb) return keyStr[ka]! < keyStr[kb]! ? 1 : -1;
+      const la = this.valueLength(a);
+      const lb = this.valueLength(b);
+      if (la !== lb) return lb - la;
+      const va = pairVal[a]!;
+      const vb = pairVal[b]!;
+      // Equal lengths: metacopy values differ only in their digests, redirects in their payloads.
+      if (typeof va !== 'string' || typeof vb !== 'string') return Buffer.compare(vb as Buffer, va as Buffer);
+      return va < vb ? 1 : va > vb ? -1 : 0;
     });
     let off = 0;
     for (const p of multi) {
-      p.offset = off;
+      this.pairOffset[p] = off;
       off += this.entrySize(p);
     }
     this.shared = multi;
     this.sharedSize = off;
 
-    for (const n of this.bfs) {
-      if (n.xattrList.length === 0) continue;
+    for (let i = 0; i < this.nNodes; i++) {
+      const list = this.pairsOf(i);
+      if (list.length === 0) continue;
       let nShared = 0;
       let inlineSize = 0;
-      for (const p of n.xattrList) {
-        if (p.offset >= 0 && nShared < XATTR_MAX_SHARED_REFS) nShared++;
+      for (const p of list) {
+        if (this.pairOffset[p]! >= 0 && nShared < XATTR_MAX_SHARED_REFS) nShared++;
         else inlineSize += this.entrySize(p);
       }
-      n.nShared = nShared;
-      n.xattrSize = XATTR_HDR_SIZE + 4 * nShared + inlineSize;
+      this.nShared[i] = nShared;
+      this.xattrSize[i] = XATTR_HDR_SIZE + 4 * nShared + inlineSize;
     }
   }
 
   /** Inode layout (3.6): sizes, padding and nid of every inode; data block indexes. */
   private layout(): void {
+    const { bfs, src, mode, nlink, size, nblocks, tail, compact, xattrSize } = this;
+    const minSec = this.minSec;
+    const minNsec = this.minNsec;
     let pos = INODES_START;
     let blocks = 0;
-    for (const n of this.bfs) {
-      const type = n.type;
-      let sizeForCompact = n.size;
+    for (let q = 0; q < this.nNodes; q++) {
+      const i = bfs[q]!;
+      const s = src[i]!;
+      const type = mode[i]! & S_IFMT;
+      let sizeForCompact = size[i]!;
       if (type === S_IFDIR) {
-        this.dirLayout(n);
-        sizeForCompact = n.nblocks * BLOCK_SIZE + n.tail;
+        this.dirLayout(i);
+        sizeForCompact = nblocks[i]! * BLOCK_SIZE + tail[i]!;
       } else if (type === S_IFLNK) {
-        n.nblocks = 0;
-        n.tail = n.payload!.length;
-      } else if (type === S_IFREG && n.size > 0) {
-        if (n.content !== null) {
-          n.nblocks = Math.floor(n.size / BLOCK_SIZE);
-          n.tail = n.size % BLOCK_SIZE;
-          if (n.tail > BLOCK_SIZE / 2) {
-            n.nblocks++;
-            n.tail = 0;
+        tail[i] = s.payload!.length;
+      } else if (type === S_IFREG && size[i]! > 0) {
+        if (this.external[i] === 0) {
+          const sz = size[i]!;
+          let nb = Math.floor(sz / BLOCK_SIZE);
+          let t = sz % BLOCK_SIZE;
+          if (t > BLOCK_SIZE / 2) {
+            nb++;
+            t = 0;
           }
+          nblocks[i] = nb;
+          tail[i] = t;
         } else {
-          const { chunkBits, chunkCount } = chunking(n.size);
-          n.chunkCount = chunkCount;
-          n.chunkFormat = chunkBits - 12;
-          n.tail = 4 * chunkCount;
+          tail[i] = 4 * this.chunkCount[i]!;
         }
       }
-      n.compact =
-        n.mtimeSec === this.minSec &&
-        n.mtimeNsec === this.minNsec &&
-        n.nlink <= 0xffff &&
-        n.uid <= 0xffff &&
-        n.gid <= 0xffff &&
+      const isCompact =
+        s.mtimeSec === minSec &&
+        s.mtimeNsec === minNsec &&
+        nlink[i]! <= 0xffff &&
+        s.uid <= 0xffff &&
+        s.gid <= 0xffff &&
         sizeForCompact <= 0xffffffff;
-      const isz = n.compact ? COMPACT_SIZE : EXTENDED_SIZE;
-      const xsz = n.xattrSize;
+      compact[i] = isCompact ? 1 : 0;
+      const isz = isCompact ? COMPACT_SIZE : EXTENDED_SIZE;
+      const xsz = xattrSize[i]!;
       const aligned = roundUp(pos, SLOT_SIZE);
-      let pad = aligned - pos;
       pos = aligned;
+      const t = tail[i]!;
       if (type === S_IFLNK) {
-        const total = isz + xsz + n.tail;
+        const total = isz + xsz + t;
         if (total >= BLOCK_SIZE) {
-          n.nblocks = 1;
-          n.tail = 0;
+          nblocks[i] = 1;
+          tail[i] = 0;
         }
-        if (Math.floor(pos / BLOCK_SIZE) !== Math.floor((pos + total - 1) / BLOCK_SIZE)) {
-          const extra = roundUp(pos, BLOCK_SIZE) - pos;
-          pad += extra;
-          pos += extra;
-        }
-      } else if (n.tail > 0) {
+        if (Math.floor(pos / BLOCK_SIZE) !== Math.floor((pos + total - 1) / BLOCK_SIZE)) pos = roundUp(pos, BLOCK_SIZE);
+      } else if (t > 0) {
         const rem = BLOCK_SIZE - ((pos + isz + xsz) % BLOCK_SIZE);
-        if (rem < n.tail) {
+        if (rem < t) {
           const extra = roundUp(rem, SLOT_SIZE);
           const rem2 = BLOCK_SIZE - ((pos + isz + xsz + extra) % BLOCK_SIZE);
-          if (n.tail <= rem2) {
-            pad += extra;
+          if (t <= rem2) {
             pos += extra;
           } else {
             // The chunk table does not fit inline: it "spills" into a data block (3.6.6).
-            n.nblocks++;
-            n.tail = 0;
-            const extra2 = roundUp(pos, BLOCK_SIZE) - pos;
-            pad += extra2;
-            pos += extra2;
+            nblocks[i]!++;
+            tail[i] = 0;
+            pos = roundUp(pos, BLOCK_SIZE);
           }
         }
       }
-      n.pad = pad;
-      n.nid = pos / SLOT_SIZE;
-      n.blockIndex = blocks;
-      blocks += n.nblocks;
-      pos += isz + xsz + n.tail;
+      this.nid[i] = pos / SLOT_SIZE;
+      this.blockIndex[i] = blocks;
+      blocks += nblocks[i]!;
+      pos += isz + xsz + tail[i]!;
     }
     this.inodesEnd = roundUp(pos, SLOT_SIZE);
     this.dataStart = roundUp(this.inodesEnd + this.sharedSize, BLOCK_SIZE);
     this.nDataBlocks = blocks;
-    if (this.wroot.nid >= 0xffff) throw new CfsError('EFBIG', 'cannot write image: root inode number too large');
+    if (this.nid[0]! >= 0xffff) throw new CfsError('EFBIG', 'cannot write image: root inode number too large');
   }
 
-  /** Directory sizing (3.6.3); records the entry ranges of each block and of the tail. */
-  private dirLayout(n: WNode): void {
-    const entries = n.entries!;
-    const chunks: number[] = [0];
+  /** Directory sizing (3.6.3); records the entry boundaries of each block and of the tail. */
+  private dirLayout(i: number): void {
+    const { fName, chunks } = this;
+    const start = this.fStart[i]!;
+    const end = this.fEnd[i]!;
+    this.chunkAt[i] = chunks.length;
+    chunks.push(start);
     let used = 0;
     let nblocks = 0;
-    for (let i = 0; i < entries.length; i++) {
-      const need = DIRENT_SIZE + entries[i]!.name.length;
+    for (let e = start; e < end; e++) {
+      const need = DIRENT_SIZE + fName[e]!.length;
       if (used + need > BLOCK_SIZE) {
         nblocks++;
         used = 0;
-        chunks.push(i);
+        chunks.push(e);
       }
       used += need;
     }
     if (used > BLOCK_SIZE / 2) {
       nblocks++;
       used = 0;
-      chunks.push(entries.length);
+      chunks.push(end);
     }
-    chunks.push(entries.length);
-    n.nblocks = nblocks;
-    n.tail = used;
-    n.dirChunks = chunks;
+    chunks.push(end);
+    this.nblocks[i] = nblocks;
+    this.tail[i] = used;
   }
 
   /** Write pass (3.7) into one buffer. */
@@ -680,39 +860,45 @@ class Writer {
     const firstBlock = this.dataStart / BLOCK_SIZE;
     const total = this.dataStart + this.nDataBlocks * BLOCK_SIZE;
     const buf = Buffer.alloc(total);
+    const dv = (this.dv = new DataView(buf.buffer, buf.byteOffset, buf.length));
 
-    buf.writeUInt32LE(CFS_MAGIC, CFS_HDR.magic);
-    buf.writeUInt32LE(CFS_HEADER_VERSION, CFS_HDR.version);
-    buf.writeUInt32LE(this.hasAcl ? CFS_FLAG_HAS_ACL : 0, CFS_HDR.flags);
-    buf.writeUInt32LE(this.version, CFS_HDR.composefsVersion);
+    dv.setUint32(CFS_HDR.magic, CFS_MAGIC, true);
+    dv.setUint32(CFS_HDR.version, CFS_HEADER_VERSION, true);
+    dv.setUint32(CFS_HDR.flags, this.hasAcl ? CFS_FLAG_HAS_ACL : 0, true);
+    dv.setUint32(CFS_HDR.composefsVersion, this.version, true);
 
     const sb = SB_OFFSET;
-    buf.writeUInt32LE(EROFS_MAGIC, sb + SB.magic);
-    buf.writeUInt32LE(FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER, sb + SB.featureCompat);
-    buf[sb + SB.blkszbits] = 12;
-    buf.writeUInt16LE(this.wroot.nid, sb + SB.rootNid);
-    writeU64(buf, this.bfs.length, sb + SB.inos);
-    writeI64(buf, this.minSec, sb + SB.buildTime);
-    buf.writeUInt32LE(this.minNsec >>> 0, sb + SB.buildTimeNsec);
-    buf.writeUInt32LE(firstBlock + this.nDataBlocks, sb + SB.blocks);
-    buf.writeUInt32LE(Math.floor(this.inodesEnd / BLOCK_SIZE), sb + SB.xattrBlkaddr);
+    dv.setUint32(sb + SB.magic, EROFS_MAGIC, true);
+    dv.setUint32(sb + SB.featureCompat, FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER, true);
+    buf[sb + SB.blkszbits] = BLOCK_BITS;
+    dv.setUint16(sb + SB.rootNid, this.nid[0]!, true);
+    writeU64(dv, this.nNodes, sb + SB.inos);
+    writeI64(dv, this.minSec, sb + SB.buildTime);
+    dv.setUint32(sb + SB.buildTimeNsec, this.minNsec >>> 0, true);
+    dv.setUint32(sb + SB.blocks, firstBlock + this.nDataBlocks, true);
+    dv.setUint32(sb + SB.xattrBlkaddr, Math.floor(this.inodesEnd / BLOCK_SIZE), true);
 
     const sharedBase = this.inodesEnd % BLOCK_SIZE;
-    for (const n of this.bfs) this.emitInode(buf, n, firstBlock, sharedBase);
+    const { bfs, nblocks, mode, src } = this;
+    for (let q = 0; q < this.nNodes; q++) this.emitInode(buf, bfs[q]!, firstBlock, sharedBase);
 
     let off = this.inodesEnd;
     for (const p of this.shared) off = this.writeEntry(buf, off, p);
 
-    for (const n of this.bfs) {
-      if (n.nblocks === 0) continue;
-      const at = (firstBlock + n.blockIndex) * BLOCK_SIZE;
-      const type = n.type;
+    for (let q = 0; q < this.nNodes; q++) {
+      const i = bfs[q]!;
+      const nb = nblocks[i]!;
+      if (nb === 0) continue;
+      const at = (firstBlock + this.blockIndex[i]!) * BLOCK_SIZE;
+      const type = mode[i]! & S_IFMT;
+      const s = src[i]!;
       if (type === S_IFDIR) {
-        for (let b = 0; b < n.nblocks; b++) writeDirChunk(buf, at + b * BLOCK_SIZE, n.entries!, n.dirChunks[b]!, n.dirChunks[b + 1]!);
+        const c = this.chunkAt[i]!;
+        for (let b = 0; b < nb; b++) this.writeDirChunk(buf, at + b * BLOCK_SIZE, this.chunks[c + b]!, this.chunks[c + b + 1]!);
       } else if (type === S_IFLNK) {
-        buf.write(n.payload!, at, 'latin1');
-      } else if (n.content !== null) {
-        n.content.copy(buf, at, 0, Math.min(n.content.length, BLOCK_SIZE));
+        buf.write(s.payload!, at, 'latin1');
+      } else if (this.external[i] === 0) {
+        s.content!.copy(buf, at, 0, Math.min(s.content!.length, BLOCK_SIZE));
       } else {
         buf.fill(0xff, at, at + BLOCK_SIZE);
       }
@@ -720,60 +906,71 @@ class Writer {
     return buf;
   }
 
-  private emitInode(buf: Buffer, n: WNode, firstBlock: number, sharedBase: number): void {
-    const type = n.type;
-    const at = n.nid * SLOT_SIZE;
-    const icount = n.xattrSize === 0 ? 0 : (n.xattrSize - XATTR_HDR_SIZE) / 4 + 1;
-    let layout = n.tail > 0 ? LAYOUT_FLAT_INLINE : LAYOUT_FLAT_PLAIN;
+  private emitInode(buf: Buffer, i: number, firstBlock: number, sharedBase: number): void {
+    const dv = this.dv;
+    const s = this.src[i]!;
+    const mode = this.mode[i]!;
+    const type = mode & S_IFMT;
+    const at = this.nid[i]! * SLOT_SIZE;
+    const xattrSize = this.xattrSize[i]!;
+    const nShared = this.nShared[i]!;
+    const tail = this.tail[i]!;
+    const nblocks = this.nblocks[i]!;
+    const isCompact = this.compact[i] === 1;
+    const nlink = this.nlink[i]!;
+    const icount = xattrSize === 0 ? 0 : (xattrSize - XATTR_HDR_SIZE) / 4 + 1;
+    let layout = tail > 0 ? LAYOUT_FLAT_INLINE : LAYOUT_FLAT_PLAIN;
     let size = 0;
-    const external = type === S_IFREG && n.size > 0 && n.content === null;
-    if (type === S_IFDIR) size = n.nblocks * BLOCK_SIZE + n.tail;
+    const external = this.external[i] === 1;
+    if (type === S_IFDIR) size = nblocks * BLOCK_SIZE + tail;
     else if (type === S_IFREG) {
-      size = n.size;
+      size = this.size[i]!;
       if (external) layout = LAYOUT_CHUNK_BASED;
-    } else if (type === S_IFLNK) size = n.payload!.length;
-    const format = (layout << I_DATALAYOUT_SHIFT) | (n.compact ? 0 : I_VERSION_EXTENDED);
+    } else if (type === S_IFLNK) size = s.payload!.length;
+    const format = (layout << I_DATALAYOUT_SHIFT) | (isCompact ? 0 : I_VERSION_EXTENDED);
     let iu = 0;
-    if (type === S_IFCHR || type === S_IFBLK) iu = n.rdev >>> 0;
-    else if (n.nblocks > 0 && (type === S_IFDIR || type === S_IFREG || type === S_IFLNK)) iu = firstBlock + n.blockIndex;
+    if (type === S_IFCHR || type === S_IFBLK) iu = s.rdev >>> 0;
+    else if (nblocks > 0 && (type === S_IFDIR || type === S_IFREG || type === S_IFLNK)) iu = firstBlock + this.blockIndex[i]!;
     // Chunk-based: the chunk format overwrites the low 16 bits (also of a spilled table's block).
-    if (external) iu = ((iu & 0xffff0000) | n.chunkFormat) >>> 0;
+    if (external) iu = ((iu & 0xffff0000) | this.chunkFormat[i]!) >>> 0;
 
-    if (n.compact) {
-      buf.writeUInt16LE(format, at + COMPACT.format);
-      buf.writeUInt16LE(icount, at + COMPACT.xattrIcount);
-      buf.writeUInt16LE(n.mode & 0xffff, at + COMPACT.mode);
-      buf.writeUInt16LE(n.nlink & 0xffff, at + COMPACT.nlink);
-      buf.writeUInt32LE(size >>> 0, at + COMPACT.size);
-      buf.writeUInt32LE(iu, at + COMPACT.u);
-      buf.writeUInt32LE(n.ino >>> 0, at + COMPACT.ino);
-      buf.writeUInt16LE(n.uid & 0xffff, at + COMPACT.uid);
-      buf.writeUInt16LE(n.gid & 0xffff, at + COMPACT.gid);
+    if (isCompact) {
+      dv.setUint16(at + COMPACT.format, format, true);
+      dv.setUint16(at + COMPACT.xattrIcount, icount, true);
+      dv.setUint16(at + COMPACT.mode, mode, true);
+      dv.setUint16(at + COMPACT.nlink, nlink & 0xffff, true);
+      dv.setUint32(at + COMPACT.size, size >>> 0, true);
+      dv.setUint32(at + COMPACT.u, iu, true);
+      dv.setUint32(at + COMPACT.ino, this.ino[i]! >>> 0, true);
+      dv.setUint16(at + COMPACT.uid, s.uid & 0xffff, true);
+      dv.setUint16(at + COMPACT.gid, s.gid & 0xffff, true);
     } else {
-      buf.writeUInt16LE(format, at + EXTENDED.format);
-      buf.writeUInt16LE(icount, at + EXTENDED.xattrIcount);
-      buf.writeUInt16LE(n.mode & 0xffff, at + EXTENDED.mode);
-      writeU64(buf, size, at + EXTENDED.size);
-      buf.writeUInt32LE(iu, at + EXTENDED.u);
-      buf.writeUInt32LE(n.ino >>> 0, at + EXTENDED.ino);
-      buf.writeUInt32LE(n.uid >>> 0, at + EXTENDED.uid);
-      buf.writeUInt32LE(n.gid >>> 0, at + EXTENDED.gid);
-      writeI64(buf, n.mtimeSec, at + EXTENDED.mtime);
-      buf.writeUInt32LE(n.mtimeNsec >>> 0, at + EXTENDED.mtimeNsec);
-      buf.writeUInt32LE(n.nlink >>> 0, at + EXTENDED.nlink);
+      dv.setUint16(at + EXTENDED.format, format, true);
+      dv.setUint16(at + EXTENDED.xattrIcount, icount, true);
+      dv.setUint16(at + EXTENDED.mode, mode, true);
+      writeU64(dv, size, at + EXTENDED.size);
+      dv.setUint32(at + EXTENDED.u, iu, true);
+      dv.setUint32(at + EXTENDED.ino, this.ino[i]! >>> 0, true);
+      dv.setUint32(at + EXTENDED.uid, s.uid >>> 0, true);
+      dv.setUint32(at + EXTENDED.gid, s.gid >>> 0, true);
+      writeI64(dv, s.mtimeSec, at + EXTENDED.mtime);
+      dv.setUint32(at + EXTENDED.mtimeNsec, s.mtimeNsec >>> 0, true);
+      dv.setUint32(at + EXTENDED.nlink, nlink >>> 0, true);
     }
-    let off = at + (n.compact ? COMPACT_SIZE : EXTENDED_SIZE);
-    if (n.xattrSize > 0) {
+    let off = at + (isCompact ? COMPACT_SIZE : EXTENDED_SIZE);
+    if (xattrSize > 0) {
+      const list = this.pairsOf(i);
       let bits = 0;
-      for (const p of n.xattrList) bits |= 1 << this.info(p.key).filterBit;
-      buf.writeUInt32LE(~bits >>> 0, off + XATTR_HDR.nameFilter);
-      buf[off + XATTR_HDR.sharedCount] = n.nShared;
+      for (const p of list) bits |= 1 << this.keyFilterBit[this.pairKey[p]!]!;
+      dv.setUint32(off + XATTR_HDR.nameFilter, ~bits >>> 0, true);
+      buf[off + XATTR_HDR.sharedCount] = nShared;
       off += XATTR_HDR_SIZE;
       let refs = 0;
-      let inline = off + 4 * n.nShared;
-      for (const p of n.xattrList) {
-        if (p.offset >= 0 && refs < n.nShared) {
-          buf.writeUInt32LE((sharedBase + p.offset) / 4, off);
+      let inline = off + 4 * nShared;
+      for (const p of list) {
+        const po = this.pairOffset[p]!;
+        if (po >= 0 && refs < nShared) {
+          dv.setUint32(off, (sharedBase + po) / 4, true);
           off += 4;
           refs++;
         } else {
@@ -782,52 +979,74 @@ class Writer {
       }
       off = inline;
     }
-    if (n.tail === 0) return;
+    if (tail === 0) return;
     if (type === S_IFDIR) {
-      const c = n.dirChunks;
-      writeDirChunk(buf, off, n.entries!, c[c.length - 2]!, c[c.length - 1]!);
+      const c = this.chunkAt[i]! + nblocks;
+      this.writeDirChunk(buf, off, this.chunks[c]!, this.chunks[c + 1]!);
     } else if (type === S_IFLNK) {
-      buf.write(n.payload!, off, 'latin1');
-    } else if (n.content !== null) {
-      n.content.copy(buf, off, n.size - n.tail, n.size);
+      putLatin1(buf, off, s.payload!);
+    } else if (!external) {
+      s.content!.copy(buf, off, this.size[i]! - tail, this.size[i]!);
     } else {
-      buf.fill(0xff, off, off + 4 * n.chunkCount);
+      buf.fill(0xff, off, off + 4 * this.chunkCount[i]!);
+    }
+  }
+
+  private writeEntry(buf: Buffer, off: number, p: number): number {
+    const dv = this.dv;
+    const k = this.pairKey[p]!;
+    const suffix = this.keySuffix[k]!;
+    const v = this.pairVal[p]!;
+    buf[off + XATTR_ENTRY.nameLen] = suffix.length;
+    buf[off + XATTR_ENTRY.nameIndex] = this.keyIndex[k]!;
+    dv.setUint16(off + XATTR_ENTRY.valueSize, this.valueLength(p), true);
+    let q = off + XATTR_ENTRY_SIZE;
+    q += putLatin1(buf, q, suffix);
+    if (k === K_METACOPY) {
+      if (v !== null) {
+        const d = v as Buffer;
+        // version 0, total length, flags 0, hash algorithm, digest
+        buf[q] = 0;
+        buf[q + 1] = METACOPY_HDR_SIZE + d.length;
+        buf[q + 2] = 0;
+        buf[q + 3] = digestAlg(d);
+        q += METACOPY_HDR_SIZE;
+        for (let j = 0; j < d.length; j++) buf[q + j] = d[j]!;
+        q += d.length;
+      }
+    } else if (k === K_REDIRECT) {
+      buf[q++] = 0x2f; // '/'
+      q += putLatin1(buf, q, v as string);
+    } else {
+      q += putLatin1(buf, q, v as string);
+    }
+    return off + roundUp(q - off, 4);
+  }
+
+  private writeDirChunk(buf: Buffer, at: number, from: number, to: number): void {
+    const { fName, fNode, nid, mode, dv } = this;
+    let nameoff = (to - from) * DIRENT_SIZE;
+    let d = at;
+    for (let e = from; e < to; e++) {
+      const c = fNode[e]!;
+      const name = fName[e]!;
+      writeU64(dv, nid[c]!, d + DIRENT.nid);
+      dv.setUint16(d + DIRENT.nameoff, nameoff, true);
+      buf[d + DIRENT.fileType] = fileTypeOf(mode[c]!);
+      nameoff += putLatin1(buf, at + nameoff, name);
+      d += DIRENT_SIZE;
     }
   }
 }
 
-function metacopyValue(digest: Buffer | null, n: WNode): string {
-  if (digest === null) return '';
-  const alg = digest.length === 32 ? 'sha256' : digest.length === 64 ? 'sha512' : undefined;
-  if (alg === undefined) {
-    throw new CfsError('EINVAL', `cannot write image: ${n.path()}: digest of ${digest.length} bytes`);
-  }
-  // version 0, total length, flags 0, hash algorithm, digest
-  return String.fromCharCode(0, METACOPY_HDR_SIZE + digest.length, 0, HASH_ALG_ID[alg]) + digest.toString('latin1');
+function writeU64(dv: DataView, v: number, off: number): void {
+  dv.setUint32(off, v % 2 ** 32 >>> 0, true);
+  dv.setUint32(off + 4, Math.floor(v / 2 ** 32) >>> 0, true);
 }
-
-function writeDirChunk(buf: Buffer, at: number, entries: Entry[], from: number, to: number): void {
-  let nameoff = (to - from) * DIRENT_SIZE;
-  let d = at;
-  for (let i = from; i < to; i++) {
-    const e = entries[i]!;
-    writeU64(buf, e.node.nid, d + DIRENT.nid);
-    buf.writeUInt16LE(nameoff, d + DIRENT.nameoff);
-    buf[d + DIRENT.fileType] = fileTypeOf(e.node.mode);
-    buf.write(e.name, at + nameoff, 'latin1');
-    nameoff += e.name.length;
-    d += DIRENT_SIZE;
-  }
-}
-
-function writeU64(buf: Buffer, v: number, off: number): void {
-  buf.writeUInt32LE(v % 2 ** 32 >>> 0, off);
-  buf.writeUInt32LE(Math.floor(v / 2 ** 32) >>> 0, off + 4);
-}
-function writeI64(buf: Buffer, v: number, off: number): void {
+function writeI64(dv: DataView, v: number, off: number): void {
   const hi = Math.floor(v / 2 ** 32);
-  buf.writeUInt32LE((v - hi * 2 ** 32) >>> 0, off);
-  buf.writeInt32LE(hi | 0, off + 4);
+  dv.setUint32(off, (v - hi * 2 ** 32) >>> 0, true);
+  dv.setInt32(off + 4, hi | 0, true);
 }
 
 /**
