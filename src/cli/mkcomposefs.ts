@@ -96,29 +96,48 @@ export function register(program: Command): void {
       else await writeAtomic(image, data);
     });
 
-  program
-    .command('compute-id')
-    .description('print the image id (fs-verity sha256 of the image built from DIR, hex) without writing anything')
-    .argument('<dir>')
-    .option('--use-epoch', 'set all mtimes to 0')
-    .option('--skip-xattrs', 'ignore xattrs')
-    .option('--user-xattrs', 'only user.* xattrs')
-    .action(async (dir: string, o: MkOpts) => {
-      const { writeErofs } = await import('../erofs/writer.js');
-      const { fsverityDigest } = await import('../fsverity/index.js');
-      const data = writeErofs(await scan(dir, { ...o, digestStore: undefined }));
-      await writeStdout(`${fsverityDigest(data, 'sha256').toString('hex')}\n`);
-    });
+  // Tree options shared with `cfs create-image` (cfsctl semantics: the OCI transform applies
+  // unless --no-propagate-usr-to-root).
+  const treeCommand = (name: string, description: string) =>
+    program
+      .command(name)
+      .description(description)
+      .argument('<path>')
+      .option('--bootable', 'apply the boot transform (/boot and /sysroot emptied, SELinux relabel)')
+      .option('--no-propagate-usr-to-root', 'no OCI transform: keep / as scanned and every xattr')
+      .option('--keep-user-xattrs', 'OCI transform keeps user.* xattrs too (xattr mode keep-user-xattrs)')
+      .option('--hash <alg>', 'sha256 or sha512', 'sha256')
+      .option('--erofs-version <n>', 'EROFS format version (0 or 1)', '1');
 
-  program
-    .command('create-dumpfile')
-    .description('print the dumpfile of the tree scanned from DIR')
-    .argument('<dir>')
-    .option('--use-epoch', 'set all mtimes to 0')
-    .option('--skip-xattrs', 'ignore xattrs')
-    .option('--user-xattrs', 'only user.* xattrs')
-    .action(async (dir: string, o: MkOpts) => {
-      const { printDumpfile } = await import('../dumpfile/print.js');
-      await writeStdout(printDumpfile(await scan(dir, { ...o, digestStore: undefined })));
-    });
+  interface TreeOpts {
+    bootable?: boolean;
+    propagateUsrToRoot: boolean;
+    keepUserXattrs?: boolean;
+    hash: string;
+    erofsVersion: string;
+  }
+  const dirOpts = (o: TreeOpts) => {
+    if (o.hash !== 'sha256' && o.hash !== 'sha512') throw new CfsError('EINVAL', `unsupported hash algorithm '${o.hash}' (sha256 or sha512)`);
+    return {
+      alg: o.hash as 'sha256' | 'sha512',
+      bootable: o.bootable,
+      propagateUsrToRoot: o.propagateUsrToRoot,
+      keepUserXattrs: o.keepUserXattrs,
+      erofsVersion: parseVersion(o.erofsVersion, 'EROFS version'),
+    };
+  };
+
+  treeCommand('compute-id', 'print the image id (hex) of a directory tree as `cfs create-image` would store it; nothing is written').action(
+    async (dir: string, o: TreeOpts) => {
+      const { computeDirImage } = await import('../boot/image.js');
+      const { id } = await computeDirImage(dir, dirOpts(o));
+      await writeStdout(`${id.toString('hex')}\n`);
+    },
+  );
+
+  treeCommand('create-dumpfile', 'print the dumpfile of a directory tree (same tree options as compute-id)').action(async (dir: string, o: TreeOpts) => {
+    const { treeFromDirectory } = await import('../boot/image.js');
+    const { printDumpfile } = await import('../dumpfile/print.js');
+    await writeStdout(printDumpfile(await treeFromDirectory(dir, dirOpts(o))));
+  });
 }
