@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -701,6 +702,211 @@ static napi_value js_recv_fds(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+/* ---- unix sockets and fd readiness (varlink) ------------------------------------------- */
+
+#include <sys/un.h>
+#include <uv.h>
+
+static int fill_sockaddr_un(struct sockaddr_un *sa, const char *path) {
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof sa->sun_path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  strcpy(sa->sun_path, path);
+  return 0;
+}
+
+/* listenUnix(path, backlog) -> listening fd (non-blocking). */
+static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "listenUnix");
+  const char *path = arg_str(&c, 0, 0);
+  int backlog = (int)arg_int(&c, 1);
+  BAIL_IF_FAILED(&c);
+  struct sockaddr_un sa;
+  int fd = -1;
+  if (fill_sockaddr_un(&sa, path) == 0) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd >= 0 && (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, backlog) < 0)) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    fd = -1;
+  }
+  RETURN_INT(&c, fd, "listen", path);
+}
+
+/* connectUnix(path) -> connected fd (blocking connect, then non-blocking). */
+static napi_value js_connect_unix(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "connectUnix");
+  const char *path = arg_str(&c, 0, 0);
+  BAIL_IF_FAILED(&c);
+  struct sockaddr_un sa;
+  int fd = -1;
+  if (fill_sockaddr_un(&sa, path) == 0) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || fcntl(fd, F_SETFL, O_NONBLOCK) < 0)) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    fd = -1;
+  }
+  RETURN_INT(&c, fd, "connect", path);
+}
+
+/* accept(fd) -> non-blocking connection fd, or null when none is pending (EAGAIN). */
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "accept");
+  int fd = (int)arg_int(&c, 0);
+  BAIL_IF_FAILED(&c);
+  int conn = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (conn < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return null_value(env);
+  RETURN_INT(&c, conn, "accept4", NULL);
+}
+
+/* setNonBlocking(fd): O_NONBLOCK on (socket-activated fds and socketpairs arrive blocking). */
+static napi_value js_set_nonblocking(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "setNonBlocking");
+  int fd = (int)arg_int(&c, 0);
+  BAIL_IF_FAILED(&c);
+  int fl = fcntl(fd, F_GETFL);
+  int rc = fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  RETURN_VOID(&c, rc, "fcntl F_SETFL", NULL);
+}
+
+/*
+ * Readiness of a raw fd on Node's own event loop (uv_poll): pollStart(fd, events, cb(status,
+ * events)) -> handle; pollUpdate(handle, events); pollStop(handle). The fd stays owned by the
+ * caller, who must stop the poll before closing it.
+ */
+typedef struct {
+  uv_poll_t handle;
+  napi_env env;
+  napi_ref cb;
+  napi_async_context ctx;
+  int stopped;   /* uv_close requested */
+  int closed;    /* uv_close completed */
+  int finalized; /* the JS handle was garbage-collected */
+} fd_poll_t;
+
+static void poll_closed(uv_handle_t *h) {
+  fd_poll_t *p = h->data;
+  napi_delete_reference(p->env, p->cb);
+  napi_async_destroy(p->env, p->ctx);
+  p->closed = 1;
+  if (p->finalized) free(p);
+}
+
+static void poll_fired(uv_poll_t *h, int status, int events) {
+  fd_poll_t *p = h->data;
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value cb, recv, argv[2], result;
+  napi_get_reference_value(env, p->cb, &cb);
+  napi_get_global(env, &recv);
+  argv[0] = int_value(env, status);
+  argv[1] = int_value(env, events);
+  if (napi_make_callback(env, p->ctx, recv, cb, 2, argv, &result) == napi_pending_exception) {
+    napi_value err;
+    napi_get_and_clear_last_exception(env, &err);
+    napi_fatal_exception(env, err);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void poll_finalize(napi_env env, void *data, void *hint) {
+  fd_poll_t *p = data;
+  p->finalized = 1;
+  if (p->closed) {
+    free(p);
+  } else if (!p->stopped) {
+    p->stopped = 1;
+    uv_close((uv_handle_t *)&p->handle, poll_closed);
+  }
+}
+
+static fd_poll_t *arg_poll(call_t *c, size_t i) {
+  void *p = NULL;
+  if (c->failed) return NULL;
+  if (i >= c->argc || napi_get_value_external(c->env, c->argv[i], &p) != napi_ok || !p) {
+    throw_type(c->env, c->fn, i, "a poll handle");
+    c->failed = 1;
+  }
+  return p;
+}
+
+static napi_value js_poll_start(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "pollStart");
+  int fd = (int)arg_int(&c, 0);
+  int events = (int)arg_int(&c, 1);
+  napi_valuetype t = napi_undefined;
+  if (!c.failed && (c.argc < 3 || napi_typeof(env, c.argv[2], &t) != napi_ok || t != napi_function)) {
+    throw_type(env, c.fn, 2, "a function");
+    c.failed = 1;
+  }
+  BAIL_IF_FAILED(&c);
+  call_free(&c);
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_errno(env, EINVAL, "uv_poll_init", "no event loop");
+  fd_poll_t *p = calloc(1, sizeof *p);
+  if (!p) return throw_errno(env, ENOMEM, "uv_poll_init", NULL);
+  int rc = uv_poll_init(loop, &p->handle, fd);
+  if (rc < 0) {
+    free(p);
+    return throw_errno(env, -rc, "uv_poll_init", NULL);
+  }
+  p->handle.data = p;
+  p->env = env;
+  napi_value name;
+  napi_value resource;
+  napi_create_string_utf8(env, "cfs:fdpoll", NAPI_AUTO_LENGTH, &name);
+  napi_create_object(env, &resource);
+  napi_async_init(env, resource, name, &p->ctx);
+  napi_create_reference(env, c.argv[2], 1, &p->cb);
+  rc = uv_poll_start(&p->handle, events, poll_fired);
+  if (rc < 0) {
+    p->stopped = 1;
+    p->finalized = 1; /* no JS handle will exist */
+    uv_close((uv_handle_t *)&p->handle, poll_closed);
+    return throw_errno(env, -rc, "uv_poll_start", NULL);
+  }
+  napi_value ext;
+  napi_create_external(env, p, poll_finalize, NULL, &ext);
+  return ext;
+}
+
+static napi_value js_poll_update(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "pollUpdate");
+  fd_poll_t *p = arg_poll(&c, 0);
+  int events = (int)arg_int(&c, 1);
+  BAIL_IF_FAILED(&c);
+  call_free(&c);
+  if (p->stopped) return throw_errno(env, EBADF, "uv_poll_start", "poll already stopped");
+  int rc = events ? uv_poll_start(&p->handle, events, poll_fired) : uv_poll_stop(&p->handle);
+  if (rc < 0) return throw_errno(env, -rc, "uv_poll_start", NULL);
+  return undefined(env);
+}
+
+static napi_value js_poll_stop(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "pollStop");
+  fd_poll_t *p = arg_poll(&c, 0);
+  BAIL_IF_FAILED(&c);
+  call_free(&c);
+  if (!p->stopped) {
+    p->stopped = 1;
+    uv_poll_stop(&p->handle);
+    uv_close((uv_handle_t *)&p->handle, poll_closed);
+  }
+  return undefined(env);
+}
+
 /* ---- module ---------------------------------------------------------------------------- */
 
 #define FN(name, cb) {name, NULL, cb, NULL, NULL, NULL, napi_enumerable, NULL}
@@ -726,8 +932,138 @@ static napi_value make_constants(napi_env env) {
   C(RESOLVE_CACHED);
   C(LOCK_SH); C(LOCK_EX); C(LOCK_NB); C(LOCK_UN);
   C(XATTR_CREATE); C(XATTR_REPLACE);
+  add_const(env, k, "POLL_READABLE", UV_READABLE);
+  add_const(env, k, "POLL_WRITABLE", UV_WRITABLE);
+  add_const(env, k, "POLL_DISCONNECT", UV_DISCONNECT);
 #undef C
   return k;
+}
+
+/* ---- storeObject: write a whole object off the JS thread ----------------------------------
+ * open(O_TMPFILE) in the objects dir, write the bytes, optionally seal with fs-verity, then
+ * linkat() it to its final name; all in libuv's threadpool so many small objects are written
+ * in parallel while JS keeps parsing. An existing destination wins (content addressing).
+ * Resolves to true when the object was created, false when it already existed. */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref data_ref;
+  char *dir, *dest;
+  const char *data;
+  size_t len;
+  int verity_alg; /* 0 = do not enable fs-verity */
+  int created;
+  int err;
+  const char *failed_call;
+} store_job_t;
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+static void store_execute(napi_env env, void *arg) {
+  (void)env;
+  store_job_t *j = arg;
+  if (faccessat(AT_FDCWD, j->dest, F_OK, AT_SYMLINK_NOFOLLOW) == 0) return;
+  int fd = open(j->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+  if (fd < 0) { j->err = errno; j->failed_call = "open O_TMPFILE"; return; }
+  char proc[64];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  if (write_all(fd, j->data, j->len) < 0) { j->err = errno; j->failed_call = "write"; close(fd); return; }
+  if (j->verity_alg) {
+    /* fs-verity refuses files open for writing: continue on a read-only fd. */
+    int ro = open(proc, O_RDONLY | O_CLOEXEC);
+    if (ro < 0) { j->err = errno; j->failed_call = "open"; close(fd); return; }
+    close(fd);
+    fd = ro;
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    struct fsverity_enable_arg a;
+    memset(&a, 0, sizeof a);
+    a.version = 1;
+    a.hash_algorithm = (unsigned)j->verity_alg;
+    a.block_size = 4096;
+    if (ioctl(fd, FS_IOC_ENABLE_VERITY, &a) < 0 && errno != EEXIST) {
+      j->err = errno; j->failed_call = "ioctl FS_IOC_ENABLE_VERITY"; close(fd); return;
+    }
+  }
+  if (linkat(AT_FDCWD, proc, AT_FDCWD, j->dest, AT_SYMLINK_FOLLOW) < 0) {
+    if (errno == ENOENT) {
+      /* The fan-out directory does not exist yet. */
+      char parent[4096];
+      snprintf(parent, sizeof parent, "%s", j->dest);
+      char *slash = strrchr(parent, '/');
+      if (slash) *slash = 0;
+      if (mkdir(parent, 0755) < 0 && errno != EEXIST) { j->err = errno; j->failed_call = "mkdir"; close(fd); return; }
+      if (linkat(AT_FDCWD, proc, AT_FDCWD, j->dest, AT_SYMLINK_FOLLOW) == 0) { j->created = 1; close(fd); return; }
+    }
+    if (errno != EEXIST) { j->err = errno; j->failed_call = "linkat"; }
+    close(fd);
+    return;
+  }
+  j->created = 1;
+  close(fd);
+}
+
+static void store_complete(napi_env env, napi_status status, void *arg) {
+  store_job_t *j = arg;
+  napi_value result;
+  if (status != napi_ok && !j->err) { j->err = ECANCELED; j->failed_call = "storeObject"; }
+  if (j->err) {
+    const char *name = strerrorname_np(j->err);
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s %s: %s", j->failed_call, j->dest, strerror(j->err));
+    napi_value jmsg, jerr, jerrno;
+    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg);
+    napi_create_error(env, NULL, jmsg, &jerr);
+    set_prop_str(env, jerr, "code", name ? name : "EIO");
+    set_prop_str(env, jerr, "syscall", j->failed_call);
+    napi_create_int32(env, -j->err, &jerrno);
+    napi_set_named_property(env, jerr, "errno", jerrno);
+    napi_reject_deferred(env, j->deferred, jerr);
+  } else {
+    napi_get_boolean(env, j->created != 0, &result);
+    napi_resolve_deferred(env, j->deferred, result);
+  }
+  napi_delete_reference(env, j->data_ref);
+  napi_delete_async_work(env, j->work);
+  free(j->dir);
+  free(j->dest);
+  free(j);
+}
+
+static napi_value js_store_object(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "storeObject");
+  const char *dir = arg_str(&c, 0, 0);
+  const char *dest = arg_str(&c, 1, 0);
+  size_t len = 0;
+  void *data = arg_buf(&c, 2, &len);
+  int alg = (int)arg_int(&c, 3);
+  BAIL_IF_FAILED(&c);
+  store_job_t *j = calloc(1, sizeof *j);
+  napi_value promise, name;
+  if (!j) { call_free(&c); return throw_errno(env, ENOMEM, "storeObject", NULL); }
+  j->dir = strdup(dir);
+  j->dest = strdup(dest);
+  j->data = data;
+  j->len = len;
+  j->verity_alg = alg;
+  call_free(&c);
+  napi_create_reference(env, c.argv[2], 1, &j->data_ref);
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "cfs.storeObject", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, store_execute, store_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return promise;
 }
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -746,6 +1082,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("flock", js_flock),
       FN("fcntlLock", js_fcntl_lock),
       FN("syncfs", js_syncfs),
+      FN("storeObject", js_store_object),
       FN("fsopen", js_fsopen),
       FN("fsconfigSetString", js_fsconfig_set_string),
       FN("fsconfigSetFlag", js_fsconfig_set_flag),
@@ -761,6 +1098,13 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("socketpair", js_socketpair),
       FN("sendFds", js_send_fds),
       FN("recvFds", js_recv_fds),
+      FN("listenUnix", js_listen_unix),
+      FN("connectUnix", js_connect_unix),
+      FN("accept", js_accept),
+      FN("setNonBlocking", js_set_nonblocking),
+      FN("pollStart", js_poll_start),
+      FN("pollUpdate", js_poll_update),
+      FN("pollStop", js_poll_stop),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_set_named_property(env, exports, "constants", make_constants(env));

@@ -28,6 +28,13 @@ export interface NativeAddon {
   /** POSIX whole-file lock via fcntl(F_SETLK[W]); op takes flock's LOCK_* bits. */
   fcntlLock(fd: number, op: number): void;
   syncfs(fd: number): void;
+  /**
+   * Write a whole object on the threadpool: O_TMPFILE in `dir`, write `data`, enable fs-verity
+   * when `verityAlg` is 1 (sha256) or 2 (sha512), link to `dest` (creating its parent dir).
+   * Resolves true when created, false when `dest` already existed. `data` must not change
+   * until the promise settles.
+   */
+  storeObject(dir: string, dest: string, data: Uint8Array, verityAlg: number): Promise<boolean>;
   // new mount API and classic mount calls
   fsopen(fsType: string, flags: number): number; // FSOPEN_CLOEXEC always added
   fsconfigSetString(fsfd: number, key: string, value: string): void;
@@ -54,7 +61,20 @@ export interface NativeAddon {
   socketpair(): [number, number]; // AF_UNIX SOCK_STREAM
   sendFds(sockFd: number, data: Buffer, fds: number[]): number; // empty data is sent as one 0 byte
   recvFds(sockFd: number, maxData: number, maxFds: number): RecvFdsResult | null; // MSG_DONTWAIT; null on EAGAIN
+  // unix stream sockets (non-blocking, close-on-exec) and fd readiness on Node's event loop (uv_poll)
+  listenUnix(path: string, backlog: number): number; // socket + bind + listen
+  connectUnix(path: string): number;
+  accept(listenFd: number): number | null; // accept4; null on EAGAIN
+  setNonBlocking(fd: number): void;
+  pollStart(fd: number, events: number, cb: (status: number, events: number) => void): PollHandle; // events: POLL_* bits
+  pollUpdate(handle: PollHandle, events: number): void; // 0 pauses
+  pollStop(handle: PollHandle): void; // must precede close(fd)
   constants: NativeConstants;
+}
+
+/** Opaque uv_poll handle from pollStart. */
+export interface PollHandle {
+  readonly __pollHandle: unique symbol;
 }
 
 export interface RecvFdsResult {
@@ -117,6 +137,9 @@ export interface NativeConstants {
   LOCK_UN: number;
   XATTR_CREATE: number;
   XATTR_REPLACE: number;
+  POLL_READABLE: number;
+  POLL_WRITABLE: number;
+  POLL_DISCONNECT: number;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
