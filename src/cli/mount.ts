@@ -37,6 +37,16 @@ async function chooseKernel(mode: string): Promise<boolean> {
   return privileged;
 }
 
+/** The image object's content still has the digest it is named by (userspace fs-verity). */
+async function checkImageIntact(file: string, imageId: Buffer): Promise<void> {
+  const { fsverityDigestFile } = await import('../fsverity/file.js');
+  const alg = imageId.length === 64 ? 'sha512' : 'sha256';
+  const actual = await fsverityDigestFile(file, alg);
+  if (!actual.equals(imageId)) {
+    throw new CfsError('ECORRUPT', `image ${imageId.toString('hex')} is damaged: its content has digest ${actual.toString('hex')} (run 'cfs fsck')`, { path: file });
+  }
+}
+
 interface ComposefsHelperOpts {
   o?: string[];
 }
@@ -109,24 +119,38 @@ export function register(program: Command): void {
       const repo = await openRepoFromCli(program);
       try {
         const { resolveMountSource } = await import('../mount/resolve.js');
-        const { pullReference } = await import('./oci.js');
         const { image, label } = await resolveMountSource(repo, source, {
-          pull: async (ref) => (await pullReference(repo, ref, ref, { platform: opts.platform, quiet: opts.quiet })).imageId,
+          // Loaded only for transport references: the import machinery is heavy for a plain mount.
+          pull: async (ref) => {
+            const { pullReference } = await import('./oci.js');
+            return (await pullReference(repo, ref, ref, { platform: opts.platform, quiet: opts.quiet })).imageId;
+          },
         });
         const objectsDir = path.join(repo.path, 'objects');
         if (kernel) {
           const { mountComposefs } = await import('../mount/kernel.js');
-          mountComposefs({
-            image: image.path,
-            objectsDir,
-            mountpoint: mp,
-            source: `composefs:${label}`,
-            verity: image.verityRequired ? 'require' : 'off',
-            upperdir: opts.upperdir,
-            workdir: opts.workdir,
-            readWrite: opts.readWrite,
-          });
+          try {
+            mountComposefs({
+              image: image.path,
+              objectsDir,
+              mountpoint: mp,
+              source: `composefs:${label}`,
+              verity: image.verityRequired ? 'require' : 'off',
+              // The image object is named by its fs-verity digest: a damaged image is refused
+              // here instead of failing file by file later (checked on the fd that gets mounted).
+              expectedDigest: image.imageId,
+              upperdir: opts.upperdir,
+              workdir: opts.workdir,
+              readWrite: opts.readWrite,
+            });
+          } catch (e) {
+            if (e instanceof CfsError && e.code === 'EDIGEST') {
+              throw new CfsError('ECORRUPT', `image ${image.imageId.toString('hex')} is damaged: ${e.message} (run 'cfs fsck')`, { path: image.path });
+            }
+            throw e;
+          }
         } else {
+          await checkImageIntact(image.path, image.imageId);
           const { mountFuseDaemon } = await import('../mount/fuse-daemon.js');
           await mountFuseDaemon({
             imagePath: image.path,
@@ -203,7 +227,9 @@ export function register(program: Command): void {
         expectedDigest: o.digest,
         upperdir: o.upperdir,
         workdir: o.workdir,
-        readWrite: o.rw,
+        // As C mount.composefs: without an upper layer the mount is read-only whatever `rw`
+        // says (mount(8) passes `rw` by default).
+        readWrite: o.rw && o.upperdir !== undefined,
       });
     });
 }
