@@ -6,9 +6,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { appendFileSync, readdirSync, statSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { makeCstorStore, cstorSkipReason, type CstorFixture } from './helpers/cstor-fixture.js';
+import { makeCstorStore, cstorSkipReason, patternBytes, type CstorFixture } from './helpers/cstor-fixture.js';
 import { cfsOk, runCfs } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
 
@@ -40,6 +40,26 @@ test('containers-storage pull equals the oci: pull of the same image', { skip: s
     assert.equal(`sha256:${createHash('sha256').update(cat.stdoutBuf).digest('hex')}`, l.diffId);
   }
   assert.deepEqual(repoProblems(repo), []);
+});
+
+test('cfs mount containers-storage:NAME imports through the pull path and mounts the image (kernel)', { skip: skip ?? false }, () => {
+  const img = fx.images[0];
+  const mp = path.join(fx.dir, 'mnt');
+  mkdirSync(mp);
+  const mounted = (): boolean => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mp);
+  try {
+    cfsOk(['--repo', path.join(fx.dir, 'repo-mount'), 'mount', '-q', '--fuse', 'no', `containers-storage:${img.name}`, mp], { env: fx.env });
+    assert.ok(mounted());
+    // Layer 2 replaced etc/hundred, deleted etc/ten and made opq/ opaque.
+    assert.ok(readFileSync(path.join(mp, 'usr/big')).equals(patternBytes(1024 * 1024, 3)));
+    assert.ok(readFileSync(path.join(mp, 'etc/hundred')).equals(patternBytes(100, 8)));
+    assert.equal(statSync(path.join(mp, 'etc/ten'), { throwIfNoEntry: false }), undefined);
+    assert.deepEqual(readdirSync(path.join(mp, 'opq')).sort(), ['c']);
+    assert.equal(readFileSync(path.join(mp, 'new/deep/file')).length, 513);
+  } finally {
+    if (mounted()) cfsOk(['umount', mp]);
+  }
+  assert.ok(!mounted());
 });
 
 test('containers-storage: unknown image lists similar names; changed diff file is caught', { skip: skip ?? false }, () => {

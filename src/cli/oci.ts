@@ -7,7 +7,12 @@ import type { StoredImage } from '../oci/stored.js';
 interface PullOpts {
   platform?: string;
   quiet?: boolean;
+  /** containers-storage: local fetch (disabled|auto|zerocopy); default disabled. */
+  localFetch?: string;
+  zerocopy?: boolean;
 }
+
+const LOCAL_FETCH = ['disabled', 'auto', 'zerocopy'] as const;
 
 async function writeOut(data: Buffer | string): Promise<void> {
   await new Promise<void>((resolve, reject) => process.stdout.write(data, (e) => (e ? reject(e) : resolve())));
@@ -18,9 +23,16 @@ export async function pullReference(repo: Repository, reference: string, name: s
   const { openImageSource } = await import('../oci/sources.js');
   const { importImage } = await import('../oci/import.js');
   const { progressFor } = await import('./progress.js');
+  const { CfsError } = await import('../errors.js');
+  const mode = opts.zerocopy ? 'zerocopy' : (opts.localFetch ?? 'disabled');
+  const localFetch = LOCAL_FETCH.find((m) => m === mode);
+  if (!localFetch) throw new CfsError('EINVAL', `--local-fetch: '${mode}' is not one of ${LOCAL_FETCH.join(', ')}`);
+  if (opts.zerocopy && opts.localFetch !== undefined && opts.localFetch !== 'zerocopy') {
+    throw new CfsError('EINVAL', `--zerocopy contradicts --local-fetch ${opts.localFetch}`);
+  }
   const img = await openImageSource(reference, { platform: opts.platform });
   try {
-    return await importImage(repo, img, { name, progress: progressFor({ quiet: opts.quiet }) });
+    return await importImage(repo, img, { name, progress: progressFor({ quiet: opts.quiet }), localFetch });
   } finally {
     await img.close();
   }
@@ -41,6 +53,8 @@ export function register(program: Command): void {
     .argument('[name]', 'tag to give the image (default: the source reference)')
     .option('--platform <os/arch[/variant]>', 'platform to select from a multi-platform index (default: this machine)')
     .option('-q, --quiet', 'no progress output')
+    .option('--local-fetch <mode>', 'containers-storage: put file contents into the repository by reflink/hardlink: disabled (default), auto (when possible), zerocopy (required)')
+    .option('--zerocopy', 'same as --local-fetch zerocopy')
     .action(async (source: string, name: string | undefined, opts: PullOpts) => {
       const repo = await openRepoFromCli(program);
       try {
@@ -49,6 +63,8 @@ export function register(program: Command): void {
         if (r.imageId) out += `image ${r.imageId}\n`;
         out += `tagged ${name ?? source}\n`;
         await writeOut(out);
+        const o = r.objects;
+        if (!opts.quiet) process.stderr.write(`objects: ${o.reflinked} reflinked + ${o.hardlinked} hardlinked + ${o.copied} copied\n`);
       } finally {
         repo.close();
       }

@@ -13,7 +13,8 @@ import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
-import { importTarLayer, layerContentId } from '../tar/split.js';
+import { importTarLayer, layerContentId, noObjects, type ObjectCounts } from '../tar/split.js';
+import { importTarSegments, type TarSegment } from '../tar/split-segments.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import { buildImageFromLayers } from './image-build.js';
 import { configContentId, imageRefName, manifestContentId, openStoredImage, tagImage } from './stored.js';
@@ -27,7 +28,20 @@ export interface LayerToImport {
   kind: 'tar' | 'blob';
   /** Uncompressed tar bytes (tar) or raw blob bytes (blob), verified by the source. */
   open(progress: (bytesRead: number) => void): AsyncIterable<Uint8Array>;
+  /**
+   * Tar layers whose member contents are files on this machine (containers-storage): the same
+   * tar as raw segments plus file references, so contents can be reflinked or hardlinked into
+   * objects/. Used instead of open() unless local fetch is disabled.
+   */
+  openSegments?(progress: (bytesRead: number) => void): AsyncIterable<TarSegment>;
 }
+
+/**
+ * Local fetch (brief 3.12): 'disabled' reads every layer as tar bytes; 'auto' imports layers
+ * that offer segments by reflink, else hardlink, else copy; 'zerocopy' requires reflink or
+ * hardlink for every stored file.
+ */
+export type LocalFetch = 'disabled' | 'auto' | 'zerocopy';
 
 /** An image from any source (oci:, oci-archive:, containers-storage:). */
 export interface ImageToImport {
@@ -48,6 +62,8 @@ export interface ImportOptions {
   progress?: ProgressSink;
   /** Layers imported at once (default: number of cores). */
   parallel?: number;
+  /** Default 'disabled' (as composefs-rs: linking shares inodes with the source's files). */
+  localFetch?: LocalFetch;
 }
 
 export interface ImportResult {
@@ -57,6 +73,8 @@ export interface ImportResult {
   imageId: string | null;
   layersImported: number;
   layersSkipped: number;
+  /** How the contents of the layers' files got into objects/. */
+  objects: ObjectCounts;
 }
 
 async function imageExists(repo: Repository, hex: string): Promise<boolean> {
@@ -68,7 +86,7 @@ async function imageExists(repo: Repository, hex: string): Promise<boolean> {
   }
 }
 
-async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOptions, progress: ProgressSink): Promise<{ streams: Map<string, Buffer>; imported: number; skipped: number }> {
+async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOptions, progress: ProgressSink): Promise<{ streams: Map<string, Buffer>; imported: number; skipped: number; objects: ObjectCounts }> {
   const streams = new Map<string, Buffer>();
   const todo: LayerToImport[] = [];
   let skipped = 0;
@@ -85,6 +103,12 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
       todo.push(layer);
     }
   }
+  const localFetch = opts.localFetch ?? 'disabled';
+  const lacking = todo.find((l) => l.kind === 'tar' && !l.openSegments);
+  if (localFetch === 'zerocopy' && lacking) {
+    throw new CfsError('ENOTSUP', `zero-copy import impossible: layer ${lacking.id} of ${img.description} is not available as local files (only containers-storage: sources are)`);
+  }
+  const objects = noObjects();
   todo.sort((a, b) => (b.size ?? 0) - (a.size ?? 0));
   const limit = pLimit(Math.max(1, opts.parallel ?? os.availableParallelism()));
   await Promise.all(
@@ -97,8 +121,11 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
           progress.progress(layer.id, n);
         };
         let streamId: Buffer;
-        if (layer.kind === 'tar') {
-          streamId = (await importTarLayer(repo, layer.open(onRead), { expectedDiffId: layer.id, layerName: layer.id })).streamId;
+        const tarOpts = { expectedDiffId: layer.id, layerName: layer.id, counts: objects };
+        if (layer.kind === 'tar' && layer.openSegments && localFetch !== 'disabled') {
+          streamId = (await importTarSegments(repo, layer.openSegments(onRead), { ...tarOpts, mode: localFetch })).streamId;
+        } else if (layer.kind === 'tar') {
+          streamId = (await importTarLayer(repo, layer.open(onRead), tarOpts)).streamId;
         } else {
           streamId = await importBlob(repo, layer);
         }
@@ -107,7 +134,7 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
       }),
     ),
   );
-  return { streams, imported: todo.length, skipped };
+  return { streams, imported: todo.length, skipped, objects };
 }
 
 /** A non-tar blob: one object, referenced by a single external chunk (brief 3.6). */
@@ -145,12 +172,12 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
     if (stored && (stored.artifact || (stored.imageId !== null && (await imageExists(repo, stored.imageId))))) {
       for (const l of img.layers) progress.skipped(l.id);
       if (opts.name) await tagImage(repo, opts.name, img.manifestDigest);
-      return { manifestDigest: img.manifestDigest, configDigest: img.configDigest, imageId: stored.imageId, layersImported: 0, layersSkipped: img.layers.length };
+      return { manifestDigest: img.manifestDigest, configDigest: img.configDigest, imageId: stored.imageId, layersImported: 0, layersSkipped: img.layers.length, objects: noObjects() };
     }
   }
 
   if (img.layers.length > 0) progress.message(`Importing ${img.layers.length} layers from ${img.description}`);
-  const { streams, imported, skipped } = await importLayers(repo, img, opts, progress);
+  const { streams, imported, skipped, objects } = await importLayers(repo, img, opts, progress);
   const diffIds = img.layers.map((l) => l.id);
 
   let imageObject: Buffer | null = null;
@@ -179,7 +206,7 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
   await repo.linkStream(manifestContentId(img.manifestDigest), manifestStream);
 
   if (opts.name) await tagImage(repo, opts.name, img.manifestDigest);
-  return { manifestDigest: img.manifestDigest, configDigest: img.configDigest, imageId, layersImported: imported, layersSkipped: skipped };
+  return { manifestDigest: img.manifestDigest, configDigest: img.configDigest, imageId, layersImported: imported, layersSkipped: skipped, objects };
 }
 
 export function describeImportError(e: unknown, source: string): CfsError {

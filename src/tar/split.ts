@@ -12,7 +12,7 @@ import { SplitStreamReader } from '../splitstream/reader.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
 import { INLINE_CONTENT_MAX } from './entry.js';
 import { BLOCK_SIZE, isZeroBlock, roundUp } from './header.js';
-import { TarEntryParser } from './parser.js';
+import { TarEntryParser, type ParsedEntry } from './parser.js';
 import { HashingSource } from './source.js';
 
 const COPY_CHUNK = 1024 * 1024;
@@ -23,6 +23,20 @@ export interface ImportTarOptions {
   expectedDiffId?: string;
   /** Name for messages; defaults to the expected diff_id. */
   layerName?: string;
+  /** Incremented for every file content stored as an object. */
+  counts?: ObjectCounts;
+}
+
+/** How the contents of files stored as objects reached objects/ (a file whose object already
+ * existed counts under the method that found it there). */
+export interface ObjectCounts {
+  copied: number;
+  reflinked: number;
+  hardlinked: number;
+}
+
+export function noObjects(): ObjectCounts {
+  return { copied: 0, reflinked: 0, hardlinked: 0 };
 }
 
 export interface ImportTarResult {
@@ -33,11 +47,24 @@ export interface ImportTarResult {
   size: number;
 }
 
+/** The byte reader splitTar pulls the archive from (HashingSource and the segment reader). */
+export interface TarInput {
+  /** Offset of the next byte, for messages. */
+  readonly position: number;
+  /** Up to `max` bytes (at least 1 unless at EOF). */
+  readUpTo(max: number): Promise<Buffer>;
+  /** Exactly `n` bytes, or fewer only at EOF. */
+  readExact(n: number): Promise<Buffer>;
+}
+
+/** Stores the content of a regular file larger than INLINE_CONTENT_MAX; returns its object id. */
+export type StoreContent = (entry: ParsedEntry) => Promise<Buffer>;
+
 export function layerContentId(diffId: string): string {
   return `oci-layer-${diffId}`;
 }
 
-function parseDigest(d: string): { alg: string; hex: string } {
+export function parseDigest(d: string): { alg: string; hex: string } {
   const m = /^([a-z0-9]+):([0-9a-f]+)$/.exec(d);
   if (!m || !DIFF_ID_ALGS.has(m[1])) throw new CfsError('EINVAL', `invalid diff_id '${d}' (expected sha256:<hex>)`);
   return { alg: m[1], hex: m[2] };
@@ -51,29 +78,72 @@ function parseDigest(d: string): { alg: string; hex: string } {
 export async function importTarLayer(repo: Repository, tar: AsyncIterable<Uint8Array>, opts: ImportTarOptions = {}): Promise<ImportTarResult> {
   const expected = opts.expectedDiffId !== undefined ? parseDigest(opts.expectedDiffId) : null;
   const name = opts.layerName ?? opts.expectedDiffId ?? 'tar';
-  if (expected) {
-    const existing = await repo.hasStream(layerContentId(opts.expectedDiffId!));
-    if (existing) {
-      const r = await SplitStreamReader.open(repo, existing, { name: layerContentId(opts.expectedDiffId!) });
-      await r.close();
-      return { streamId: existing, diffId: opts.expectedDiffId!, size: r.streamSize };
-    }
-  }
+  const existing = await existingLayer(repo, opts.expectedDiffId);
+  if (existing) return existing;
   await repo.ensureWritable();
   const src = new HashingSource(tar, expected?.alg ?? 'sha256');
   const w = new SplitStreamWriter(repo, { contentType: CONTENT_TYPES.layer });
-  await splitTar(repo, src, w, new TarEntryParser(name), name);
-  const diffId = `${expected?.alg ?? 'sha256'}:${src.digestHex()}`;
-  if (expected && diffId !== opts.expectedDiffId) {
-    throw new CfsError('EDIGEST', `layer ${name}: diff_id mismatch: expected ${opts.expectedDiffId}, got ${diffId}`);
+  const counts = opts.counts ?? noObjects();
+  await splitTar(src, w, new TarEntryParser(name), name, async (e) => {
+    counts.copied++;
+    return copyContent(repo, src, e, name);
+  });
+  return publishLayer(repo, w, `${expected?.alg ?? 'sha256'}:${src.digestHex()}`, { name, expectedDiffId: opts.expectedDiffId, size: src.total });
+}
+
+/** The already imported layer for an expected diff_id, read from its stream; else null. */
+export async function existingLayer(repo: Repository, expectedDiffId: string | undefined): Promise<ImportTarResult | null> {
+  if (expectedDiffId === undefined) return null;
+  const existing = await repo.hasStream(layerContentId(expectedDiffId));
+  if (!existing) return null;
+  const r = await SplitStreamReader.open(repo, existing, { name: layerContentId(expectedDiffId) });
+  await r.close();
+  return { streamId: existing, diffId: expectedDiffId, size: r.streamSize };
+}
+
+/** Check the computed diff_id, then finish the stream and publish it as `oci-layer-<diff_id>`. */
+export async function publishLayer(
+  repo: Repository,
+  w: SplitStreamWriter,
+  diffId: string,
+  info: { name: string; expectedDiffId: string | undefined; size: number },
+): Promise<ImportTarResult> {
+  if (info.expectedDiffId !== undefined && diffId !== info.expectedDiffId) {
+    throw new CfsError('EDIGEST', `layer ${info.name}: diff_id mismatch: expected ${info.expectedDiffId}, got ${diffId}`);
   }
   const streamId = await w.finish();
   await repo.linkStream(layerContentId(diffId), streamId);
-  return { streamId, diffId, size: src.total };
+  return { streamId, diffId, size: info.size };
 }
 
-async function splitTar(repo: Repository, src: HashingSource, w: SplitStreamWriter, parser: TarEntryParser, name: string): Promise<void> {
-  const eofIn = (what: string): CfsError => new CfsError('EINVAL', `layer ${name}: unexpected EOF ${what} at offset ${src.position}`);
+function eofError(name: string, src: TarInput, what: string): CfsError {
+  return new CfsError('EINVAL', `layer ${name}: unexpected EOF ${what} at offset ${src.position}`);
+}
+
+/** Stream a file's content from the tar bytes into a new object. */
+export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntry, name: string): Promise<Buffer> {
+  const ow = repo.createObjectWriter();
+  try {
+    for (let left = e.dataSize; left > 0;) {
+      const b = await src.readUpTo(Math.min(left, COPY_CHUNK));
+      if (b.length === 0) throw eofError(name, src, `reading tar entry ${e.path}`);
+      await ow.write(b);
+      left -= b.length;
+    }
+  } catch (err) {
+    ow.abort();
+    throw err;
+  }
+  return ow.commit();
+}
+
+/**
+ * The splitting state machine: every byte of `src` goes inline into `w`, except the contents
+ * of regular files larger than INLINE_CONTENT_MAX, which `storeContent` consumes (from `src`
+ * or otherwise) and which become external references.
+ */
+export async function splitTar(src: TarInput, w: SplitStreamWriter, parser: TarEntryParser, name: string, storeContent: StoreContent): Promise<void> {
+  const eofIn = (what: string): CfsError => eofError(name, src, what);
 
   /** Copy `n` bytes inline; returns them when `keep` (metadata contents, bounded by limits). */
   const inline = async (n: number, what: string, keep: boolean): Promise<Buffer | null> => {
@@ -112,19 +182,7 @@ async function splitTar(repo: Repository, src: HashingSource, w: SplitStreamWrit
     } else {
       const e = h.entry;
       if (e.type === 'file' && e.dataSize > INLINE_CONTENT_MAX) {
-        const ow = repo.createObjectWriter();
-        try {
-          for (let left = e.dataSize; left > 0;) {
-            const b = await src.readUpTo(Math.min(left, COPY_CHUNK));
-            if (b.length === 0) throw eofIn(`reading tar entry ${e.path}`);
-            await ow.write(b);
-            left -= b.length;
-          }
-        } catch (err) {
-          ow.abort();
-          throw err;
-        }
-        w.addExternal(await ow.commit(), e.dataSize);
+        w.addExternal(await storeContent(e), e.dataSize);
         await inline(roundUp(e.dataSize) - e.dataSize, `reading tar padding of ${e.path}`, false);
       } else {
         await inline(roundUp(e.dataSize), `reading tar entry ${e.path}`, false);

@@ -1,0 +1,218 @@
+/**
+ * containers-storage local fetch: the segment importer writes exactly the split streams the byte
+ * importer writes; `--local-fetch auto|zerocopy` links file contents instead of copying them,
+ * gives the same image as the oci: pull, and fails clearly when zero-copy is impossible (other
+ * filesystem, non-local source), when a store file changed behind podman's back, and when a
+ * rootless store holds a file the invoking user cannot read.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { makeCstorStore, cstorSkipReason, type CstorFixture } from './helpers/cstor-fixture.js';
+import { cfsCommand, cfsOk, PROJECT_ROOT, runCfs } from './helpers/cli.js';
+import { repoProblems } from './helpers/repo-check.js';
+import { checkoutUnreadableReason, ensureUnprivUser, openUpDir, runAsUser } from './helpers/unpriv.js';
+import { Repository } from '../src/repository/repository.js';
+import { importTarLayer } from '../src/tar/split.js';
+import { importTarSegments } from '../src/tar/split-segments.js';
+import { openContainersStorageImage } from '../src/oci/cstor-source.js';
+import type { ImageToImport } from '../src/oci/import.js';
+
+const skip = await cstorSkipReason();
+let fx: CstorFixture;
+
+before(async () => {
+  if (skip) return;
+  fx = await makeCstorStore();
+});
+after(async () => {
+  if (fx) await fx.cleanup();
+});
+
+function imageIdOf(out: string): string {
+  const m = /image ([0-9a-f]+)/.exec(out);
+  assert.ok(m, out);
+  return m[1];
+}
+
+function objectCounts(stderr: string): { reflinked: number; hardlinked: number; copied: number } {
+  const m = /objects: (\d+) reflinked \+ (\d+) hardlinked \+ (\d+) copied/.exec(stderr);
+  assert.ok(m, stderr);
+  return { reflinked: Number(m[1]), hardlinked: Number(m[2]), copied: Number(m[3]) };
+}
+
+/** The fixture image through the source, with this process pointed at the fixture store. */
+async function openFixtureImage(): Promise<ImageToImport> {
+  process.env['CONTAINERS_STORAGE_CONF'] = fx.confPath;
+  return openContainersStorageImage(fx.images[0].name, {});
+}
+
+/** The regular file of a layer diff holding `rel` (the first layer that has it). */
+function diffFile(rel: string): string {
+  const base = path.join(fx.graphroot, fx.driver === 'overlay' ? 'overlay' : 'vfs/dir');
+  for (const id of readdirSync(base)) {
+    const p = path.join(base, id, fx.driver === 'overlay' ? 'diff' : '', rel);
+    try {
+      if (lstatSync(p).isFile()) return p;
+    } catch {
+      // not in this layer (or not a layer directory)
+    }
+  }
+  throw new Error(`${rel} not found in ${base}`);
+}
+
+test('segment import writes the same split stream as the tar bytes, for every method', { skip: skip ?? false }, async () => {
+  const img = await openFixtureImage();
+  const dir = mkdtempSync(path.join(tmpdir(), 'cfs-zc-det-'));
+  try {
+    const repos = await Promise.all(['bytes', 'auto', 'copy'].map((n) => Repository.init(path.join(dir, n), { insecure: true })));
+    for (const layer of img.layers) {
+      const counts = { copied: 0, reflinked: 0, hardlinked: 0 };
+      const fromBytes = await importTarLayer(repos[0], layer.open(() => undefined), { expectedDiffId: layer.id });
+      const auto = await importTarSegments(repos[1], layer.openSegments!(() => undefined), { expectedDiffId: layer.id, mode: 'auto', counts });
+      const copy = await importTarSegments(repos[2], layer.openSegments!(() => undefined), { expectedDiffId: layer.id, mode: 'copy' });
+      assert.deepEqual(auto, fromBytes);
+      assert.deepEqual(copy, fromBytes);
+      assert.ok(counts.hardlinked + counts.reflinked > 0, `layer ${layer.id}: nothing linked (${JSON.stringify(counts)})`);
+      assert.equal(counts.copied, 0);
+    }
+    for (const r of repos) r.close();
+    for (const n of ['bytes', 'auto', 'copy']) assert.deepEqual(repoProblems(path.join(dir, n)), []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--local-fetch auto and --zerocopy: same image as oci:, layers rebuild to their diff_ids, nothing copied', { skip: skip ?? false }, () => {
+  const img = fx.images[0];
+  const ref = `oci:${path.join(fx.dir, 'layout0')}:img`;
+  const viaOci = imageIdOf(cfsOk(['--repo', path.join(fx.dir, 'zc-oci'), 'oci', 'pull', '-q', ref, 'o'], { env: fx.env }).stdout);
+  for (const args of [['--local-fetch', 'auto'], ['--zerocopy']]) {
+    const repo = path.join(fx.dir, `zc${args.length}`);
+    const r = cfsOk(['--repo', repo, 'oci', 'pull', ...args, `containers-storage:${img.name}`, 'cs'], { env: fx.env });
+    assert.equal(imageIdOf(r.stdout), viaOci);
+    const counts = objectCounts(r.stderr);
+    assert.ok(counts.hardlinked + counts.reflinked > 0, r.stderr);
+    assert.equal(counts.copied, 0, r.stderr);
+    for (const l of img.built.layers) {
+      const cat = cfsOk(['--repo', repo, 'cat', `oci-layer-${l.diffId}`]);
+      assert.equal(`sha256:${createHash('sha256').update(cat.stdoutBuf).digest('hex')}`, l.diffId);
+    }
+    assert.deepEqual(repoProblems(repo), []);
+  }
+  // The quiet pull prints no counts; the default (disabled) copies.
+  const plain = cfsOk(['--repo', path.join(fx.dir, 'zc-plain'), 'oci', 'pull', `containers-storage:${img.name}`], { env: fx.env });
+  assert.deepEqual({ ...objectCounts(plain.stderr), copied: 0 }, { reflinked: 0, hardlinked: 0, copied: 0 });
+  assert.ok(objectCounts(plain.stderr).copied > 0);
+  const bad = runCfs(['--repo', path.join(fx.dir, 'zc-bad'), 'oci', 'pull', '--local-fetch', 'sometimes', `containers-storage:${img.name}`], { env: fx.env });
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /--local-fetch: 'sometimes' is not one of disabled, auto, zerocopy/);
+});
+
+test('--zerocopy links through a store whose overlay/ is bind-mounted onto itself (as podman leaves it)', { skip: skip ?? false }, () => {
+  if (fx.driver !== 'overlay') return;
+  const overlay = path.join(fx.graphroot, 'overlay');
+  execFileSync('mount', ['--bind', overlay, overlay]);
+  try {
+    const repo = path.join(fx.dir, 'zc-bind');
+    const r = cfsOk(['--repo', repo, 'oci', 'pull', '--zerocopy', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+    const counts = objectCounts(r.stderr);
+    assert.ok(counts.hardlinked + counts.reflinked > 0, r.stderr);
+    assert.deepEqual(repoProblems(repo), []);
+  } finally {
+    execFileSync('umount', [overlay]);
+  }
+});
+
+test('--zerocopy fails clearly for a repository on another filesystem and for oci: sources', { skip: skip ?? false }, () => {
+  const mnt = mkdtempSync(path.join(tmpdir(), 'cfs-zc-tmpfs-'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', mnt]);
+  try {
+    const repo = path.join(mnt, 'repo');
+    const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', '--zerocopy', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /zero-copy import impossible: .* is on a different filesystem than repository/);
+    assert.deepEqual(readdirSync(path.join(repo, 'streams')), []);
+    // auto falls back to copying.
+    const auto = cfsOk(['--repo', repo, 'oci', 'pull', '--local-fetch', 'auto', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+    assert.deepEqual({ ...objectCounts(auto.stderr), copied: 0 }, { reflinked: 0, hardlinked: 0, copied: 0 });
+  } finally {
+    execFileSync('umount', [mnt]);
+    rmSync(mnt, { recursive: true, force: true });
+  }
+  const oci = runCfs(['--repo', path.join(fx.dir, 'zc-oci2'), 'oci', 'pull', '-q', '--zerocopy', `oci:${path.join(fx.dir, 'layout0')}:img`], { env: fx.env });
+  assert.notEqual(oci.status, 0);
+  assert.match(oci.stderr, /zero-copy import impossible: layer sha256:[0-9a-f]+ .* not available as local files/);
+});
+
+test('a store file changed in place (same size) is caught before anything is published', { skip: skip ?? false }, () => {
+  const victim = diffFile('usr/big');
+  const fd = openSync(victim, 'r+');
+  const b = Buffer.alloc(1);
+  try {
+    readSync(fd, b, 0, 1, 4096);
+    writeSync(fd, Buffer.from([b[0] ^ 0xff]), 0, 1, 4096);
+    const repo = path.join(fx.dir, 'zc-tampered');
+    const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', '--zerocopy', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /usr\/big changed since import \(crc64 mismatch\)/);
+    assert.deepEqual(repoProblems(repo), []);
+    assert.equal(readdirSync(path.join(repo, 'images')).length, 0);
+  } finally {
+    writeSync(fd, b, 0, 1, 4096);
+    closeSync(fd);
+  }
+});
+
+test('corrupt layers.json is reported, not guessed around', { skip: skip ?? false }, () => {
+  const file = path.join(fx.graphroot, `${fx.driver}-layers`, 'layers.json');
+  const saved = execFileSync('cat', [file]);
+  writeFileSync(file, '[{"id": "abc", ');
+  try {
+    const r = runCfs(['--repo', path.join(fx.dir, 'zc-corrupt'), 'oci', 'pull', '-q', '--local-fetch', 'auto', `containers-storage:${fx.images[0].name}`], { env: fx.env });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /layers\.json/);
+  } finally {
+    writeFileSync(file, saved);
+  }
+});
+
+test('rootless store: a file the invoking user cannot read is named, with the reason', { skip: skip ?? false }, async (t) => {
+  const why = checkoutUnreadableReason(PROJECT_ROOT);
+  if (why) return void t.skip(why);
+  const user = await ensureUnprivUser();
+  // A copy of the store owned by the user, except one file owned by a mapped id, as in a
+  // rootless podman store (container root = the user, other container users = subuids).
+  const dir = mkdtempSync(path.join(tmpdir(), 'cfs-zc-rootless-'));
+  try {
+    openUpDir(dir);
+    const graph = path.join(dir, 'graph');
+    execFileSync('cp', ['-a', fx.graphroot, graph]);
+    execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, graph]);
+    const conf = path.join(dir, 'storage.conf');
+    writeFileSync(conf, `[storage]\ndriver = "${fx.driver}"\ngraphroot = "${graph}"\nrunroot = "${path.join(dir, 'run')}"\n[storage.options.overlay]\nskip_mount_home = "true"\n`);
+    const rel = path.relative(fx.graphroot, diffFile('private'));
+    const secret = path.join(graph, rel);
+    chownSync(secret, 100000, 100000);
+    chmodSync(secret, 0o600);
+    mkdirSync(path.join(dir, 'repo'));
+    chownSync(path.join(dir, 'repo'), user.uid, user.gid);
+    for (const mode of ['auto', 'disabled']) {
+      const r = await runAsUser(user, [...cfsCommand(), '--repo', path.join(dir, 'repo'), 'oci', 'pull', '-q', '--local-fetch', mode, `containers-storage:${fx.images[0].name}`], {
+        cwd: PROJECT_ROOT,
+        env: { CONTAINERS_STORAGE_CONF: conf },
+      });
+      assert.notEqual(r.code, 0, r.stdout);
+      assert.match(r.stderr, /private/, r.stderr);
+      assert.match(r.stderr, /permission denied/, r.stderr);
+      assert.match(r.stderr, /rootless or belongs to another user/, r.stderr);
+    }
+    assert.equal(statSync(secret).mode & 0o777, 0o600);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
