@@ -907,6 +907,39 @@ static napi_value js_poll_stop(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+/* ---- FUSE passthrough (kernel 6.9+): backing files registered on a /dev/fuse fd ----------- */
+
+/* Defined here: the build host's <linux/fuse.h> may predate protocol 7.40. */
+struct cfs_fuse_backing_map {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+#define CFS_FUSE_DEV_IOC_BACKING_OPEN _IOW(229, 1, struct cfs_fuse_backing_map)
+#define CFS_FUSE_DEV_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
+
+/* fuseBackingOpen(devFd, fd) -> backing id (FUSE_DEV_IOC_BACKING_OPEN; needs CAP_SYS_ADMIN). */
+static napi_value js_fuse_backing_open(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fuseBackingOpen");
+  int dev = (int)arg_int(&c, 0);
+  struct cfs_fuse_backing_map map = {.fd = (int32_t)arg_int(&c, 1), .flags = 0, .padding = 0};
+  BAIL_IF_FAILED(&c);
+  int id = ioctl(dev, CFS_FUSE_DEV_IOC_BACKING_OPEN, &map);
+  RETURN_INT(&c, id, "FUSE_DEV_IOC_BACKING_OPEN", NULL);
+}
+
+/* fuseBackingClose(devFd, id) (FUSE_DEV_IOC_BACKING_CLOSE). */
+static napi_value js_fuse_backing_close(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fuseBackingClose");
+  int dev = (int)arg_int(&c, 0);
+  uint32_t id = (uint32_t)arg_int(&c, 1);
+  BAIL_IF_FAILED(&c);
+  int rc = ioctl(dev, CFS_FUSE_DEV_IOC_BACKING_CLOSE, &id);
+  RETURN_VOID(&c, rc, "FUSE_DEV_IOC_BACKING_CLOSE", NULL);
+}
+
 /* ---- module ---------------------------------------------------------------------------- */
 
 #define FN(name, cb) {name, NULL, cb, NULL, NULL, NULL, napi_enumerable, NULL}
@@ -1105,6 +1138,8 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("pollStart", js_poll_start),
       FN("pollUpdate", js_poll_update),
       FN("pollStop", js_poll_stop),
+      FN("fuseBackingOpen", js_fuse_backing_open),
+      FN("fuseBackingClose", js_fuse_backing_close),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_set_named_property(env, exports, "constants", make_constants(env));

@@ -69,6 +69,9 @@ export interface NativeAddon {
   pollStart(fd: number, events: number, cb: (status: number, events: number) => void): PollHandle; // events: POLL_* bits
   pollUpdate(handle: PollHandle, events: number): void; // 0 pauses
   pollStop(handle: PollHandle): void; // must precede close(fd)
+  // FUSE passthrough (kernel 6.9+, CAP_SYS_ADMIN): register/unregister a backing file on a /dev/fuse fd
+  fuseBackingOpen(devFd: number, fd: number): number; // FUSE_DEV_IOC_BACKING_OPEN -> backing id
+  fuseBackingClose(devFd: number, id: number): void; // FUSE_DEV_IOC_BACKING_CLOSE
   constants: NativeConstants;
 }
 
