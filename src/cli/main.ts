@@ -10,8 +10,11 @@ import { register as registerMkcomposefs } from './mkcomposefs.js';
 import { register as registerInfo } from './info.js';
 import { register as registerRepo } from './repo.js';
 import { register as registerOci } from './oci.js';
+import { register as registerCopy } from './copy.js';
+import { register as registerVarlink } from './varlink.js';
 import { register as registerMount } from './mount.js';
 import { register as registerBoot } from './boot.js';
+import { register as registerIntegrity } from './integrity.js';
 
 /** package.json is two levels up from src/cli (tsx) and three from dist/src/cli (compiled). */
 function packageVersion(): string {
@@ -42,8 +45,11 @@ export function buildProgram(): Command {
   registerInfo(program);
   registerRepo(program);
   registerOci(program);
+  registerCopy(program);
+  registerVarlink(program);
   registerMount(program);
   registerBoot(program);
+  registerIntegrity(program);
   return program;
 }
 

@@ -278,13 +278,17 @@ function openDirPath(dir: string, what: string): number {
   }
 }
 
-function validate(opts: ComposefsMountOptions): void {
+function validateLayers(opts: DetachedComposefsOptions): void {
   if ((opts.upperdir === undefined) !== (opts.workdir === undefined)) {
     throw new CfsError('EINVAL', 'upperdir and workdir must be given together');
   }
   if (opts.readWrite && opts.upperdir === undefined) {
     throw new CfsError('EINVAL', 'a read-write mount needs upperdir and workdir');
   }
+}
+
+function validate(opts: ComposefsMountOptions): void {
+  validateLayers(opts);
   let st;
   try {
     st = statSync(opts.mountpoint);
@@ -321,11 +325,16 @@ function setLayers(ctx: FsContext, mode: LayerPassing, erofsFd: number, objectsF
   }
 }
 
-/** Mount a composefs image at opts.mountpoint (see the module comment). Throws CfsError. */
-export function mountComposefs(opts: ComposefsMountOptions): void {
-  validate(opts);
+/** Everything of ComposefsMountOptions but the mount point. */
+export type DetachedComposefsOptions = Omit<ComposefsMountOptions, 'mountpoint'>;
+
+/**
+ * The composefs overlay as a detached mount fd (see the module comment): attach it with
+ * move_mount, or hand it to another process. The caller closes it. Throws CfsError.
+ */
+export function openComposefsMount(opts: DetachedComposefsOptions): number {
+  validateLayers(opts);
   const c = native().constants;
-  const target = realpathSync(opts.mountpoint);
   const fds: number[] = [];
   try {
     let imageFd: number;
@@ -357,19 +366,28 @@ export function mountComposefs(opts: ComposefsMountOptions): void {
       if (opts.verity === 'require') ctx.setString('verity', 'require');
       setLayers(ctx, opts.strategy?.layers ?? 'auto', erofsFd, objectsFd, upper);
       ctx.create();
-      const mnt = ctx.mount(opts.readWrite ? 0 : c.MOUNT_ATTR_RDONLY);
-      fds.push(mnt);
-      try {
-        native().moveMount(mnt, '', c.AT_FDCWD, target, c.MOVE_MOUNT_F_EMPTY_PATH);
-      } catch (e) {
-        throw wrap(e, `attach composefs at ${target}`);
-      }
+      return ctx.mount(opts.readWrite ? 0 : c.MOUNT_ATTR_RDONLY);
     } finally {
       ctx.close();
     }
   } finally {
     // The overlay holds its own references to the layers; the detached EROFS vanishes with them.
     for (const fd of fds.reverse()) closeQuietly(fd);
+  }
+}
+
+/** Mount a composefs image at opts.mountpoint (see the module comment). Throws CfsError. */
+export function mountComposefs(opts: ComposefsMountOptions): void {
+  validate(opts);
+  const c = native().constants;
+  const target = realpathSync(opts.mountpoint);
+  const mnt = openComposefsMount(opts);
+  try {
+    native().moveMount(mnt, '', c.AT_FDCWD, target, c.MOVE_MOUNT_F_EMPTY_PATH);
+  } catch (e) {
+    throw wrap(e, `attach composefs at ${target}`);
+  } finally {
+    closeQuietly(mnt);
   }
 }
 

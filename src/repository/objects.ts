@@ -5,14 +5,16 @@
  * filesystem lacks O_TMPFILE: `objects/.tmp-object-<random>`, renamed with RENAME_NOREPLACE),
  * hashed with the userspace fs-verity hasher while it is written, sealed with fs-verity when the
  * repository is secure, and only then linked to `objects/XX/YYYY`. A reader can never see a
- * partial object under its name; an existing object with that name wins (dedupe).
+ * partial object under its name; an existing object with that name wins (dedupe: EEXIST from a
+ * concurrent writer of the same object is success) unless its size is wrong, then it is
+ * replaced atomically.
  *
  * Durability policy: objects are NOT fsync'ed one by one. The repository runs one
  * syncfs(repo dirfd) before it publishes anything that refers to objects (a `streams/` or
  * `images/` link, see Repository.linkStream / writeImage), so everything a published name
  * refers to is durable, and an import is durable when it returns.
  */
-import { closeSync, constants as C, mkdirSync, openSync, unlinkSync, write as fsWrite } from 'node:fs';
+import { closeSync, constants as C, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, write as fsWrite } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { native } from '../native.js';
@@ -27,6 +29,18 @@ const writeFd = promisify(fsWrite);
 /** Small writes are gathered into this many bytes before a write(2). */
 const WRITE_BUFFER = 256 * 1024;
 const TMP_NAME_TRIES = 16;
+/** Named temporary objects (no O_TMPFILE) live directly in objects/ under this prefix. */
+export const TMP_OBJECT_PREFIX = '.tmp-object-';
+
+/** Size of the object file at `p`, or -1 when it does not exist. */
+export function objectSizeAt(p: string): number {
+  try {
+    return lstatSync(p).size;
+  } catch (e) {
+    if (errnoCode(e) === 'ENOENT') return -1;
+    throw e;
+  }
+}
 
 /** What an object writer needs to know about its repository. */
 export interface ObjectStore {
@@ -55,7 +69,7 @@ function openTemp(store: ObjectStore): { fd: number; tmpPath: string | null } {
     }
   }
   for (let i = 0; i < TMP_NAME_TRIES; i++) {
-    const tmpPath = path.join(dir, `.tmp-object-${randomAlnum(12)}`);
+    const tmpPath = path.join(dir, `${TMP_OBJECT_PREFIX}${randomAlnum(12)}`);
     try {
       return { fd: openSync(tmpPath, C.O_RDWR | C.O_CREAT | C.O_EXCL, 0o644), tmpPath };
     } catch (e) {
@@ -151,11 +165,28 @@ export class ObjectWriter {
         else native().linkFd(this.fd, dest);
       } catch (e) {
         if (errnoCode(e) !== 'EEXIST') throw e;
-        // Already present: content addressing makes the existing file equivalent.
+        // Already present: content addressing makes the existing file equivalent, unless its
+        // size shows it is damaged (e.g. an unsynced object cut short by a power loss).
+        if (objectSizeAt(dest) !== this.hasher.bytes) this.replace(dest);
       }
       return id;
     } finally {
       this.release();
+    }
+  }
+
+  /** Put this (complete) object over a damaged one of the same name, atomically. */
+  private replace(dest: string): void {
+    let from = this.tmpPath;
+    if (!from) {
+      from = path.join(objectsDir(this.store), `${TMP_OBJECT_PREFIX}${randomAlnum(12)}`);
+      native().linkFd(this.fd, from);
+    }
+    try {
+      renameSync(from, dest);
+    } catch (e) {
+      if (!this.tmpPath) unlinkSync(from);
+      throw e;
     }
   }
 

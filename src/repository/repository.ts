@@ -8,7 +8,7 @@
  *   images/<hex> -> ../objects/XX/YYYY…              EROFS images that may be mounted
  *   images/refs/<name…> -> …/<hex>                   named image refs (GC roots)
  *
- * An open handle holds flock(LOCK_SH) on the repository directory (GC takes LOCK_EX).
+ * An open handle holds flock(LOCK_SH) on the repository directory (GC takes LOCK_EX, see lock.ts).
  */
 import { closeSync, constants as C, mkdirSync, openSync, readFileSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
 import { access, lstat, mkdir, open, readdir, readlink, readFile, unlink, type FileHandle } from 'node:fs/promises';
@@ -22,10 +22,12 @@ import {
   algorithmString, effectiveErofsFormats, META_FILE, metaEqual, newMeta, parseMeta, serializeMeta,
   type ErofsFormat, type ErofsFormats, type RepoMeta,
 } from './meta.js';
-import { ObjectWriter, type ObjectStore } from './objects.js';
-import { atomicSymlink, validateRefName } from './symlink.js';
+import { ObjectWriter, objectSizeAt, type ObjectStore } from './objects.js';
+import { atomicSymlink, randomAlnum, validateRefName } from './symlink.js';
+import { acquireLock, type LockWaitOptions } from './lock.js';
 
-const LOCK_SH = 1;
+/** Prefix of meta.json's temporary name when O_TMPFILE is unavailable (removed by gc / fsck --repair). */
+export const META_TMP_PREFIX = '.meta.json.tmp-';
 
 export type RefKind = 'streams' | 'images';
 
@@ -72,41 +74,37 @@ function writeMetaFile(repoPath: string, text: string, insecure: boolean): boole
       throw e;
     }
   };
+  // Without O_TMPFILE: a named temporary file, renamed without replacing once complete, so a
+  // crash never leaves a partial meta.json (only a temp file that gc / fsck --repair remove).
   let fd: number;
-  let named = false;
+  let tmp: string | null = null;
   try {
     fd = native().openTmpfile(repoPath, C.O_RDWR, 0o644);
   } catch (e) {
     const code = errnoCode(e);
     if (code !== 'EOPNOTSUPP' && code !== 'ENOTSUP' && code !== 'EISDIR' && code !== 'ENOSYS') throw e;
-    try {
-      fd = openSync(dest, C.O_RDWR | C.O_CREAT | C.O_EXCL, 0o644);
-    } catch (e2) {
-      if (errnoCode(e2) === 'EEXIST') return false;
-      throw e2;
-    }
-    named = true;
+    tmp = path.join(repoPath, `${META_TMP_PREFIX}${randomAlnum(12)}`);
+    fd = openSync(tmp, C.O_RDWR | C.O_CREAT | C.O_EXCL, 0o644);
   }
   let ro = -1;
   try {
     writeSync(fd, Buffer.from(text));
     fsyncSync(fd);
-    ro = openSync(named ? dest : `/proc/self/fd/${fd}`, C.O_RDONLY);
+    ro = openSync(tmp ?? `/proc/self/fd/${fd}`, C.O_RDONLY);
     closeSync(fd);
     fd = -1;
     seal(ro);
-    if (named) return true;
     try {
-      native().linkFd(ro, dest);
+      if (tmp) native().renameNoReplace(tmp, dest);
+      else native().linkFd(ro, dest);
     } catch (e) {
       if (errnoCode(e) === 'EEXIST') return false;
       throw e;
     }
+    tmp = null;
     return true;
-  } catch (e) {
-    if (named) unlinkSync(dest);
-    throw e;
   } finally {
+    if (tmp) unlinkSync(tmp);
     if (fd >= 0) closeSync(fd);
     if (ro >= 0) closeSync(ro);
   }
@@ -176,7 +174,7 @@ export class Repository implements ObjectStore {
       return Repository.createOnFirstUse(abs, opts);
     }
     try {
-      native().flock(dirFd, LOCK_SH);
+      await acquireLock(dirFd, 'shared');
       let text: string | null;
       try {
         text = readFileSync(metaPath, 'utf8');
@@ -244,6 +242,20 @@ export class Repository implements ObjectStore {
     this.dirFd = -1;
   }
 
+  /**
+   * Run `fn` holding the repository lock exclusively: waits until no other handle (in any
+   * process) holds the repository, then returns to the shared lock. For gc and repairs.
+   */
+  async withExclusiveLock<T>(fn: () => Promise<T>, opts: LockWaitOptions = {}): Promise<T> {
+    if (this.dirFd < 0) throw new Error('Repository: handle is closed');
+    await acquireLock(this.dirFd, 'exclusive', opts);
+    try {
+      return await fn();
+    } finally {
+      await acquireLock(this.dirFd, 'shared');
+    }
+  }
+
   /** Fail early with a clear message when the repository cannot be written (brief 1.4). */
   async ensureWritable(): Promise<void> {
     if (this.writableChecked) return;
@@ -281,7 +293,7 @@ export class Repository implements ObjectStore {
   /** Store in-memory data as an object (no write when it is already present). */
   async writeObject(data: Uint8Array): Promise<Buffer> {
     const id = fsverityDigest(data, this.alg);
-    if (await this.hasObject(id)) return id;
+    if (objectSizeAt(this.objectPath(id)) === data.length) return id;
     const w = this.createObjectWriter();
     try {
       await w.write(data);
@@ -363,6 +375,8 @@ export class Repository implements ObjectStore {
   async setRef(kind: RefKind, name: string, target: string): Promise<void> {
     validateRefName(name);
     validateContentId(target);
+    // The target's own link must be durable before a ref to it can be.
+    this.sync();
     await atomicSymlink(this.path, `${kind}/refs/${name}`, `${kind}/${target}`);
   }
 

@@ -1,0 +1,53 @@
+/** `cfs oci copy IMAGE --from SRC_REPO [--name TAG] [--zerocopy]` (brief 5.7). */
+import type { Command } from 'commander';
+import { CfsError } from '../errors.js';
+import { openRepoFromCli } from './repo.js';
+
+interface CopyCliOpts {
+  from: string;
+  name?: string;
+  zerocopy?: boolean;
+  quiet?: boolean;
+}
+
+export function register(program: Command): void {
+  const oci = program.commands.find((c) => c.name() === 'oci');
+  if (!oci) throw new Error('cfs oci command group must be registered before copy');
+  oci
+    .command('copy')
+    .description('copy an image (manifest, config, layers, composefs image) from another repository into this one')
+    .argument('<image>', 'tag or @sha256:<manifest digest> in the source repository')
+    .requiredOption('--from <path>', 'source repository')
+    .option('--name <tag>', 'tag for the copy in the destination (default: untagged)')
+    .option('--zerocopy', 'fail unless every object can be reflinked or hardlinked (same algorithm and filesystem)')
+    .option('-q, --quiet', 'no progress output')
+    .action(async (image: string, opts: CopyCliOpts) => {
+      const { Repository } = await import('../repository/repository.js');
+      const { copyImage } = await import('../oci/copy.js');
+      const { progressFor } = await import('./progress.js');
+      const insecure = !!program.opts<{ insecure?: boolean }>().insecure;
+      const src = await Repository.open(opts.from, { insecure }).catch((e: unknown) => {
+        throw e instanceof CfsError ? new CfsError(e.code, `source repository: ${e.message}`) : e;
+      });
+      try {
+        const dst = await openRepoFromCli(program);
+        try {
+          const r = await copyImage(src, dst, image, { name: opts.name, zerocopy: opts.zerocopy, progress: progressFor({ quiet: opts.quiet }) });
+          const lines = [
+            `Copied image ${image} from ${opts.from} to destination repo${opts.name ? `, tagged as ${opts.name}` : ''}`,
+            `Manifest digest: ${r.manifestDigest}`,
+            `Manifest verity: ${r.manifestVerity}`,
+            `Config digest:   ${r.configDigest}`,
+            `Config verity:   ${r.configVerity}`,
+          ];
+          if (r.imageId) lines.push(`Image ID:        ${r.imageId}`);
+          lines.push(`Layers: ${r.layersCopied} copied, ${r.layersSkipped} already present; objects: ${r.objectsReflinked} reflinked, ${r.objectsHardlinked} hardlinked, ${r.objectsCopied} copied, ${r.objectsAlreadyPresent} already present`);
+          process.stdout.write(`${lines.join('\n')}\n`);
+        } finally {
+          dst.close();
+        }
+      } finally {
+        src.close();
+      }
+    });
+}

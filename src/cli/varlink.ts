@@ -1,0 +1,68 @@
+/** `cfs varlink [--address unix:PATH]` (also `cfs oci varlink`): the composefs varlink service. */
+import type { Command } from 'commander';
+import { CfsError } from '../errors.js';
+
+/** Socket-activation fds (LISTEN_FDS / LISTEN_PID), starting at 3. */
+function activationFds(): number[] {
+  const pid = process.env.LISTEN_PID;
+  const n = Number(process.env.LISTEN_FDS ?? '0');
+  if (!pid || Number(pid) !== process.pid || !Number.isInteger(n) || n <= 0) return [];
+  delete process.env.LISTEN_PID;
+  delete process.env.LISTEN_FDS;
+  delete process.env.LISTEN_FDNAMES;
+  return Array.from({ length: n }, (_, i) => 3 + i);
+}
+
+function parseAddress(a: string): string {
+  const p = a.startsWith('unix:') ? a.slice('unix:'.length).split(';')[0] : a;
+  if (p === '' || p.startsWith('@')) throw new CfsError('EINVAL', `unsupported varlink address '${a}' (expected unix:/path/to/socket)`);
+  return p;
+}
+
+async function serve(program: Command, address: string | undefined): Promise<void> {
+  const { ComposefsService } = await import('../varlink/service.js');
+  const { native } = await import('../native.js');
+  const g = program.opts<{ insecure?: boolean }>();
+  const service = new ComposefsService({ insecure: !!g.insecure, version: program.version() });
+  const fds = activationFds();
+  if (fds.length > 0) {
+    for (const fd of fds) {
+      // A listening socket accepts (null = nothing pending); a connected one fails with EINVAL.
+      let listening = true;
+      try {
+        native().setNonBlocking(fd);
+        const c = native().accept(fd);
+        if (c !== null) service.server.serveFd(c);
+      } catch {
+        listening = false;
+      }
+      if (listening) service.server.listenFd(fd);
+      else service.server.serveFd(fd);
+    }
+  } else {
+    if (address === undefined) throw new CfsError('EINVAL', 'no --address given and not socket-activated');
+    service.server.listenPath(parseAddress(address));
+  }
+  // One client's failure must not take the others down: log anything that escaped a handler.
+  process.on('uncaughtException', (e) => service.server.log(`internal error (still serving): ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`));
+  const stop = (): void => {
+    service.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.stderr.write(`cfs varlink: serving${address ? ` on ${address}` : ' socket-activated fds'}\n`);
+}
+
+export function register(program: Command): void {
+  const add = (parent: Command): void => {
+    parent
+      .command('varlink')
+      .description('serve org.composefs.Repository and org.composefs.Oci over varlink')
+      .option('--address <unix:PATH>', 'listen on this unix socket (not needed under socket activation)')
+      .action(async (opts: { address?: string }) => serve(program, opts.address));
+  };
+  add(program);
+  const oci = program.commands.find((c) => c.name() === 'oci');
+  if (oci) add(oci);
+}

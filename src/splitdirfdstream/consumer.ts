@@ -1,0 +1,296 @@
+/**
+ * splitdirfdstream → layer split stream in a repository (brief 5.3, PutLayer, copy).
+ *
+ * The consumer does not trust the producer's chunking: it re-splits the reconstructed bytes by
+ * tar structure, exactly as a tar import does (headers, padding, metadata and files of at most
+ * 64 bytes inline; larger file contents as objects). A FileBackedData chunk that covers exactly
+ * one large file's content is stored without copying where possible (see place.ts); any other
+ * chunking is read and re-split. The sha256 (or the diff_id's algorithm) of all bytes must equal
+ * the expected diff_id, otherwise nothing is linked (objects already written are garbage for gc).
+ *
+ * Files are named by (dirfd index, relative name), so any source that can hand out directory
+ * fds (another repository, containers-storage) feeds the same consumer.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { closeSync, read as fsRead } from 'node:fs';
+import { promisify } from 'node:util';
+import { CfsError } from '../errors.js';
+import type { Repository } from '../repository/repository.js';
+import { SplitStreamWriter } from '../splitstream/writer.js';
+import { CONTENT_TYPES } from '../splitstream/format.js';
+import { INLINE_CONTENT_MAX } from '../tar/entry.js';
+import { BLOCK_SIZE, isZeroBlock, roundUp } from '../tar/header.js';
+import { TarEntryParser } from '../tar/parser.js';
+import { layerContentId } from '../tar/split.js';
+import { SplitdirfdReader } from './reader.js';
+import { checkDirSlot, openBeneath, type OpenedFile } from './open.js';
+import { emptyPlaceStats, ObjectPlacer, type PlaceStats } from './place.js';
+
+const readFd = promisify(fsRead);
+const COPY_CHUNK = 1024 * 1024;
+
+export interface ConsumeOptions {
+  /** Expected digest of the reconstructed stream (`sha256:<hex>`); also names the stream. */
+  diffId: string;
+  /** tar layer (default) or opaque artifact blob (one object). */
+  kind?: 'tar' | 'blob';
+  /** Fail instead of copying when neither reflink nor hardlink works. */
+  zerocopy?: boolean;
+  /** Called with the number of stream bytes reconstructed so far. */
+  onProgress?: (bytes: number) => void;
+}
+
+export interface ConsumeResult extends PlaceStats {
+  streamId: Buffer;
+  alreadyPresent: boolean;
+  /** Bytes of the reconstructed layer. */
+  size: number;
+}
+
+type Segment = { kind: 'bytes' } | { kind: 'file'; file: OpenedFile; length: number; pos: number };
+
+/** The reconstructed byte stream, hashed as it is read, with access to whole file chunks. */
+class LogicalSource {
+  readonly hash: Hash;
+  total = 0;
+  private seg: Segment | null = null;
+  private eof = false;
+  private readonly open: OpenedFile[] = [];
+
+  constructor(
+    private readonly reader: SplitdirfdReader, private readonly what: string, private readonly dirfds: readonly number[],
+    hashAlg: string, private readonly onProgress?: (n: number) => void,
+  ) {
+    this.hash = createHash(hashAlg);
+  }
+
+  count(b: Buffer): void {
+    this.hash.update(b);
+    this.total += b.length;
+    this.onProgress?.(this.total);
+  }
+
+  /** Up to `max` bytes (≥ 1 unless at the end). */
+  async readUpTo(max: number): Promise<Buffer> {
+    if (!(await this.current())) return Buffer.alloc(0);
+    const s = this.seg!;
+    if (s.kind === 'bytes') {
+      const b = await this.reader.body(max);
+      this.count(b);
+      return b;
+    }
+    const buf = Buffer.allocUnsafe(Math.min(max, s.length - s.pos, COPY_CHUNK));
+    const { bytesRead } = await readFd(s.file.fd, buf, 0, buf.length, s.pos);
+    if (bytesRead === 0) throw new CfsError('EIO', `${s.file.name}: file is shorter than the declared ${s.length} bytes`);
+    s.pos += bytesRead;
+    const b = buf.subarray(0, bytesRead);
+    this.count(b);
+    return b;
+  }
+
+  /** Exactly `n` bytes, or fewer only at the end. */
+  async readExact(n: number): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    let got = 0;
+    while (got < n) {
+      const b = await this.readUpTo(n - got);
+      if (b.length === 0) break;
+      parts.push(Buffer.from(b));
+      got += b.length;
+    }
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts, got);
+  }
+
+  /** The next chunk when it is a whole, unread FileBackedData chunk of `length` bytes (any when null). */
+  async wholeFile(length: number | null): Promise<{ file: OpenedFile; length: number } | null> {
+    if (!(await this.current())) return null;
+    const s = this.seg!;
+    if (s.kind !== 'file' || s.pos !== 0 || (length !== null && s.length !== length)) return null;
+    return { file: s.file, length: s.length };
+  }
+
+  /** Mark the chunk returned by wholeFile as consumed (its bytes were counted by the caller). */
+  takeWholeFile(): void {
+    this.finishFile();
+  }
+
+  close(): void {
+    for (const f of this.open.splice(0)) closeSync(f.fd);
+  }
+
+  private finishFile(): void {
+    const s = this.seg;
+    if (s?.kind === 'file') {
+      closeSync(s.file.fd);
+      this.open.splice(this.open.indexOf(s.file), 1);
+    }
+    this.seg = null;
+  }
+
+  /** Make sure a segment with data is current; false at the end of the stream. */
+  private async current(): Promise<boolean> {
+    for (;;) {
+      if (this.seg?.kind === 'bytes' && this.reader.remainingBody === 0) this.seg = null;
+      else if (this.seg?.kind === 'file' && this.seg.pos === this.seg.length) this.finishFile();
+      if (this.seg) return true;
+      if (this.eof) return false;
+      const h = await this.reader.next();
+      if (!h) {
+        this.eof = true;
+        return false;
+      }
+      if (h.type !== 'file') {
+        if (h.length > 0) this.seg = { kind: 'bytes' };
+        continue;
+      }
+      const where = `${this.what}, chunk ending at offset ${this.reader.offset}`;
+      const dirfd = checkDirSlot(this.dirfds, h.index, where);
+      const file = openBeneath(dirfd, h.name, where);
+      this.open.push(file);
+      if (file.stat.size !== h.length) {
+        throw new CfsError('EIO', `${where}: ${file.name}: declared length ${h.length} != actual size ${file.stat.size}`);
+      }
+      this.seg = { kind: 'file', file, length: h.length, pos: 0 };
+    }
+  }
+}
+
+/** Drain a stream without storing anything (the layer is already present). */
+async function drain(reader: SplitdirfdReader): Promise<void> {
+  for (let h = await reader.next(); h; h = await reader.next()) {
+    if (h.type !== 'file') while ((await reader.body(COPY_CHUNK)).length > 0);
+  }
+}
+
+function parseDiffId(d: string): { alg: string; hex: string } {
+  const m = /^(sha256|sha384|sha512):([0-9a-f]+)$/.exec(d);
+  if (!m || m[2].length !== { sha256: 64, sha384: 96, sha512: 128 }[m[1]]) throw new CfsError('EINVAL', `invalid diff_id '${d}' (expected sha256:<hex>)`);
+  return { alg: m[1], hex: m[2] };
+}
+
+/**
+ * Store the layer carried by `input` (a splitdirfdstream) with files beneath `dirfds` as
+ * `streams/oci-layer-<diffId>`. The input is always read to its end.
+ */
+export async function consumeLayerStream(repo: Repository, input: AsyncIterable<Uint8Array>, dirfds: readonly number[], opts: ConsumeOptions): Promise<ConsumeResult> {
+  const { alg } = parseDiffId(opts.diffId);
+  const what = `layer ${opts.diffId}: splitdirfdstream`;
+  const reader = new SplitdirfdReader(input, what);
+  const contentId = layerContentId(opts.diffId);
+  const existing = await repo.hasStream(contentId);
+  if (existing) {
+    await drain(reader);
+    return { streamId: existing, alreadyPresent: true, size: 0, ...emptyPlaceStats() };
+  }
+  await repo.ensureWritable();
+  const placer = new ObjectPlacer(repo, !!opts.zerocopy);
+  const src = new LogicalSource(reader, what, dirfds, alg, opts.onProgress);
+  const kind = opts.kind ?? 'tar';
+  const w = new SplitStreamWriter(repo, { contentType: kind === 'tar' ? CONTENT_TYPES.layer : CONTENT_TYPES.blob });
+  try {
+    if (kind === 'tar') await splitTar(src, w, placer, repo, opts.diffId);
+    else await storeBlob(src, w, placer, repo);
+  } finally {
+    src.close();
+  }
+  const actual = `${alg}:${src.hash.digest('hex')}`;
+  if (actual !== opts.diffId) throw new CfsError('EDIGEST', `layer ${opts.diffId}: diff_id mismatch: reconstructed stream has ${actual}`, { expected: opts.diffId, actual });
+  const streamId = await w.finish();
+  await repo.linkStream(contentId, streamId);
+  return { streamId, alreadyPresent: false, size: src.total, ...placer.stats };
+}
+
+/** A file content of `size` bytes (> 64) as an object: zero-copy for a matching file chunk. */
+async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Repository, size: number, what: string): Promise<Buffer> {
+  const whole = await src.wholeFile(size);
+  if (whole) {
+    const id = await placer.place(whole.file, whole.length, (b) => src.count(b));
+    src.takeWholeFile();
+    return id;
+  }
+  const ow = repo.createObjectWriter();
+  try {
+    for (let left = size; left > 0; ) {
+      const b = await src.readUpTo(Math.min(left, COPY_CHUNK));
+      if (b.length === 0) throw new CfsError('EINVAL', `unexpected end of stream in ${what}`);
+      await ow.write(b);
+      left -= b.length;
+    }
+  } catch (e) {
+    ow.abort();
+    throw e;
+  }
+  placer.stats.objectsCopied++;
+  return ow.commit();
+}
+
+async function splitTar(src: LogicalSource, w: SplitStreamWriter, placer: ObjectPlacer, repo: Repository, name: string): Promise<void> {
+  const parser = new TarEntryParser(name);
+  const eofIn = (what: string): CfsError => new CfsError('EINVAL', `layer ${name}: unexpected end of stream ${what} at offset ${src.total}`);
+  const inline = async (n: number, what: string, keep: boolean): Promise<Buffer | null> => {
+    const kept: Buffer[] = [];
+    for (let left = n; left > 0; ) {
+      const b = await src.readUpTo(Math.min(left, COPY_CHUNK));
+      if (b.length === 0) throw eofIn(what);
+      w.writeInline(b);
+      if (keep) kept.push(Buffer.from(b));
+      left -= b.length;
+    }
+    return keep ? Buffer.concat(kept, n) : null;
+  };
+  for (;;) {
+    let block = await src.readExact(BLOCK_SIZE);
+    if (block.length === 0) break;
+    if (block.length < BLOCK_SIZE) throw eofIn('in a tar header');
+    w.writeInline(block);
+    if (isZeroBlock(block)) {
+      const next = await src.readExact(BLOCK_SIZE);
+      w.writeInline(next);
+      if (next.length === BLOCK_SIZE && !isZeroBlock(next)) block = next;
+    }
+    if (isZeroBlock(block)) {
+      // End of archive: every remaining byte stays inline, as on import.
+      for (let b = await src.readUpTo(COPY_CHUNK); b.length > 0; b = await src.readUpTo(COPY_CHUNK)) w.writeInline(b);
+      break;
+    }
+    const h = parser.header(block);
+    if (h.kind === 'meta') {
+      parser.metaData((await inline(h.dataSize, 'in tar metadata', true))!);
+      await inline(roundUp(h.dataSize) - h.dataSize, 'in tar padding', false);
+      continue;
+    }
+    const e = h.entry;
+    if (e.type === 'file' && e.dataSize > INLINE_CONTENT_MAX) {
+      w.addExternal(await contentObject(src, placer, repo, e.dataSize, `tar entry ${e.path}`), e.dataSize);
+      await inline(roundUp(e.dataSize) - e.dataSize, `in the padding of ${e.path}`, false);
+    } else {
+      await inline(roundUp(e.dataSize), `in tar entry ${e.path}`, false);
+    }
+  }
+  parser.end();
+}
+
+/** An artifact blob: all bytes as one object. */
+async function storeBlob(src: LogicalSource, w: SplitStreamWriter, placer: ObjectPlacer, repo: Repository): Promise<void> {
+  const whole = await src.wholeFile(null);
+  if (whole) {
+    const id = await placer.place(whole.file, whole.length, (b) => src.count(b));
+    src.takeWholeFile();
+    if ((await src.readUpTo(1)).length > 0) throw new CfsError('EINVAL', 'artifact blob: data after the file-backed chunk');
+    w.addExternal(id, whole.length);
+    return;
+  }
+  const ow = repo.createObjectWriter();
+  let size = 0;
+  try {
+    for (let b = await src.readUpTo(COPY_CHUNK); b.length > 0; b = await src.readUpTo(COPY_CHUNK)) {
+      await ow.write(b);
+      size += b.length;
+    }
+  } catch (e) {
+    ow.abort();
+    throw e;
+  }
+  placer.stats.objectsCopied++;
+  w.addExternal(await ow.commit(), size);
+}

@@ -1,0 +1,60 @@
+/** Opening a FileBackedData chunk's file beneath its directory fd (brief 5.1). */
+import { closeSync, fstatSync, openSync, constants as C, type Stats } from 'node:fs';
+import { native } from '../native.js';
+import { CfsError, errnoCode } from '../errors.js';
+import { checkFileName } from './format.js';
+
+export interface OpenedFile {
+  fd: number;
+  /** Name relative to its directory, as the stream gave it. */
+  name: string;
+  stat: Stats;
+}
+
+let openat2Missing = false;
+
+/** A directory fd's stat, or an error naming the slot (dummies in slots are a client bug). */
+export function checkDirSlot(dirfds: readonly number[], index: number, where: string): number {
+  if (index >= dirfds.length) throw new CfsError('EINVAL', `${where}: dirfd index ${index} out of range (${dirfds.length} directory fds)`);
+  const fd = dirfds[index];
+  let st: Stats;
+  try {
+    st = fstatSync(fd);
+  } catch (e) {
+    throw new CfsError('EINVAL', `${where}: dirfd slot ${index} is unusable: ${(e as Error).message}`);
+  }
+  if (!st.isDirectory()) {
+    throw new CfsError('EINVAL', `${where}: dirfd slot ${index} is not a directory (likely a bug where a dummy fd was named)`);
+  }
+  return fd;
+}
+
+/**
+ * Open `name` read-only beneath `dirfd`: openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+ * RESOLVE_NO_XDEV; a plain open through /proc/self/fd on kernels without openat2 (the name was
+ * checked first). The target must be a regular file.
+ */
+export function openBeneath(dirfd: number, rawName: Buffer, where: string): OpenedFile {
+  const name = checkFileName(rawName, where);
+  const c = native().constants;
+  let fd = -1;
+  try {
+    if (!openat2Missing) {
+      try {
+        fd = native().openat2(dirfd, name, c.O_RDONLY, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV);
+      } catch (e) {
+        if (errnoCode(e) !== 'ENOSYS') throw e;
+        openat2Missing = true;
+      }
+    }
+    if (fd < 0) fd = openSync(`/proc/self/fd/${dirfd}/${name}`, C.O_RDONLY | C.O_NOFOLLOW);
+  } catch (e) {
+    throw new CfsError(errnoCode(e) === 'ENOENT' ? 'ENOENT' : 'EINVAL', `${where}: cannot open ${JSON.stringify(name)}: ${(e as Error).message}`);
+  }
+  const stat = fstatSync(fd);
+  if (!stat.isFile()) {
+    closeSync(fd);
+    throw new CfsError('EINVAL', `${where}: ${JSON.stringify(name)} is not a regular file`);
+  }
+  return { fd, name, stat };
+}

@@ -1,0 +1,228 @@
+/**
+ * A varlink service: interfaces with method handlers, org.varlink.service introspection, one
+ * FdConnection per client, calls on one connection answered in order, clients independent of
+ * each other. A client that breaks the framing (bad JSON, oversized message, too many fds) is
+ * disconnected; a bad call gets an error reply. Fds that arrive with a call belong to it: a
+ * handler takes the ones it uses, the rest are closed when it finishes.
+ */
+import { unlinkSync } from 'node:fs';
+import { native, type PollHandle } from '../native.js';
+import { errnoCode } from '../errors.js';
+import { FdConnection, closeQuietly, type Incoming } from './transport.js';
+import { Params, parseCall, SERVICE_INTERFACE, VarlinkError, type Call } from './protocol.js';
+
+export interface ReplyOptions {
+  continues?: boolean;
+  fds?: number[];
+}
+
+export interface CallContext {
+  readonly more: boolean;
+  /** Aborted when the client disconnects. */
+  readonly signal: AbortSignal;
+  readonly connectionId: number;
+  /** Fds sent with the call, in order. */
+  readonly fds: readonly number[];
+  /** Take ownership of the call's fds (otherwise they are closed after the handler). */
+  takeFds(): number[];
+  /** Send an intermediate reply (`continues: true` unless given); fds are duplicated into the client. */
+  reply(parameters: Record<string, unknown>, opts?: ReplyOptions): Promise<void>;
+}
+
+export type Handler = (p: Params, ctx: CallContext) => Promise<Record<string, unknown> | FinalReply>;
+
+/** A final reply that carries fds; `sent` runs once they went out (or the client is gone). */
+export class FinalReply {
+  constructor(readonly parameters: Record<string, unknown>, readonly fds: number[] = [], readonly sent: () => void = () => undefined) {}
+}
+
+export interface VarlinkInterface {
+  name: string;
+  /** The interface description text (IDL), served by GetInterfaceDescription. */
+  description: string;
+  methods: Record<string, Handler>;
+  /** Maps a non-varlink failure to this interface's error. */
+  internalError(e: unknown): VarlinkError;
+}
+
+export interface ServiceInfo {
+  vendor: string;
+  product: string;
+  version: string;
+  url: string;
+}
+
+export class VarlinkServer {
+  private readonly interfaces = new Map<string, VarlinkInterface>();
+  private readonly connections = new Set<FdConnection>();
+  private listeners: Array<{ fd: number; poll: PollHandle; path: string | null }> = [];
+  private nextConn = 1;
+  /** Called when a client's connection is gone (after its calls were aborted). */
+  onDisconnect: (connectionId: number) => void = () => undefined;
+  /** Receives one line per dropped client or failed background task. */
+  log: (text: string) => void = (t) => process.stderr.write(`cfs varlink: ${t}\n`);
+
+  constructor(private readonly info: ServiceInfo) {}
+
+  add(iface: VarlinkInterface): void {
+    this.interfaces.set(iface.name, iface);
+  }
+
+  /** Listen on a unix socket path (an existing socket file is replaced). */
+  listenPath(path: string): void {
+    try {
+      unlinkSync(path);
+    } catch (e) {
+      if (errnoCode(e) !== 'ENOENT') throw e;
+    }
+    this.listenFd(native().listenUnix(path, 128), path);
+  }
+
+  /** Accept connections on an already listening fd (socket activation). */
+  listenFd(fd: number, path: string | null = null): void {
+    native().setNonBlocking(fd);
+    const poll = native().pollStart(fd, native().constants.POLL_READABLE, () => this.acceptAll(fd));
+    this.listeners.push({ fd, poll, path });
+  }
+
+  /** Serve one connected socket. */
+  serveFd(fd: number): FdConnection {
+    const conn = new FdConnection(fd);
+    const id = this.nextConn++;
+    const abort = new AbortController();
+    let chain: Promise<void> = Promise.resolve();
+    this.connections.add(conn);
+    conn.listen(
+      (m) => {
+        chain = chain.then(() => this.handle(conn, id, abort.signal, m));
+      },
+      (why) => {
+        this.connections.delete(conn);
+        abort.abort();
+        if (why) this.log(`client ${id} dropped: ${why.message}`);
+        // After the client's queued calls settle, so none of them sees its handles vanish.
+        void chain.then(() => this.onDisconnect(id));
+      },
+    );
+    return conn;
+  }
+
+  close(): void {
+    for (const l of this.listeners.splice(0)) {
+      native().pollStop(l.poll);
+      closeQuietly(l.fd);
+      if (l.path) {
+        try {
+          unlinkSync(l.path);
+        } catch {
+          // already gone
+        }
+      }
+    }
+    for (const c of [...this.connections]) c.close();
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  private acceptAll(fd: number): void {
+    for (;;) {
+      let c: number | null;
+      try {
+        c = native().accept(fd);
+      } catch (e) {
+        this.log(`accept: ${(e as Error).message}`);
+        return;
+      }
+      if (c === null) return;
+      this.serveFd(c);
+    }
+  }
+
+  private async handle(conn: FdConnection, id: number, signal: AbortSignal, m: Incoming): Promise<void> {
+    let fds = m.fds;
+    const closeFds = (): void => {
+      for (const fd of fds.splice(0)) closeQuietly(fd);
+    };
+    if (conn.isClosed) return closeFds();
+    const call = parseCall(m.data);
+    if (!call) {
+      closeFds();
+      return conn.close(new Error('message is not a varlink call'));
+    }
+    const send = (body: Record<string, unknown>, replyFds: number[] = []): Promise<void> =>
+      call.oneway ? Promise.resolve() : conn.send(body, replyFds).catch(() => undefined);
+    try {
+      const result = await this.dispatch(call, {
+        more: call.more,
+        signal,
+        connectionId: id,
+        fds,
+        takeFds: () => {
+          const t = fds;
+          fds = [];
+          return t;
+        },
+        reply: (parameters, opts = {}) => {
+          if (!call.more) return Promise.resolve();
+          return send({ parameters, continues: opts.continues ?? true }, opts.fds ?? []);
+        },
+      });
+      if (result instanceof FinalReply) {
+        try {
+          await send({ parameters: result.parameters }, result.fds);
+        } finally {
+          result.sent();
+        }
+      } else await send({ parameters: result });
+    } catch (e) {
+      const err = e instanceof VarlinkError ? e : this.interfaceOf(call.method)?.internalError(e) ?? new VarlinkError(`${SERVICE_INTERFACE}.InternalError`, { message: String(e) });
+      await send({ error: err.errorName, parameters: err.parameters });
+    } finally {
+      closeFds();
+    }
+  }
+
+  private interfaceOf(method: string): VarlinkInterface | undefined {
+    return this.interfaces.get(method.slice(0, method.lastIndexOf('.')));
+  }
+
+  private async dispatch(call: Call, ctx: CallContext): Promise<Record<string, unknown> | FinalReply> {
+    const dot = call.method.lastIndexOf('.');
+    const ifaceName = call.method.slice(0, dot);
+    const name = call.method.slice(dot + 1);
+    const p = new Params(call.parameters);
+    if (ifaceName === SERVICE_INTERFACE) {
+      if (name === 'GetInfo') return { ...this.info, interfaces: [SERVICE_INTERFACE, ...this.interfaces.keys()] };
+      if (name === 'GetInterfaceDescription') {
+        const want = p.str('interface');
+        if (want === SERVICE_INTERFACE) return { description: SERVICE_DESCRIPTION };
+        const iface = this.interfaces.get(want);
+        if (!iface) throw new VarlinkError(`${SERVICE_INTERFACE}.InterfaceNotFound`, { interface: want });
+        return { description: iface.description };
+      }
+      throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
+    }
+    const iface = this.interfaces.get(ifaceName);
+    if (!iface) throw new VarlinkError(`${SERVICE_INTERFACE}.InterfaceNotFound`, { interface: ifaceName });
+    const h = Object.prototype.hasOwnProperty.call(iface.methods, name) ? iface.methods[name] : undefined;
+    if (!h) throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
+    return h(p, ctx);
+  }
+}
+
+
+const SERVICE_DESCRIPTION = `# The Varlink Service Interface is provided by every varlink service.
+interface org.varlink.service
+
+method GetInfo() -> (vendor: string, product: string, version: string, url: string, interfaces: []string)
+method GetInterfaceDescription(interface: string) -> (description: string)
+
+error InterfaceNotFound (interface: string)
+error MethodNotFound (method: string)
+error MethodNotImplemented (method: string)
+error InvalidParameter (parameter: string)
+error PermissionDenied ()
+error ExpectedMore ()
+`;

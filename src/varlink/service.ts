@@ -1,0 +1,480 @@
+/**
+ * The composefs varlink service (brief 5.4–5.6): org.composefs.Repository and org.composefs.Oci
+ * over repository handles. Handles are per service, start at 1 and are never reused.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync, statSync, fstatSync, createReadStream } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CfsError, isCfsError } from '../errors.js';
+import { Repository, initRepository } from '../repository/repository.js';
+import { resolveRepositoryPath } from '../repository/location.js';
+import { parseAlgorithm } from '../repository/meta.js';
+import type { ProgressSink } from '../progress/events.js';
+import { layerContentId } from '../tar/split.js';
+import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer.js';
+import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
+import { FinalReply, type CallContext, type Handler, type ServiceInfo, type VarlinkInterface, VarlinkServer } from './server.js';
+import { VarlinkError, type Params } from './protocol.js';
+import { closeQuietly } from './transport.js';
+import { dirRegion, FDS_PER_FRAME, frameSizes, layoutSeed, lifetimeDummies, openDummy } from './fdlayout.js';
+import { native } from '../native.js';
+
+const REPO = 'org.composefs.Repository';
+const OCI = 'org.composefs.Oci';
+export const FEATURES = ['splitdirfdstream-v0'];
+
+export interface ServiceOptions {
+  /** Open repositories in insecure mode (missing fs-verity tolerated). */
+  insecure?: boolean;
+  version?: string;
+}
+
+function interfaceText(name: string): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  // Sources: next to this file; compiled: dist/src/varlink → ../../../src/varlink.
+  for (const dir of [path.join(here, 'interfaces'), path.resolve(here, '../../../src/varlink/interfaces')]) {
+    try {
+      return readFileSync(path.join(dir, `${name}.varlink`), 'utf8');
+    } catch {
+      // try the next layout
+    }
+  }
+  throw new Error(`varlink interface description ${name}.varlink not found`);
+}
+
+const errorFor = (iface: string) => (e: unknown): VarlinkError => {
+  if (e instanceof VarlinkError) return e;
+  return new VarlinkError(`${iface}.InternalError`, { message: e instanceof Error ? e.message : String(e) });
+};
+
+const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+
+function createdOf(config: Buffer): string | null {
+  const v = (JSON.parse(config.toString('utf8')) as { created?: unknown }).created;
+  return typeof v === 'string' ? v : null;
+}
+
+export class ComposefsService {
+  readonly server: VarlinkServer;
+  private readonly handles = new Map<number, { repo: Repository; owner: number }>();
+  private nextHandle = 1;
+
+  constructor(private readonly opts: ServiceOptions = {}) {
+    const info: ServiceInfo = { vendor: 'org.composefs', product: 'cfs', version: opts.version ?? 'unknown', url: 'https://github.com/composefs/composefs' };
+    this.server = new VarlinkServer(info);
+    this.server.add({ name: REPO, description: interfaceText(REPO), methods: this.repositoryMethods(), internalError: errorFor(REPO) });
+    this.server.add({ name: OCI, description: interfaceText(OCI), methods: this.ociMethods(), internalError: errorFor(OCI) });
+    // Handles are shared by the service, but one left open by a vanished client only holds a lock.
+    this.server.onDisconnect = (conn) => {
+      for (const [h, v] of this.handles) {
+        if (v.owner !== conn) continue;
+        this.handles.delete(h);
+        v.repo.close();
+      }
+    };
+  }
+
+  close(): void {
+    this.server.close();
+    for (const h of this.handles.values()) h.repo.close();
+    this.handles.clear();
+  }
+
+  private repo(iface: string, p: Params): Repository {
+    const handle = p.int('handle');
+    const h = this.handles.get(handle);
+    if (!h) throw new VarlinkError(`${iface}.InvalidHandle`, { handle });
+    return h.repo;
+  }
+
+  private repositoryMethods(): Record<string, Handler> {
+    const E = (name: string, params: Record<string, unknown>): VarlinkError => new VarlinkError(`${REPO}.${name}`, params);
+    const hashOf = (p: Params): 'sha256' | 'sha512' => {
+      const a = p.optStr('algorithm');
+      if (a === undefined) return 'sha512';
+      try {
+        return a === 'sha256' || a === 'sha512' ? a : parseAlgorithm(a);
+      } catch (e) {
+        throw E('InvalidSpec', { message: (e as Error).message });
+      }
+    };
+    return {
+      InitRepository: async (p) => {
+        const r = await initRepository(p.str('path'), { hashAlg: hashOf(p), insecure: p.bool('insecure') });
+        return { created: r.created };
+      },
+      EnsureRepository: async (p) => {
+        const r = await initRepository(p.str('path'), { hashAlg: hashOf(p), insecure: p.bool('insecure') });
+        return { status: r.created ? 'Created' : 'Opened' };
+      },
+      OpenRepository: async (p, ctx) => {
+        const sel = [p.optStr('path') !== undefined, p.bool('user'), p.bool('system')].filter(Boolean).length;
+        if (sel !== 1) throw E('InvalidSpec', { message: 'exactly one of path, user, system must be given' });
+        const where = resolveRepositoryPath({ repo: p.optStr('path'), user: p.bool('user'), system: p.bool('system') });
+        let repo: Repository;
+        try {
+          repo = await Repository.open(where, { insecure: this.opts.insecure });
+        } catch (e) {
+          throw E('RepoNotFound', { message: (e as Error).message });
+        }
+        const handle = this.nextHandle++;
+        this.handles.set(handle, { repo, owner: ctx.connectionId });
+        return { handle, hash_algorithm: repo.alg, objects_device_id: statSync(path.join(repo.path, 'objects')).dev };
+      },
+      CloseRepository: async (p) => {
+        const repo = this.repo(REPO, p);
+        this.handles.delete(p.int('handle'));
+        repo.close();
+        return {};
+      },
+      Fsck: async (p) => {
+        const repo = this.repo(REPO, p);
+        const { fsck, fsckReportJson } = await import('../repository/fsck.js');
+        return fsckReportJson(await fsck(repo));
+      },
+      Gc: async (p) => {
+        const repo = this.repo(REPO, p);
+        const { collectGarbage } = await import('../repository/gc.js');
+        const dryRun = p.bool('dry_run');
+        const r = await collectGarbage(repo, { dryRun, roots: p.strArray('roots') });
+        return { result: { objects_removed: r.objectsRemoved, objects_bytes: r.objectsBytes, images_pruned: r.imagesPruned, streams_pruned: r.streamsPruned }, dry_run: dryRun };
+      },
+      ListImageRefs: async (p) => {
+        const repo = this.repo(REPO, p);
+        return { images: (await repo.listImageRefs()).map((r) => ({ name: r.name, digest: r.imageId })) };
+      },
+      ImageObjects: async (p) => {
+        const repo = this.repo(REPO, p);
+        const name = p.str('name');
+        let image;
+        try {
+          image = await repo.openImage(name);
+        } catch (e) {
+          if (isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchRef', { reference: name });
+          throw e;
+        }
+        const { readErofs } = await import('../erofs/reader.js');
+        const { imageObjectRefs } = await import('../repository/gc.js');
+        const ids = new Set<string>();
+        for (const r of imageObjectRefs(readErofs(await repo.readObject(image.imageId)), repo.alg)) if (r.id) ids.add(`${repo.alg}:${r.id.toString('hex')}`);
+        return { object_ids: [...ids].sort() };
+      },
+      Mount: async (p, ctx) => {
+        const repo = this.repo(REPO, p);
+        const name = p.str('name');
+        const options = p.obj('options');
+        const overlay = options.bool('overlay');
+        const want = overlay ? 2 : 0;
+        if (ctx.fds.length !== want) throw E('InvalidSpec', { message: `Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}` });
+        let image;
+        try {
+          image = await repo.openImage(name);
+        } catch (e) {
+          if (isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchRef', { reference: name });
+          throw e;
+        }
+        const { openComposefsMount } = await import('../mount/kernel.js');
+        const mnt = openComposefsMount({
+          image: image.path,
+          objectsDir: path.join(repo.path, 'objects'),
+          source: `composefs:${name}`,
+          verity: image.verityRequired ? 'require' : 'off',
+          expectedDigest: image.imageId,
+          upperdir: overlay ? `/proc/self/fd/${ctx.fds[0]}` : undefined,
+          workdir: overlay ? `/proc/self/fd/${ctx.fds[1]}` : undefined,
+          readWrite: overlay && options.bool('read_write'),
+        });
+        return new FinalReply({ fd_index: 0 }, [mnt], () => closeQuietly(mnt));
+      },
+    };
+  }
+
+  private ociMethods(): Record<string, Handler> {
+    const E = (name: string, params: Record<string, unknown>): VarlinkError => new VarlinkError(`${OCI}.${name}`, params);
+    const digestParam = (v: string): string => {
+      if (!DIGEST_RE.test(v)) throw E('InvalidDigest', { message: `invalid digest '${v}' (expected sha256:<64 hex>)` });
+      return v;
+    };
+    const openImage = async (repo: Repository, image: string) => {
+      const { openStoredImage } = await import('../oci/stored.js');
+      try {
+        return await openStoredImage(repo, image, repo.erofsFormats.default);
+      } catch (e) {
+        if (isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchImage', { image });
+        throw e;
+      }
+    };
+    return {
+      GetInfo: async () => ({ features: FEATURES }),
+      ListImages: async (p) => {
+        const repo = this.repo(OCI, p);
+        const filter = p.optStr('filter');
+        const { listTags } = await import('../oci/stored.js');
+        const images: Array<Record<string, unknown>> = [];
+        for (const t of await listTags(repo)) {
+          if (filter !== undefined && !t.name.includes(filter)) continue;
+          const img = await openImage(repo, `@${t.manifestDigest}`);
+          images.push({
+            name: t.name,
+            manifest_digest: t.manifestDigest,
+            is_container: !img.artifact,
+            architecture: img.config.architecture ?? '',
+            os: img.config.os ?? '',
+            created: createdOf(img.configBytes),
+            layer_count: img.diffIds.length,
+            referrer_count: 0,
+          });
+        }
+        return { images };
+      },
+      Inspect: async (p) => {
+        const repo = this.repo(OCI, p);
+        const img = await openImage(repo, p.str('image'));
+        return { manifest: img.manifestBytes.toString('utf8'), config: img.configBytes.toString('utf8'), referrers: [], composefs_erofs: img.imageId };
+      },
+      Tag: async (p) => {
+        const repo = this.repo(OCI, p);
+        const { tagImage } = await import('../oci/stored.js');
+        const digest = digestParam(p.str('manifest_digest'));
+        try {
+          await tagImage(repo, p.str('name'), digest);
+        } catch (e) {
+          if (isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchImage', { image: digest });
+          throw e;
+        }
+        return {};
+      },
+      Untag: async (p) => {
+        const repo = this.repo(OCI, p);
+        const { untagImage } = await import('../oci/stored.js');
+        const name = p.str('name');
+        try {
+          await untagImage(repo, name);
+        } catch (e) {
+          if (isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchImage', { image: name });
+          throw e;
+        }
+        return {};
+      },
+      Pull: async (p, ctx) => this.pull(p, ctx),
+      Check: async (p) => {
+        const repo = this.repo(OCI, p);
+        const { fsck, fsckReportJson } = await import('../repository/fsck.js');
+        const r = await fsck(repo, { image: p.optStr('image') });
+        const j = fsckReportJson(r);
+        return { ok: r.ok, images_checked: r.ociImagesChecked, images_corrupted: r.ociImagesCorrupted, errors: j.errors, repo: j };
+      },
+      HasLayer: async (p) => {
+        const repo = this.repo(OCI, p);
+        const id = await repo.hasStream(layerContentId(digestParam(p.str('diff_id'))));
+        return id ? { present: true, layer_verity: id.toString('hex') } : { present: false };
+      },
+      GetLayer: async (p, ctx) => this.getLayer(p, ctx),
+      PutLayer: async (p, ctx) => this.putLayer(p, ctx),
+      FinalizeImage: async (p) => this.finalizeImage(p),
+    };
+  }
+
+  private async pull(p: Params, ctx: CallContext): Promise<Record<string, unknown>> {
+    const repo = this.repo(OCI, p);
+    const image = p.str('image');
+    const name = p.optStr('name');
+    const send = (field: string, value: unknown): void => {
+      void ctx.reply({ [field]: value });
+    };
+    const progress: ProgressSink = {
+      started: (id, total) => send('started', { id, total, unit: 'Bytes' }),
+      progress: (id, fetched) => send('progress', { id, fetched }),
+      skipped: (id) => send('skipped', { id }),
+      done: (id, transferred) => send('done', { id, transferred }),
+      message: (text) => send('message', text),
+    };
+    const { openImageSource } = await import('../oci/sources.js');
+    const { importImage } = await import('../oci/import.js');
+    const { manifestContentId, configContentId } = await import('../oci/stored.js');
+    try {
+      const src = await openImageSource(image);
+      try {
+        const r = await importImage(repo, src, { name, progress });
+        const mv = await repo.hasStream(manifestContentId(r.manifestDigest));
+        const cv = await repo.hasStream(configContentId(r.configDigest));
+        return {
+          completed: {
+            manifest_digest: r.manifestDigest,
+            config_digest: r.configDigest,
+            manifest_verity: mv?.toString('hex') ?? '',
+            config_verity: cv?.toString('hex') ?? '',
+            stats: `${r.layersImported} layers imported, ${r.layersSkipped} already present`,
+          },
+        };
+      } finally {
+        await src.close();
+      }
+    } catch (e) {
+      throw new VarlinkError(`${OCI}.InternalError`, { message: (e as Error).message });
+    }
+  }
+
+  /** Reply fds (brief 5.2): the producer writes into a socketpair, the client gets the other end. */
+  private async getLayer(p: Params, ctx: CallContext): Promise<FinalReply> {
+    const repo = this.repo(OCI, p);
+    const lp = p.obj('params');
+    const diffId = lp.optStr('diff_id');
+    if (diffId === undefined) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: 'GetLayer on a repository needs params.diff_id' });
+    if (!DIGEST_RE.test(diffId)) throw new VarlinkError(`${OCI}.InvalidDigest`, { message: `invalid diff_id '${diffId}'` });
+    const contentId = layerContentId(diffId);
+    const streamId = await repo.hasStream(contentId);
+    if (!streamId) throw new VarlinkError(`${OCI}.NoSuchLayer`, { diff_id: diffId });
+
+    const seed = layoutSeed(contentId);
+    const region = dirRegion(seed, 1);
+    const extra = lifetimeDummies(seed);
+    const total = 1 + region.total + 1 + extra;
+    const sizes = frameSizes(seed, total, ctx.more);
+    if (!ctx.more && total > FDS_PER_FRAME) throw new VarlinkError(`${OCI}.FdLimitExceeded`, { fd_count: total, max_per_frame: FDS_PER_FRAME });
+
+    const ours: number[] = []; // every fd opened here; the client gets kernel duplicates
+    const [dataW, dataR] = native().socketpair();
+    const [keepR, keepW] = native().socketpair();
+    ours.push(dataR, keepW);
+    try {
+      const objectsFd = openObjectsDir(repo);
+      ours.push(objectsFd);
+      const fds = [dataR];
+      let dummy = 0;
+      for (let slot = 0; slot < region.total; slot++) {
+        if (region.realSlots.includes(slot)) fds.push(objectsFd);
+        else {
+          const d = openDummy(dummy++);
+          ours.push(d);
+          fds.push(d);
+        }
+      }
+      fds.push(keepW);
+      for (let i = 0; i < extra; i++) {
+        const d = openDummy(dummy++);
+        ours.push(d);
+        fds.push(d);
+      }
+      // Frames: all but the last as intermediate replies.
+      let off = 0;
+      for (const n of sizes.slice(0, -1)) {
+        await ctx.reply({ dir_count: region.total }, { continues: true, fds: fds.slice(off, off + n) });
+        off += n;
+      }
+      this.runProducer(repo, streamId, contentId, region.realSlots[0], dataW, keepR, ctx.signal);
+      return new FinalReply({ dir_count: region.total }, fds.slice(off), () => ours.forEach(closeQuietly));
+    } catch (e) {
+      [dataW, keepR, ...ours].forEach(closeQuietly);
+      throw e;
+    }
+  }
+
+  /** Phase 1: write the stream and close (EOF). Phase 2: hold until the client closes keepalive. */
+  private runProducer(repo: Repository, streamId: Buffer, contentId: string, slot: number, dataW: number, keepR: number, signal: AbortSignal): void {
+    const out = new net.Socket({ fd: dataW, readable: false, writable: true });
+    const keep = new net.Socket({ fd: keepR, readable: true, writable: false });
+    keep.on('error', () => undefined);
+    keep.resume();
+    const stop = (): void => {
+      out.destroy();
+      keep.destroy();
+    };
+    signal.addEventListener('abort', stop, { once: true });
+    keep.on('close', () => signal.removeEventListener('abort', stop));
+    (async () => {
+      for await (const b of produceLayerStream(repo, streamId, slot, contentId)) {
+        if (out.destroyed) return;
+        if (!out.write(b)) await new Promise<void>((resolve) => {
+          out.once('drain', resolve);
+          out.once('close', resolve);
+        });
+      }
+      out.end();
+    })().catch((e: unknown) => {
+      this.server.log(`GetLayer ${contentId}: ${(e as Error).message}`);
+      out.destroy();
+    });
+    out.on('error', (e) => this.server.log(`GetLayer ${contentId}: ${e.message}`));
+  }
+
+  private async putLayer(p: Params, ctx: CallContext): Promise<Record<string, unknown>> {
+    const repo = this.repo(OCI, p);
+    const diffId = p.str('diff_id');
+    if (!DIGEST_RE.test(diffId)) throw new VarlinkError(`${OCI}.InvalidDigest`, { message: `invalid diff_id '${diffId}'` });
+    const zerocopy = p.bool('zerocopy');
+    if (ctx.fds.length < 2) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `PutLayer needs at least 2 fds (stream, directory…), got ${ctx.fds.length}` });
+    const fds = ctx.takeFds();
+    const [streamFd, ...dirfds] = fds;
+    const st = fstatSync(streamFd);
+    const input = st.isFile()
+      ? createReadStream('', { fd: streamFd, autoClose: true })
+      : new net.Socket({ fd: streamFd, readable: true, writable: false });
+    // Read errors reach the consumer through its iterator; one after the iterator finished
+    // (the client vanishing) must not become an uncaught 'error' event.
+    input.on('error', () => undefined);
+    const abort = (): void => {
+      input.destroy();
+    };
+    ctx.signal.addEventListener('abort', abort, { once: true });
+    try {
+      const r = await consumeLayerStream(repo, input, dirfds, { diffId, zerocopy });
+      return {
+        layer_verity: r.streamId.toString('hex'),
+        already_present: r.alreadyPresent,
+        objects_reflinked: r.objectsReflinked,
+        objects_hardlinked: r.objectsHardlinked,
+        objects_copied: r.objectsCopied,
+        objects_already_present: r.objectsAlreadyPresent,
+      };
+    } catch (e) {
+      if (isCfsError(e) && e.code === 'EDIGEST') throw new VarlinkError(`${OCI}.DiffIdMismatch`, { expected: diffId, actual: String(e.context.actual ?? '') });
+      if (isCfsError(e)) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: e.message });
+      throw e;
+    } finally {
+      ctx.signal.removeEventListener('abort', abort);
+      input.destroy();
+      dirfds.forEach(closeQuietly);
+    }
+  }
+
+  private async finalizeImage(p: Params): Promise<Record<string, unknown>> {
+    const repo = this.repo(OCI, p);
+    const manifestBytes = Buffer.from(p.str('manifest_json'), 'utf8');
+    const configBytes = Buffer.from(p.str('config_json'), 'utf8');
+    const layers = p.objArray('layers').map((l) => l.str('diff_id'));
+    const { parseManifest } = await import('../oci/source.js');
+    const { isImageConfigMediaType } = await import('../oci/media-types.js');
+    const { importImage } = await import('../oci/import.js');
+    const { manifestContentId, configContentId } = await import('../oci/stored.js');
+    const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+    let manifest;
+    try {
+      manifest = parseManifest(manifestBytes, 'manifest_json');
+    } catch (e) {
+      throw new VarlinkError(`${OCI}.InvalidRequest`, { message: (e as Error).message });
+    }
+    const configDigest = sha(configBytes);
+    if (manifest.config.digest !== configDigest) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `manifest names config ${manifest.config.digest}, config_json is ${configDigest}` });
+    for (const d of layers) if (!(await repo.hasStream(layerContentId(d)))) throw new VarlinkError(`${OCI}.NoSuchLayer`, { diff_id: d });
+    const artifact = !isImageConfigMediaType(manifest.config.mediaType);
+    const r = await importImage(repo, {
+      description: 'FinalizeImage',
+      manifestDigest: sha(manifestBytes),
+      manifestBytes,
+      configDigest,
+      configBytes,
+      layers: layers.map((id) => ({ id, size: null, kind: artifact ? 'blob' : 'tar', open: () => { throw new CfsError('ENOENT', `layer ${id} vanished`); } })),
+      artifact,
+      close: async () => undefined,
+    }, { name: p.optStr('name') });
+    return {
+      manifest_digest: r.manifestDigest,
+      manifest_verity: (await repo.hasStream(manifestContentId(r.manifestDigest)))!.toString('hex'),
+      config_digest: r.configDigest,
+      config_verity: (await repo.hasStream(configContentId(r.configDigest)))!.toString('hex'),
+    };
+  }
+}

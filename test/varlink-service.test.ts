@@ -1,0 +1,246 @@
+/**
+ * `cfs varlink` against an independent client (Python's socket module, test/clients/): GetInfo
+ * and introspection, image listing, GetLayer for every layer (the tar rebuilt from the stream
+ * and the received fds has the diff_id), PutLayer + FinalizeImage into a second repository,
+ * socket activation, concurrent clients, and every misbehaving client: each gets an error or is
+ * dropped while another client keeps working, the repository stays consistent and the server
+ * leaks no fds.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
+import { cfsCommand, cfsOk, PROJECT_ROOT } from './helpers/cli.js';
+import { repoProblems } from './helpers/repo-check.js';
+
+const run = promisify(execFile);
+const CLIENT = path.join(PROJECT_ROOT, 'test/clients/varlink_client.py');
+
+let work: string;
+let sock: string;
+let server: ChildProcess;
+let serverLog = '';
+let layout: string;
+let diffIds: string[];
+
+interface LayerReport {
+  diff_id: string;
+  rebuilt: string;
+  size: number;
+  files: number;
+  frames: number;
+  fds: number;
+  dir_count: number;
+}
+interface VarlinkErrorReply {
+  error: string;
+  parameters: Record<string, string>;
+}
+
+async function client<T>(...args: string[]): Promise<T> {
+  const { stdout } = await run('python3', [CLIENT, ...args], { maxBuffer: 64 << 20 });
+  return JSON.parse(stdout) as T;
+}
+
+function repo(name: string, hash = 'sha256'): string {
+  const p = path.join(work, name);
+  cfsOk(['init', '--insecure', '--hash', hash, p]);
+  return p;
+}
+
+async function waitFor(p: string): Promise<void> {
+  for (let i = 0; i < 200 && !existsSync(p); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(existsSync(p), `${p} did not appear; server log:\n${serverLog}`);
+}
+
+/** Run `prefix… cfs args…` with its stderr collected into serverLog. */
+function startServer(args: string[], prefix: string[] = []): ChildProcess {
+  const argv = [...prefix, ...cfsCommand(), ...args];
+  const child = spawn(argv[0], argv.slice(1), { cwd: PROJECT_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  child.stderr!.on('data', (d: Buffer) => {
+    serverLog += d.toString();
+  });
+  child.on('exit', (code, signal) => {
+    serverLog += `[${argv.join(' ')}: exit ${code ?? signal}]\n`;
+  });
+  return child;
+}
+
+function serverFds(): number {
+  assert.equal(server.exitCode, null, `server exited; log:\n${serverLog}`);
+  return readdirSync(`/proc/${server.pid}/fd`).length;
+}
+
+const T = 1_700_000_000;
+const layers: EntrySpec[][] = [
+  [{ path: 'usr/', type: 'directory', mtime: T }, { path: 'usr/a', content: Buffer.alloc(200_000, 'a'), mtime: T }, { path: 'usr/tiny', content: 'x', mtime: T }],
+  [{ path: 'usr/b', content: Buffer.alloc(1_500_000, 'b'), mtime: T }, { path: 'usr/c', content: 'c'.repeat(65), mtime: T }],
+  [{ path: 'etc/', type: 'directory', mtime: T }, { path: 'etc/d', content: Buffer.alloc(70_000, 'd'), mtime: T }],
+];
+
+before(async () => {
+  work = mkdtempSync(path.join(tmpdir(), 'cfs-varlink-'));
+  const built = await buildOciLayout(path.join(work, 'img'), { images: [{ tag: 'v1', layers }] });
+  layout = built.dir;
+  diffIds = built.images[0].layers.map((l) => l.diffId);
+  repo('src');
+  cfsOk(['--repo', path.join(work, 'src'), 'oci', 'pull', '-q', `oci:${layout}:v1`, 'app']);
+  sock = path.join(work, 'cfs.sock');
+  server = startServer(['--insecure', 'varlink', '--address', `unix:${sock}`]);
+  await waitFor(sock);
+});
+
+after(async () => {
+  server.kill('SIGTERM');
+  await new Promise((r) => server.once('exit', r));
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('GetInfo, interface description, unknown method, bad parameter, stray fds', async () => {
+  const r = await client<{
+    service: { vendor: string; product: string; interfaces: string[] };
+    oci: { features: string[] };
+    description: string;
+    unknown_method: VarlinkErrorReply;
+    bad_param: VarlinkErrorReply;
+    with_stray_fds: { features: string[] };
+  }>('info', sock);
+  assert.equal(r.service.vendor, 'org.composefs');
+  assert.deepEqual(r.service.interfaces, ['org.varlink.service', 'org.composefs.Repository', 'org.composefs.Oci']);
+  assert.deepEqual(r.oci.features, ['splitdirfdstream-v0']);
+  assert.match(r.description, /^interface org\.composefs\.Oci$/m);
+  assert.match(r.description, /^method PutLayer\(/m);
+  assert.equal(r.unknown_method.error, 'org.varlink.service.MethodNotFound');
+  assert.deepEqual(r.bad_param, { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'handle' } });
+  assert.deepEqual(r.with_stray_fds.features, ['splitdirfdstream-v0']);
+});
+
+test('ListImages and ListImageRefs; an unknown handle is InvalidHandle', async () => {
+  const r = await client<{ images: Array<{ name: string; layer_count: number; is_container: boolean; object_ids: string[] }>; bad_handle: VarlinkErrorReply }>('images', sock, path.join(work, 'src'));
+  assert.deepEqual(r.images.map((i) => [i.name, i.layer_count, i.is_container]), [['app', 3, true]]);
+  // usr/a, usr/b, usr/c (65 bytes), etc/d: four external objects, as `cfs` lists them.
+  assert.equal(r.images[0].object_ids.length, 4);
+  assert.ok(r.images[0].object_ids.every((o) => /^sha256:[0-9a-f]{64}$/.test(o)));
+  assert.equal(r.bad_handle.error, 'org.composefs.Oci.InvalidHandle');
+});
+
+test('GetLayer for every layer: the tar rebuilt from stream + dirfds has the diff_id', async () => {
+  const r = await client<{ layers: LayerReport[] }>('getlayers', sock, path.join(work, 'src'), 'app');
+  assert.deepEqual(r.layers.map((l) => l.diff_id), diffIds);
+  for (const l of r.layers) {
+    assert.equal(l.rebuilt, l.diff_id);
+    assert.ok(l.dir_count >= 2, 'sparse dirfd region with at least one dummy');
+    assert.ok(l.frames >= 1 && l.fds >= l.dir_count + 2);
+  }
+  assert.deepEqual(r.layers.map((l) => l.files), [1, 2, 1], 'files above 64 bytes are file-backed');
+});
+
+test('PutLayer (with injected dummy fds) + FinalizeImage build the same image in a second repository', async () => {
+  const src = path.join(work, 'src');
+  const dst = repo('dst');
+  const r = await client<{ layers: Array<{ already_present: boolean; objects_hardlinked: number; objects_copied: number }>; finalize: { manifest_digest: string } }>('copy', sock, src, dst, 'app', 'via-varlink');
+  assert.deepEqual(r.layers.map((l) => l.already_present), [false, false, false]);
+  assert.deepEqual(r.layers.map((l) => [l.objects_hardlinked, l.objects_copied]), [[1, 0], [2, 0], [1, 0]]);
+  const img = (repoPath: string, name: string): unknown => (JSON.parse(cfsOk(['--repo', repoPath, 'oci', 'inspect', name]).stdout) as { imageId: string }).imageId;
+  assert.equal(img(dst, 'via-varlink'), img(src, 'app'));
+  assert.equal(cfsOk(['--repo', dst, 'oci', 'dump', 'via-varlink']).stdout, cfsOk(['--repo', src, 'oci', 'dump', 'app']).stdout);
+  assert.deepEqual(repoProblems(dst), []);
+  // Into a sha512 repository: objects are re-hashed.
+  const d512 = repo('dst512', 'sha512');
+  const r2 = await client<{ layers: Array<{ objects_copied: number; layer_verity: string }> }>('copy', sock, src, d512, 'app', 'x');
+  assert.deepEqual(r2.layers.map((l) => l.objects_copied), [1, 2, 1]);
+  assert.ok(r2.layers.every((l) => l.layer_verity.length === 128));
+});
+
+test('misbehaving clients get an error or are dropped; others keep working; no leaks', async () => {
+  const src = path.join(work, 'src');
+  const target = repo('bad-target');
+  // Let earlier clients' handles and fds settle, then take the baseline.
+  await new Promise((r) => setTimeout(r, 300));
+  const baseline = serverFds();
+  const expectations: Array<[string, (r: { hangup?: boolean; error?: VarlinkErrorReply | null }) => void]> = [
+    ['garbage', (r) => assert.equal(r.hangup, true)],
+    ['oversize', (r) => assert.equal(r.hangup, true)],
+    ['fdcount', (r) => assert.equal(r.error?.error, 'org.composefs.Oci.InvalidRequest')],
+    ['index', (r) => assert.match(r.error?.parameters.message ?? '', /dirfd index 77 out of range/)],
+    ['dummy-slot', (r) => assert.match(r.error?.parameters.message ?? '', /slot 0 is not a directory/)],
+    ['length', (r) => assert.match(r.error?.parameters.message ?? '', /declared length \d+ != actual size/)],
+    ['truncated-inline', (r) => assert.match(r.error?.parameters.message ?? '', /truncated chunk body/)],
+    ['escape', (r) => assert.match(r.error?.parameters.message ?? '', /'\.\.' component/)],
+    ['wrong-diff-id', (r) => assert.equal(r.error?.error, 'org.composefs.Oci.DiffIdMismatch')],
+  ];
+  for (const [kind, check] of expectations) {
+    const [bad, good] = await Promise.all([client<{ hangup?: boolean; error?: VarlinkErrorReply | null }>('bad', sock, src, target, 'app', kind), client<{ layers: LayerReport[] }>('getlayers', sock, src, 'app')]);
+    check(bad);
+    assert.ok(good.layers.every((l) => l.rebuilt === l.diff_id), `good client during ${kind}`);
+  }
+  // A client that vanishes in the middle of PutLayer.
+  const [hang, good] = await Promise.all([run('python3', [CLIENT, 'bad', sock, src, target, 'app', 'hangup']), client<{ layers: LayerReport[] }>('getlayers', sock, src, 'app')]);
+  assert.equal(hang.stdout, '');
+  assert.ok(good.layers.every((l) => l.rebuilt === l.diff_id));
+  assert.deepEqual(repoProblems(src), []);
+  assert.deepEqual(repoProblems(target), []);
+  assert.deepEqual(readdirSync(path.join(target, 'streams')), [], 'no bad layer was stored');
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(serverFds(), baseline, `server fds after bad clients; log:\n${serverLog}`);
+  assert.match(serverLog, /dropped: message is not a varlink call/);
+  assert.match(serverLog, /dropped: message exceeds 8388608 bytes/);
+});
+
+test('Pull streams progress frames; Fsck and Gc answer for the handle', async () => {
+  const dst = repo('pulled');
+  const r = await client<{ frames: Array<Record<string, { id?: string; manifest_digest?: string }>>; fsck: { ok: boolean; objects_checked: number }; gc: { dry_run: boolean; result: { objects_removed: number } } }>(
+    'pull', sock, dst, `oci:${layout}:v1`, 'p',
+  );
+  const kinds = r.frames.map((f) => Object.keys(f)[0]);
+  assert.equal(kinds.filter((k) => k === 'started').length, 3);
+  assert.equal(kinds.filter((k) => k === 'done').length, 3);
+  assert.equal(kinds[kinds.length - 1], 'completed');
+  assert.match(r.frames[r.frames.length - 1].completed.manifest_digest ?? '', /^sha256:/);
+  assert.equal(r.fsck.ok, true);
+  assert.ok(r.fsck.objects_checked > 0);
+  assert.deepEqual([r.gc.dry_run, r.gc.result.objects_removed], [true, 0]);
+  assert.ok(cfsOk(['--repo', dst, 'oci', 'images']).stdout.includes('p '));
+});
+
+test('Mount returns a detached composefs mount fd (plain and with an overlay upper layer)', async () => {
+  const src = path.join(work, 'src');
+  const id = (JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout) as { imageId: string }).imageId;
+  const expect = createHash('sha256').update(Buffer.alloc(1_500_000, 'b')).digest('hex');
+  const r = await client<{ wrong_fds: VarlinkErrorReply; root: string[]; sha256: string; missing: VarlinkErrorReply }>('mount', sock, src, id, 'usr/b');
+  assert.match(r.wrong_fds.parameters.message, /Mount expects 0 fds/);
+  assert.deepEqual(r.root, ['etc', 'usr']);
+  assert.equal(r.sha256, expect);
+  assert.equal(r.missing.error, 'org.composefs.Repository.NoSuchRef');
+  const ov = path.join(work, 'overlay');
+  const o = await client<{ root: string[]; sha256: string }>('mount', sock, src, id, 'usr/b', ov);
+  assert.equal(o.sha256, expect);
+  assert.equal(readFileSync(path.join(ov, 'upper', 'written-through-fd'), 'utf8'), 'hello');
+});
+
+test('eight concurrent clients fetch every layer', async () => {
+  const all = await Promise.all(Array.from({ length: 8 }, () => client<{ layers: LayerReport[] }>('getlayers', sock, path.join(work, 'src'), 'app')));
+  for (const r of all) assert.deepEqual(r.layers.map((l) => l.rebuilt), diffIds);
+});
+
+test('socket activation: a listening fd, and one connected fd per process (--accept)', async () => {
+  for (const mode of [[], ['--accept']]) {
+    const s = path.join(work, `act${mode.length}.sock`);
+    const act = startServer(['--insecure', 'varlink'], ['systemd-socket-activate', ...mode, '-l', s]);
+    try {
+      await waitFor(s);
+      const r = await client<{ oci: { features: string[] } }>('info', s);
+      assert.deepEqual(r.oci.features, ['splitdirfdstream-v0']);
+      const g = await client<{ layers: LayerReport[] }>('getlayers', s, path.join(work, 'src'), 'app');
+      assert.deepEqual(g.layers.map((l) => l.rebuilt), diffIds);
+    } finally {
+      act.kill('SIGTERM');
+      await new Promise((r) => act.once('exit', r));
+    }
+  }
+});
