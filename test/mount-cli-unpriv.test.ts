@@ -80,9 +80,8 @@ test('unprivileged: cfs mount oci:… (auto → FUSE) shows the tree; mounts lis
   try {
     const line = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === mp) ?? '';
     assert.match(line, new RegExp(` - fuse\\.cfs cfs:oci:.*user_id=${user.uid}`), 'a FUSE mount owned by the user');
-    // fuse-native passes times in milliseconds only: mtimes are compared truncated to ms. What
-    // the image's modes deny this user (etc/keep, etc/secret, …) must be denied (EACCES).
-    const problems = compareTree(expected, await snapshotAsUser(mp), { msMtime: true, asUser: user });
+    // What the image's modes deny this user (etc/keep, etc/secret, …) must be denied (EACCES).
+    const problems = compareTree(expected, await snapshotAsUser(mp), { asUser: user });
     assert.deepEqual(problems, []);
     const list = await asUser(['mounts', '--json']);
     assert.equal(list.status, 0, list.stderr);

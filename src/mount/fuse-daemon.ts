@@ -19,7 +19,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Readable } from 'node:stream';
@@ -27,7 +27,19 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
 import type { HashAlg } from '../fsverity/digest.js';
-import { fusermountUnmount, startFuse, type FuseHandle } from './fuse.js';
+import { fusermountUnmount, startFuse as startLibfuse } from './fuse.js';
+import { startFuse as startLowLevel } from './fuse-ll/index.js';
+
+/** The server: our own /dev/fuse protocol server, or fuse-native (libfuse 2) when asked. */
+function startFuse(opts: Parameters<typeof startLowLevel>[0]): Promise<ServerHandle> {
+  return process.env.CFS_FUSE_SERVER === 'fuse-native' ? startLibfuse(opts) : startLowLevel(opts);
+}
+
+interface ServerHandle {
+  mountpoint: string;
+  unmount(opts?: { lazy?: boolean }): Promise<void>;
+  closed: Promise<void>;
+}
 import { findMount } from './mountinfo.js';
 
 export interface FuseDaemonOptions {
@@ -139,8 +151,13 @@ export async function serveFuse(opts: FuseDaemonOptions, onReady: () => void): P
  * Resolves when the kernel connection has ended: after an unmount from outside, or after
  * SIGTERM/SIGINT, which unmount (lazily when busy, so open files are served until closed).
  */
-async function untilStopped(handle: FuseHandle): Promise<void> {
+async function untilStopped(handle: ServerHandle): Promise<void> {
   const onSignal = (): void => {
+    // `cfs umount` unmounts first and then signals: nothing left to do but exit.
+    if (!findMount(handle.mountpoint)) {
+      removeFuseRecord(handle.mountpoint);
+      process.exit(0);
+    }
     handle.unmount().catch((e: unknown) => {
       if (isCfsError(e) && e.code === 'EBUSY') return handle.unmount({ lazy: true });
       throw e;
@@ -174,6 +191,14 @@ function serverEntry(): string {
   return path.join(path.dirname(self), `fuse-server-main${path.extname(self)}`);
 }
 
+function openServerLog(mountpoint: string): number | 'ignore' {
+  try {
+    return openSync(fuseRecordPath(mountpoint).replace(/\.json$/, '.log'), 'a', 0o600);
+  } catch {
+    return 'ignore';
+  }
+}
+
 /** Mount an image through a background FUSE server (or in the foreground, see options). */
 export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
   const config: FuseDaemonOptions = {
@@ -186,10 +211,14 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
     await serveFuse(config, () => undefined);
     return;
   }
+  const log = openServerLog(config.mountpoint);
   const child = spawn(process.execPath, [...loaderArgs(), serverEntry(), JSON.stringify(config)], {
     detached: true,
-    stdio: ['ignore', 'ignore', 'inherit', 'pipe'],
+    // Startup errors come back over the readiness pipe; later messages go to a log file beside
+    // the runtime record, so callers capturing our stderr are not held open by the server.
+    stdio: ['ignore', 'ignore', log, 'pipe'],
   });
+  if (typeof log === 'number') closeSync(log);
   const pipe = child.stdio[READY_FD] as Readable | null;
   if (!pipe) throw new CfsError('EIO', 'FUSE server: no readiness pipe');
   const exited = new Promise<string>((resolve) => {

@@ -209,8 +209,6 @@ export function snapshotTree(dir: string): Record<string, SnapEntry> {
 }
 
 export interface CompareOptions {
-  /** fuse-native passes times as milliseconds: compare mtimes truncated to ms. */
-  msMtime?: boolean;
   /** The snapshot was taken by this unprivileged user: what it may not see or read is expected to be missing/EACCES. */
   asUser?: { uid: number; gid: number };
   /** Paths whose reading is expected to fail with this code. */
@@ -243,8 +241,7 @@ export function compareTree(root: ModelNode, snap: Record<string, SnapEntry>, op
     want('mode', s.mode.toString(8), (TYPE_BITS[n.type] | n.mode).toString(8));
     want('uid', s.uid, n.uid);
     want('gid', s.gid, n.gid);
-    const ns = opts.msMtime ? (n.mtimeNs / 1_000_000n) * 1_000_000n : n.mtimeNs;
-    want('mtime', s.mtimeNs, String(ns));
+    want('mtime', s.mtimeNs, String(n.mtimeNs));
     const xattrs = Object.fromEntries([...n.xattrs].map(([k, v]) => [k, v.toString('hex')]));
     want('xattrs', JSON.stringify(s.xattrs), JSON.stringify(xattrs));
     if (n.type === 'file') {
