@@ -5,7 +5,6 @@ import { once } from 'node:events';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { isCfsError } from '../src/errors.js';
 import { openStorageImage, type OpenStorageOptions, type StorageImage } from '../src/oci/containers-storage/image.js';
 import { lockMechanism } from '../src/oci/containers-storage/lock.js';
@@ -158,11 +157,11 @@ describe('containers-storage: store discovery errors', { skip: skip ?? false }, 
   });
 });
 
-const here = fileURLToPath(new URL('.', import.meta.url));
+import { PROJECT_ROOT } from './helpers/cli.js';
 
 /** A child process that holds `lockPath` the way a writer would, until its stdin closes. */
 async function holdLock(lockPath: string, how: 'cfs-exclusive' | 'posix-write'): Promise<ChildProcess> {
-  const lockModule = JSON.stringify(join(here, '../src/oci/containers-storage/lock.ts'));
+  const lockModule = JSON.stringify(join(PROJECT_ROOT, 'src/oci/containers-storage/lock.ts'));
   const child =
     how === 'cfs-exclusive'
       ? spawn(

@@ -11,7 +11,6 @@ import { existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { fsverityDigest } from '../src/fsverity/digest.js';
 import { startFuse, type FuseHandle } from '../src/mount/fuse.js';
@@ -22,8 +21,8 @@ import {
 import { checkoutUnreadableReason, ensureUnprivUser, isRoot, openUpDir, runAsUser, withDevFuseMode } from './helpers/unpriv.js';
 
 const execFileP = promisify(execFile);
-const here = path.dirname(fileURLToPath(import.meta.url));
-const checkout = path.resolve(here, '..');
+import { PROJECT_ROOT } from './helpers/cli.js';
+const checkout = PROJECT_ROOT;
 const FUSE_SUPER_MAGIC = 0x65735546;
 const SKIP = isRoot() ? false : 'needs root (FUSE mounts with allow_other, /dev/fuse, test user)';
 

@@ -86,6 +86,12 @@ async function imageExists(repo: Repository, hex: string): Promise<boolean> {
   }
 }
 
+/** A damaged repository (a layer stream lost) must not short-cut a re-pull that could repair it. */
+async function allLayerStreamsPresent(repo: Repository, ids: string[]): Promise<boolean> {
+  for (const id of ids) if (!(await repo.hasStream(layerContentId(id)))) return false;
+  return true;
+}
+
 async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOptions, progress: ProgressSink): Promise<{ streams: Map<string, Buffer>; imported: number; skipped: number; objects: ObjectCounts }> {
   const streams = new Map<string, Buffer>();
   const todo: LayerToImport[] = [];
@@ -169,7 +175,11 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
 
   if (await repo.hasStream(manifestContentId(img.manifestDigest))) {
     const stored = await openStoredImage(repo, `@${img.manifestDigest}`, erofsVersion).catch(() => null);
-    if (stored && (stored.artifact || (stored.imageId !== null && (await imageExists(repo, stored.imageId))))) {
+    const complete =
+      stored !== null &&
+      (stored.artifact || (stored.imageId !== null && (await imageExists(repo, stored.imageId)))) &&
+      (await allLayerStreamsPresent(repo, img.layers.map((l) => l.id)));
+    if (stored && complete) {
       for (const l of img.layers) progress.skipped(l.id);
       if (opts.name) await tagImage(repo, opts.name, img.manifestDigest);
       return { manifestDigest: img.manifestDigest, configDigest: img.configDigest, imageId: stored.imageId, layersImported: 0, layersSkipped: img.layers.length, objects: noObjects() };
