@@ -22,7 +22,7 @@ import { compareTree, expectedTree, snapshotTree, type SnapEntry } from './helpe
 import { isRoot } from './helpers/unpriv.js';
 
 const SKIP = isRoot() ? false : 'needs root (kernel mounts)';
-const CONFORMANCE = '/work/shared/conformance';
+const CONFORMANCE = path.resolve(PROJECT_ROOT, '../shared/conformance');
 
 let work = '';
 let n = 0;
