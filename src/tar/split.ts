@@ -7,6 +7,7 @@
  */
 import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
+import { ObjectSink, ASYNC_OBJECT_MAX } from '../repository/object-sink.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { SplitStreamReader } from '../splitstream/reader.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
@@ -84,10 +85,18 @@ export async function importTarLayer(repo: Repository, tar: AsyncIterable<Uint8A
   const src = new HashingSource(tar, expected?.alg ?? 'sha256');
   const w = new SplitStreamWriter(repo, { contentType: CONTENT_TYPES.layer });
   const counts = opts.counts ?? noObjects();
-  await splitTar(src, w, new TarEntryParser(name), name, async (e) => {
-    counts.copied++;
-    return copyContent(repo, src, e, name);
-  });
+  const sink = new ObjectSink(repo);
+  try {
+    await splitTar(src, w, new TarEntryParser(name), name, async (e) => {
+      counts.copied++;
+      if (sink.usable && e.dataSize <= ASYNC_OBJECT_MAX) return sink.store(await readContent(src, e, name));
+      return copyContent(repo, src, e, name);
+    });
+  } finally {
+    // Never leave writes running past the import, also when it failed.
+    await sink.drain().catch(() => undefined);
+  }
+  await sink.drain();
   return publishLayer(repo, w, `${expected?.alg ?? 'sha256'}:${src.digestHex()}`, { name, expectedDiffId: opts.expectedDiffId, size: src.total });
 }
 
@@ -118,6 +127,18 @@ export async function publishLayer(
 
 function eofError(name: string, src: TarInput, what: string): CfsError {
   return new CfsError('EINVAL', `layer ${name}: unexpected EOF ${what} at offset ${src.position}`);
+}
+
+/** A (small) file's whole content from the tar bytes. */
+async function readContent(src: TarInput, e: ParsedEntry, name: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for (let left = e.dataSize; left > 0;) {
+    const b = await src.readUpTo(Math.min(left, COPY_CHUNK));
+    if (b.length === 0) throw eofError(name, src, `reading tar entry ${e.path}`);
+    parts.push(Buffer.from(b));
+    left -= b.length;
+  }
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts, e.dataSize);
 }
 
 /** Stream a file's content from the tar bytes into a new object. */
