@@ -12,9 +12,9 @@
  * overlay diff holds char device 0/0 or an opaque xattr instead), and only members with
  * size > 0 are looked up on disk, like tar-split's own assembler.
  */
-import { open, lstat } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { createGunzip } from 'node:zlib';
-import { createReadStream } from 'node:fs';
+import { closeSync, createReadStream, lstatSync, openSync, readSync } from 'node:fs';
 import path from 'node:path';
 import { CfsError, errnoCode } from '../../errors.js';
 import { Crc64 } from './crc64.js';
@@ -134,13 +134,15 @@ function joinPath(dir: string, rel: Buffer, utf8: boolean): string | Buffer {
 }
 
 /** First regular file of the right size for a member, searching the layer's dirs in order. */
-async function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, layerId: string, name: string): Promise<string | Buffer> {
+// Per-file metadata calls are synchronous on purpose: a layer has thousands of small files and
+// the promise round trip per call cost more than the (page-cached) syscalls themselves.
+function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, layerId: string, name: string): string | Buffer {
   let wrongSize: number | null = null;
   for (const d of dirs) {
     const p = joinPath(d, rel, utf8);
     let st;
     try {
-      st = await lstat(p);
+      st = lstatSync(p);
     } catch (e) {
       if (errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENOTDIR') continue;
       throw new CfsError('EIO', `layer ${layerId}: ${name}: ${(e as Error).message}`);
@@ -173,7 +175,7 @@ export async function* layerSegments(store: ContainersStore, layerId: string): A
       if (e.size === 0) continue; // directories, links, devices, whiteouts, empty files
       const utf8 = Buffer.from(e.name, 'utf8').equals(e.nameBytes);
       const rel = memberPath(e.nameBytes, layerId, e.name);
-      const p = await findFile(dirs, rel, utf8, e.size, layerId, e.name);
+      const p = findFile(dirs, rel, utf8, e.size, layerId, e.name);
       yield { kind: 'file', path: p, name: e.name, size: e.size, crc64: e.crc64! };
     }
   } finally {
@@ -184,6 +186,23 @@ export async function* layerSegments(store: ContainersStore, layerId: string): A
 /** Streams one file's content, checking its length and CRC-64 against the tar-split record. */
 async function* fileContent(layerId: string, seg: Extract<LayerSegment, { kind: 'file' }>): AsyncGenerator<Buffer> {
   const changed = (why: string): CfsError => new CfsError('EDIGEST', `layer ${layerId}: ${seg.name} changed since import (${why})`);
+  if (seg.size <= READ_CHUNK) {
+    // Small files: one synchronous read (see findFile), plus a 1-byte probe for growth.
+    const fd = openSync(seg.path, 'r');
+    try {
+      const buf = Buffer.allocUnsafe(seg.size + 1);
+      let done = 0;
+      for (let n = readSync(fd, buf, done, buf.length - done, done); n > 0; n = readSync(fd, buf, done, buf.length - done, done)) done += n;
+      if (done < seg.size) throw changed(`shorter than the recorded ${seg.size} bytes`);
+      if (done > seg.size) throw changed(`longer than the recorded ${seg.size} bytes`);
+      const data = buf.subarray(0, seg.size);
+      if (!new Crc64().update(data).digest().equals(seg.crc64)) throw changed('crc64 mismatch');
+      yield data;
+      return;
+    } finally {
+      closeSync(fd);
+    }
+  }
   const fh = await open(seg.path, 'r');
   try {
     const crc = new Crc64();
