@@ -244,3 +244,112 @@ test('socket activation: a listening fd, and one connected fd per process (--acc
     }
   }
 });
+
+interface CallResult<T = Record<string, unknown>> {
+  frames?: T[];
+  error?: VarlinkErrorReply & { parameters: Record<string, unknown> };
+}
+type Call = [string, Record<string, unknown>, boolean?];
+const OCI = 'org.composefs.Oci';
+const calls = <T = Record<string, unknown>>(repoPath: string, list: Call[]): Promise<Array<CallResult<T>>> => client<Array<CallResult<T>>>('calls', sock, repoPath, JSON.stringify(list));
+const last = <T>(r: CallResult<T>): T => {
+  assert.ok(r.frames, `expected a reply, got ${JSON.stringify(r.error)}`);
+  return r.frames[r.frames.length - 1];
+};
+
+test('ComputeId equals `cfs oci compute-id`; xattrs mode and unknown images', async () => {
+  const src = path.join(work, 'src');
+  const cli = cfsOk(['--repo', src, 'oci', 'compute-id', 'app']).stdout.trim();
+  const manifest = (JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout) as { manifestDigest: string }).manifestDigest;
+  const r = await calls<{ image_id: string }>(src, [
+    [`${OCI}.ComputeId`, { image: 'app', bootable: false }],
+    [`${OCI}.ComputeId`, { image: `@${manifest}`, bootable: false, xattrs: 'KeepUserXattrs' }],
+    [`${OCI}.ComputeId`, { image: 'app', bootable: false, verity: 'sha512' }],
+    [`${OCI}.ComputeId`, { image: 'nope', bootable: false }],
+    [`${OCI}.ComputeId`, { image: 'app', bootable: false, xattrs: 'Everything' }],
+    [`${OCI}.ComputeId`, { image: 'app', bootable: true }],
+  ]);
+  assert.equal(last(r[0]).image_id, cli);
+  assert.equal(last(r[1]).image_id, cli, 'no user.* xattrs in this image: same id');
+  assert.match(last(r[2]).image_id, /^[0-9a-f]{128}$/);
+  assert.equal(r[3].error?.error, `${OCI}.NoSuchImage`);
+  assert.equal(r[4].error?.error, `${OCI}.InvalidRequest`);
+  assert.match(String(r[5].error?.parameters.message), /needs a \/boot directory/);
+});
+
+test('OciMount returns a detached mount fd of the image (by tag and by manifest digest)', async () => {
+  const src = path.join(work, 'src');
+  const manifest = (JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout) as { manifestDigest: string }).manifestDigest;
+  const expect = createHash('sha256').update(Buffer.alloc(200_000, 'a')).digest('hex');
+  for (const image of ['app', manifest]) {
+    const r = await client<{ fds: number; root: string[]; sha256: string }>('ocimount', sock, src, image, 'usr/a', 'plain');
+    assert.deepEqual([r.fds, r.root, r.sha256], [1, ['etc', 'usr'], expect]);
+  }
+  const e = await calls(src, [
+    [`${OCI}.OciMount`, { image: 'nope', bootable: false, options: {} }],
+    [`${OCI}.OciMount`, { image: 'app', bootable: true, options: {} }],
+  ]);
+  assert.equal(e[0].error?.error, `${OCI}.NoSuchImage`);
+  assert.deepEqual([e[1].error?.error, /No composefs EROFS image linked/.test(String(e[1].error?.parameters.message))], [`${OCI}.InternalError`, true]);
+});
+
+test('Pull with bootable records the boot image; xattrs and expected_digest choose its mode', async () => {
+  const bootLayers: EntrySpec[][] = [
+    [
+      { path: 'usr/', type: 'directory', mtime: T + 5 },
+      { path: 'usr/bin/', type: 'directory', mtime: T },
+      { path: 'usr/bin/tool', content: Buffer.alloc(5000, 't'), mtime: T, xattrs: { 'user.note': 'kept only with KeepUserXattrs' } },
+      { path: 'boot/', type: 'directory', mtime: T },
+      { path: 'boot/initrd', content: Buffer.alloc(3000, 'i'), mtime: T },
+      { path: 'sysroot/', type: 'directory', mtime: T },
+      { path: 'etc/', type: 'directory', mtime: T },
+    ],
+  ];
+  const built = await buildOciLayout(path.join(work, 'bootimg'), { images: [{ tag: 'b1', layers: bootLayers }] });
+  const ref = `oci:${built.dir}:b1`;
+  const dst = repo('boot-pulled');
+  type Completed = { completed?: { manifest_digest: string; boot_image?: string; boot_image_mode?: string; boot_image_format_version?: string; config_verity: string } };
+  const pulls = await calls<Completed & { image_id?: string }>(dst, [
+    [`${OCI}.Pull`, { image: ref, name: 'plain', local_fetch: 'if-possible' }],
+    [`${OCI}.Pull`, { image: ref, expected_digest: '0'.repeat(64) }],
+    [`${OCI}.Pull`, { image: ref, bootable: true, xattrs: 'AllowlistOnly', expected_digest: '0'.repeat(64) }],
+    [`${OCI}.Pull`, { image: ref, bootable: true, expected_digest: 'sha256:xyz' }],
+    [`${OCI}.ComputeId`, { image: 'plain', bootable: true }],
+    [`${OCI}.ComputeId`, { image: 'plain', bootable: true, xattrs: 'KeepUserXattrs' }],
+    [`${OCI}.Pull`, { image: ref, name: 'boot', bootable: true }, true],
+    [`${OCI}.Pull`, { image: ref, bootable: true, expected_digest: 'f'.repeat(64) }],
+  ]);
+  const plain = last(pulls[0]).completed!;
+  assert.equal(plain.boot_image, undefined);
+  assert.equal(pulls[1].error?.error, `${OCI}.InvalidRequest`);
+  assert.equal(pulls[2].error?.error, `${OCI}.InvalidRequest`);
+  assert.equal(pulls[3].error?.error, `${OCI}.InvalidDigest`);
+  const allow = last(pulls[4]).image_id!;
+  const keep = last(pulls[5]).image_id!;
+  assert.notEqual(allow, keep, 'the user.* xattr changes the image');
+  const boot = last(pulls[6]).completed!;
+  assert.deepEqual([boot.boot_image, boot.boot_image_mode], [allow, 'AllowlistOnly']);
+  assert.match(boot.boot_image_format_version ?? '', /^V[12]$/);
+  assert.notEqual(boot.config_verity, plain.config_verity, 'the config stream now names the boot image');
+  assert.ok(existsSync(path.join(dst, 'images', allow)));
+  assert.deepEqual(pulls[7].error?.error, `${OCI}.BootImageMismatch`);
+  assert.deepEqual(pulls[7].error?.parameters, { expected: 'f'.repeat(64), tried: [allow, keep] });
+
+  // expected_digest picks the mode whose boot image matches; xattrs names it directly.
+  const more = await calls<Completed>(dst, [
+    [`${OCI}.Pull`, { image: ref, bootable: true, expected_digest: keep }],
+    [`${OCI}.Pull`, { image: ref, bootable: true, xattrs: 'KeepUserXattrs' }],
+    [`${OCI}.Pull`, { image: ref, bootable: true, expected_digest: allow }],
+  ]);
+  assert.deepEqual([last(more[0]).completed!.boot_image, last(more[0]).completed!.boot_image_mode], [keep, 'KeepUserXattrs']);
+  assert.deepEqual([last(more[1]).completed!.boot_image, last(more[1]).completed!.boot_image_mode], [keep, 'KeepUserXattrs']);
+  assert.deepEqual([last(more[2]).completed!.boot_image, last(more[2]).completed!.boot_image_mode], [allow, 'AllowlistOnly']);
+
+  // The recorded boot image mounts: /boot emptied; the plain image still has its files.
+  const tool = createHash('sha256').update(Buffer.alloc(5000, 't')).digest('hex');
+  const b = await client<{ root: string[]; boot: string[]; sha256: string }>('ocimount', sock, dst, 'boot', 'usr/bin/tool', 'bootable');
+  assert.deepEqual([b.root, b.boot, b.sha256], [['boot', 'etc', 'sysroot', 'usr'], [], tool]);
+  const pl = await client<{ boot: string[] }>('ocimount', sock, dst, 'boot', 'usr/bin/tool', 'plain');
+  assert.deepEqual(pl.boot, ['initrd']);
+  assert.deepEqual(repoProblems(dst), []);
+});

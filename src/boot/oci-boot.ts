@@ -64,10 +64,13 @@ async function rewriteStream(
   return id;
 }
 
-/** Record a boot image in the config stream's named refs (and re-point the manifest at it). */
-export async function recordBootImage(repo: Repository, img: StoredImage, imageHex: string, erofsVersion: number): Promise<void> {
+/**
+ * Record a boot image in the config stream's named refs (and re-point the manifest at it).
+ * `refName` differs from the default for other xattr modes (`….xattrs=<mode>`).
+ */
+export async function recordBootImage(repo: Repository, img: StoredImage, imageHex: string, erofsVersion: number, refName = bootRefName(erofsVersion)): Promise<void> {
   const configStream = await rewriteStream(repo, configContentId(img.configDigest), (refs) => {
-    refs.set(bootRefName(erofsVersion), Buffer.from(imageHex, 'hex'));
+    refs.set(refName, Buffer.from(imageHex, 'hex'));
   });
   await rewriteStream(repo, manifestContentId(img.manifestDigest), (refs) => {
     refs.set(`config:${img.configDigest}`, configStream);

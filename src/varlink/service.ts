@@ -8,10 +8,11 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CfsError, isCfsError } from '../errors.js';
-import { Repository, initRepository } from '../repository/repository.js';
+import { Repository, initRepository, type ImageHandle } from '../repository/repository.js';
 import { resolveRepositoryPath } from '../repository/location.js';
 import { parseAlgorithm } from '../repository/meta.js';
 import type { ProgressSink } from '../progress/events.js';
+import type { LocalFetch } from '../oci/import.js';
 import { layerContentId } from '../tar/split.js';
 import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
@@ -20,6 +21,7 @@ import { VarlinkError, type Params } from './protocol.js';
 import { closeQuietly } from './transport.js';
 import { dirRegion, FDS_PER_FRAME, frameSizes, layoutSeed, lifetimeDummies, openDummy } from './fdlayout.js';
 import { native } from '../native.js';
+import { bootRef, buildStoredErofs, formatVersionName, imageIdOf, parseXattrMode, recordedBootImage, XATTR_MODES, type XattrMode } from './oci-images.js';
 
 const REPO = 'org.composefs.Repository';
 const OCI = 'org.composefs.Oci';
@@ -50,6 +52,22 @@ const errorFor = (iface: string) => (e: unknown): VarlinkError => {
 };
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+
+/** The optional `xattrs` parameter of ComputeId and Pull. */
+function xattrMode(p: Params): XattrMode | undefined {
+  const v = p.optStr('xattrs');
+  if (v === undefined) return undefined;
+  const m = parseXattrMode(v);
+  if (!m) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `unknown xattrs mode '${v}' (${XATTR_MODES.join(' or ')})` });
+  return m;
+}
+
+/** Pull's `local_fetch`: anything unrecognised means disabled (brief 5.6). */
+function localFetchOf(v: string | undefined): LocalFetch {
+  if (v === 'auto' || v === 'if-possible') return 'auto';
+  if (v === 'zerocopy' || v === 'zero-copy') return 'zerocopy';
+  return 'disabled';
+}
 
 function createdOf(config: Buffer): string | null {
   const v = (JSON.parse(config.toString('utf8')) as { created?: unknown }).created;
@@ -164,10 +182,6 @@ export class ComposefsService {
       Mount: async (p, ctx) => {
         const repo = this.repo(REPO, p);
         const name = p.str('name');
-        const options = p.obj('options');
-        const overlay = options.bool('overlay');
-        const want = overlay ? 2 : 0;
-        if (ctx.fds.length !== want) throw E('InvalidSpec', { message: `Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}` });
         let image;
         try {
           image = await repo.openImage(name);
@@ -175,20 +189,30 @@ export class ComposefsService {
           if (isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchRef', { reference: name });
           throw e;
         }
-        const { openComposefsMount } = await import('../mount/kernel.js');
-        const mnt = openComposefsMount({
-          image: image.path,
-          objectsDir: path.join(repo.path, 'objects'),
-          source: `composefs:${name}`,
-          verity: image.verityRequired ? 'require' : 'off',
-          expectedDigest: image.imageId,
-          upperdir: overlay ? `/proc/self/fd/${ctx.fds[0]}` : undefined,
-          workdir: overlay ? `/proc/self/fd/${ctx.fds[1]}` : undefined,
-          readWrite: overlay && options.bool('read_write'),
-        });
-        return new FinalReply({ fd_index: 0 }, [mnt], () => closeQuietly(mnt));
+        return this.detachedMount(repo, image, name, p.obj('options'), ctx, (message) => E('InvalidSpec', { message }));
       },
     };
+  }
+
+  /** Mount and Oci.OciMount: the detached composefs mount of an image, returned as fd 0. */
+  private async detachedMount(
+    repo: Repository, image: ImageHandle, label: string, options: Params, ctx: CallContext, badFds: (message: string) => VarlinkError,
+  ): Promise<FinalReply> {
+    const overlay = options.bool('overlay');
+    const want = overlay ? 2 : 0;
+    if (ctx.fds.length !== want) throw badFds(`Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}`);
+    const { openComposefsMount } = await import('../mount/kernel.js');
+    const mnt = openComposefsMount({
+      image: image.path,
+      objectsDir: path.join(repo.path, 'objects'),
+      source: `composefs:${label}`,
+      verity: image.verityRequired ? 'require' : 'off',
+      expectedDigest: image.imageId,
+      upperdir: overlay ? `/proc/self/fd/${ctx.fds[0]}` : undefined,
+      workdir: overlay ? `/proc/self/fd/${ctx.fds[1]}` : undefined,
+      readWrite: overlay && options.bool('read_write'),
+    });
+    return new FinalReply({ fd_index: 0 }, [mnt], () => closeQuietly(mnt));
   }
 
   private ociMethods(): Record<string, Handler> {
@@ -259,6 +283,30 @@ export class ComposefsService {
         return {};
       },
       Pull: async (p, ctx) => this.pull(p, ctx),
+      ComputeId: async (p) => {
+        const repo = this.repo(OCI, p);
+        const img = await openImage(repo, p.str('image'));
+        const verity = p.optStr('verity');
+        let alg = repo.alg;
+        if (verity !== undefined) {
+          try {
+            alg = verity === 'sha256' || verity === 'sha512' ? verity : parseAlgorithm(verity);
+          } catch (e) {
+            throw E('InvalidRequest', { message: (e as Error).message });
+          }
+        }
+        if (img.artifact) throw E('InvalidRequest', { message: `image '${p.str('image')}' is an OCI artifact, not a container image` });
+        const erofs = await buildStoredErofs(repo, img, { bootable: p.bool('bootable'), mode: xattrMode(p) ?? 'AllowlistOnly' });
+        return { image_id: imageIdOf(erofs, alg) };
+      },
+      OciMount: async (p, ctx) => {
+        const repo = this.repo(OCI, p);
+        const name = p.str('image');
+        const img = await openImage(repo, name);
+        const hex = p.bool('bootable') ? await recordedBootImage(repo, img, bootRef(repo.erofsFormats.default, 'AllowlistOnly')) : img.imageId;
+        if (hex === null) throw E('InternalError', { message: `No composefs EROFS image linked${p.bool('bootable') ? ' (boot image: pull with bootable first)' : ''} for '${name}'` });
+        return this.detachedMount(repo, await repo.openImage(hex), name, p.obj('options'), ctx, (message) => E('InvalidRequest', { message }));
+      },
       Check: async (p) => {
         const repo = this.repo(OCI, p);
         const { fsck, fsckReportJson } = await import('../repository/fsck.js');
@@ -281,6 +329,16 @@ export class ComposefsService {
     const repo = this.repo(OCI, p);
     const image = p.str('image');
     const name = p.optStr('name');
+    const bootable = p.bool('bootable');
+    const mode = xattrMode(p);
+    const expected = p.optStr('expected_digest');
+    if (expected !== undefined) {
+      if (!bootable) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: 'expected_digest needs bootable' });
+      if (mode !== undefined) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: 'expected_digest and xattrs exclude each other (every xattrs mode is tried)' });
+      if (!new RegExp(`^[0-9a-f]{${repo.alg === 'sha256' ? 64 : 128}}$`).test(expected)) {
+        throw new VarlinkError(`${OCI}.InvalidDigest`, { message: `invalid expected_digest '${expected}' (expected ${repo.alg} fs-verity digest as hex)` });
+      }
+    }
     const send = (field: string, value: unknown): void => {
       void ctx.reply({ [field]: value });
     };
@@ -294,27 +352,56 @@ export class ComposefsService {
     const { openImageSource } = await import('../oci/sources.js');
     const { importImage } = await import('../oci/import.js');
     const { manifestContentId, configContentId } = await import('../oci/stored.js');
+    let completed: Record<string, unknown>;
     try {
       const src = await openImageSource(image);
       try {
-        const r = await importImage(repo, src, { name, progress });
-        const mv = await repo.hasStream(manifestContentId(r.manifestDigest));
-        const cv = await repo.hasStream(configContentId(r.configDigest));
-        return {
-          completed: {
-            manifest_digest: r.manifestDigest,
-            config_digest: r.configDigest,
-            manifest_verity: mv?.toString('hex') ?? '',
-            config_verity: cv?.toString('hex') ?? '',
-            stats: `${r.layersImported} layers imported, ${r.layersSkipped} already present`,
-          },
+        const r = await importImage(repo, src, { name, progress, localFetch: localFetchOf(p.optStr('local_fetch')) });
+        completed = {
+          manifest_digest: r.manifestDigest,
+          config_digest: r.configDigest,
+          stats: `${r.layersImported} layers imported, ${r.layersSkipped} already present`,
         };
       } finally {
         await src.close();
       }
+      if (bootable) Object.assign(completed, await this.bootImage(repo, `@${String(completed.manifest_digest)}`, mode, expected, progress));
+      // After any boot image rewrite: the streams' current verities.
+      completed.manifest_verity = (await repo.hasStream(manifestContentId(String(completed.manifest_digest))))?.toString('hex') ?? '';
+      completed.config_verity = (await repo.hasStream(configContentId(String(completed.config_digest))))?.toString('hex') ?? '';
     } catch (e) {
+      if (e instanceof VarlinkError) throw e;
       throw new VarlinkError(`${OCI}.InternalError`, { message: (e as Error).message });
     }
+    return { completed };
+  }
+
+  /**
+   * Pull with bootable: the boot image for `mode` (default AllowlistOnly), recorded in the
+   * config stream unless already there. With `expected`, every mode is tried and the one whose
+   * image id matches is recorded; none matching is BootImageMismatch.
+   */
+  private async bootImage(repo: Repository, ref: string, mode: XattrMode | undefined, expected: string | undefined, progress: ProgressSink): Promise<Record<string, unknown>> {
+    const { openStoredImage } = await import('../oci/stored.js');
+    const { recordBootImage } = await import('../boot/oci-boot.js');
+    const erofsVersion = repo.erofsFormats.default;
+    const img = await openStoredImage(repo, ref, erofsVersion);
+    const tried: string[] = [];
+    for (const m of mode ? [mode] : expected ? XATTR_MODES : (['AllowlistOnly'] as const)) {
+      const refName = bootRef(erofsVersion, m);
+      let hex = await recordedBootImage(repo, img, refName);
+      if (hex === null || (expected !== undefined && hex !== expected)) {
+        progress.message(`Building boot image (${m})`);
+        const erofs = await buildStoredErofs(repo, img, { bootable: true, mode: m });
+        hex = imageIdOf(erofs, repo.alg);
+        tried.push(hex);
+        if (expected !== undefined && hex !== expected) continue;
+        await repo.writeImage(erofs);
+        await recordBootImage(repo, img, hex, erofsVersion, refName);
+      }
+      return { boot_image: hex, boot_image_mode: m, boot_image_format_version: formatVersionName(erofsVersion) };
+    }
+    throw new VarlinkError(`${OCI}.BootImageMismatch`, { expected, tried });
   }
 
   /** Reply fds (brief 5.2): the producer writes into a socketpair, the client gets the other end. */

@@ -407,6 +407,41 @@ def cmd_pull(sock, repo, image, name):
     }
 
 
+def cmd_calls(sock, repo, calls):
+    """Run a JSON list of [method, parameters, more?] on one connection with the repository's
+    handle put in as "handle"; each result is {"frames": [...]} or {"error": reply}."""
+    c = Conn(sock)
+    h = open_repo(c, repo)
+    out = []
+    for method, params, *more in json.loads(calls):
+        try:
+            frames = c.call(method, dict(params, handle=h), more=bool(more and more[0]))
+            for _, fl in frames:
+                for fd in fl:
+                    os.close(fd)
+            out.append({"frames": [p for p, _ in frames]})
+        except VarlinkError as e:
+            out.append({"error": e.reply})
+    return out
+
+
+def cmd_ocimount(sock, repo, image, path, bootable):
+    """OciMount; list the root and hash `path` through the returned detached mount fd."""
+    c = Conn(sock)
+    h = open_repo(c, repo)
+    frames = c.call("org.composefs.Oci.OciMount", {"handle": h, "image": image, "bootable": bootable == "bootable", "options": {}})
+    (params, rfds), = frames
+    mnt = rfds[params["fd_index"]]
+    out = {"fds": len(rfds)}
+    out["root"] = sorted(os.listdir("/proc/self/fd/%d" % mnt))
+    out["boot"] = sorted(os.listdir("/proc/self/fd/%d/boot" % mnt)) if "boot" in out["root"] else None
+    with open("/proc/self/fd/%d/%s" % (mnt, path), "rb") as f:
+        out["sha256"] = hashlib.sha256(f.read()).hexdigest()
+    for fd in rfds:
+        os.close(fd)
+    return out
+
+
 def read_all(fd):
     out = bytearray()
     while True:
@@ -416,7 +451,7 @@ def read_all(fd):
         out += b
 
 
-COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "copy": cmd_copy, "bad": cmd_bad}
+COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
