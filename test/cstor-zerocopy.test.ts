@@ -1,6 +1,6 @@
 /**
- * containers-storage local fetch: the segment importer writes exactly the split streams the byte
- * importer writes; `--local-fetch auto|zerocopy` links file contents instead of copying them,
+ * containers-storage local fetch: the layer's splitdirfdstream, through the consumer, writes
+ * exactly the split streams the byte importer writes; `--local-fetch auto|zerocopy` links file contents instead of copying them,
  * gives the same image as the oci: pull, and fails clearly when zero-copy is impossible (other
  * filesystem, non-local source), when a store file changed behind podman's back, and when a
  * rootless store holds a file the invoking user cannot read.
@@ -18,7 +18,7 @@ import { repoProblems } from './helpers/repo-check.js';
 import { checkoutUnreadableReason, ensureUnprivUser, openUpDir, runAsUser } from './helpers/unpriv.js';
 import { Repository } from '../src/repository/repository.js';
 import { importTarLayer } from '../src/tar/split.js';
-import { importTarSegments } from '../src/tar/split-segments.js';
+import { consumeLayerStream } from '../src/splitdirfdstream/consumer.js';
 import { openContainersStorageImage } from '../src/oci/cstor-source.js';
 import type { ImageToImport } from '../src/oci/import.js';
 
@@ -65,23 +65,29 @@ function diffFile(rel: string): string {
   throw new Error(`${rel} not found in ${base}`);
 }
 
-test('segment import writes the same split stream as the tar bytes, for every method', { skip: skip ?? false }, async () => {
+test('local layer streams store the same split stream as the tar bytes, hardlinked or reflinked', { skip: skip ?? false }, async () => {
   const img = await openFixtureImage();
   const dir = mkdtempSync(path.join(tmpdir(), 'cfs-zc-det-'));
   try {
-    const repos = await Promise.all(['bytes', 'auto', 'copy'].map((n) => Repository.init(path.join(dir, n), { insecure: true })));
+    const names = ['bytes', 'auto', 'zerocopy'];
+    const repos = await Promise.all(names.map((n) => Repository.init(path.join(dir, n), { insecure: true })));
     for (const layer of img.layers) {
-      const counts = { copied: 0, reflinked: 0, hardlinked: 0 };
       const fromBytes = await importTarLayer(repos[0], layer.open(() => undefined), { expectedDiffId: layer.id });
-      const auto = await importTarSegments(repos[1], layer.openSegments!(() => undefined), { expectedDiffId: layer.id, mode: 'auto', counts });
-      const copy = await importTarSegments(repos[2], layer.openSegments!(() => undefined), { expectedDiffId: layer.id, mode: 'copy' });
-      assert.deepEqual(auto, fromBytes);
-      assert.deepEqual(copy, fromBytes);
-      assert.ok(counts.hardlinked + counts.reflinked > 0, `layer ${layer.id}: nothing linked (${JSON.stringify(counts)})`);
-      assert.equal(counts.copied, 0);
+      for (const [i, zerocopy] of [[1, false], [2, true]] as const) {
+        const local = await layer.openLocal!();
+        try {
+          const r = await consumeLayerStream(repos[i], local.chunks, local.dirfds, { diffId: layer.id, zerocopy, localStore: true });
+          assert.deepEqual(r.streamId, fromBytes.streamId);
+          assert.equal(r.size, fromBytes.size);
+          assert.ok(r.objectsHardlinked + r.objectsReflinked > 0, `layer ${layer.id}: nothing linked (${JSON.stringify(r)})`);
+          assert.equal(r.objectsCopied, 0);
+        } finally {
+          await local.close();
+        }
+      }
     }
     for (const r of repos) r.close();
-    for (const n of ['bytes', 'auto', 'copy']) assert.deepEqual(repoProblems(path.join(dir, n)), []);
+    for (const n of names) assert.deepEqual(repoProblems(path.join(dir, n)), []);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -64,7 +64,7 @@ export function register(program: Command): void {
         out += `tagged ${name ?? source}\n`;
         await writeOut(out);
         const o = r.objects;
-        if (!opts.quiet) process.stderr.write(`objects: ${o.reflinked} reflinked + ${o.hardlinked} hardlinked + ${o.copied} copied\n`);
+        if (!opts.quiet) process.stderr.write(`objects: ${o.reflinked} reflinked + ${o.hardlinked} hardlinked + ${o.copied} copied${o.present ? ` (+ ${o.present} already present)` : ''}\n`);
       } finally {
         repo.close();
       }

@@ -1,22 +1,24 @@
 /**
  * containers-storage: images as ImageToImport. Each layer is offered two ways:
- *   open()          the exact tar, rebuilt from tar-split metadata and the store's diff files,
- *                   every file checked against its recorded size and CRC-64;
- *   openSegments()  the same tar as raw segments plus references to the diff files, so the
- *                   importer can reflink or hardlink contents into objects/ (local fetch).
- * Either way the tar importer checks the whole layer against its diff_id, so a file changed in
- * the store after podman imported it is caught.
+ *   open()       the exact tar, rebuilt from tar-split metadata and the store's diff files,
+ *                every file checked against its recorded size and CRC-64;
+ *   openLocal()  the same tar as a splitdirfdstream naming the diff files beneath directory
+ *                fds, so the importer can reflink or hardlink contents into objects/ (local
+ *                fetch) through the same consumer as copies and varlink PutLayer.
+ * Either way the whole layer is checked against its diff_id, so a file changed in the store
+ * after podman imported it is caught; a mismatch is explained by finding the changed file.
  *
  * Rootless stores: files are read as the invoking user. Files owned by mapped IDs that the user
  * cannot read fail with a message saying so (never skipped).
  */
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
-import { Crc64 } from './containers-storage/crc64.js';
 import { openStorageImage } from './containers-storage/image.js';
+import { findChangedFile, openStoreLayerStream } from './containers-storage/layer-stream.js';
 import type { ContainersStore } from './containers-storage/store.js';
-import { layerSegments, layerTarStream, type LayerSegment } from './containers-storage/tar-split.js';
-import type { ContentCheck, TarSegment } from '../tar/split-segments.js';
-import type { ImageToImport } from './import.js';
+import { layerTarStream } from './containers-storage/tar-split.js';
+import type { ImageToImport, LocalLayer } from './import.js';
 import type { SourceOptions } from './sources.js';
 
 export async function openContainersStorageImage(spec: string, _opts: SourceOptions): Promise<ImageToImport> {
@@ -33,7 +35,7 @@ export async function openContainersStorageImage(spec: string, _opts: SourceOpti
       size: l.uncompressedSize,
       kind: 'tar' as const,
       open: (progress: (n: number) => void) => explained(countBytes(layerTarStream(l.store, l.layerId), progress), l.store),
-      openSegments: (progress: (n: number) => void) => explained(tarSegments(l.store, l.layerId, progress), l.store),
+      openLocal: () => openLocal(l.store, l.layerId),
     })),
     close: async () => undefined,
   };
@@ -43,14 +45,17 @@ function unreadableHint(store: ContainersStore): string {
   return `the store ${store.root} is rootless or belongs to another user; run as its owner inside \`podman unshare\`, or as root`;
 }
 
+function isDenied(e: unknown): boolean {
+  const code = errnoCode(e);
+  return isCfsError(e) ? e.code === 'EPERM' || /\b(EACCES|EPERM)\b|permission denied/i.test(e.message) : code === 'EACCES' || code === 'EPERM';
+}
+
 /** Permission errors of the store's own reads, explained (the importer explains its reads). */
 async function* explained<T>(src: AsyncIterable<T>, store: ContainersStore): AsyncGenerator<T> {
   try {
     yield* src;
   } catch (e) {
-    const code = errnoCode(e);
-    const denied = isCfsError(e) ? /\b(EACCES|EPERM)\b|permission denied/i.test(e.message) : code === 'EACCES' || code === 'EPERM';
-    if (!denied) throw e;
+    if (!isDenied(e)) throw e;
     const what = isCfsError(e) ? e.message : `${(e as NodeJS.ErrnoException).path ?? ''}: permission denied`;
     throw new CfsError('EPERM', `${what}; ${unreadableHint(store)}`);
   }
@@ -65,31 +70,35 @@ async function* countBytes(src: AsyncIterable<Buffer>, progress: (n: number) => 
   }
 }
 
-/** CRC-64 of a file's content against the one tar-split recorded. */
-function crcCheck(layerId: string, seg: Extract<LayerSegment, { kind: 'file' }>): () => ContentCheck {
-  return () => {
-    const crc = new Crc64();
-    return {
-      update: (chunk) => void crc.update(chunk),
-      end: () => {
-        if (!crc.digest().equals(seg.crc64)) throw new CfsError('EDIGEST', `layer ${layerId}: ${seg.name} changed since import (crc64 mismatch)`);
-      },
-    };
+async function openLocal(store: ContainersStore, layerId: string): Promise<LocalLayer> {
+  const s = await openStoreLayerStream(store, layerId).catch((e: unknown) => {
+    throw isDenied(e) ? new CfsError('EPERM', `${(e as Error).message}; ${unreadableHint(store)}`) : e;
+  });
+  return {
+    dirfds: s.dirfds,
+    chunks: s.chunks,
+    close: () => s.close(),
+    explain: (e) => explainLocal(e, store, layerId),
   };
 }
 
-/** layerSegments as TarSegments; progress counts the tar bytes handed out. */
-async function* tarSegments(store: ContainersStore, layerId: string, progress: (n: number) => void): AsyncGenerator<TarSegment> {
+/** A failed local import, said in terms of the store: which file changed, which is unreadable. */
+async function explainLocal(e: unknown, store: ContainersStore, layerId: string): Promise<unknown> {
+  if (isCfsError(e) && e.code === 'EDIGEST') return (await findChangedFile(store, layerId).catch(() => null)) ?? e;
   const hint = unreadableHint(store);
-  let n = 0;
-  for await (const seg of layerSegments(store, layerId)) {
-    if (seg.kind === 'raw') {
-      n += seg.data.length;
-      yield seg;
-    } else {
-      n += seg.size;
-      yield { kind: 'file', path: seg.path, name: seg.name, size: seg.size, check: crcCheck(layerId, seg), unreadableHint: hint };
-    }
-    progress(n);
+  if (!isDenied(e) || (e as Error).message.includes(hint)) return e;
+  // The consumer names a file relative to a layer directory: show where it is and who owns it.
+  const m = isCfsError(e) ? /cannot open "([^"]+)"/.exec(e.message) : null;
+  if (!m) {
+    const what = isCfsError(e) ? e.message : `${(e as NodeJS.ErrnoException).path ?? ''}: permission denied`;
+    return new CfsError('EPERM', `${what}; ${hint}`);
   }
+  let detail = '';
+  for (const dir of await store.layerSearchDirs(layerId)) {
+    const st = await stat(path.join(dir, m[1])).catch(() => null);
+    if (!st) continue;
+    detail = ` (${path.join(dir, m[1])}, owned by uid ${st.uid} gid ${st.gid}, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`;
+    break;
+  }
+  return new CfsError('EPERM', `layer ${layerId}: cannot read ${m[1]}${detail}: permission denied; ${hint}`);
 }

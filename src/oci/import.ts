@@ -14,7 +14,7 @@ import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
 import { importTarLayer, layerContentId, noObjects, type ObjectCounts } from '../tar/split.js';
-import { importTarSegments, type TarSegment } from '../tar/split-segments.js';
+import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import { buildImageFromLayers } from './image-build.js';
 import { configContentId, imageRefName, manifestContentId, openStoredImage, tagImage } from './stored.js';
@@ -30,10 +30,19 @@ export interface LayerToImport {
   open(progress: (bytesRead: number) => void): AsyncIterable<Uint8Array>;
   /**
    * Tar layers whose member contents are files on this machine (containers-storage): the same
-   * tar as raw segments plus file references, so contents can be reflinked or hardlinked into
-   * objects/. Used instead of open() unless local fetch is disabled.
+   * tar as a splitdirfdstream naming those files, so contents can be reflinked or hardlinked
+   * into objects/. Used instead of open() unless local fetch is disabled.
    */
-  openSegments?(progress: (bytesRead: number) => void): AsyncIterable<TarSegment>;
+  openLocal?(): Promise<LocalLayer>;
+}
+
+/** A layer as a splitdirfdstream plus the directory fds its file-backed chunks name. */
+export interface LocalLayer {
+  dirfds: number[];
+  chunks: AsyncIterable<Buffer>;
+  close(): Promise<void>;
+  /** A failure of the import, said in the source's terms (which file changed, …). */
+  explain(e: unknown): Promise<unknown>;
 }
 
 /**
@@ -110,7 +119,7 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
     }
   }
   const localFetch = opts.localFetch ?? 'disabled';
-  const lacking = todo.find((l) => l.kind === 'tar' && !l.openSegments);
+  const lacking = todo.find((l) => l.kind === 'tar' && !l.openLocal);
   if (localFetch === 'zerocopy' && lacking) {
     throw new CfsError('ENOTSUP', `zero-copy import impossible: layer ${lacking.id} of ${img.description} is not available as local files (only containers-storage: sources are)`);
   }
@@ -128,8 +137,8 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
         };
         let streamId: Buffer;
         const tarOpts = { expectedDiffId: layer.id, layerName: layer.id, counts: objects };
-        if (layer.kind === 'tar' && layer.openSegments && localFetch !== 'disabled') {
-          streamId = (await importTarSegments(repo, layer.openSegments(onRead), { ...tarOpts, mode: localFetch })).streamId;
+        if (layer.kind === 'tar' && layer.openLocal && localFetch !== 'disabled') {
+          streamId = await importLocal(repo, layer, layer.openLocal, localFetch === 'zerocopy', onRead, objects);
         } else if (layer.kind === 'tar') {
           streamId = (await importTarLayer(repo, layer.open(onRead), tarOpts)).streamId;
         } else {
@@ -141,6 +150,25 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
     ),
   );
   return { streams, imported: todo.length, skipped, objects };
+}
+
+/** A layer whose contents are local files: through the splitdirfdstream consumer. */
+async function importLocal(
+  repo: Repository, layer: LayerToImport, openLocal: () => Promise<LocalLayer>, zerocopy: boolean, onRead: (n: number) => void, objects: ObjectCounts,
+): Promise<Buffer> {
+  const local = await openLocal();
+  try {
+    const r = await consumeLayerStream(repo, local.chunks, local.dirfds, { diffId: layer.id, zerocopy, localStore: true, onProgress: onRead });
+    objects.reflinked += r.objectsReflinked;
+    objects.hardlinked += r.objectsHardlinked;
+    objects.copied += r.objectsCopied;
+    objects.present += r.objectsAlreadyPresent;
+    return r.streamId;
+  } catch (e) {
+    throw await local.explain(e);
+  } finally {
+    await local.close();
+  }
 }
 
 /** A non-tar blob: one object, referenced by a single external chunk (brief 3.6). */

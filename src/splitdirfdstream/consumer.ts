@@ -2,7 +2,7 @@
  * splitdirfdstream → layer split stream in a repository (brief 5.3, PutLayer, copy).
  *
  * The consumer does not trust the producer's chunking: it re-splits the reconstructed bytes by
- * tar structure, exactly as a tar import does (headers, padding, metadata and files of at most
+ * tar structure with the tar importer's own state machine (headers, padding, metadata and files of at most
  * 64 bytes inline; larger file contents as objects). A FileBackedData chunk that covers exactly
  * one large file's content is stored without copying where possible (see place.ts); any other
  * chunking is read and re-split. The sha256 (or the diff_id's algorithm) of all bytes must equal
@@ -12,16 +12,14 @@
  * fds (another repository, containers-storage) feeds the same consumer.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { closeSync, read as fsRead } from 'node:fs';
+import { closeSync, read as fsRead, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
-import { INLINE_CONTENT_MAX } from '../tar/entry.js';
-import { BLOCK_SIZE, isZeroBlock, roundUp } from '../tar/header.js';
-import { TarEntryParser } from '../tar/parser.js';
-import { layerContentId } from '../tar/split.js';
+import { TarEntryParser, type ParsedEntry } from '../tar/parser.js';
+import { copyContent, layerContentId, splitTar, type TarInput } from '../tar/split.js';
 import { SplitdirfdReader } from './reader.js';
 import { checkDirSlot, openBeneath, type OpenedFile } from './open.js';
 import { emptyPlaceStats, ObjectPlacer, type PlaceStats } from './place.js';
@@ -36,6 +34,8 @@ export interface ConsumeOptions {
   kind?: 'tar' | 'blob';
   /** Fail instead of copying when neither reflink nor hardlink works. */
   zerocopy?: boolean;
+  /** The dirfds belong to a local image store cfs opened itself (place.ts: any owner, any name). */
+  localStore?: boolean;
   /** Called with the number of stream bytes reconstructed so far. */
   onProgress?: (bytes: number) => void;
 }
@@ -50,7 +50,7 @@ export interface ConsumeResult extends PlaceStats {
 type Segment = { kind: 'bytes' } | { kind: 'file'; file: OpenedFile; length: number; pos: number };
 
 /** The reconstructed byte stream, hashed as it is read, with access to whole file chunks. */
-class LogicalSource {
+class LogicalSource implements TarInput {
   readonly hash: Hash;
   total = 0;
   private seg: Segment | null = null;
@@ -62,6 +62,10 @@ class LogicalSource {
     hashAlg: string, private readonly onProgress?: (n: number) => void,
   ) {
     this.hash = createHash(hashAlg);
+  }
+
+  get position(): number {
+    return this.total;
   }
 
   count(b: Buffer): void {
@@ -80,7 +84,8 @@ class LogicalSource {
       return b;
     }
     const buf = Buffer.allocUnsafe(Math.min(max, s.length - s.pos, COPY_CHUNK));
-    const { bytesRead } = await readFd(s.file.fd, buf, 0, buf.length, s.pos);
+    // Small files synchronously: page-cached, the promise round trip costs more than the read.
+    const bytesRead = s.length <= COPY_CHUNK ? readSync(s.file.fd, buf, 0, buf.length, s.pos) : (await readFd(s.file.fd, buf, 0, buf.length, s.pos)).bytesRead;
     if (bytesRead === 0) throw new CfsError('EIO', `${s.file.name}: file is shorter than the declared ${s.length} bytes`);
     s.pos += bytesRead;
     const b = buf.subarray(0, bytesRead);
@@ -183,15 +188,16 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
     return { streamId: existing, alreadyPresent: true, size: 0, ...emptyPlaceStats() };
   }
   await repo.ensureWritable();
-  const placer = new ObjectPlacer(repo, !!opts.zerocopy);
+  const placer = new ObjectPlacer(repo, { zerocopy: !!opts.zerocopy, localStore: opts.localStore });
   const src = new LogicalSource(reader, what, dirfds, alg, opts.onProgress);
   const kind = opts.kind ?? 'tar';
   const w = new SplitStreamWriter(repo, { contentType: kind === 'tar' ? CONTENT_TYPES.layer : CONTENT_TYPES.blob });
   try {
-    if (kind === 'tar') await splitTar(src, w, placer, repo, opts.diffId);
+    if (kind === 'tar') await splitTar(src, w, new TarEntryParser(opts.diffId), opts.diffId, (e) => contentObject(src, placer, repo, e, opts.diffId));
     else await storeBlob(src, w, placer, repo);
   } finally {
     src.close();
+    placer.close();
   }
   const actual = `${alg}:${src.hash.digest('hex')}`;
   if (actual !== opts.diffId) throw new CfsError('EDIGEST', `layer ${opts.diffId}: diff_id mismatch: reconstructed stream has ${actual}`, { expected: opts.diffId, actual });
@@ -200,74 +206,16 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   return { streamId, alreadyPresent: false, size: src.total, ...placer.stats };
 }
 
-/** A file content of `size` bytes (> 64) as an object: zero-copy for a matching file chunk. */
-async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Repository, size: number, what: string): Promise<Buffer> {
-  const whole = await src.wholeFile(size);
+/** A file content (> 64 bytes) as an object: zero-copy for a matching whole file chunk. */
+async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Repository, e: ParsedEntry, name: string): Promise<Buffer> {
+  const whole = await src.wholeFile(e.dataSize);
   if (whole) {
     const id = await placer.place(whole.file, whole.length, (b) => src.count(b));
     src.takeWholeFile();
     return id;
   }
-  const ow = repo.createObjectWriter();
-  try {
-    for (let left = size; left > 0; ) {
-      const b = await src.readUpTo(Math.min(left, COPY_CHUNK));
-      if (b.length === 0) throw new CfsError('EINVAL', `unexpected end of stream in ${what}`);
-      await ow.write(b);
-      left -= b.length;
-    }
-  } catch (e) {
-    ow.abort();
-    throw e;
-  }
   placer.stats.objectsCopied++;
-  return ow.commit();
-}
-
-async function splitTar(src: LogicalSource, w: SplitStreamWriter, placer: ObjectPlacer, repo: Repository, name: string): Promise<void> {
-  const parser = new TarEntryParser(name);
-  const eofIn = (what: string): CfsError => new CfsError('EINVAL', `layer ${name}: unexpected end of stream ${what} at offset ${src.total}`);
-  const inline = async (n: number, what: string, keep: boolean): Promise<Buffer | null> => {
-    const kept: Buffer[] = [];
-    for (let left = n; left > 0; ) {
-      const b = await src.readUpTo(Math.min(left, COPY_CHUNK));
-      if (b.length === 0) throw eofIn(what);
-      w.writeInline(b);
-      if (keep) kept.push(Buffer.from(b));
-      left -= b.length;
-    }
-    return keep ? Buffer.concat(kept, n) : null;
-  };
-  for (;;) {
-    let block = await src.readExact(BLOCK_SIZE);
-    if (block.length === 0) break;
-    if (block.length < BLOCK_SIZE) throw eofIn('in a tar header');
-    w.writeInline(block);
-    if (isZeroBlock(block)) {
-      const next = await src.readExact(BLOCK_SIZE);
-      w.writeInline(next);
-      if (next.length === BLOCK_SIZE && !isZeroBlock(next)) block = next;
-    }
-    if (isZeroBlock(block)) {
-      // End of archive: every remaining byte stays inline, as on import.
-      for (let b = await src.readUpTo(COPY_CHUNK); b.length > 0; b = await src.readUpTo(COPY_CHUNK)) w.writeInline(b);
-      break;
-    }
-    const h = parser.header(block);
-    if (h.kind === 'meta') {
-      parser.metaData((await inline(h.dataSize, 'in tar metadata', true))!);
-      await inline(roundUp(h.dataSize) - h.dataSize, 'in tar padding', false);
-      continue;
-    }
-    const e = h.entry;
-    if (e.type === 'file' && e.dataSize > INLINE_CONTENT_MAX) {
-      w.addExternal(await contentObject(src, placer, repo, e.dataSize, `tar entry ${e.path}`), e.dataSize);
-      await inline(roundUp(e.dataSize) - e.dataSize, `in the padding of ${e.path}`, false);
-    } else {
-      await inline(roundUp(e.dataSize), `in tar entry ${e.path}`, false);
-    }
-  }
-  parser.end();
+  return copyContent(repo, src, e, name);
 }
 
 /** An artifact blob: all bytes as one object. */

@@ -6,6 +6,8 @@ import { checkFileName } from './format.js';
 
 export interface OpenedFile {
   fd: number;
+  /** The directory fd it was opened beneath. */
+  dirfd: number;
   /** Name relative to its directory, as the stream gave it. */
   name: string;
   stat: Stats;
@@ -49,12 +51,14 @@ export function openBeneath(dirfd: number, rawName: Buffer, where: string): Open
     }
     if (fd < 0) fd = openSync(`/proc/self/fd/${dirfd}/${name}`, C.O_RDONLY | C.O_NOFOLLOW);
   } catch (e) {
-    throw new CfsError(errnoCode(e) === 'ENOENT' ? 'ENOENT' : 'EINVAL', `${where}: cannot open ${JSON.stringify(name)}: ${(e as Error).message}`);
+    const code = errnoCode(e);
+    const cfsCode = code === 'ENOENT' ? 'ENOENT' : code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EINVAL';
+    throw new CfsError(cfsCode, `${where}: cannot open ${JSON.stringify(name)}: ${(e as Error).message}`);
   }
   const stat = fstatSync(fd);
   if (!stat.isFile()) {
     closeSync(fd);
     throw new CfsError('EINVAL', `${where}: ${JSON.stringify(name)} is not a regular file`);
   }
-  return { fd, name, stat };
+  return { fd, dirfd, name, stat };
 }

@@ -1,13 +1,24 @@
 /**
  * Storing an existing file as a repository object (brief 1.7c): reflink, else hardlink, else
- * copy, the first that works. Zero-copy is used only for files nobody but this process's user
- * can change (owner = euid, no group/other write bit): the object's name is computed from a
- * read of the source, and a reflinked or hardlinked object keeps whatever the source holds.
- * Hardlinking also needs the source to be an object of the same hash algorithm: its name must
- * be `XX/YYYY…` of the digest just computed.
+ * copy, the first that works. The object's name is computed from a read of the source, and a
+ * reflinked or hardlinked object keeps whatever the source holds afterwards, so zero-copy is
+ * used only for files that cannot change behind our back:
+ *
+ *   client files (PutLayer, copy): owner = euid and no group/other write bit; hardlinking also
+ *     needs the source to be an object of the same hash algorithm (named `XX/YYYY…` of the
+ *     digest just computed), since the inode is then shared.
+ *   local store files (containers-storage, read by cfs itself): any owner and name. Hardlinks
+ *     share the store's inode: its mode, owner and mtime are the store's (composefs ignores
+ *     them: the image carries the metadata), and nothing in cfs rewrites objects. In a secure
+ *     repository fs-verity is enabled on that shared inode, which makes podman's file immutable
+ *     too; composefs-rs does the same, and podman never rewrites an image layer's files. When
+ *     the store's directory is another mount of objects/'s filesystem (podman bind-mounts
+ *     overlay/ onto itself), files are reached through a MountBridge.
+ *
+ * A method that fails for a reason that will not change (EOPNOTSUPP, EXDEV, EPERM, …) is not
+ * tried again for the same pair of filesystems.
  */
-import { closeSync, constants as C, fstatSync, openSync, read as fsRead, statSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { closeSync, constants as C, fstatSync, lstatSync, mkdirSync, openSync, read as fsRead, readSync, statSync } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { native } from '../native.js';
@@ -16,10 +27,13 @@ import { FsVerityHasher } from '../fsverity/digest.js';
 import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
+import { MountBridge } from '../repository/mount-bridge.js';
 import type { OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
 const READ_SIZE = 1024 * 1024;
+/** errnos after which a zero-copy method is given up for a pair of filesystems. */
+const PERMANENT = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EXDEV', 'EINVAL', 'EPERM', 'EACCES', 'EMLINK', 'ENOSYS', 'EISDIR']);
 
 export type PlaceMethod = 'reflinked' | 'hardlinked' | 'copied' | 'present';
 
@@ -34,65 +48,123 @@ export function emptyPlaceStats(): PlaceStats {
   return { objectsReflinked: 0, objectsHardlinked: 0, objectsCopied: 0, objectsAlreadyPresent: 0 };
 }
 
-/** Read [0, length) of fd, handing each piece to `onData`; fails when the file is shorter. */
-export async function readWhole(f: OpenedFile, length: number, onData: (b: Buffer) => void | Promise<void>): Promise<void> {
-  const buf = Buffer.allocUnsafe(Math.min(READ_SIZE, Math.max(length, 1)));
+export interface PlacerOptions {
+  /** Fail instead of copying when neither reflink nor hardlink works. */
+  zerocopy: boolean;
+  /** Files of a local image store cfs opened itself (see the module comment). */
+  localStore?: boolean;
+}
+
+/**
+ * Read [0, length) of the file, handing each piece to `onData` (the buffer is reused after the
+ * call returns, and after its promise settles); fails when the file is shorter. Files of at most
+ * one read are read synchronously: thousands of small files, page-cached, cost more in promise
+ * round trips than in syscalls.
+ */
+export async function readWhole(f: OpenedFile, length: number, onData: (b: Buffer) => void | Promise<void>, buf?: Buffer): Promise<void> {
+  const b = buf ?? Buffer.allocUnsafe(Math.min(READ_SIZE, Math.max(length, 1)));
+  const short = (pos: number): CfsError => new CfsError('EDIGEST', `${f.name}: file is shorter than the declared ${length} bytes (ends at ${pos})`);
+  if (length <= b.length) {
+    let pos = 0;
+    for (let n = 1; pos < length && n > 0; pos += n) n = readSync(f.fd, b, pos, length - pos, pos);
+    if (pos < length) throw short(pos);
+    await onData(b.subarray(0, length));
+    return;
+  }
   for (let pos = 0; pos < length; ) {
-    const { bytesRead } = await readFd(f.fd, buf, 0, Math.min(buf.length, length - pos), pos);
-    if (bytesRead === 0) throw new CfsError('EIO', `${f.name}: file is shorter than the declared ${length} bytes (ends at ${pos})`);
-    // The buffer is reused: onData must be done with the piece when its promise settles.
-    await onData(buf.subarray(0, bytesRead));
+    const { bytesRead } = await readFd(f.fd, b, 0, Math.min(b.length, length - pos), pos);
+    if (bytesRead === 0) throw short(pos);
+    await onData(b.subarray(0, bytesRead));
     pos += bytesRead;
   }
 }
 
 export class ObjectPlacer {
   readonly stats = emptyPlaceStats();
-  private readonly noReflink = new Set<string>();
-  private readonly noHardlink = new Set<string>();
+  private readonly objectsDir: string;
+  /** Why zero-copy methods are off, per `srcDev:dstDev` pair. */
+  private readonly noReflink = new Map<string, string>();
+  private readonly noHardlink = new Map<string, string>();
   private readonly dstDev: number;
   private readonly objectNameRe: RegExp;
+  private readonly buf = Buffer.allocUnsafe(READ_SIZE);
+  private bridge: MountBridge | null | undefined;
 
-  constructor(private readonly repo: Repository, private readonly zerocopy: boolean) {
-    this.dstDev = statSync(path.join(repo.path, 'objects')).dev;
+  constructor(private readonly repo: Repository, private readonly opts: PlacerOptions) {
+    this.objectsDir = path.join(repo.path, 'objects');
+    this.dstDev = statSync(this.objectsDir).dev;
     const hex = repo.hashSize * 2;
     this.objectNameRe = new RegExp(`^[0-9a-f]{2}/[0-9a-f]{${hex - 2}}$`);
+    if (repo.tmpfileUnsupported) this.noReflink.set(`*`, 'no O_TMPFILE in the repository');
+  }
+
+  /** Release the mount bridge, if one was made. */
+  close(): void {
+    this.bridge?.close();
+    this.bridge = null;
   }
 
   /**
    * Store the first `length` bytes of `f` (length = its size) as an object; every byte read is
-   * also given to `onData` (the caller's diff_id hash). Returns the object id.
+   * also given to `onData` once, in order (the caller's diff_id hash). Returns the object id.
    */
   async place(f: OpenedFile, length: number, onData: (b: Buffer) => void): Promise<Buffer> {
+    const local = !!this.opts.localStore;
+    if (f.stat.dev !== this.dstDev) {
+      return this.copy(f, length, onData, `zero-copy import impossible: ${f.name} is on a different filesystem than repository ${this.repo.path}`);
+    }
     const pair = `${f.stat.dev}:${this.dstDev}`;
-    const trusted = f.stat.uid === process.geteuid?.() && (f.stat.mode & 0o022) === 0;
-    const canReflink = trusted && !this.noReflink.has(pair);
-    const canHardlink = trusted && !this.noHardlink.has(pair) && this.objectNameRe.test(f.name);
-    if (!canReflink && !canHardlink) return this.copy(f, length, onData, trusted ? 'no zero-copy method works between these filesystems' : 'the file may be changed by another user');
+    const trusted = local || (f.stat.uid === process.geteuid?.() && (f.stat.mode & 0o022) === 0);
+    if (!trusted) return this.copy(f, length, onData, `${f.name} may be changed by another user`);
+    const canReflink = !this.noReflink.has(pair) && !this.noReflink.has('*');
+    const canHardlink = !this.noHardlink.has(pair) && (local || this.objectNameRe.test(f.name));
+    if (!canReflink && !canHardlink) return this.copy(f, length, onData, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`);
 
     const h = new FsVerityHasher(this.repo.alg);
     await readWhole(f, length, (b) => {
       onData(b);
       h.update(b);
-    });
+    }, this.buf);
     const id = h.digest();
-    if (await this.repo.hasObject(id)) {
+    if (lstatSync(path.join(this.objectsDir, objectRelPath(id)), { throwIfNoEntry: false })) {
       this.stats.objectsAlreadyPresent++;
       return id;
     }
-    if (canReflink && (await this.reflink(f, id, pair))) {
-      this.stats.objectsReflinked++;
-      return id;
+    // Another mount of the same filesystem: link through the bridge (local stores only).
+    const bridged = local ? this.reopenBridged(f) : null;
+    try {
+      const src = bridged ?? f.fd;
+      const dir = bridged === null ? this.objectsDir : this.bridge!.objectsDir;
+      if (canReflink && this.reflink(src, dir, f, id, pair)) {
+        this.stats.objectsReflinked++;
+        return id;
+      }
+      if (canHardlink && (local || f.name === objectRelPath(id)) && this.hardlink(src, dir, id, pair)) {
+        this.stats.objectsHardlinked++;
+        return id;
+      }
+    } finally {
+      if (bridged !== null) closeSync(bridged);
     }
-    if (canHardlink && f.name === objectRelPath(id) && (await this.hardlink(f, id, pair))) {
-      this.stats.objectsHardlinked++;
-      return id;
-    }
-    return this.copy(f, length, () => undefined, 'reflink and hardlink both failed');
+    // The caller's hash has seen the content already: copy without it, and require the same bytes.
+    const again = await this.copy(f, length, () => undefined, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`);
+    if (!again.equals(id)) throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
+    return id;
+  }
+
+  private why(m: Map<string, string>, pair: string): string {
+    return m.get(pair) ?? m.get('*') ?? 'not applicable';
+  }
+
+  private reopenBridged(f: OpenedFile): number | null {
+    if (this.bridge === undefined) this.bridge = MountBridge.open(this.objectsDir);
+    return this.bridge?.reopen(f.dirfd, f.name, f.stat) ?? null;
   }
 
   private async copy(f: OpenedFile, length: number, onData: (b: Buffer) => void, why: string): Promise<Buffer> {
-    if (this.zerocopy) throw new CfsError('ENOTSUP', `${f.name}: ${why}; copy fallback is disabled (zerocopy mode)`);
+    if (this.opts.zerocopy) {
+      throw new CfsError('ENOTSUP', why.startsWith('zero-copy') ? why : `${f.name}: ${why}; copy fallback is disabled (zerocopy mode)`);
+    }
     const w = this.repo.createObjectWriter();
     try {
       await readWhole(f, length, async (b) => {
@@ -108,72 +180,74 @@ export class ObjectPlacer {
     return id;
   }
 
-  private async reflink(f: OpenedFile, id: Buffer, pair: string): Promise<boolean> {
+  /** FICLONE into an O_TMPFILE, sealed when secure, then named; false when reflink is unavailable. */
+  private reflink(src: number, dir: string, f: OpenedFile, id: Buffer, pair: string): boolean {
     let tmp: number;
     try {
-      tmp = native().openTmpfile(path.join(this.repo.path, 'objects'), C.O_RDWR, 0o644);
-    } catch {
-      this.noReflink.add(pair);
+      tmp = native().openTmpfile(dir, C.O_RDWR, 0o644);
+    } catch (e) {
+      this.noReflink.set(pair, errnoCode(e) ?? 'no O_TMPFILE');
       return false;
     }
+    let fd = tmp;
     try {
       try {
-        native().ficlone(tmp, f.fd);
+        native().ficlone(tmp, src);
       } catch (e) {
         const code = errnoCode(e);
-        if (code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOTTY') {
-          this.noReflink.add(pair);
-          return false;
-        }
-        throw e;
+        if (!code || !PERMANENT.has(code)) throw e;
+        this.noReflink.set(pair, code);
+        return false;
       }
       if (fstatSync(tmp).size !== f.stat.size) throw new CfsError('EIO', `${f.name}: reflinked copy has the wrong size`);
       if (this.repo.secure) {
-        const ro = openSync(`/proc/self/fd/${tmp}`, C.O_RDONLY);
-        try {
-          this.seal(ro, id);
-        } finally {
-          closeSync(ro);
-        }
+        // fs-verity refuses files open for writing: continue on a read-only fd.
+        fd = openSync(`/proc/self/fd/${tmp}`, C.O_RDONLY);
+        closeSync(tmp);
+        this.seal(fd, id);
       }
-      await this.link(tmp, id);
+      this.link(fd, dir, id);
       return true;
     } finally {
-      closeSync(tmp);
+      closeSync(fd);
     }
   }
 
-  private async hardlink(f: OpenedFile, id: Buffer, pair: string): Promise<boolean> {
-    if (this.repo.secure) this.seal(f.fd, id);
+  private hardlink(src: number, dir: string, id: Buffer, pair: string): boolean {
     try {
-      await this.link(f.fd, id);
+      if (this.repo.secure) this.seal(src, id);
+      this.link(src, dir, id);
       return true;
     } catch (e) {
-      const code = errnoCode(e);
-      if (code === 'EXDEV' || code === 'EPERM' || code === 'EACCES' || code === 'EMLINK') {
-        this.noHardlink.add(pair);
-        return false;
-      }
-      throw e;
+      const code = isCfsError(e) && e.code === 'ENOTSUP' ? 'ENOTSUP' : errnoCode(e);
+      if (!code || (isCfsError(e) && e.code !== 'ENOTSUP') || !PERMANENT.has(code)) throw e;
+      this.noHardlink.set(pair, code);
+      return false;
     }
   }
 
   /** Secure repositories: fs-verity on, and the kernel's digest must be the computed id. */
   private seal(fd: number, id: Buffer): void {
+    const label = `object ${objectRelPath(id)}`;
     try {
-      enableVerityFd(fd, this.repo.alg, `object ${objectRelPath(id)}`);
+      enableVerityFd(fd, this.repo.alg, label);
     } catch (e) {
       if (!(isCfsError(e) && e.code === 'EEXIST')) throw e;
     }
-    const m = measureVerityFd(fd, `object ${objectRelPath(id)}`);
-    if (!m.digest.equals(id)) throw new CfsError('EIO', `object ${objectRelPath(id)}: kernel fs-verity digest differs from the data read`);
+    const m = measureVerityFd(fd, label);
+    if (!m.digest.equals(id)) throw new CfsError('EIO', `${label}: kernel fs-verity digest ${m.digest.toString('hex')} differs from the data read`);
   }
 
-  private async link(fd: number, id: Buffer): Promise<void> {
+  /** Name the object (in `dir`: objects/ or its bridged view); an existing one is equivalent. */
+  private link(fd: number, dir: string, id: Buffer): void {
     const rel = objectRelPath(id);
-    await mkdir(path.join(this.repo.path, 'objects', rel.slice(0, 2)), { recursive: true, mode: 0o755 });
+    const xx = rel.slice(0, 2);
+    if (!this.repo.knownDirs.has(xx)) {
+      mkdirSync(path.join(this.objectsDir, xx), { mode: 0o755, recursive: true });
+      this.repo.knownDirs.add(xx);
+    }
     try {
-      native().linkFd(fd, path.join(this.repo.path, 'objects', rel));
+      native().linkFd(fd, `${dir}/${rel}`);
     } catch (e) {
       if (errnoCode(e) !== 'EEXIST') throw e;
     }

@@ -28,16 +28,17 @@ export interface ImportTarOptions {
   counts?: ObjectCounts;
 }
 
-/** How the contents of files stored as objects reached objects/ (a file whose object already
- * existed counts under the method that found it there). */
+/** How the contents of files stored as objects reached objects/ (`present`: local files whose
+ * object already existed; the tar importer counts every content it wrote as copied). */
 export interface ObjectCounts {
   copied: number;
   reflinked: number;
   hardlinked: number;
+  present: number;
 }
 
 export function noObjects(): ObjectCounts {
-  return { copied: 0, reflinked: 0, hardlinked: 0 };
+  return { copied: 0, reflinked: 0, hardlinked: 0, present: 0 };
 }
 
 export interface ImportTarResult {
@@ -48,7 +49,7 @@ export interface ImportTarResult {
   size: number;
 }
 
-/** The byte reader splitTar pulls the archive from (HashingSource and the segment reader). */
+/** The byte reader splitTar pulls the archive from (HashingSource, the splitdirfdstream consumer). */
 export interface TarInput {
   /** Offset of the next byte, for messages. */
   readonly position: number;

@@ -30,6 +30,9 @@ export type LayerSegment =
       kind: 'file';
       /** Absolute path of the content in the layer's files (a Buffer when the name is not UTF-8). */
       path: string | Buffer;
+      /** The same as an index into the layer's search dirs plus a path relative to it. */
+      dirIndex: number;
+      rel: Buffer;
       /** Member name as recorded in the tar. */
       name: string;
       size: number;
@@ -136,9 +139,9 @@ function joinPath(dir: string, rel: Buffer, utf8: boolean): string | Buffer {
 /** First regular file of the right size for a member, searching the layer's dirs in order. */
 // Per-file metadata calls are synchronous on purpose: a layer has thousands of small files and
 // the promise round trip per call cost more than the (page-cached) syscalls themselves.
-function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, layerId: string, name: string): string | Buffer {
+function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, layerId: string, name: string): { path: string | Buffer; dirIndex: number } {
   let wrongSize: number | null = null;
-  for (const d of dirs) {
+  for (const [dirIndex, d] of dirs.entries()) {
     const p = joinPath(d, rel, utf8);
     let st;
     try {
@@ -148,7 +151,7 @@ function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, laye
       throw new CfsError('EIO', `layer ${layerId}: ${name}: ${(e as Error).message}`);
     }
     if (!st.isFile()) continue;
-    if (st.size === size) return p;
+    if (st.size === size) return { path: p, dirIndex };
     wrongSize ??= st.size;
   }
   if (wrongSize !== null) {
@@ -175,8 +178,8 @@ export async function* layerSegments(store: ContainersStore, layerId: string): A
       if (e.size === 0) continue; // directories, links, devices, whiteouts, empty files
       const utf8 = Buffer.from(e.name, 'utf8').equals(e.nameBytes);
       const rel = memberPath(e.nameBytes, layerId, e.name);
-      const p = findFile(dirs, rel, utf8, e.size, layerId, e.name);
-      yield { kind: 'file', path: p, name: e.name, size: e.size, crc64: e.crc64! };
+      const { path: p, dirIndex } = findFile(dirs, rel, utf8, e.size, layerId, e.name);
+      yield { kind: 'file', path: p, dirIndex, rel, name: e.name, size: e.size, crc64: e.crc64! };
     }
   } finally {
     lock.release();
@@ -184,7 +187,7 @@ export async function* layerSegments(store: ContainersStore, layerId: string): A
 }
 
 /** Streams one file's content, checking its length and CRC-64 against the tar-split record. */
-async function* fileContent(layerId: string, seg: Extract<LayerSegment, { kind: 'file' }>): AsyncGenerator<Buffer> {
+export async function* fileContent(layerId: string, seg: Extract<LayerSegment, { kind: 'file' }>): AsyncGenerator<Buffer> {
   const changed = (why: string): CfsError => new CfsError('EDIGEST', `layer ${layerId}: ${seg.name} changed since import (${why})`);
   if (seg.size <= READ_CHUNK) {
     // Small files: one synchronous read (see findFile), plus a 1-byte probe for growth.

@@ -1,0 +1,109 @@
+/**
+ * A containers-storage layer as a splitdirfdstream (brief 5.1), the same producer/consumer
+ * pair as repository-to-repository copies and varlink PutLayer: tar-split's raw segments become
+ * Metadata chunks, member contents FileBackedData chunks naming the file relative to one of the
+ * layer's search directories (its own diff, then its lowers), passed as directory fds. Members
+ * whose names are not UTF-8 (the wire format's names must be) are read here and sent inline,
+ * checked against their recorded size and CRC-64.
+ *
+ * Contents sent by name are not CRC-checked here: the consumer verifies the whole layer against
+ * its diff_id, and `findChangedFile` names the culprit when that fails.
+ */
+import { closeSync, constants as C, openSync } from 'node:fs';
+import { CfsError, errnoCode } from '../../errors.js';
+import { fileHeader, LIMITS, metadataHeader } from '../../splitdirfdstream/format.js';
+import type { ContainersStore } from './store.js';
+import { fileContent, layerSegments } from './tar-split.js';
+
+export interface StoreLayerStream {
+  /** The layer's search directories, in the order the stream's dirfd indexes name them. */
+  dirfds: number[];
+  chunks: AsyncGenerator<Buffer>;
+  /** Close the directory fds (and stop the stream, releasing the store's layer lock). */
+  close(): Promise<void>;
+}
+
+function isWireName(rel: Buffer): boolean {
+  return rel.length <= LIMITS.name && Buffer.from(rel.toString('utf8'), 'utf8').equals(rel);
+}
+
+/** Pieces of at most `max` bytes (Metadata and InlineData bodies are bounded). */
+function* pieces(b: Buffer, max: number): Generator<Buffer> {
+  for (let off = 0; off < b.length; off += max) yield b.subarray(off, off + max);
+}
+
+/** Chunks are batched into buffers of about this size: fewer async hand-offs per file. */
+const BATCH = 256 * 1024;
+
+async function* layerChunks(store: ContainersStore, layerId: string): AsyncGenerator<Buffer> {
+  let batch: Buffer[] = [];
+  let batched = 0;
+  const add = (b: Buffer): void => {
+    batch.push(b);
+    batched += b.length;
+  };
+  const flush = (): Buffer => {
+    const out = Buffer.concat(batch, batched);
+    batch = [];
+    batched = 0;
+    return out;
+  };
+  for await (const seg of layerSegments(store, layerId)) {
+    if (seg.kind === 'raw') {
+      for (const p of pieces(seg.data, LIMITS.inlineBody)) {
+        add(metadataHeader('metadata', p.length));
+        add(p);
+      }
+    } else if (isWireName(seg.rel)) {
+      add(fileHeader(seg.size, seg.dirIndex, seg.rel));
+    } else {
+      for await (const chunk of fileContent(layerId, seg)) {
+        add(metadataHeader('inline', chunk.length));
+        add(chunk);
+        if (batched >= BATCH) yield flush();
+      }
+    }
+    if (batched >= BATCH) yield flush();
+  }
+  if (batched > 0) yield flush();
+}
+
+/** The layer's splitdirfdstream and directory fds; the caller closes it. */
+export async function openStoreLayerStream(store: ContainersStore, layerId: string): Promise<StoreLayerStream> {
+  const dirs = await store.layerSearchDirs(layerId);
+  const dirfds: number[] = [];
+  try {
+    for (const d of dirs) dirfds.push(openSync(d, C.O_RDONLY | C.O_DIRECTORY));
+  } catch (e) {
+    for (const fd of dirfds) closeSync(fd);
+    const code = errnoCode(e);
+    throw new CfsError(code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EIO', `${store.description}: layer ${layerId}: cannot open its files: ${(e as Error).message}`);
+  }
+  const chunks = layerChunks(store, layerId);
+  return {
+    dirfds,
+    chunks,
+    close: async () => {
+      await chunks.return(undefined);
+      for (const fd of dirfds.splice(0)) closeSync(fd);
+    },
+  };
+}
+
+/**
+ * The member whose file no longer matches its recorded CRC-64 (or size), as an error naming it;
+ * null when every file matches. Used to explain a diff_id mismatch.
+ */
+export async function findChangedFile(store: ContainersStore, layerId: string): Promise<CfsError | null> {
+  try {
+    for await (const seg of layerSegments(store, layerId)) {
+      if (seg.kind !== 'file') continue;
+      // fileContent checks size and CRC-64 itself and throws EDIGEST naming the member.
+      for await (const _ of fileContent(layerId, seg));
+    }
+  } catch (e) {
+    if (e instanceof CfsError && e.code === 'EDIGEST') return e;
+    throw e;
+  }
+  return null;
+}

@@ -1,0 +1,92 @@
+/**
+ * link(2) and FICLONE refuse to cross mounts even within one filesystem, and podman's overlay
+ * driver bind-mounts its overlay/ directory onto itself. When a store's file and objects/ are on
+ * different mounts of one filesystem, both are reached through a private, non-recursive clone of
+ * that filesystem's root mount (open_tree OPEN_TREE_CLONE, which needs CAP_SYS_ADMIN; without it
+ * there is no bridge and the zero-copy methods fail with EXDEV).
+ */
+import { closeSync, constants as C, fstatSync, readlinkSync, realpathSync, type Stats } from 'node:fs';
+import path from 'node:path';
+import { native } from '../native.js';
+import { readMountinfo, type MountInfo } from '../mount/mountinfo.js';
+
+/** The mount a canonical path is on: the longest mount point prefix, topmost when stacked. */
+function mountOf(p: string, mounts: MountInfo[]): MountInfo | undefined {
+  let best: MountInfo | undefined;
+  for (const m of mounts) {
+    const inside = m.mountpoint === '/' || p === m.mountpoint || p.startsWith(`${m.mountpoint}/`);
+    if (inside && (!best || m.mountpoint.length >= best.mountpoint.length)) best = m;
+  }
+  return best;
+}
+
+/** A canonical path as a path relative to the root of its filesystem. */
+function fsRelative(p: string, m: MountInfo): string {
+  return path.posix.join(m.root, path.posix.relative(m.mountpoint, p)).replace(/^\/+/, '') || '.';
+}
+
+export class MountBridge {
+  /** objects/ as seen through the clone. */
+  readonly objectsDir: string;
+  /** Directory fd -> its canonical path and mount (fds are stable while the bridge is used). */
+  private readonly dirs = new Map<number, { dir: string; mount: MountInfo | undefined }>();
+
+  private constructor(private readonly tree: number, private readonly objectsFd: number, private readonly mounts: MountInfo[], private readonly objectsMount: MountInfo) {
+    this.objectsDir = `/proc/self/fd/${objectsFd}`;
+  }
+
+  /** Null when objects/'s filesystem has no mount of its root or the clone is not permitted. */
+  static open(objectsDir: string): MountBridge | null {
+    const mounts = readMountinfo();
+    const real = realpathSync.native(objectsDir);
+    const objects = mountOf(real, mounts);
+    const root = objects && mounts.filter((m) => m.device === objects.device && m.root === '/').pop();
+    if (!objects || !root) return null;
+    const n = native();
+    let tree: number;
+    try {
+      tree = n.openTree(n.constants.AT_FDCWD, root.mountpoint, n.constants.OPEN_TREE_CLONE);
+    } catch {
+      return null;
+    }
+    try {
+      const fd = n.openat2(tree, fsRelative(real, objects), n.constants.O_PATH | n.constants.O_DIRECTORY, 0, n.constants.RESOLVE_NO_MAGICLINKS);
+      return new MountBridge(tree, fd, mounts, objects);
+    } catch {
+      closeSync(tree);
+      return null;
+    }
+  }
+
+  /**
+   * `name` beneath the directory `dirfd` opened again through the clone; null unless it is the
+   * same inode as `st`, and null when dirfd is on objects/'s own mount (no bridge needed). The
+   * file must be on dirfd's mount (openat2 RESOLVE_NO_XDEV ensures it).
+   */
+  reopen(dirfd: number, name: string, st: Stats): number | null {
+    let where = this.dirs.get(dirfd);
+    if (!where) {
+      const dir = readlinkSync(`/proc/self/fd/${dirfd}`);
+      where = { dir, mount: mountOf(dir, this.mounts) };
+      this.dirs.set(dirfd, where);
+    }
+    const { dir, mount: m } = where;
+    if (!m || m.mountId === this.objectsMount.mountId || m.device !== this.objectsMount.device) return null;
+    const n = native();
+    let fd: number;
+    try {
+      fd = n.openat2(this.tree, fsRelative(path.posix.join(dir, name), m), C.O_RDONLY | C.O_NOFOLLOW, 0, n.constants.RESOLVE_NO_MAGICLINKS);
+    } catch {
+      return null;
+    }
+    const b = fstatSync(fd);
+    if (b.ino === st.ino && b.dev === st.dev) return fd;
+    closeSync(fd);
+    return null;
+  }
+
+  close(): void {
+    closeSync(this.objectsFd);
+    closeSync(this.tree);
+  }
+}
