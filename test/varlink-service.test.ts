@@ -345,6 +345,28 @@ test('Pull with bootable records the boot image; xattrs and expected_digest choo
   assert.deepEqual([last(more[1]).completed!.boot_image, last(more[1]).completed!.boot_image_mode], [keep, 'KeepUserXattrs']);
   assert.deepEqual([last(more[2]).completed!.boot_image, last(more[2]).completed!.boot_image_mode], [allow, 'AllowlistOnly']);
 
+  // Inspect names the boot image once one is recorded.
+  const fresh = repo('boot-inspect');
+  const insp = await calls<{ composefs_erofs?: string; composefs_boot_erofs?: string | null }>(fresh, [
+    [`${OCI}.Pull`, { image: ref, name: 'plain' }],
+    [`${OCI}.Inspect`, { image: 'plain' }],
+    [`${OCI}.Pull`, { image: ref, bootable: true }],
+    [`${OCI}.Inspect`, { image: 'plain' }],
+  ]);
+  assert.equal(last(insp[1]).composefs_boot_erofs ?? null, null);
+  assert.equal(last(insp[3]).composefs_boot_erofs, allow);
+  assert.equal(last(insp[3]).composefs_erofs, last(insp[1]).composefs_erofs);
+
+  // storage_root is for containers-storage: images, and really names the store read.
+  const roots = await calls<Completed>(fresh, [
+    [`${OCI}.Pull`, { image: ref, storage_root: '/var/lib/containers/storage' }],
+    [`${OCI}.Pull`, { image: 'containers-storage:localhost/x:latest', storage_root: 'relative/dir' }],
+    [`${OCI}.Pull`, { image: 'containers-storage:[/a/b]localhost/x:latest', storage_root: '/c/d' }],
+    [`${OCI}.Pull`, { image: 'containers-storage:localhost/x:latest', storage_root: path.join(work, 'no-such-store') }],
+  ]);
+  assert.deepEqual(roots.slice(0, 3).map((r) => r.error?.error), [`${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`]);
+  assert.match(String(roots[3].error?.parameters?.message ?? ''), /no-such-store/);
+
   // The recorded boot image mounts: /boot emptied; the plain image still has its files.
   const tool = createHash('sha256').update(Buffer.alloc(5000, 't')).digest('hex');
   const b = await client<{ root: string[]; boot: string[]; sha256: string }>('ocimount', sock, dst, 'boot', 'usr/bin/tool', 'bootable');

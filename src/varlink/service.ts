@@ -21,6 +21,7 @@ import { VarlinkError, type Params } from './protocol.js';
 import { closeQuietly } from './transport.js';
 import { dirRegion, FDS_PER_FRAME, frameSizes, layoutSeed, lifetimeDummies, openDummy } from './fdlayout.js';
 import { native } from '../native.js';
+import { formatStorageReference, parseStorageReference } from '../oci/containers-storage/reference.js';
 import { bootRef, buildStoredErofs, formatVersionName, imageIdOf, parseXattrMode, recordedBootImage, XATTR_MODES, type XattrMode } from './oci-images.js';
 
 const REPO = 'org.composefs.Repository';
@@ -60,6 +61,27 @@ function xattrMode(p: Params): XattrMode | undefined {
   const m = parseXattrMode(v);
   if (!m) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `unknown xattrs mode '${v}' (${XATTR_MODES.join(' or ')})` });
   return m;
+}
+
+/**
+ * Pull's `storage_root`: the graph root of the containers-storage store to read, in place of the
+ * configured one (a `[graphroot]` store spec in the reference says the same, so not both).
+ */
+function withStorageRoot(image: string, storageRoot: string | undefined): string {
+  if (storageRoot === undefined) return image;
+  if (!image.startsWith('containers-storage:')) {
+    throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `storage_root applies to containers-storage: images only, not '${image}'` });
+  }
+  if (!path.isAbsolute(storageRoot)) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `storage_root '${storageRoot}' is not an absolute path` });
+  let ref;
+  try {
+    ref = parseStorageReference(image);
+  } catch (e) {
+    throw new VarlinkError(`${OCI}.InvalidRequest`, { message: (e as Error).message });
+  }
+  if (ref.store?.graphRoot) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `storage_root and the store spec of '${image}' both name a graph root` });
+  ref.store = { driver: ref.store?.driver ?? null, graphRoot: storageRoot, runRoot: ref.store?.runRoot ?? null, options: ref.store?.options ?? [] };
+  return formatStorageReference(ref);
 }
 
 /** Pull's `local_fetch`: anything unrecognised means disabled (brief 5.6). */
@@ -256,7 +278,9 @@ export class ComposefsService {
       Inspect: async (p) => {
         const repo = this.repo(OCI, p);
         const img = await openImage(repo, p.str('image'));
-        return { manifest: img.manifestBytes.toString('utf8'), config: img.configBytes.toString('utf8'), referrers: [], composefs_erofs: img.imageId };
+        const v = repo.erofsFormats.default;
+        const boot = (await recordedBootImage(repo, img, bootRef(v, 'AllowlistOnly'))) ?? (await recordedBootImage(repo, img, bootRef(v, 'KeepUserXattrs')));
+        return { manifest: img.manifestBytes.toString('utf8'), config: img.configBytes.toString('utf8'), referrers: [], composefs_erofs: img.imageId, composefs_boot_erofs: boot };
       },
       Tag: async (p) => {
         const repo = this.repo(OCI, p);
@@ -327,7 +351,7 @@ export class ComposefsService {
 
   private async pull(p: Params, ctx: CallContext): Promise<Record<string, unknown>> {
     const repo = this.repo(OCI, p);
-    const image = p.str('image');
+    const image = withStorageRoot(p.str('image'), p.optStr('storage_root'));
     const name = p.optStr('name');
     const bootable = p.bool('bootable');
     const mode = xattrMode(p);
