@@ -35,6 +35,21 @@ export interface NativeAddon {
    * until the promise settles.
    */
   storeObject(dir: string, dest: string, data: Uint8Array, verityAlg: number): Promise<boolean>;
+  // hashing (OpenSSL from the node binary). Handles are single-use: after *Digest, further use throws EINVAL.
+  /** Streaming fs-verity digest (4096-byte blocks, no salt); constant memory. */
+  verityNew(hashAlg: 1 | 2): VerityHasherHandle;
+  verityUpdate(hasher: VerityHasherHandle, data: Uint8Array): void;
+  verityDigest(hasher: VerityHasherHandle): Buffer; // finalizes
+  /** Plain streaming digest. Throws EBUSY while a verityHashFd job is feeding it. */
+  hashNew(name: StreamHashName): StreamHashHandle;
+  hashUpdate(hash: StreamHashHandle, data: Uint8Array): void;
+  hashDigest(hash: StreamHashHandle): Buffer; // finalizes
+  /**
+   * fs-verity digest of bytes [0, length) of `fd`, read on the threadpool in 1 MiB chunks that
+   * also feed `stream` when given (busy until the promise settles). A shorter file rejects with
+   * code 'ESHORT' and `offset` = where it ended. `fd` must stay open until the promise settles.
+   */
+  verityHashFd(fd: number, length: number, hashAlg: 1 | 2, stream: StreamHashHandle | null): Promise<Buffer>;
   // new mount API and classic mount calls
   fsopen(fsType: string, flags: number): number; // FSOPEN_CLOEXEC always added
   fsconfigSetString(fsfd: number, key: string, value: string): void;
@@ -74,6 +89,18 @@ export interface NativeAddon {
   fuseBackingClose(devFd: number, id: number): void; // FUSE_DEV_IOC_BACKING_CLOSE
   constants: NativeConstants;
 }
+
+/** Opaque fs-verity hasher state from verityNew. */
+export interface VerityHasherHandle {
+  readonly __verityHasher: unique symbol;
+}
+
+/** Opaque stream hash state from hashNew. */
+export interface StreamHashHandle {
+  readonly __streamHash: unique symbol;
+}
+
+export type StreamHashName = 'sha256' | 'sha384' | 'sha512';
 
 /** Opaque uv_poll handle from pollStart. */
 export interface PollHandle {

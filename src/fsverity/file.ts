@@ -1,24 +1,24 @@
 import { open } from 'node:fs/promises';
 import { closeSync, openSync, readSync, type PathLike } from 'node:fs';
 import { FsVerityHasher, type HashAlg } from './digest.js';
+import { verityDigestOfFd } from './file-hash.js';
 
 const READ_CHUNK = 1 << 20;
 
 /**
- * fs-verity digest of a file, computed in userspace with constant memory. `sizeHint` (e.g. from
- * an lstat the caller already has) keeps the read buffer small for small files: scanning a tree
- * of many small files must not allocate a megabyte per file.
+ * fs-verity digest of a file, computed in userspace with constant memory: a regular file is read
+ * and hashed on libuv's threadpool (verityDigestOfFd), so the JS thread only waits.
  */
-export async function fsverityDigestFile(filePath: PathLike, alg: HashAlg = 'sha256', sizeHint?: number): Promise<Buffer> {
+export async function fsverityDigestFile(filePath: PathLike, alg: HashAlg = 'sha256'): Promise<Buffer> {
   const fh = await open(filePath, 'r');
   try {
+    const st = await fh.stat();
+    if (st.isFile()) return await verityDigestOfFd(fh.fd, st.size, alg, undefined, String(filePath));
+    // Pipes and devices: no size to go by, read to the end.
     const h = new FsVerityHasher(alg);
-    const size = sizeHint === undefined ? READ_CHUNK : Math.max(1, Math.min(READ_CHUNK, sizeHint + 1));
-    const buf = Buffer.allocUnsafe(size);
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, size, null);
-      if (bytesRead === 0) break;
-      h.update(buf.subarray(0, bytesRead));
+    const buf = Buffer.allocUnsafe(READ_CHUNK);
+    for (let r = await fh.read(buf, 0, READ_CHUNK, null); r.bytesRead > 0; r = await fh.read(buf, 0, READ_CHUNK, null)) {
+      h.update(buf.subarray(0, r.bytesRead));
     }
     return h.digest();
   } finally {
@@ -30,7 +30,7 @@ let syncBuf: Buffer | null = null;
 
 /**
  * Synchronous variant for scanners of many (mostly cached) files, where a promise round trip per
- * read costs more than the read itself. Reuses one module-level buffer.
+ * file costs more than the read itself. Reuses one module-level buffer; hashing is native.
  */
 export function fsverityDigestFileSync(filePath: PathLike, alg: HashAlg = 'sha256'): Buffer {
   syncBuf ??= Buffer.allocUnsafe(READ_CHUNK);

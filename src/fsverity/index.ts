@@ -1,2 +1,3 @@
 export * from './digest.js';
 export * from './file.js';
+export * from './file-hash.js';
