@@ -85,6 +85,18 @@ try {
   if (!got.every((l) => l.rebuilt === l.diff_id)) throw new Error('GetLayer: rebuilt layer digest mismatch');
   const total = got.reduce((n, l) => n + l.size, 0);
   process.stdout.write(`GetLayer over varlink:  ${s.toFixed(2)} s  ${rate(total, s)} of layer data (python client rebuilds + sha256)\n`);
+  // The transfer alone: stream and fds received, file-backed chunks checked by name and size.
+  t0 = performance.now();
+  const xfer = await new Promise<string>((resolve, reject) => {
+    import('node:child_process').then(({ execFile }) =>
+      execFile('python3', [client, 'transfer', sock, src.path, 'app'], { maxBuffer: 1 << 24 }, (e, stdout) => (e ? reject(e) : resolve(stdout))),
+    );
+  });
+  const xs = secs(t0);
+  const xl = (JSON.parse(xfer) as { layers: Array<{ file_bytes: number; inline_bytes: number; files: number }> }).layers;
+  const fileBytes = xl.reduce((n, l) => n + l.file_bytes, 0);
+  const files = xl.reduce((n, l) => n + l.files, 0);
+  process.stdout.write(`GetLayer transfer:      ${xs.toFixed(2)} s  ${rate(fileBytes, xs)} of file-backed data (${files} files; names and fds, no file reads; includes python start)\n`);
   service.close();
   src.close();
 } finally {

@@ -10,7 +10,7 @@
  *
  * An open handle holds flock(LOCK_SH) on the repository directory (GC takes LOCK_EX, see lock.ts).
  */
-import { closeSync, constants as C, mkdirSync, openSync, readFileSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as C, fstatSync, mkdirSync, openSync, readFileSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
 import { access, lstat, mkdir, open, readdir, readlink, readFile, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from '../native.js';
@@ -316,16 +316,46 @@ export class Repository implements ObjectStore {
     }
     if (this.secure) {
       try {
-        const m = measureVerityFd(fh.fd, `object ${objectRelPath(id)}`);
-        if (m.alg !== this.alg || !m.digest.equals(id)) {
-          throw new CfsError('ECORRUPT', `object ${objectRelPath(id)}: fs-verity digest mismatch (kernel reports ${m.digest.toString('hex')})`);
-        }
+        this.checkVerity(fh.fd, id);
       } catch (e) {
         await fh.close();
         throw e;
       }
     }
     return fh;
+  }
+
+  /** The kernel's fs-verity digest of an open object must be its name. */
+  private checkVerity(fd: number, id: Buffer): void {
+    const m = measureVerityFd(fd, `object ${objectRelPath(id)}`);
+    if (m.alg !== this.alg || !m.digest.equals(id)) {
+      throw new CfsError('ECORRUPT', `object ${objectRelPath(id)}: fs-verity digest mismatch (kernel reports ${m.digest.toString('hex')})`);
+    }
+  }
+
+  /**
+   * Size of an object, synchronously (callers list thousands). Secure repositories also check
+   * its fs-verity digest, as openObject does.
+   */
+  objectSize(id: Buffer): number {
+    if (this.secure) {
+      let fd: number;
+      try {
+        fd = openSync(this.objectPath(id), C.O_RDONLY);
+      } catch (e) {
+        if (errnoCode(e) === 'ENOENT') throw new CfsError('ENOENT', `object ${objectRelPath(id)} not found in repository ${this.path}`);
+        throw e;
+      }
+      try {
+        this.checkVerity(fd, id);
+        return fstatSync(fd).size;
+      } finally {
+        closeSync(fd);
+      }
+    }
+    const size = objectSizeAt(this.objectPath(id));
+    if (size < 0) throw new CfsError('ENOENT', `object ${objectRelPath(id)} not found in repository ${this.path}`);
+    return size;
   }
 
   async readObject(id: Buffer): Promise<Buffer> {

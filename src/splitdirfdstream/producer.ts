@@ -19,8 +19,8 @@ export function openObjectsDir(repo: Repository): number {
 
 /**
  * The splitdirfdstream of the split stream `streamObjectId`, with every object named relative
- * to dirfd slot `dirIndex`. Object sizes come from the objects themselves (opened through the
- * repository, so secure repositories check their fs-verity digests).
+ * to dirfd slot `dirIndex`. Object sizes come from the objects themselves (secure repositories
+ * also check their fs-verity digests), synchronously: a layer names thousands of objects.
  */
 export async function* produceLayerStream(repo: Repository, streamObjectId: Buffer, dirIndex: number, name?: string): AsyncGenerator<Buffer> {
   const r = await SplitStreamReader.open(repo, streamObjectId, { name });
@@ -32,14 +32,7 @@ export async function* produceLayerStream(repo: Repository, streamObjectId: Buff
         yield c.data;
         continue;
       }
-      const fh = await repo.openObject(c.id);
-      let size: number;
-      try {
-        size = (await fh.stat()).size;
-      } finally {
-        await fh.close();
-      }
-      yield fileHeader(size, dirIndex, Buffer.from(objectRelPath(c.id)));
+      yield fileHeader(repo.objectSize(c.id), dirIndex, Buffer.from(objectRelPath(c.id)));
     }
   } finally {
     await r.close();
