@@ -9,7 +9,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { makeCstorStore, cstorSkipReason, type CstorFixture } from './helpers/cstor-fixture.js';
@@ -171,6 +171,20 @@ test('a store file changed in place (same size) is caught before anything is pub
   } finally {
     writeSync(fd, b, 0, 1, 4096);
     closeSync(fd);
+  }
+  // Shorter, then gone: the local import names the file and what happened to it.
+  const saved = readFileSync(victim);
+  try {
+    writeFileSync(victim, saved.subarray(1));
+    const repo = path.join(fx.dir, 'zc-shorter');
+    const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', '--zerocopy', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+    assert.match(r.stderr, /usr\/big changed since import \(size \d+, recorded \d+\)/);
+    rmSync(victim);
+    const gone = runCfs(['--repo', repo, 'oci', 'pull', '-q', '--zerocopy', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+    assert.match(gone.stderr, /usr\/big is missing from the layer's files/);
+    assert.deepEqual(repoProblems(repo), []);
+  } finally {
+    writeFileSync(victim, saved);
   }
 });
 

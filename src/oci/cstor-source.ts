@@ -84,7 +84,10 @@ async function openLocal(store: ContainersStore, layerId: string): Promise<Local
 
 /** A failed local import, said in terms of the store: which file changed, which is unreadable. */
 async function explainLocal(e: unknown, store: ContainersStore, layerId: string): Promise<unknown> {
-  if (isCfsError(e) && e.code === 'EDIGEST') return (await findChangedFile(store, layerId).catch(() => null)) ?? e;
+  // A diff_id mismatch, a file of the wrong size or a missing one: name the file that changed.
+  if (isCfsError(e) && (e.code === 'EDIGEST' || e.code === 'ENOENT' || (e.code === 'EIO' && /declared length/.test(e.message)))) {
+    return (await findChangedFile(store, layerId).catch(() => null)) ?? e;
+  }
   const hint = unreadableHint(store);
   if (!isDenied(e) || (e as Error).message.includes(hint)) return e;
   // The consumer names a file relative to a layer directory: show where it is and who owns it.

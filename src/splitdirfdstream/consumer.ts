@@ -11,10 +11,10 @@
  * Files are named by (dirfd index, relative name), so any source that can hand out directory
  * fds (another repository, containers-storage) feeds the same consumer.
  */
-import { createHash, type Hash } from 'node:crypto';
 import { closeSync, read as fsRead, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { CfsError } from '../errors.js';
+import { StreamHash, type StreamHashName } from '../fsverity/file-hash.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
@@ -51,17 +51,19 @@ type Segment = { kind: 'bytes' } | { kind: 'file'; file: OpenedFile; length: num
 
 /** The reconstructed byte stream, hashed as it is read, with access to whole file chunks. */
 class LogicalSource implements TarInput {
-  readonly hash: Hash;
+  readonly hash: StreamHash;
   total = 0;
   private seg: Segment | null = null;
   private eof = false;
   private readonly open: OpenedFile[] = [];
+  /** Directory slots already checked (the fds stay put for the whole stream). */
+  private readonly checkedSlots = new Map<number, number>();
 
   constructor(
     private readonly reader: SplitdirfdReader, private readonly what: string, private readonly dirfds: readonly number[],
-    hashAlg: string, private readonly onProgress?: (n: number) => void,
+    hashAlg: StreamHashName, private readonly onProgress?: (n: number) => void,
   ) {
-    this.hash = createHash(hashAlg);
+    this.hash = new StreamHash(hashAlg);
   }
 
   get position(): number {
@@ -70,7 +72,11 @@ class LogicalSource implements TarInput {
 
   count(b: Buffer): void {
     this.hash.update(b);
-    this.total += b.length;
+    this.advance(b.length);
+  }
+
+  advance(n: number): void {
+    this.total += n;
     this.onProgress?.(this.total);
   }
 
@@ -149,7 +155,11 @@ class LogicalSource implements TarInput {
         continue;
       }
       const where = `${this.what}, chunk ending at offset ${this.reader.offset}`;
-      const dirfd = checkDirSlot(this.dirfds, h.index, where);
+      let dirfd = this.checkedSlots.get(h.index);
+      if (dirfd === undefined) {
+        dirfd = checkDirSlot(this.dirfds, h.index, where);
+        this.checkedSlots.set(h.index, dirfd);
+      }
       const file = openBeneath(dirfd, h.name, where);
       this.open.push(file);
       if (file.stat.size !== h.length) {
@@ -167,10 +177,11 @@ async function drain(reader: SplitdirfdReader): Promise<void> {
   }
 }
 
-function parseDiffId(d: string): { alg: string; hex: string } {
+function parseDiffId(d: string): { alg: StreamHashName; hex: string } {
   const m = /^(sha256|sha384|sha512):([0-9a-f]+)$/.exec(d);
-  if (!m || m[2].length !== { sha256: 64, sha384: 96, sha512: 128 }[m[1]]) throw new CfsError('EINVAL', `invalid diff_id '${d}' (expected sha256:<hex>)`);
-  return { alg: m[1], hex: m[2] };
+  const alg = m?.[1] as StreamHashName | undefined;
+  if (!m || !alg || m[2].length !== { sha256: 64, sha384: 96, sha512: 128 }[alg]) throw new CfsError('EINVAL', `invalid diff_id '${d}' (expected sha256:<hex>)`);
+  return { alg, hex: m[2] };
 }
 
 /**
@@ -199,7 +210,7 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
     src.close();
     placer.close();
   }
-  const actual = `${alg}:${src.hash.digest('hex')}`;
+  const actual = `${alg}:${src.hash.digestHex()}`;
   if (actual !== opts.diffId) throw new CfsError('EDIGEST', `layer ${opts.diffId}: diff_id mismatch: reconstructed stream has ${actual}`, { expected: opts.diffId, actual });
   const streamId = await w.finish();
   await repo.linkStream(contentId, streamId);
@@ -210,7 +221,7 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
 async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Repository, e: ParsedEntry, name: string): Promise<Buffer> {
   const whole = await src.wholeFile(e.dataSize);
   if (whole) {
-    const id = await placer.place(whole.file, whole.length, (b) => src.count(b));
+    const id = await placer.place(whole.file, whole.length, src);
     src.takeWholeFile();
     return id;
   }
@@ -222,7 +233,7 @@ async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Rep
 async function storeBlob(src: LogicalSource, w: SplitStreamWriter, placer: ObjectPlacer, repo: Repository): Promise<void> {
   const whole = await src.wholeFile(null);
   if (whole) {
-    const id = await placer.place(whole.file, whole.length, (b) => src.count(b));
+    const id = await placer.place(whole.file, whole.length, src);
     src.takeWholeFile();
     if ((await src.readUpTo(1)).length > 0) throw new CfsError('EINVAL', 'artifact blob: data after the file-backed chunk');
     w.addExternal(id, whole.length);

@@ -24,6 +24,7 @@ import path from 'node:path';
 import { native } from '../native.js';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
 import { FsVerityHasher } from '../fsverity/digest.js';
+import { StreamHash, verityDigestOfFd } from '../fsverity/file-hash.js';
 import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
@@ -32,6 +33,8 @@ import type { OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
 const READ_SIZE = 1024 * 1024;
+/** Files up to this size are hashed on the calling thread (see ObjectPlacer.digest). */
+const SYNC_HASH_MAX = 256 * 1024;
 /** errnos after which a zero-copy method is given up for a pair of filesystems. */
 const PERMANENT = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EXDEV', 'EINVAL', 'EPERM', 'EACCES', 'EMLINK', 'ENOSYS', 'EISDIR']);
 
@@ -46,6 +49,15 @@ export interface PlaceStats {
 
 export function emptyPlaceStats(): PlaceStats {
   return { objectsReflinked: 0, objectsHardlinked: 0, objectsCopied: 0, objectsAlreadyPresent: 0 };
+}
+
+/** The reconstructed stream a placed file's bytes belong to (the caller's diff_id digest). */
+export interface StreamTap {
+  readonly hash: StreamHash;
+  /** Hash and count bytes of the stream. */
+  count(b: Buffer): void;
+  /** Count `n` bytes that were already fed to `hash`. */
+  advance(n: number): void;
 }
 
 export interface PlacerOptions {
@@ -86,8 +98,8 @@ export class ObjectPlacer {
   private readonly noReflink = new Map<string, string>();
   private readonly noHardlink = new Map<string, string>();
   private readonly dstDev: number;
+  private readonly buf = Buffer.allocUnsafe(SYNC_HASH_MAX);
   private readonly objectNameRe: RegExp;
-  private readonly buf = Buffer.allocUnsafe(READ_SIZE);
   private bridge: MountBridge | null | undefined;
 
   constructor(private readonly repo: Repository, private readonly opts: PlacerOptions) {
@@ -106,9 +118,10 @@ export class ObjectPlacer {
 
   /**
    * Store the first `length` bytes of `f` (length = its size) as an object; every byte read is
-   * also given to `onData` once, in order (the caller's diff_id hash). Returns the object id.
+   * also appended to `tap` once, in order. Returns the object id.
    */
-  async place(f: OpenedFile, length: number, onData: (b: Buffer) => void): Promise<Buffer> {
+  async place(f: OpenedFile, length: number, tap: StreamTap): Promise<Buffer> {
+    const onData = (b: Buffer): void => tap.count(b);
     const local = !!this.opts.localStore;
     if (f.stat.dev !== this.dstDev) {
       return this.copy(f, length, onData, `zero-copy import impossible: ${f.name} is on a different filesystem than repository ${this.repo.path}`);
@@ -120,12 +133,7 @@ export class ObjectPlacer {
     const canHardlink = !this.noHardlink.has(pair) && (local || this.objectNameRe.test(f.name));
     if (!canReflink && !canHardlink) return this.copy(f, length, onData, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`);
 
-    const h = new FsVerityHasher(this.repo.alg);
-    await readWhole(f, length, (b) => {
-      onData(b);
-      h.update(b);
-    }, this.buf);
-    const id = h.digest();
+    const id = await this.digest(f, length, tap);
     if (lstatSync(path.join(this.objectsDir, objectRelPath(id)), { throwIfNoEntry: false })) {
       this.stats.objectsAlreadyPresent++;
       return id;
@@ -150,6 +158,25 @@ export class ObjectPlacer {
     const again = await this.copy(f, length, () => undefined, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`);
     if (!again.equals(id)) throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
     return id;
+  }
+
+  /**
+   * The file's fs-verity digest, its bytes appended to the stream's digest from the same read.
+   * Small files on this thread (a threadpool hop costs more than hashing them), large ones on
+   * the threadpool.
+   */
+  private async digest(f: OpenedFile, length: number, tap: StreamTap): Promise<Buffer> {
+    if (length > SYNC_HASH_MAX) {
+      const id = await verityDigestOfFd(f.fd, length, this.repo.alg, tap.hash, f.name);
+      tap.advance(length);
+      return id;
+    }
+    const h = new FsVerityHasher(this.repo.alg);
+    await readWhole(f, length, (b) => {
+      tap.count(b);
+      h.update(b);
+    }, this.buf);
+    return h.digest();
   }
 
   private why(m: Map<string, string>, pair: string): string {

@@ -98,11 +98,11 @@ export async function findChangedFile(store: ContainersStore, layerId: string): 
   try {
     for await (const seg of layerSegments(store, layerId)) {
       if (seg.kind !== 'file') continue;
-      // fileContent checks size and CRC-64 itself and throws EDIGEST naming the member.
+      // fileContent checks existence, size and CRC-64 and throws naming the member.
       for await (const _ of fileContent(layerId, seg));
     }
   } catch (e) {
-    if (e instanceof CfsError && e.code === 'EDIGEST') return e;
+    if (e instanceof CfsError && (e.code === 'EDIGEST' || e.code === 'ENOENT')) return e;
     throw e;
   }
   return null;

@@ -12,9 +12,9 @@
  * overlay diff holds char device 0/0 or an opaque xattr instead), and only members with
  * size > 0 are looked up on disk, like tar-split's own assembler.
  */
-import { open } from 'node:fs/promises';
 import { createGunzip } from 'node:zlib';
-import { closeSync, createReadStream, lstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, createReadStream, fstatSync, lstatSync, openSync, read as fsRead, readSync } from 'node:fs';
+import { promisify } from 'node:util';
 import path from 'node:path';
 import { CfsError, errnoCode } from '../../errors.js';
 import { Crc64 } from './crc64.js';
@@ -43,6 +43,7 @@ export type LayerSegment =
 const TYPE_FILE = 1;
 const TYPE_SEGMENT = 2;
 const READ_CHUNK = 1024 * 1024;
+const readFd = promisify(fsRead);
 /** A JSON line longer than this is not tar-split (PAX headers are capped well below). */
 const MAX_LINE = 64 * 1024 * 1024;
 
@@ -140,6 +141,8 @@ function joinPath(dir: string, rel: Buffer, utf8: boolean): string | Buffer {
 // Per-file metadata calls are synchronous on purpose: a layer has thousands of small files and
 // the promise round trip per call cost more than the (page-cached) syscalls themselves.
 function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, layerId: string, name: string): { path: string | Buffer; dirIndex: number } {
+  // One place to look: whoever opens the file checks that it exists and has the recorded size.
+  if (dirs.length === 1) return { path: joinPath(dirs[0], rel, utf8), dirIndex: 0 };
   let wrongSize: number | null = null;
   for (const [dirIndex, d] of dirs.entries()) {
     const p = joinPath(d, rel, utf8);
@@ -189,42 +192,44 @@ export async function* layerSegments(store: ContainersStore, layerId: string): A
 /** Streams one file's content, checking its length and CRC-64 against the tar-split record. */
 export async function* fileContent(layerId: string, seg: Extract<LayerSegment, { kind: 'file' }>): AsyncGenerator<Buffer> {
   const changed = (why: string): CfsError => new CfsError('EDIGEST', `layer ${layerId}: ${seg.name} changed since import (${why})`);
-  if (seg.size <= READ_CHUNK) {
-    // Small files: one synchronous read (see findFile), plus a 1-byte probe for growth.
-    const fd = openSync(seg.path, 'r');
-    try {
-      const buf = Buffer.allocUnsafe(seg.size + 1);
-      let done = 0;
-      for (let n = readSync(fd, buf, done, buf.length - done, done); n > 0; n = readSync(fd, buf, done, buf.length - done, done)) done += n;
-      if (done < seg.size) throw changed(`shorter than the recorded ${seg.size} bytes`);
-      if (done > seg.size) throw changed(`longer than the recorded ${seg.size} bytes`);
-      const data = buf.subarray(0, seg.size);
-      if (!new Crc64().update(data).digest().equals(seg.crc64)) throw changed('crc64 mismatch');
-      yield data;
-      return;
-    } finally {
-      closeSync(fd);
-    }
-  }
-  const fh = await open(seg.path, 'r');
+  let fd: number;
   try {
+    fd = openSync(seg.path, 'r');
+  } catch (e) {
+    const code = errnoCode(e);
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new CfsError('ENOENT', `layer ${layerId}: ${seg.name} is missing from the layer's files (${seg.path.toString()})`);
+    throw e;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw changed('no longer a regular file');
+    if (st.size !== seg.size) throw changed(`size ${st.size}, recorded ${seg.size}`);
+    // Small files: one synchronous read (see findFile), plus a 1-byte probe for growth.
     const crc = new Crc64();
     let done = 0;
-    while (done < seg.size) {
-      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, seg.size - done));
-      const { bytesRead } = await fh.read(buf, 0, buf.length, done);
-      if (bytesRead === 0) throw changed(`shorter than the recorded ${seg.size} bytes`);
-      const chunk = bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+    while (done <= seg.size) {
+      const small = seg.size <= READ_CHUNK;
+      const buf = Buffer.allocUnsafe(small ? seg.size + 1 : Math.min(READ_CHUNK, seg.size - done + 1));
+      const n = small ? readAllSync(fd, buf, done) : (await readFd(fd, buf, 0, buf.length, done)).bytesRead;
+      if (n === 0) break;
+      if (done + n > seg.size) throw changed(`longer than the recorded ${seg.size} bytes`);
+      const chunk = buf.subarray(0, n);
       crc.update(chunk);
-      done += bytesRead;
+      done += n;
       yield chunk;
     }
-    const { bytesRead } = await fh.read(Buffer.alloc(1), 0, 1, done);
-    if (bytesRead !== 0) throw changed(`longer than the recorded ${seg.size} bytes`);
+    if (done < seg.size) throw changed(`shorter than the recorded ${seg.size} bytes`);
     if (!crc.digest().equals(seg.crc64)) throw changed('crc64 mismatch');
   } finally {
-    await fh.close();
+    closeSync(fd);
   }
+}
+
+/** Fill `buf` from file offset `pos` until it is full or the file ends; the byte count. */
+function readAllSync(fd: number, buf: Buffer, pos: number): number {
+  let done = 0;
+  for (let n = readSync(fd, buf, 0, buf.length, pos); n > 0; n = readSync(fd, buf, done, buf.length - done, pos + done)) done += n;
+  return done;
 }
 
 /**
