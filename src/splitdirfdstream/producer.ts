@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
 import { SplitStreamReader } from '../splitstream/reader.js';
+import { ChunkBatch } from './batch.js';
 import { fileHeader, LIMITS, metadataHeader } from './format.js';
 
 const INLINE_PIECE = 1024 * 1024;
@@ -25,15 +26,18 @@ export function openObjectsDir(repo: Repository): number {
 export async function* produceLayerStream(repo: Repository, streamObjectId: Buffer, dirIndex: number, name?: string): AsyncGenerator<Buffer> {
   const r = await SplitStreamReader.open(repo, streamObjectId, { name });
   try {
+    const batch = new ChunkBatch();
     for (let c = await r.next(Math.min(INLINE_PIECE, LIMITS.inlineBody)); c; c = await r.next(INLINE_PIECE)) {
       if (c.kind === 'inline') {
         if (c.data.length === 0) continue;
-        yield metadataHeader('metadata', c.data.length);
-        yield c.data;
-        continue;
+        batch.add(metadataHeader('metadata', c.data.length));
+        batch.add(c.data);
+      } else {
+        batch.add(fileHeader(repo.objectSize(c.id), dirIndex, Buffer.from(objectRelPath(c.id))));
       }
-      yield fileHeader(repo.objectSize(c.id), dirIndex, Buffer.from(objectRelPath(c.id)));
+      if (batch.full) yield batch.take();
     }
+    if (!batch.empty) yield batch.take();
   } finally {
     await r.close();
   }

@@ -11,6 +11,7 @@
  */
 import { closeSync, constants as C, openSync } from 'node:fs';
 import { CfsError, errnoCode } from '../../errors.js';
+import { ChunkBatch } from '../../splitdirfdstream/batch.js';
 import { fileHeader, LIMITS, metadataHeader } from '../../splitdirfdstream/format.js';
 import type { ContainersStore } from './store.js';
 import { fileContent, layerSegments } from './tar-split.js';
@@ -32,40 +33,26 @@ function* pieces(b: Buffer, max: number): Generator<Buffer> {
   for (let off = 0; off < b.length; off += max) yield b.subarray(off, off + max);
 }
 
-/** Chunks are batched into buffers of about this size: fewer async hand-offs per file. */
-const BATCH = 256 * 1024;
-
 async function* layerChunks(store: ContainersStore, layerId: string): AsyncGenerator<Buffer> {
-  let batch: Buffer[] = [];
-  let batched = 0;
-  const add = (b: Buffer): void => {
-    batch.push(b);
-    batched += b.length;
-  };
-  const flush = (): Buffer => {
-    const out = Buffer.concat(batch, batched);
-    batch = [];
-    batched = 0;
-    return out;
-  };
+  const batch = new ChunkBatch();
   for await (const seg of layerSegments(store, layerId)) {
     if (seg.kind === 'raw') {
       for (const p of pieces(seg.data, LIMITS.inlineBody)) {
-        add(metadataHeader('metadata', p.length));
-        add(p);
+        batch.add(metadataHeader('metadata', p.length));
+        batch.add(p);
       }
     } else if (isWireName(seg.rel)) {
-      add(fileHeader(seg.size, seg.dirIndex, seg.rel));
+      batch.add(fileHeader(seg.size, seg.dirIndex, seg.rel));
     } else {
       for await (const chunk of fileContent(layerId, seg)) {
-        add(metadataHeader('inline', chunk.length));
-        add(chunk);
-        if (batched >= BATCH) yield flush();
+        batch.add(metadataHeader('inline', chunk.length));
+        batch.add(chunk);
+        if (batch.full) yield batch.take();
       }
     }
-    if (batched >= BATCH) yield flush();
+    if (batch.full) yield batch.take();
   }
-  if (batched > 0) yield flush();
+  if (!batch.empty) yield batch.take();
 }
 
 /** The layer's splitdirfdstream and directory fds; the caller closes it. */
