@@ -93,10 +93,11 @@ try {
     );
   });
   const xs = secs(t0);
-  const xl = (JSON.parse(xfer) as { layers: Array<{ file_bytes: number; inline_bytes: number; files: number }> }).layers;
+  const xr = JSON.parse(xfer) as { seconds: number; layers: Array<{ file_bytes: number; inline_bytes: number; files: number }> };
+  const xl = xr.layers;
   const fileBytes = xl.reduce((n, l) => n + l.file_bytes, 0);
   const files = xl.reduce((n, l) => n + l.files, 0);
-  process.stdout.write(`GetLayer transfer:      ${xs.toFixed(2)} s  ${rate(fileBytes, xs)} of file-backed data (${files} files; names and fds, no file reads; includes python start)\n`);
+  process.stdout.write(`GetLayer transfer:      ${xr.seconds.toFixed(2)} s  ${rate(fileBytes, xr.seconds)} of file-backed data (${files} files; names and fds, no file reads; ${xs.toFixed(2)} s with python start)\n`);
   service.close();
   src.close();
 } finally {

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import struct
+import time
 import sys
 import threading
 
@@ -273,6 +274,7 @@ def cmd_transfer(sock, repo, image):
     h = open_repo(c, repo)
     _, diff_ids = layers_of(c, h, image)
     out = []
+    t0 = time.monotonic()
     for d in diff_ids:
         data_fd, dirfds, fds, _ = get_layer(c, h, d)
         file_bytes = inline_bytes = files = 0
@@ -301,7 +303,7 @@ def cmd_transfer(sock, repo, image):
             for fd in fds:
                 os.close(fd)
         out.append({"diff_id": d, "file_bytes": file_bytes, "inline_bytes": inline_bytes, "files": files})
-    return {"layers": out}
+    return {"layers": out, "seconds": time.monotonic() - t0}
 
 
 def real_dir_slot(dirfds):
