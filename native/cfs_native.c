@@ -1452,22 +1452,60 @@ typedef struct {
 
 static __thread uint8_t *io_buf; /* one per threadpool thread, reused by every job */
 
+/* Files at least this large get their stream hash on a second thread, in parallel with the
+ * Merkle tree: each pass reads the (page-cached) file itself, which costs far less than
+ * running the two hashes one after the other. */
+#define PARALLEL_STREAM_MIN (4u << 20)
+
+typedef struct {
+  int fd;
+  uint64_t length;
+  EVP_MD_CTX *ctx;
+  int err;
+  const char *failed_call;
+} stream_pass_t;
+
+static void *stream_pass_run(void *arg) {
+  stream_pass_t *sp = arg;
+  uint8_t *buf = malloc(IO_CHUNK);
+  if (!buf) { sp->err = ENOMEM; sp->failed_call = "malloc"; return NULL; }
+  for (uint64_t done = 0; done < sp->length;) {
+    uint64_t left = sp->length - done;
+    ssize_t n = pread(sp->fd, buf, left < IO_CHUNK ? (size_t)left : IO_CHUNK, (off_t)done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) { sp->err = errno; sp->failed_call = "pread"; break; }
+    if (n == 0) break; /* short file: the Merkle pass reports it */
+    if (EVP_DigestUpdate(sp->ctx, buf, (size_t)n) != 1) { sp->err = EIO; sp->failed_call = "EVP_DigestUpdate"; break; }
+    done += (uint64_t)n;
+  }
+  free(buf);
+  return NULL;
+}
+
 static void verity_fd_execute(napi_env env, void *arg) {
   (void)env;
   verity_fd_job_t *j = arg;
   if (!io_buf && !(io_buf = malloc(IO_CHUNK))) { j->err = ENOMEM; j->failed_call = "malloc"; return; }
+  stream_pass_t sp = { .fd = j->fd, .length = j->length, .ctx = j->hash ? j->hash->ctx : NULL };
+  pthread_t helper;
+  int parallel = j->hash && j->length >= PARALLEL_STREAM_MIN && pthread_create(&helper, NULL, stream_pass_run, &sp) == 0;
   while (j->done < j->length) {
     uint64_t left = j->length - j->done;
     ssize_t n = pread(j->fd, io_buf, left < IO_CHUNK ? (size_t)left : IO_CHUNK, (off_t)j->done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) { j->err = errno; j->failed_call = "pread"; return; }
-    if (n == 0) return; /* short file */
-    if (verity_update(j->verity, io_buf, (size_t)n) < 0) { j->err = errno; j->failed_call = "verityUpdate"; return; }
-    if (j->hash && EVP_DigestUpdate(j->hash->ctx, io_buf, (size_t)n) != 1) {
-      j->err = EIO; j->failed_call = "EVP_DigestUpdate"; return;
+    if (n < 0) { j->err = errno; j->failed_call = "pread"; break; }
+    if (n == 0) break; /* short file */
+    if (verity_update(j->verity, io_buf, (size_t)n) < 0) { j->err = errno; j->failed_call = "verityUpdate"; break; }
+    if (j->hash && !parallel && EVP_DigestUpdate(j->hash->ctx, io_buf, (size_t)n) != 1) {
+      j->err = EIO; j->failed_call = "EVP_DigestUpdate"; break;
     }
     j->done += (uint64_t)n;
   }
+  if (parallel) {
+    pthread_join(helper, NULL);
+    if (!j->err && sp.err) { j->err = sp.err; j->failed_call = sp.failed_call; }
+  }
+  if (j->err || j->done < j->length) return;
   if (verity_final(j->verity, j->digest) < 0) { j->err = errno; j->failed_call = "verityDigest"; return; }
   j->finished = 1;
 }

@@ -25,7 +25,8 @@ function withFile(data: Uint8Array, f: (fd: number, file: string) => Promise<voi
 test('verityDigestOfFd equals FsVerityHasher; the stream hash sees prefix, file and suffix in order', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'cfs-fsv-fd-'));
   try {
-    for (const size of [0, 1, 4095, 4096, 1 << 20, (1 << 20) + 17, 3 * (1 << 20) + 5]) {
+    // 4 MiB and up: the stream hash runs on a second thread in parallel with the Merkle tree.
+    for (const size of [0, 1, 4095, 4096, 1 << 20, (1 << 20) + 17, 3 * (1 << 20) + 5, 4 << 20, 9 * (1 << 20) + 3]) {
       const data = randomBytes(size);
       const file = path.join(dir, `f${size}`);
       writeFileSync(file, data);
@@ -59,8 +60,8 @@ test('verityDigestOfFd hashes only [0, length); length 0 is the empty digest', a
   })();
 });
 
-test('a file shorter than length rejects with EDIGEST naming the offset', async () => {
-  const data = randomBytes((1 << 20) + 100);
+for (const size of [(1 << 20) + 100, (5 << 20) + 100]) test(`a file shorter than length rejects with EDIGEST naming the offset (${size} bytes)`, async () => {
+  const data = randomBytes(size);
   await withFile(data, async (fd, file) => {
     const stream = new StreamHash('sha256');
     await assert.rejects(verityDigestOfFd(fd, data.length + 1, 'sha256', stream, file), (e: Error & { code?: string }) => {
