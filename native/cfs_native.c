@@ -1455,7 +1455,7 @@ static __thread uint8_t *io_buf; /* one per threadpool thread, reused by every j
 /* Files at least this large get their stream hash on a second thread, in parallel with the
  * Merkle tree: each pass reads the (page-cached) file itself, which costs far less than
  * running the two hashes one after the other. */
-#define PARALLEL_STREAM_MIN (4u << 20)
+#define PARALLEL_STREAM_MIN (256u << 10)
 
 typedef struct {
   int fd;

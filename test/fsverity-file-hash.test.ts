@@ -25,7 +25,7 @@ function withFile(data: Uint8Array, f: (fd: number, file: string) => Promise<voi
 test('verityDigestOfFd equals FsVerityHasher; the stream hash sees prefix, file and suffix in order', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'cfs-fsv-fd-'));
   try {
-    // 4 MiB and up: the stream hash runs on a second thread in parallel with the Merkle tree.
+    // 256 KiB and up: the stream hash runs on a second thread in parallel with the Merkle tree.
     for (const size of [0, 1, 4095, 4096, 1 << 20, (1 << 20) + 17, 3 * (1 << 20) + 5, 4 << 20, 9 * (1 << 20) + 3]) {
       const data = randomBytes(size);
       const file = path.join(dir, `f${size}`);

@@ -97,7 +97,12 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
   };
   // Layers are all present now: the import only builds the image and the config/manifest streams.
   const quietLayers: ProgressSink = { ...NO_PROGRESS, message: (t) => (t.startsWith('Importing') ? undefined : progress.message(t)) };
-  const r = await importImage(dst, img, { name: opts.name, progress: quietLayers });
+  // Same algorithm and format: the source's image is the image the layers give, byte for byte
+  // (writeImage re-hashes it and the digest must match); otherwise it is built here.
+  const reuse = src.alg === dst.alg && src.erofsFormats.default === dst.erofsFormats.default && stored.imageId !== null;
+  const prebuiltImage = async (): Promise<{ erofs: Buffer; imageId: string } | null> =>
+    reuse ? { erofs: await src.readObject(Buffer.from(stored.imageId!, 'hex')), imageId: stored.imageId! } : null;
+  const r = await importImage(dst, img, { name: opts.name, progress: quietLayers, prebuiltImage });
   const manifestVerity = await dst.hasStream(manifestContentId(r.manifestDigest));
   const configVerity = await dst.hasStream(configContentId(r.configDigest));
   return {

@@ -73,6 +73,11 @@ export interface ImportOptions {
   parallel?: number;
   /** Default 'disabled' (as composefs-rs: linking shares inodes with the source's files). */
   localFetch?: LocalFetch;
+  /**
+   * The image's composefs EROFS in this repository's format, already built elsewhere (a copy
+   * between repositories of one hash algorithm); null: build it. Its digest must be `imageId`.
+   */
+  prebuiltImage?: () => Promise<{ erofs: Buffer; imageId: string } | null>;
 }
 
 export interface ImportResult {
@@ -221,9 +226,15 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
   let imageObject: Buffer | null = null;
   let imageId: string | null = null;
   if (!img.artifact) {
-    progress.message('Building composefs image');
-    const erofs = await buildImageFromLayers(repo, diffIds.map((d) => ({ diffId: d, streamId: streams.get(d)! })), { erofsVersion });
-    imageId = await repo.writeImage(erofs);
+    const prebuilt = opts.prebuiltImage ? await opts.prebuiltImage() : null;
+    if (prebuilt) {
+      imageId = await repo.writeImage(prebuilt.erofs);
+      if (imageId !== prebuilt.imageId) throw new CfsError('EDIGEST', `composefs image of ${img.description}: fs-verity digest ${imageId}, expected ${prebuilt.imageId}`);
+    } else {
+      progress.message('Building composefs image');
+      const erofs = await buildImageFromLayers(repo, diffIds.map((d) => ({ diffId: d, streamId: streams.get(d)! })), { erofsVersion });
+      imageId = await repo.writeImage(erofs);
+    }
     imageObject = Buffer.from(imageId, 'hex');
   }
 
