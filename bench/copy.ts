@@ -1,59 +1,69 @@
 /**
- * Benchmark: `oci copy` of a sizable image between two repositories on one filesystem (plain,
- * --zerocopy, and into a sha512 repository) versus a fresh pull of the same image, and GetLayer
- * throughput over the varlink socket (an independent Python client rebuilds and hashes every
- * layer from the stream and the received fds).
- * Run: node dist/bench/copy.js   (BENCH_MB = image size in MiB, default 256; needs python3)
+ * Benchmark: `oci copy` of the Debian fixture image (bookworm, ../shared/scripts/make-debian-fixtures)
+ * between two repositories on one filesystem (plain, --zerocopy, and into a sha512 repository)
+ * versus a fresh pull of the same image, and GetLayer over the varlink socket: an independent
+ * Python client rebuilding and hashing every layer, and the transfer alone (stream + fds, file
+ * chunks checked by name and size). Copies run in-process (no Node start-up in the numbers).
+ * Run: node dist/bench/copy.js   (needs python3; BENCH_MB=N uses a synthetic N MiB image instead)
  */
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildOciLayout, type EntrySpec } from '../test/helpers/oci-fixture.js';
 import { Repository } from '../src/repository/repository.js';
 import { openImageSource } from '../src/oci/sources.js';
 import { importImage } from '../src/oci/import.js';
+import { openStoredImage } from '../src/oci/stored.js';
+import { existingLayer } from '../src/tar/split.js';
 import { copyImage } from '../src/oci/copy.js';
 import { ComposefsService } from '../src/varlink/service.js';
 
-const MB = Number(process.env.BENCH_MB ?? 256);
+const SYNTHETIC_MB = process.env.BENCH_MB ? Number(process.env.BENCH_MB) : null;
 const LAYERS = 4;
 const FILE_SIZE = 256 * 1024;
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const client = [root, path.join(root, '..')].map((r) => path.join(r, 'test/clients/varlink_client.py')).find((p) => {
-  try {
-    execFileSync('test', ['-f', p]);
-    return true;
-  } catch {
-    return false;
-  }
-})!;
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, here.includes(`${path.sep}dist${path.sep}`) ? '../..' : '..');
+const fixtures = process.env['FIXTURES_DIR'] ?? '/var/tmp/cfs-debian-fixtures';
+const client = path.join(root, 'test/clients/varlink_client.py');
 
-const work = mkdtempSync(path.join(tmpdir(), 'cfs-bench-copy-'));
+if (SYNTHETIC_MB === null && !existsSync(path.join(fixtures, '.complete'))) {
+  process.stdout.write(`building fixtures in ${fixtures} (1-4 minutes)…\n`);
+  execFileSync(path.resolve(root, '../shared/scripts/make-debian-fixtures'), [fixtures], { stdio: 'inherit' });
+}
+// Next to the fixtures: the repositories share their filesystem (zero-copy applies).
+const work = mkdtempSync(path.join(path.dirname(fixtures), 'cfs-bench-copy-'));
 const secs = (t0: number): number => (performance.now() - t0) / 1000;
 const rate = (bytes: number, s: number): string => `${(bytes / s / 1048576).toFixed(0)} MiB/s`;
 
-try {
-  const filesPerLayer = Math.max(1, Math.round((MB * 1048576) / FILE_SIZE / LAYERS));
+/** The image to copy: the fixture's bookworm, or a synthetic one of BENCH_MB MiB. */
+async function sourceRef(): Promise<{ ref: string; what: string }> {
+  if (SYNTHETIC_MB === null) return { ref: `oci:${path.join(fixtures, 'oci')}:bookworm`, what: 'Debian bookworm fixture' };
+  const filesPerLayer = Math.max(1, Math.round((SYNTHETIC_MB * 1048576) / FILE_SIZE / LAYERS));
   const layers: EntrySpec[][] = Array.from({ length: LAYERS }, (_, l) => [
     { path: `usr/`, type: 'directory' },
     { path: `usr/l${l}/`, type: 'directory' },
     ...Array.from({ length: filesPerLayer }, (_, i): EntrySpec => ({ path: `usr/l${l}/f${i}`, content: randomFillSync(Buffer.allocUnsafe(FILE_SIZE)) })),
   ]);
   const layout = await buildOciLayout(path.join(work, 'img'), { images: [{ tag: 'v1', layers, compression: 'zstd' }] });
-  const bytes = layout.images[0].layers.reduce((n, l) => n + l.tar.length, 0);
-  process.stdout.write(`image: ${LAYERS} layers, ${LAYERS * filesPerLayer} files, ${(bytes / 1048576).toFixed(0)} MiB of tar (zstd-compressed blobs)\n`);
+  return { ref: `oci:${layout.dir}:v1`, what: `synthetic, ${LAYERS} zstd layers of ${FILE_SIZE / 1024} KiB files` };
+}
 
+try {
   const open = (name: string, hashAlg: 'sha256' | 'sha512' = 'sha256'): Promise<Repository> => Repository.init(path.join(work, name), { insecure: true, hashAlg });
 
   const src = await open('src');
+  const { ref, what } = await sourceRef();
   let t0 = performance.now();
-  const img = await openImageSource(`oci:${layout.dir}:v1`);
+  const img = await openImageSource(ref);
   await importImage(src, img, { name: 'app' });
   await img.close();
   const pull = secs(t0);
+  const stored = await openStoredImage(src, 'app');
+  let bytes = 0;
+  for (const d of stored.diffIds) bytes += (await existingLayer(src, d))!.size;
+  process.stdout.write(`image: ${what}; ${stored.diffIds.length} layers, ${(bytes / 1048576).toFixed(0)} MiB of tar\n`);
   process.stdout.write(`fresh pull:            ${pull.toFixed(2)} s  ${rate(bytes, pull)}\n`);
 
   for (const [label, name, alg, zerocopy] of [

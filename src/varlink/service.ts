@@ -498,10 +498,17 @@ export class ComposefsService {
     (async () => {
       for await (const b of produceLayerStream(repo, streamId, slot, contentId)) {
         if (out.destroyed) return;
-        if (!out.write(b)) await new Promise<void>((resolve) => {
-          out.once('drain', resolve);
-          out.once('close', resolve);
-        });
+        if (!out.write(b)) {
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              out.off('drain', done);
+              out.off('close', done);
+              resolve();
+            };
+            out.on('drain', done);
+            out.on('close', done);
+          });
+        }
       }
       out.end();
     })().catch((e: unknown) => {
