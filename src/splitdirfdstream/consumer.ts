@@ -208,8 +208,11 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
     else await storeBlob(src, w, placer, repo);
   } finally {
     src.close();
+    // Never leave writes running past the consumer, also when it failed.
+    await placer.drain().catch(() => undefined);
     placer.close();
   }
+  await placer.drain();
   const actual = `${alg}:${src.hash.digestHex()}`;
   if (actual !== opts.diffId) throw new CfsError('EDIGEST', `layer ${opts.diffId}: diff_id mismatch: reconstructed stream has ${actual}`, { expected: opts.diffId, actual });
   const streamId = await w.finish();

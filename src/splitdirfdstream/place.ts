@@ -29,6 +29,7 @@ import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
 import { MountBridge } from '../repository/mount-bridge.js';
+import { ASYNC_OBJECT_MAX, ObjectSink } from '../repository/object-sink.js';
 import type { OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
@@ -101,16 +102,18 @@ export class ObjectPlacer {
   private readonly buf = Buffer.allocUnsafe(SYNC_HASH_MAX);
   private readonly objectNameRe: RegExp;
   private bridge: MountBridge | null | undefined;
+  private readonly sink: ObjectSink;
 
   constructor(private readonly repo: Repository, private readonly opts: PlacerOptions) {
     this.objectsDir = path.join(repo.path, 'objects');
+    this.sink = new ObjectSink(repo);
     this.dstDev = statSync(this.objectsDir).dev;
     const hex = repo.hashSize * 2;
     this.objectNameRe = new RegExp(`^[0-9a-f]{2}/[0-9a-f]{${hex - 2}}$`);
     if (repo.tmpfileUnsupported) this.noReflink.set(`*`, 'no O_TMPFILE in the repository');
   }
 
-  /** Release the mount bridge, if one was made. */
+  /** Release the mount bridge, if one was made. Call drain() first. */
   close(): void {
     this.bridge?.close();
     this.bridge = null;
@@ -192,6 +195,16 @@ export class ObjectPlacer {
     if (this.opts.zerocopy) {
       throw new CfsError('ENOTSUP', why.startsWith('zero-copy') ? why : `${f.name}: ${why}; copy fallback is disabled (zerocopy mode)`);
     }
+    if (this.sink.usable && length <= ASYNC_OBJECT_MAX) {
+      // Small files: one read into a buffer of their own, written on the threadpool.
+      let data = Buffer.alloc(0);
+      await readWhole(f, length, (b) => {
+        data = Buffer.from(b);
+        onData(data);
+      }, Buffer.allocUnsafe(Math.max(length, 1)));
+      this.stats.objectsCopied++;
+      return this.sink.store(data);
+    }
     const w = this.repo.createObjectWriter();
     try {
       await readWhole(f, length, async (b) => {
@@ -205,6 +218,11 @@ export class ObjectPlacer {
     const id = await w.commit();
     this.stats.objectsCopied++;
     return id;
+  }
+
+  /** Wait for objects still being written (before anything that names them is published). */
+  async drain(): Promise<void> {
+    await this.sink.drain();
   }
 
   /** FICLONE into an O_TMPFILE, sealed when secure, then named; false when reflink is unavailable. */
