@@ -113,9 +113,16 @@ function removeFuseRecord(canonicalMountpoint: string): void {
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     return errnoCode(e) === 'EPERM';
+  }
+  // A detached server that has exited stays a zombie until init reaps it (not at once on every
+  // init): it is gone for us.
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }
 

@@ -61,3 +61,18 @@ export async function cfsOkAsync(args: string[], opts: RunOptions = {}): Promise
   if (r.status !== 0) throw new Error(`cfs ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
   return r;
 }
+
+/** Whether a (detached) process has exited: gone, or a zombie its new parent has not reaped yet. */
+export function processGone(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat[stat.lastIndexOf(')') + 2] === 'Z';
+  } catch {
+    return true;
+  }
+}
