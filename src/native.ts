@@ -40,6 +40,7 @@ export interface NativeAddon {
   verityNew(hashAlg: 1 | 2): VerityHasherHandle;
   verityUpdate(hasher: VerityHasherHandle, data: Uint8Array): void;
   verityDigest(hasher: VerityHasherHandle): Buffer; // finalizes
+  verityDigestBuffer(data: Uint8Array, algId: number): Buffer; // one-shot, no hasher object
   /** Plain streaming digest. Throws EBUSY while a verityHashFd job is feeding it. */
   hashNew(name: StreamHashName): StreamHashHandle;
   hashUpdate(hash: StreamHashHandle, data: Uint8Array): void;

@@ -1,6 +1,6 @@
 import { open } from 'node:fs/promises';
 import { closeSync, openSync, readSync, type PathLike } from 'node:fs';
-import { FsVerityHasher, type HashAlg } from './digest.js';
+import { FsVerityHasher, fsverityDigest, type HashAlg } from './digest.js';
 import { verityDigestOfFd } from './file-hash.js';
 
 const READ_CHUNK = 1 << 20;
@@ -36,7 +36,11 @@ export function fsverityDigestFileSync(filePath: PathLike, alg: HashAlg = 'sha25
   syncBuf ??= Buffer.allocUnsafe(READ_CHUNK);
   const fd = openSync(filePath, 'r');
   try {
-    const h = new FsVerityHasher(alg);
+    // Most files fit the buffer: read to EOF, then one native call (no hasher object).
+    let filled = 0;
+    for (let n = readSync(fd, syncBuf, 0, READ_CHUNK, null); n > 0 && (filled += n) < READ_CHUNK; n = readSync(fd, syncBuf, filled, READ_CHUNK - filled, null));
+    if (filled < READ_CHUNK) return fsverityDigest(syncBuf.subarray(0, filled), alg);
+    const h = new FsVerityHasher(alg).update(syncBuf);
     for (let n = readSync(fd, syncBuf, 0, READ_CHUNK, null); n > 0; n = readSync(fd, syncBuf, 0, READ_CHUNK, null)) {
       h.update(syncBuf.subarray(0, n));
     }

@@ -8,7 +8,7 @@
  * digest with ours before the object gets its name.
  */
 import path from 'node:path';
-import { FsVerityHasher, HASH_ALG_ID } from '../fsverity/digest.js';
+import { fsverityDigest, HASH_ALG_ID } from '../fsverity/digest.js';
 import { native } from '../native.js';
 import { CfsError } from '../errors.js';
 import { objectRelPath } from './ids.js';
@@ -40,7 +40,7 @@ export class ObjectSink {
     if (this.failure) throw this.failure;
     while (this.pendingBytes + data.length > MAX_PENDING_BYTES && this.pending.size > 0) await Promise.race(this.pending);
     if (this.failure) throw this.failure;
-    const id = new FsVerityHasher(this.repo.alg).update(data).digest();
+    const id = fsverityDigest(data, this.repo.alg);
     const dest = path.join(this.objects, objectRelPath(id));
     this.pendingBytes += data.length;
     const p: Promise<void> = native()

@@ -23,7 +23,7 @@ import { promisify } from 'node:util';
 import path from 'node:path';
 import { native } from '../native.js';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
-import { FsVerityHasher } from '../fsverity/digest.js';
+import { fsverityDigest } from '../fsverity/digest.js';
 import { StreamHash, verityDigestOfFd } from '../fsverity/file-hash.js';
 import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
@@ -174,12 +174,13 @@ export class ObjectPlacer {
       tap.advance(length);
       return id;
     }
-    const h = new FsVerityHasher(this.repo.alg);
+    let id: Buffer | null = null;
+    // length <= the buffer: readWhole hands over the whole content in one piece.
     await readWhole(f, length, (b) => {
       tap.count(b);
-      h.update(b);
+      id = fsverityDigest(b, this.repo.alg);
     }, this.buf);
-    return h.digest();
+    return id ?? fsverityDigest(Buffer.alloc(0), this.repo.alg);
   }
 
   private why(m: Map<string, string>, pair: string): string {
