@@ -1476,57 +1476,95 @@ typedef struct {
 static __thread uint8_t *io_buf; /* one per threadpool thread, reused by every job */
 
 /* Files at least this large get their stream hash on a second thread, in parallel with the
- * Merkle tree: each pass reads the (page-cached) file itself, which costs far less than
- * running the two hashes one after the other. */
+ * Merkle tree. Both hash the same bytes from one read: the pool thread reads a chunk, hands it
+ * to the helper, builds the tree from it, and reads the next chunk into the other of two
+ * buffers while the helper may still be hashing the previous one. */
 #define PARALLEL_STREAM_MIN (256u << 10)
 
 typedef struct {
-  int fd;
-  uint64_t length;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
   EVP_MD_CTX *ctx;
-  int err;
-  const char *failed_call;
-} stream_pass_t;
+  const uint8_t *chunk; /* handed to the helper, NULL once it is hashed */
+  size_t len;
+  int stop;
+  int failed;
+} stream_pipe_t;
 
-static void *stream_pass_run(void *arg) {
-  stream_pass_t *sp = arg;
-  uint8_t *buf = malloc(IO_CHUNK);
-  if (!buf) { sp->err = ENOMEM; sp->failed_call = "malloc"; return NULL; }
-  for (uint64_t done = 0; done < sp->length;) {
-    uint64_t left = sp->length - done;
-    ssize_t n = pread(sp->fd, buf, left < IO_CHUNK ? (size_t)left : IO_CHUNK, (off_t)done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) { sp->err = errno; sp->failed_call = "pread"; break; }
-    if (n == 0) break; /* short file: the Merkle pass reports it */
-    if (EVP_DigestUpdate(sp->ctx, buf, (size_t)n) != 1) { sp->err = EIO; sp->failed_call = "EVP_DigestUpdate"; break; }
-    done += (uint64_t)n;
+static void *stream_pipe_run(void *arg) {
+  stream_pipe_t *sp = arg;
+  pthread_mutex_lock(&sp->mu);
+  for (;;) {
+    while (!sp->chunk && !sp->stop) pthread_cond_wait(&sp->cv, &sp->mu);
+    if (!sp->chunk) break;
+    const uint8_t *p = sp->chunk;
+    size_t n = sp->len;
+    pthread_mutex_unlock(&sp->mu);
+    int ok = EVP_DigestUpdate(sp->ctx, p, n) == 1;
+    pthread_mutex_lock(&sp->mu);
+    if (!ok) sp->failed = 1;
+    sp->chunk = NULL;
+    pthread_cond_broadcast(&sp->cv);
   }
-  free(buf);
+  pthread_mutex_unlock(&sp->mu);
   return NULL;
 }
+
+/* Waits until the helper is done with the chunk it holds; then hands it `p` (NULL: stop). */
+static void stream_pipe_hand(stream_pipe_t *sp, const uint8_t *p, size_t n) {
+  pthread_mutex_lock(&sp->mu);
+  while (sp->chunk) pthread_cond_wait(&sp->cv, &sp->mu);
+  if (p) {
+    sp->chunk = p;
+    sp->len = n;
+  } else {
+    sp->stop = 1;
+  }
+  pthread_cond_broadcast(&sp->cv);
+  pthread_mutex_unlock(&sp->mu);
+}
+
+static __thread uint8_t *io_buf2; /* the second buffer of a parallel job */
 
 static void verity_fd_execute(napi_env env, void *arg) {
   (void)env;
   verity_fd_job_t *j = arg;
   if (!io_buf && !(io_buf = malloc(IO_CHUNK))) { j->err = ENOMEM; j->failed_call = "malloc"; return; }
-  stream_pass_t sp = { .fd = j->fd, .length = j->length, .ctx = j->hash ? j->hash->ctx : NULL };
+  stream_pipe_t sp = { .ctx = j->hash ? j->hash->ctx : NULL };
   pthread_t helper;
-  int parallel = j->hash && j->length >= PARALLEL_STREAM_MIN && pthread_create(&helper, NULL, stream_pass_run, &sp) == 0;
+  int parallel = j->hash && j->length >= PARALLEL_STREAM_MIN && (io_buf2 || (io_buf2 = malloc(IO_CHUNK)));
+  if (parallel) {
+    pthread_mutex_init(&sp.mu, NULL);
+    pthread_cond_init(&sp.cv, NULL);
+    if (pthread_create(&helper, NULL, stream_pipe_run, &sp) != 0) {
+      pthread_cond_destroy(&sp.cv);
+      pthread_mutex_destroy(&sp.mu);
+      parallel = 0;
+    }
+  }
+  uint8_t *bufs[2] = { io_buf, io_buf2 };
+  int cur = 0;
   while (j->done < j->length) {
+    uint8_t *buf = parallel ? bufs[cur] : io_buf;
     uint64_t left = j->length - j->done;
-    ssize_t n = pread(j->fd, io_buf, left < IO_CHUNK ? (size_t)left : IO_CHUNK, (off_t)j->done);
+    ssize_t n = pread(j->fd, buf, left < IO_CHUNK ? (size_t)left : IO_CHUNK, (off_t)j->done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) { j->err = errno; j->failed_call = "pread"; break; }
-    if (n == 0) break; /* short file */
-    if (verity_update(j->verity, io_buf, (size_t)n) < 0) { j->err = errno; j->failed_call = "verityUpdate"; break; }
-    if (j->hash && !parallel && EVP_DigestUpdate(j->hash->ctx, io_buf, (size_t)n) != 1) {
+    if (n == 0) break; /* short file: both hashes have seen the same bytes */
+    if (parallel) stream_pipe_hand(&sp, buf, (size_t)n);
+    if (verity_update(j->verity, buf, (size_t)n) < 0) { j->err = errno; j->failed_call = "verityUpdate"; break; }
+    if (j->hash && !parallel && EVP_DigestUpdate(j->hash->ctx, buf, (size_t)n) != 1) {
       j->err = EIO; j->failed_call = "EVP_DigestUpdate"; break;
     }
     j->done += (uint64_t)n;
+    cur ^= 1;
   }
   if (parallel) {
+    stream_pipe_hand(&sp, NULL, 0);
     pthread_join(helper, NULL);
-    if (!j->err && sp.err) { j->err = sp.err; j->failed_call = sp.failed_call; }
+    pthread_cond_destroy(&sp.cv);
+    pthread_mutex_destroy(&sp.mu);
+    if (!j->err && sp.failed) { j->err = EIO; j->failed_call = "EVP_DigestUpdate"; }
   }
   if (j->err || j->done < j->length) return;
   if (verity_final(j->verity, j->digest) < 0) { j->err = errno; j->failed_call = "verityDigest"; return; }

@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeFileSync, readdirSync, constants as C } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -220,7 +221,12 @@ test('consumer: bad streams fail and link nothing', async () => {
     const at = wire.indexOf(orig);
     return Buffer.concat([wire.subarray(0, at), hdr, wire.subarray(at + orig.length)]);
   };
+  // A FIFO named by the stream must fail, not block the consumer in open(2).
+  const fifoDir = mkdtempSync(path.join(tmpdir(), 'cfs-sdfd-fifo-'));
+  execFileSync('mkfifo', [path.join(fifoDir, 'pipe')]);
+  const fifoDirFd = openSync(fifoDir, C.O_RDONLY | C.O_DIRECTORY);
   const cases: Array<[string, Buffer, number[], RegExp]> = [
+    ['fifo', withFirstFile(fileHeader(first.length, 1, Buffer.from('pipe'))), [ofd, fifoDirFd], /"pipe" is not a regular file/],
     ['index out of range', withFirstFile(fileHeader(first.length, 9, Buffer.from(first.name!))), [ofd], /dirfd index 9 out of range \(1 directory fds\)/],
     ['dummy in the slot', withFirstFile(fileHeader(first.length, 1, Buffer.from(first.name!))), [ofd, devnull], /slot 1 is not a directory.*dummy/],
     ['length lie', withFirstFile(fileHeader(first.length + 1, 0, Buffer.from(first.name!))), [ofd], /declared length 300001 != actual size 300000/],
@@ -238,6 +244,8 @@ test('consumer: bad streams fail and link nothing', async () => {
   } finally {
     closeSync(ofd);
     closeSync(devnull);
+    closeSync(fifoDirFd);
+    rmSync(fifoDir, { recursive: true, force: true });
     dst.close();
   }
 });

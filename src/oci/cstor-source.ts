@@ -91,17 +91,17 @@ async function explainLocal(e: unknown, store: ContainersStore, layerId: string)
   const hint = unreadableHint(store);
   if (!isDenied(e) || (e as Error).message.includes(hint)) return e;
   // The consumer names a file relative to a layer directory: show where it is and who owns it.
-  const m = isCfsError(e) ? /cannot open "([^"]+)"/.exec(e.message) : null;
-  if (!m) {
+  const name = isCfsError(e) ? e.context['name'] : undefined;
+  if (typeof name !== 'string') {
     const what = isCfsError(e) ? e.message : `${(e as NodeJS.ErrnoException).path ?? ''}: permission denied`;
     return new CfsError('EPERM', `${what}; ${hint}`);
   }
   let detail = '';
   for (const dir of await store.layerSearchDirs(layerId)) {
-    const st = await stat(path.join(dir, m[1])).catch(() => null);
+    const st = await stat(path.join(dir, name)).catch(() => null);
     if (!st) continue;
-    detail = ` (${path.join(dir, m[1])}, owned by uid ${st.uid} gid ${st.gid}, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`;
+    detail = ` (${path.join(dir, name)}, owned by uid ${st.uid} gid ${st.gid}, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`;
     break;
   }
-  return new CfsError('EPERM', `layer ${layerId}: cannot read ${m[1]}${detail}: permission denied; ${hint}`);
+  return new CfsError('EPERM', `layer ${layerId}: cannot read ${name}${detail}: permission denied; ${hint}`);
 }

@@ -61,7 +61,8 @@ export class MountBridge {
   /**
    * `name` beneath the directory `dirfd` opened again through the clone; null unless it is the
    * same inode as `st`, and null when dirfd is on objects/'s own mount (no bridge needed). The
-   * file must be on dirfd's mount (openat2 RESOLVE_NO_XDEV ensures it).
+   * file is taken to be on dirfd's mount (the consumer opens it with RESOLVE_NO_XDEV); the inode
+   * check catches anything else.
    */
   reopen(dirfd: number, name: string, st: Stats): number | null {
     let where = this.dirs.get(dirfd);

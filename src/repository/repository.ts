@@ -60,7 +60,7 @@ export interface ImageHandle {
   verityRequired: boolean;
 }
 
-/** Write meta.json so that it appears complete or not at all. Returns false if one exists. */
+/** meta.json's text, or null when there is none. */
 function readMetaIfPresent(metaPath: string): string | null {
   try {
     return readFileSync(metaPath, 'utf8');
@@ -70,6 +70,7 @@ function readMetaIfPresent(metaPath: string): string | null {
   }
 }
 
+/** Write meta.json so that it appears complete or not at all. Returns false if one exists. */
 function writeMetaFile(repoPath: string, text: string, insecure: boolean): boolean {
   const dest = path.join(repoPath, META_FILE);
   const seal = (fd: number): void => {
@@ -193,8 +194,9 @@ export class Repository implements ObjectStore {
       } catch (e) {
         if (errnoCode(e) !== 'ENOENT') throw e;
         const hasObjects = await access(path.join(abs, 'objects')).then(() => true, () => false);
-        // objects/ appears right after meta.json when another process is creating the repository.
-        text = hasObjects ? readMetaIfPresent(metaPath) : null;
+        // Another process may be creating the repository: it links meta.json, then makes
+        // objects/. Read meta.json again after looking for objects/ (not before).
+        text = readMetaIfPresent(metaPath);
         if (hasObjects && text === null) throw new CfsError('ENOTSUP', `${abs}: old-format repository without meta.json (upgrading is not supported; re-create it)`);
         if (text === null && !opts.create) throw new CfsError('ENOENT', `${metaPath}: meta.json not found; this repository must be initialized with \`cfs init\``);
       }

@@ -206,6 +206,10 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   try {
     if (kind === 'tar') await splitTar(src, w, new TarEntryParser(opts.diffId), opts.diffId, (e) => contentObject(src, placer, repo, e, opts.diffId));
     else await storeBlob(src, w, placer, repo);
+  } catch (e) {
+    // Stop the producer: it releases what it holds (open files, the store's lock).
+    await reader.close().catch(() => undefined);
+    throw e;
   } finally {
     src.close();
     // Never leave writes running past the consumer, also when it failed.

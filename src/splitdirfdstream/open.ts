@@ -34,7 +34,8 @@ export function checkDirSlot(dirfds: readonly number[], index: number, where: st
 /**
  * Open `name` read-only beneath `dirfd`: openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
  * RESOLVE_NO_XDEV; a plain open through /proc/self/fd on kernels without openat2 (the name was
- * checked first). The target must be a regular file.
+ * checked first). The target must be a regular file; O_NONBLOCK keeps a FIFO from blocking
+ * the open (it has no effect on reads of regular files).
  */
 export function openBeneath(dirfd: number, rawName: Buffer, where: string): OpenedFile {
   const name = checkFileName(rawName, where);
@@ -43,17 +44,17 @@ export function openBeneath(dirfd: number, rawName: Buffer, where: string): Open
   try {
     if (!openat2Missing) {
       try {
-        fd = native().openat2(dirfd, name, c.O_RDONLY, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV);
+        fd = native().openat2(dirfd, name, c.O_RDONLY | C.O_NONBLOCK, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV);
       } catch (e) {
         if (errnoCode(e) !== 'ENOSYS') throw e;
         openat2Missing = true;
       }
     }
-    if (fd < 0) fd = openSync(`/proc/self/fd/${dirfd}/${name}`, C.O_RDONLY | C.O_NOFOLLOW);
+    if (fd < 0) fd = openSync(`/proc/self/fd/${dirfd}/${name}`, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
   } catch (e) {
     const code = errnoCode(e);
     const cfsCode = code === 'ENOENT' ? 'ENOENT' : code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EINVAL';
-    throw new CfsError(cfsCode, `${where}: cannot open ${JSON.stringify(name)}: ${(e as Error).message}`);
+    throw new CfsError(cfsCode, `${where}: cannot open ${JSON.stringify(name)}: ${(e as Error).message}`, { name });
   }
   const stat = fstatSync(fd);
   if (!stat.isFile()) {

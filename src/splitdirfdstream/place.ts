@@ -136,18 +136,31 @@ export class ObjectPlacer {
     const canHardlink = !this.noHardlink.has(pair) && (local || this.objectNameRe.test(f.name));
     if (!canReflink && !canHardlink) return this.copy(f, length, onData, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`);
 
-    const id = await this.digest(f, length, tap);
-    if (lstatSync(path.join(this.objectsDir, objectRelPath(id)), { throwIfNoEntry: false })) {
-      this.stats.objectsAlreadyPresent++;
-      return id;
-    }
     // Another mount of the same filesystem: link through the bridge (local stores only).
     const bridged = local ? this.reopenBridged(f) : null;
+    let id: Buffer;
     try {
       const src = bridged ?? f.fd;
       const dir = bridged === null ? this.objectsDir : this.bridge!.objectsDir;
-      if (canReflink && this.reflink(src, dir, f, id, pair)) {
-        this.stats.objectsReflinked++;
+      // Reflink first: the clone is a private, immutable copy, and it is what gets hashed.
+      const clone = canReflink ? this.clone(src, dir, f, pair) : null;
+      if (clone !== null) {
+        try {
+          id = await this.digest({ ...f, fd: clone }, length, tap);
+          if (this.exists(id)) {
+            this.stats.objectsAlreadyPresent++;
+            return id;
+          }
+          this.linkClone(clone, dir, id);
+          this.stats.objectsReflinked++;
+          return id;
+        } finally {
+          closeSync(clone);
+        }
+      }
+      id = await this.digest(f, length, tap);
+      if (this.exists(id)) {
+        this.stats.objectsAlreadyPresent++;
         return id;
       }
       if (canHardlink && (local || f.name === objectRelPath(id)) && this.hardlink(src, dir, id, pair)) {
@@ -198,11 +211,9 @@ export class ObjectPlacer {
     }
     if (this.sink.usable && length <= ASYNC_OBJECT_MAX) {
       // Small files: one read into a buffer of their own, written on the threadpool.
-      let data = Buffer.alloc(0);
-      await readWhole(f, length, (b) => {
-        data = Buffer.from(b);
-        onData(data);
-      }, Buffer.allocUnsafe(Math.max(length, 1)));
+      // readWhole hands over the whole content in one piece, in this buffer of its own.
+      const data = Buffer.allocUnsafe(length);
+      await readWhole(f, length, onData, data);
       this.stats.objectsCopied++;
       return this.sink.store(data);
     }
@@ -226,36 +237,45 @@ export class ObjectPlacer {
     await this.sink.drain();
   }
 
-  /** FICLONE into an O_TMPFILE, sealed when secure, then named; false when reflink is unavailable. */
-  private reflink(src: number, dir: string, f: OpenedFile, id: Buffer, pair: string): boolean {
+  private exists(id: Buffer): boolean {
+    return lstatSync(path.join(this.objectsDir, objectRelPath(id)), { throwIfNoEntry: false }) !== undefined;
+  }
+
+  /** FICLONE of `src` into an O_TMPFILE in `dir` (its fd); null when reflink is unavailable. */
+  private clone(src: number, dir: string, f: OpenedFile, pair: string): number | null {
     let tmp: number;
     try {
       tmp = native().openTmpfile(dir, C.O_RDWR, 0o644);
     } catch (e) {
       this.noReflink.set(pair, errnoCode(e) ?? 'no O_TMPFILE');
-      return false;
+      return null;
     }
-    let fd = tmp;
     try {
-      try {
-        native().ficlone(tmp, src);
-      } catch (e) {
-        const code = errnoCode(e);
-        if (!code || !PERMANENT.has(code)) throw e;
-        this.noReflink.set(pair, code);
-        return false;
-      }
-      if (fstatSync(tmp).size !== f.stat.size) throw new CfsError('EIO', `${f.name}: reflinked copy has the wrong size`);
-      if (this.repo.secure) {
-        // fs-verity refuses files open for writing: continue on a read-only fd.
-        fd = openSync(`/proc/self/fd/${tmp}`, C.O_RDONLY);
-        closeSync(tmp);
-        this.seal(fd, id);
-      }
-      this.link(fd, dir, id);
-      return true;
+      native().ficlone(tmp, src);
+    } catch (e) {
+      closeSync(tmp);
+      const code = errnoCode(e);
+      if (!code || !PERMANENT.has(code)) throw e;
+      this.noReflink.set(pair, code);
+      return null;
+    }
+    if (fstatSync(tmp).size !== f.stat.size) {
+      closeSync(tmp);
+      throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported (size)`);
+    }
+    return tmp;
+  }
+
+  /** Name a clone (sealed first when secure); the caller closes `clone`. */
+  private linkClone(clone: number, dir: string, id: Buffer): void {
+    if (!this.repo.secure) return this.link(clone, dir, id);
+    // fs-verity refuses files open for writing: continue on a read-only fd.
+    const ro = openSync(`/proc/self/fd/${clone}`, C.O_RDONLY);
+    try {
+      this.seal(ro, id);
+      this.link(ro, dir, id);
     } finally {
-      closeSync(fd);
+      closeSync(ro);
     }
   }
 

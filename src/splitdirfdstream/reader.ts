@@ -68,6 +68,12 @@ export class SplitdirfdReader {
     return parts.length === 1 ? parts[0] : Buffer.concat(parts);
   }
 
+  /** Stop reading: ends the input's iteration early (its producer cleans up). */
+  async close(): Promise<void> {
+    this.eof = true;
+    await this.it.return?.();
+  }
+
   get remainingBody(): number {
     return this.bodyLeft;
   }

@@ -34,6 +34,17 @@ function* pieces(b: Buffer, max: number): Generator<Buffer> {
 }
 
 async function* layerChunks(store: ContainersStore, layerId: string): AsyncGenerator<Buffer> {
+  // layerSegments holds the store's layer lock only while it iterates; the last batch is
+  // consumed (its files opened and linked) after that, so hold a lock of our own until the end.
+  const lock = await store.lockLayers();
+  try {
+    yield* batched(store, layerId);
+  } finally {
+    lock.release();
+  }
+}
+
+async function* batched(store: ContainersStore, layerId: string): AsyncGenerator<Buffer> {
   const batch = new ChunkBatch();
   for await (const seg of layerSegments(store, layerId)) {
     if (seg.kind === 'raw') {

@@ -13,7 +13,7 @@
  * size > 0 are looked up on disk, like tar-split's own assembler.
  */
 import { createGunzip } from 'node:zlib';
-import { closeSync, createReadStream, fstatSync, lstatSync, openSync, read as fsRead, readSync } from 'node:fs';
+import { closeSync, constants as fsc, createReadStream, fstatSync, lstatSync, openSync, read as fsRead, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { CfsError, errnoCode } from '../../errors.js';
@@ -194,23 +194,35 @@ export async function* fileContent(layerId: string, seg: Extract<LayerSegment, {
   const changed = (why: string): CfsError => new CfsError('EDIGEST', `layer ${layerId}: ${seg.name} changed since import (${why})`);
   let fd: number;
   try {
-    fd = openSync(seg.path, 'r');
+    // Not following a symlink, not blocking on a FIFO: either is "no longer a regular file".
+    fd = openSync(seg.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
   } catch (e) {
     const code = errnoCode(e);
     if (code === 'ENOENT' || code === 'ENOTDIR') throw new CfsError('ENOENT', `layer ${layerId}: ${seg.name} is missing from the layer's files (${seg.path.toString()})`);
+    if (code === 'ELOOP') throw changed('no longer a regular file');
     throw e;
   }
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw changed('no longer a regular file');
     if (st.size !== seg.size) throw changed(`size ${st.size}, recorded ${seg.size}`);
-    // Small files: one synchronous read (see findFile), plus a 1-byte probe for growth.
+    if (seg.size <= READ_CHUNK) {
+      // Small files: synchronously (see findFile), into one buffer a byte longer than recorded,
+      // so a file that grew shows.
+      const buf = Buffer.allocUnsafe(seg.size + 1);
+      const n = readAllSync(fd, buf, 0);
+      if (n > seg.size) throw changed(`longer than the recorded ${seg.size} bytes`);
+      if (n < seg.size) throw changed(`shorter than the recorded ${seg.size} bytes`);
+      const data = buf.subarray(0, n);
+      if (!new Crc64().update(data).digest().equals(seg.crc64)) throw changed('crc64 mismatch');
+      yield data;
+      return;
+    }
     const crc = new Crc64();
     let done = 0;
     while (done <= seg.size) {
-      const small = seg.size <= READ_CHUNK;
-      const buf = Buffer.allocUnsafe(small ? seg.size + 1 : Math.min(READ_CHUNK, seg.size - done + 1));
-      const n = small ? readAllSync(fd, buf, done) : (await readFd(fd, buf, 0, buf.length, done)).bytesRead;
+      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, seg.size - done + 1));
+      const { bytesRead: n } = await readFd(fd, buf, 0, buf.length, done);
       if (n === 0) break;
       if (done + n > seg.size) throw changed(`longer than the recorded ${seg.size} bytes`);
       const chunk = buf.subarray(0, n);
