@@ -147,24 +147,29 @@ export class ObjectPlacer {
       if (clone !== null) {
         try {
           id = await this.digest({ ...f, fd: clone }, length, tap);
-          if (this.exists(id)) {
+          if (this.repo.secure && this.exists(id)) {
             this.stats.objectsAlreadyPresent++;
             return id;
           }
-          this.linkClone(clone, dir, id);
-          this.stats.objectsReflinked++;
+          if (this.linkClone(clone, dir, id)) this.stats.objectsReflinked++;
+          else this.stats.objectsAlreadyPresent++;
           return id;
         } finally {
           closeSync(clone);
         }
       }
       id = await this.digest(f, length, tap);
-      if (this.exists(id)) {
+      const mayLink = canHardlink && (local || f.name === objectRelPath(id));
+      // Insecure repositories learn that an object exists from linkat's EEXIST (one syscall
+      // less per file); secure ones must not seal the source for an object already there.
+      if ((this.repo.secure || !mayLink) && this.exists(id)) {
         this.stats.objectsAlreadyPresent++;
         return id;
       }
-      if (canHardlink && (local || f.name === objectRelPath(id)) && this.hardlink(src, dir, id, pair)) {
-        this.stats.objectsHardlinked++;
+      const linked = mayLink ? this.hardlink(src, dir, id, pair) : false;
+      if (linked) {
+        if (linked === 'linked') this.stats.objectsHardlinked++;
+        else this.stats.objectsAlreadyPresent++;
         return id;
       }
     } finally {
@@ -266,24 +271,24 @@ export class ObjectPlacer {
     return tmp;
   }
 
-  /** Name a clone (sealed first when secure); the caller closes `clone`. */
-  private linkClone(clone: number, dir: string, id: Buffer): void {
+  /** Name a clone (sealed first when secure); false when the object existed. The caller closes `clone`. */
+  private linkClone(clone: number, dir: string, id: Buffer): boolean {
     if (!this.repo.secure) return this.link(clone, dir, id);
     // fs-verity refuses files open for writing: continue on a read-only fd.
     const ro = openSync(`/proc/self/fd/${clone}`, C.O_RDONLY);
     try {
       this.seal(ro, id);
-      this.link(ro, dir, id);
+      return this.link(ro, dir, id);
     } finally {
       closeSync(ro);
     }
   }
 
-  private hardlink(src: number, dir: string, id: Buffer, pair: string): boolean {
+  /** 'linked', 'present' (the object was there already), or false when hardlinks do not work. */
+  private hardlink(src: number, dir: string, id: Buffer, pair: string): 'linked' | 'present' | false {
     try {
       if (this.repo.secure) this.seal(src, id);
-      this.link(src, dir, id);
-      return true;
+      return this.link(src, dir, id) ? 'linked' : 'present';
     } catch (e) {
       const code = isCfsError(e) && e.code === 'ENOTSUP' ? 'ENOTSUP' : errnoCode(e);
       if (!code || (isCfsError(e) && e.code !== 'ENOTSUP') || !PERMANENT.has(code)) throw e;
@@ -305,7 +310,8 @@ export class ObjectPlacer {
   }
 
   /** Name the object (in `dir`: objects/ or its bridged view); an existing one is equivalent. */
-  private link(fd: number, dir: string, id: Buffer): void {
+  /** Name the object; false when it already exists (an equivalent object). */
+  private link(fd: number, dir: string, id: Buffer): boolean {
     const rel = objectRelPath(id);
     const xx = rel.slice(0, 2);
     if (!this.repo.knownDirs.has(xx)) {
@@ -314,8 +320,10 @@ export class ObjectPlacer {
     }
     try {
       native().linkFd(fd, `${dir}/${rel}`);
+      return true;
     } catch (e) {
       if (errnoCode(e) !== 'EEXIST') throw e;
+      return false;
     }
   }
 }
