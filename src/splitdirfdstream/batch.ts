@@ -3,7 +3,7 @@
  * one by one costs an async hop and a socket write each. A ChunkBatch gathers them into buffers
  * of about BATCH_SIZE bytes.
  */
-export const BATCH_SIZE = 256 * 1024;
+const BATCH_SIZE = 256 * 1024;
 
 export class ChunkBatch {
   private parts: Buffer[] = [];

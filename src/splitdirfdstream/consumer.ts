@@ -34,7 +34,7 @@ export interface ConsumeOptions {
   kind?: 'tar' | 'blob';
   /** Fail instead of copying when neither reflink nor hardlink works. */
   zerocopy?: boolean;
-  /** The dirfds belong to a local image store cfs opened itself (place.ts: any owner, any name). */
+  /** The dirfds belong to a local image store cfs opened itself (place.ts: every owner, every name). */
   localStore?: boolean;
   /** Called with the number of stream bytes reconstructed so far. */
   onProgress?: (bytes: number) => void;
@@ -112,7 +112,7 @@ class LogicalSource implements TarInput {
     return parts.length === 1 ? parts[0] : Buffer.concat(parts, got);
   }
 
-  /** The next chunk when it is a whole, unread FileBackedData chunk of `length` bytes (any when null). */
+  /** The next chunk when it is a whole, unread FileBackedData chunk of `length` bytes (of whatever length when null). */
   async wholeFile(length: number | null): Promise<{ file: OpenedFile; length: number } | null> {
     if (!(await this.current())) return null;
     const s = this.seg!;

@@ -7,7 +7,7 @@
  *   client files (PutLayer, copy): owner = euid and no group/other write bit; hardlinking also
  *     needs the source to be an object of the same hash algorithm (named `XX/YYYY…` of the
  *     digest just computed), since the inode is then shared.
- *   local store files (containers-storage, read by cfs itself): any owner and name. Hardlinks
+ *   local store files (containers-storage, read by cfs itself): whatever the owner and name. Hardlinks
  *     share the store's inode: its mode, owner and mtime are the store's (composefs ignores
  *     them: the image carries the metadata), and nothing in cfs rewrites objects. In a secure
  *     repository fs-verity is enabled on that shared inode, which makes podman's file immutable
@@ -74,7 +74,7 @@ export interface PlacerOptions {
  * one read are read synchronously: thousands of small files, page-cached, cost more in promise
  * round trips than in syscalls.
  */
-export async function readWhole(f: OpenedFile, length: number, onData: (b: Buffer) => void | Promise<void>, buf?: Buffer): Promise<void> {
+async function readWhole(f: OpenedFile, length: number, onData: (b: Buffer) => void | Promise<void>, buf?: Buffer): Promise<void> {
   const b = buf ?? Buffer.allocUnsafe(Math.min(READ_SIZE, Math.max(length, 1)));
   const short = (pos: number): CfsError => new CfsError('EDIGEST', `${f.name}: file is shorter than the declared ${length} bytes (ends at ${pos})`);
   if (length <= b.length) {

@@ -112,7 +112,7 @@ export async function existingLayer(repo: Repository, expectedDiffId: string | u
 }
 
 /** Check the computed diff_id, then finish the stream and publish it as `oci-layer-<diff_id>`. */
-export async function publishLayer(
+async function publishLayer(
   repo: Repository,
   w: SplitStreamWriter,
   diffId: string,
