@@ -1160,7 +1160,7 @@ static int digest_once(EVP_MD_CTX *ctx, const EVP_MD *md, const void *p, size_t 
 
 typedef struct {
   uint32_t magic;
-  int busy;     /* a verityHashFd job is updating ctx: JS must not touch it */
+  int busy;     /* a hashFeed job is updating ctx: JS must not touch it */
   int finished; /* digested */
   const hash_alg_t *alg;
   EVP_MD_CTX *ctx;
@@ -1391,7 +1391,7 @@ static void stream_hash_finalize(napi_env env, void *data, void *hint) {
 
 /* Throws unless JS may use h now. */
 static int stream_hash_usable(napi_env env, stream_hash_t *h, const char *fn) {
-  if (h->busy) throw_errno(env, EBUSY, fn, "stream hash is in use by verityHashFd");
+  if (h->busy) throw_errno(env, EBUSY, fn, "stream hash is in use by hashFeed");
   else if (h->finished) throw_errno(env, EINVAL, fn, "stream hash already digested");
   return !h->busy && !h->finished;
 }
@@ -1453,188 +1453,242 @@ static napi_value js_hash_digest(napi_env env, napi_callback_info info) {
   return buffer_copy(env, out, len);
 }
 
-/* ---- verityHashFd: fs-verity digest of [0, length) of an fd, off the JS thread ------------
- * pread()s in 1 MiB chunks into the fs-verity hasher and, when given, a stream hash (so a tar
- * stream whose file contents come from files is hashed in order). The stream hash is marked
- * busy until the promise settles. A file shorter than length rejects with code 'ESHORT' (and
- * .offset = where it ended); the stream hash has then seen the bytes up to there. */
+/* ---- file hashing on the threadpool ------------------------------------------------------
+ * verityHashFds: the fs-verity digests of [0, length) of several fds, in one job.
+ * hashFeed: appends segments (ranges of one Buffer or of fds) to a stream hash, in order, in one
+ * job; the stream hash is busy until it settles.
+ * Jobs run on different pool threads, so the Merkle trees of many files and the digest of the
+ * stream they belong to are computed in parallel. A file shorter than asked rejects with code
+ * 'ESHORT', .index (the segment) and .offset (where it ended); the stream hash has then seen the
+ * bytes up to there. fds must stay open until the promise settles. */
+typedef struct {
+  int fd; /* -1: the job's Buffer */
+  uint64_t off, len;
+} hash_seg_t;
+
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref hash_ref; /* keeps the stream hash alive */
-  stream_hash_t *hash;
-  verity_t *verity;
-  int fd;
-  uint64_t length;
-  uint64_t done; /* bytes hashed */
-  int finished;  /* digest computed */
+  napi_ref hash_ref, data_ref; /* keep the stream hash and the Buffer alive */
+  stream_hash_t *hash;         /* hashFeed */
+  const hash_alg_t *alg;       /* verityHashFds */
+  const uint8_t *data;
+  size_t data_len;
+  hash_seg_t *segs;
+  size_t nsegs;
+  uint8_t *digests; /* verityHashFds: nsegs digests of dsize bytes */
+  size_t dsize;
+  size_t failed_index;
+  uint64_t failed_at;
+  int short_read;
   int err;
   const char *failed_call;
-  uint8_t digest[EVP_MAX_MD_SIZE];
-} verity_fd_job_t;
+  const char *fn;
+} hash_job_t;
 
 static __thread uint8_t *io_buf; /* one per threadpool thread, reused by every job */
 
-/* Files at least this large get their stream hash on a second thread, in parallel with the
- * Merkle tree. Both hash the same bytes from one read: the pool thread reads a chunk, hands it
- * to the helper, builds the tree from it, and reads the next chunk into the other of two
- * buffers while the helper may still be hashing the previous one. */
-#define PARALLEL_STREAM_MIN (256u << 10)
+typedef int (*hash_update_fn)(void *ctx, const uint8_t *p, size_t n);
 
-typedef struct {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  EVP_MD_CTX *ctx;
-  const uint8_t *chunk; /* handed to the helper, NULL once it is hashed */
-  size_t len;
-  int stop;
-  int failed;
-} stream_pipe_t;
+static int update_verity(void *ctx, const uint8_t *p, size_t n) { return verity_update(ctx, p, n); }
+static int update_stream(void *ctx, const uint8_t *p, size_t n) { return EVP_DigestUpdate(ctx, p, n) == 1 ? 0 : -1; }
 
-static void *stream_pipe_run(void *arg) {
-  stream_pipe_t *sp = arg;
-  pthread_mutex_lock(&sp->mu);
-  for (;;) {
-    while (!sp->chunk && !sp->stop) pthread_cond_wait(&sp->cv, &sp->mu);
-    if (!sp->chunk) break;
-    const uint8_t *p = sp->chunk;
-    size_t n = sp->len;
-    pthread_mutex_unlock(&sp->mu);
-    int ok = EVP_DigestUpdate(sp->ctx, p, n) == 1;
-    pthread_mutex_lock(&sp->mu);
-    if (!ok) sp->failed = 1;
-    sp->chunk = NULL;
-    pthread_cond_broadcast(&sp->cv);
-  }
-  pthread_mutex_unlock(&sp->mu);
-  return NULL;
-}
-
-/* Waits until the helper is done with the chunk it holds; then hands it `p` (NULL: stop). */
-static void stream_pipe_hand(stream_pipe_t *sp, const uint8_t *p, size_t n) {
-  pthread_mutex_lock(&sp->mu);
-  while (sp->chunk) pthread_cond_wait(&sp->cv, &sp->mu);
-  if (p) {
-    sp->chunk = p;
-    sp->len = n;
-  } else {
-    sp->stop = 1;
-  }
-  pthread_cond_broadcast(&sp->cv);
-  pthread_mutex_unlock(&sp->mu);
-}
-
-static __thread uint8_t *io_buf2; /* the second buffer of a parallel job */
-
-static void verity_fd_execute(napi_env env, void *arg) {
-  (void)env;
-  verity_fd_job_t *j = arg;
-  if (!io_buf && !(io_buf = malloc(IO_CHUNK))) { j->err = ENOMEM; j->failed_call = "malloc"; return; }
-  stream_pipe_t sp = { .ctx = j->hash ? j->hash->ctx : NULL };
-  pthread_t helper;
-  int parallel = j->hash && j->length >= PARALLEL_STREAM_MIN && (io_buf2 || (io_buf2 = malloc(IO_CHUNK)));
-  if (parallel) {
-    pthread_mutex_init(&sp.mu, NULL);
-    pthread_cond_init(&sp.cv, NULL);
-    if (pthread_create(&helper, NULL, stream_pipe_run, &sp) != 0) {
-      pthread_cond_destroy(&sp.cv);
-      pthread_mutex_destroy(&sp.mu);
-      parallel = 0;
-    }
-  }
-  uint8_t *bufs[2] = { io_buf, io_buf2 };
-  int cur = 0;
-  while (j->done < j->length) {
-    uint8_t *buf = parallel ? bufs[cur] : io_buf;
-    uint64_t left = j->length - j->done;
-    ssize_t n = pread(j->fd, buf, left < IO_CHUNK ? (size_t)left : IO_CHUNK, (off_t)j->done);
+/* Feeds segment idx of the job (a range of an fd) to update; -1 with the failure noted in j. */
+static int hash_fd_range(hash_job_t *j, size_t idx, hash_update_fn update, void *ctx) {
+  const hash_seg_t *s = &j->segs[idx];
+  if (!io_buf && !(io_buf = malloc(IO_CHUNK))) { j->err = ENOMEM; j->failed_call = "malloc"; return -1; }
+  for (uint64_t done = 0; done < s->len;) {
+    uint64_t left = s->len - done;
+    ssize_t n = pread(s->fd, io_buf, left < IO_CHUNK ? (size_t)left : IO_CHUNK, (off_t)(s->off + done));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) { j->err = errno; j->failed_call = "pread"; break; }
-    if (n == 0) break; /* short file: both hashes have seen the same bytes */
-    if (parallel) stream_pipe_hand(&sp, buf, (size_t)n);
-    if (verity_update(j->verity, buf, (size_t)n) < 0) { j->err = errno; j->failed_call = "verityUpdate"; break; }
-    if (j->hash && !parallel && EVP_DigestUpdate(j->hash->ctx, buf, (size_t)n) != 1) {
-      j->err = EIO; j->failed_call = "EVP_DigestUpdate"; break;
-    }
-    j->done += (uint64_t)n;
-    cur ^= 1;
+    if (n < 0) { j->err = errno; j->failed_call = "pread"; j->failed_index = idx; return -1; }
+    if (n == 0) { j->short_read = 1; j->failed_index = idx; j->failed_at = s->off + done; return -1; }
+    if (update(ctx, io_buf, (size_t)n) < 0) { j->err = EIO; j->failed_call = "hash update"; return -1; }
+    done += (uint64_t)n;
   }
-  if (parallel) {
-    stream_pipe_hand(&sp, NULL, 0);
-    pthread_join(helper, NULL);
-    pthread_cond_destroy(&sp.cv);
-    pthread_mutex_destroy(&sp.mu);
-    if (!j->err && sp.failed) { j->err = EIO; j->failed_call = "EVP_DigestUpdate"; }
-  }
-  if (j->err || j->done < j->length) return;
-  if (verity_final(j->verity, j->digest) < 0) { j->err = errno; j->failed_call = "verityDigest"; return; }
-  j->finished = 1;
+  return 0;
 }
 
-static napi_value short_error(napi_env env, uint64_t at, uint64_t length) {
-  char msg[128];
-  snprintf(msg, sizeof msg, "verityHashFd: file ended at offset %llu of %llu", (unsigned long long)at,
-           (unsigned long long)length);
+static void verity_fds_execute(napi_env env, void *arg) {
+  (void)env;
+  hash_job_t *j = arg;
+  for (size_t i = 0; i < j->nsegs; i++) {
+    verity_t *v = verity_new(j->alg);
+    if (!v) { j->err = ENOMEM; j->failed_call = "verityNew"; return; }
+    int rc = hash_fd_range(j, i, update_verity, v);
+    if (rc == 0 && verity_final(v, j->digests + i * j->dsize) < 0) { j->err = errno; j->failed_call = "verityDigest"; rc = -1; }
+    verity_free(v);
+    if (rc < 0) return;
+  }
+}
+
+static void hash_feed_execute(napi_env env, void *arg) {
+  (void)env;
+  hash_job_t *j = arg;
+  for (size_t i = 0; i < j->nsegs; i++) {
+    const hash_seg_t *s = &j->segs[i];
+    if (s->fd >= 0) {
+      if (hash_fd_range(j, i, update_stream, j->hash->ctx) < 0) return;
+    } else if (update_stream(j->hash->ctx, j->data + s->off, (size_t)s->len) < 0) {
+      j->err = EIO; j->failed_call = "hash update"; return;
+    }
+  }
+}
+
+static napi_value short_error(napi_env env, const hash_job_t *j) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: segment %zu: file ended at offset %llu of %llu", j->fn, j->failed_index,
+           (unsigned long long)j->failed_at, (unsigned long long)(j->segs[j->failed_index].off + j->segs[j->failed_index].len));
   napi_value jmsg, jerr;
   if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg) != napi_ok) return NULL;
   if (napi_create_error(env, NULL, jmsg, &jerr) != napi_ok) return NULL;
   set_prop_str(env, jerr, "code", "ESHORT");
-  napi_set_named_property(env, jerr, "offset", int_value(env, (int64_t)at));
+  napi_set_named_property(env, jerr, "index", int_value(env, (int64_t)j->failed_index));
+  napi_set_named_property(env, jerr, "offset", int_value(env, (int64_t)j->failed_at));
   return jerr;
 }
 
-static void verity_fd_complete(napi_env env, napi_status status, void *arg) {
-  verity_fd_job_t *j = arg;
-  if (j->hash) {
-    j->hash->busy = 0;
-    napi_delete_reference(env, j->hash_ref);
-  }
-  if (status != napi_ok && !j->err) { j->err = ECANCELED; j->failed_call = "verityHashFd"; }
-  if (j->err)
-    napi_reject_deferred(env, j->deferred, errno_error(env, j->err, j->failed_call, NULL));
-  else if (!j->finished)
-    napi_reject_deferred(env, j->deferred, short_error(env, j->done, j->length));
-  else
-    napi_resolve_deferred(env, j->deferred, buffer_copy(env, j->digest, j->verity->hash_size));
-  napi_delete_async_work(env, j->work);
-  verity_free(j->verity);
+static void hash_job_free(napi_env env, hash_job_t *j) {
+  if (j->hash_ref) napi_delete_reference(env, j->hash_ref);
+  if (j->data_ref) napi_delete_reference(env, j->data_ref);
+  free(j->segs);
+  free(j->digests);
   free(j);
 }
 
-/* verityHashFd(fd, length, algId, streamHash | null) -> Promise<Buffer>. fd must stay open until
- * the promise settles. */
-static napi_value js_verity_hash_fd(napi_env env, napi_callback_info info) {
-  call_t c;
-  call_init(&c, env, info, "verityHashFd");
-  int fd = (int)arg_int(&c, 0);
-  int64_t length = arg_int(&c, 1);
-  int id = (int)arg_int(&c, 2);
-  stream_hash_t *h = arg_is_nullish(&c, 3) ? NULL : arg_ext(&c, 3, STREAM_HASH_MAGIC, "a stream hash or null");
-  BAIL_IF_FAILED(&c);
-  call_free(&c);
-  if (length < 0) return throw_errno(env, EINVAL, "verityHashFd", "negative length");
-  const hash_alg_t *a = hash_alg_find(NULL, id);
-  if (!a) return throw_errno(env, EINVAL, "verityHashFd", "unknown fs-verity hash algorithm");
-  if (h && !stream_hash_usable(env, h, "verityHashFd")) return NULL;
-  verity_fd_job_t *j = calloc(1, sizeof *j);
-  if (j && !(j->verity = verity_new(a))) {
-    free(j);
-    j = NULL;
+static void hash_job_complete(napi_env env, napi_status status, void *arg) {
+  hash_job_t *j = arg;
+  if (j->hash) j->hash->busy = 0;
+  if (status != napi_ok && !j->err && !j->short_read) { j->err = ECANCELED; j->failed_call = j->fn; }
+  napi_value r;
+  if (j->err) {
+    r = errno_error(env, j->err, j->failed_call, NULL);
+    if (r && j->failed_call && strcmp(j->failed_call, "pread") == 0) napi_set_named_property(env, r, "index", int_value(env, (int64_t)j->failed_index));
+    napi_reject_deferred(env, j->deferred, r);
+  } else if (j->short_read) {
+    napi_reject_deferred(env, j->deferred, short_error(env, j));
+  } else {
+    r = j->digests ? buffer_copy(env, j->digests, j->nsegs * j->dsize) : undefined(env);
+    napi_resolve_deferred(env, j->deferred, r);
   }
-  if (!j) return throw_errno(env, ENOMEM, "verityHashFd", NULL);
-  j->fd = fd;
-  j->length = (uint64_t)length;
-  j->hash = h;
+  napi_delete_async_work(env, j->work);
+  hash_job_free(env, j);
+}
+
+/* A Float64Array of `width`-tuples as segments: (fd, length) at width 2, (fd, offset, length) at 3. */
+static hash_seg_t *arg_segments(call_t *c, size_t i, size_t width, size_t *nsegs) {
+  napi_typedarray_type type;
+  size_t len = 0;
+  void *data = NULL;
+  bool is_ta = false;
+  *nsegs = 0;
+  if (c->failed) return NULL;
+  if (i >= c->argc || napi_is_typedarray(c->env, c->argv[i], &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(c->env, c->argv[i], &type, &len, &data, NULL, NULL) != napi_ok ||
+      type != napi_float64_array || len % width != 0) {
+    throw_type(c->env, c->fn, i, width == 2 ? "a Float64Array of (fd, length) pairs" : "a Float64Array of (fd, offset, length) triples");
+    c->failed = 1;
+    return NULL;
+  }
+  const double *v = data;
+  size_t n = len / width;
+  hash_seg_t *segs = calloc(n ? n : 1, sizeof *segs);
+  if (!segs) { throw_errno(c->env, ENOMEM, c->fn, NULL); c->failed = 1; return NULL; }
+  for (size_t k = 0; k < n; k++) {
+    const double *t = v + k * width;
+    double off = width == 3 ? t[1] : 0, length = t[width - 1];
+    if (t[0] < -1 || t[0] > INT32_MAX || t[0] != (int)t[0] || off < 0 || length < 0 || off + length > 9007199254740991.0) {
+      free(segs);
+      throw_errno(c->env, EINVAL, c->fn, "bad segment");
+      c->failed = 1;
+      return NULL;
+    }
+    segs[k] = (hash_seg_t){ .fd = (int)t[0], .off = (uint64_t)off, .len = (uint64_t)length };
+  }
+  *nsegs = n;
+  return segs;
+}
+
+static napi_value queue_hash_job(napi_env env, hash_job_t *j, napi_async_execute_callback execute) {
   napi_value promise, name;
-  if (h) {
-    napi_create_reference(env, c.argv[3], 1, &j->hash_ref);
-    h->busy = 1;
-  }
   napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "cfs.verityHashFd", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, verity_fd_execute, verity_fd_complete, j, &j->work);
+  napi_create_string_utf8(env, j->fn, NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, execute, hash_job_complete, j, &j->work);
   napi_queue_async_work(env, j->work);
   return promise;
+}
+
+/* verityHashFds(Float64Array [fd, length, ...], algId) -> Promise<Buffer> (the digests, in order). */
+static napi_value js_verity_hash_fds(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "verityHashFds");
+  size_t n = 0;
+  hash_seg_t *segs = arg_segments(&c, 0, 2, &n);
+  int id = (int)arg_int(&c, 1);
+  if (c.failed) free(segs);
+  BAIL_IF_FAILED(&c);
+  call_free(&c);
+  const hash_alg_t *a = hash_alg_find(NULL, id);
+  for (size_t k = 0; a && k < n; k++) if (segs[k].fd < 0) a = NULL;
+  if (!a) {
+    free(segs);
+    return throw_errno(env, EINVAL, "verityHashFds", "unknown fs-verity hash algorithm or negative fd");
+  }
+  size_t dsize = (size_t)EVP_MD_get_size(a->md);
+  hash_job_t *j = calloc(1, sizeof *j);
+  uint8_t *digests = malloc(n ? n * dsize : 1);
+  if (!j || !digests) {
+    free(j);
+    free(digests);
+    free(segs);
+    return throw_errno(env, ENOMEM, "verityHashFds", NULL);
+  }
+  j->fn = "verityHashFds";
+  j->alg = a;
+  j->segs = segs;
+  j->nsegs = n;
+  j->digests = digests;
+  j->dsize = dsize;
+  return queue_hash_job(env, j, verity_fds_execute);
+}
+
+/* hashFeed(streamHash, Buffer | null, Float64Array [fd or -1, offset, length, ...]) -> Promise<void>. */
+static napi_value js_hash_feed(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "hashFeed");
+  stream_hash_t *h = arg_ext(&c, 0, STREAM_HASH_MAGIC, "a stream hash");
+  size_t data_len = 0;
+  void *data = arg_is_nullish(&c, 1) ? NULL : arg_buf(&c, 1, &data_len);
+  size_t n = 0;
+  hash_seg_t *segs = arg_segments(&c, 2, 3, &n);
+  if (c.failed) free(segs);
+  BAIL_IF_FAILED(&c);
+  call_free(&c);
+  for (size_t k = 0; k < n; k++) {
+    if (segs[k].fd < 0 && segs[k].off + segs[k].len > data_len) {
+      free(segs);
+      return throw_errno(env, ERANGE, "hashFeed", "segment beyond the Buffer");
+    }
+  }
+  if (!stream_hash_usable(env, h, "hashFeed")) {
+    free(segs);
+    return NULL;
+  }
+  hash_job_t *j = calloc(1, sizeof *j);
+  if (!j) {
+    free(segs);
+    return throw_errno(env, ENOMEM, "hashFeed", NULL);
+  }
+  j->fn = "hashFeed";
+  j->hash = h;
+  j->data = data;
+  j->data_len = data_len;
+  j->segs = segs;
+  j->nsegs = n;
+  napi_create_reference(env, c.argv[0], 1, &j->hash_ref);
+  if (data) napi_create_reference(env, c.argv[1], 1, &j->data_ref);
+  h->busy = 1;
+  return queue_hash_job(env, j, hash_feed_execute);
 }
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -1661,7 +1715,8 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("hashNew", js_hash_new),
       FN("hashUpdate", js_hash_update),
       FN("hashDigest", js_hash_digest),
-      FN("verityHashFd", js_verity_hash_fd),
+      FN("verityHashFds", js_verity_hash_fds),
+      FN("hashFeed", js_hash_feed),
       FN("fsopen", js_fsopen),
       FN("fsconfigSetString", js_fsconfig_set_string),
       FN("fsconfigSetFlag", js_fsconfig_set_flag),

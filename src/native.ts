@@ -41,16 +41,23 @@ export interface NativeAddon {
   verityUpdate(hasher: VerityHasherHandle, data: Uint8Array): void;
   verityDigest(hasher: VerityHasherHandle): Buffer; // finalizes
   verityDigestBuffer(data: Uint8Array, algId: number): Buffer; // one-shot, no hasher object
-  /** Plain streaming digest. Throws EBUSY while a verityHashFd job is feeding it. */
+  /** Plain streaming digest. Throws EBUSY while a hashFeed job is feeding it. */
   hashNew(name: StreamHashName): StreamHashHandle;
   hashUpdate(hash: StreamHashHandle, data: Uint8Array): void;
   hashDigest(hash: StreamHashHandle): Buffer; // finalizes
   /**
-   * fs-verity digest of bytes [0, length) of `fd`, read on the threadpool in 1 MiB chunks that
-   * also feed `stream` when given (busy until the promise settles). A shorter file rejects with
-   * code 'ESHORT' and `offset` = where it ended. `fd` must stay open until the promise settles.
+   * On the threadpool, one job: the fs-verity digests of [0, length) of each (fd, length) pair,
+   * concatenated in order. A shorter file rejects with code 'ESHORT', `index` (the pair) and
+   * `offset` (where it ended); read errors keep their errno and carry `index`. The fds must stay
+   * open until the promise settles.
    */
-  verityHashFd(fd: number, length: number, hashAlg: 1 | 2, stream: StreamHashHandle | null): Promise<Buffer>;
+  verityHashFds(pairs: Float64Array, hashAlg: 1 | 2): Promise<Buffer>;
+  /**
+   * On the threadpool, one job: appends each (fd, offset, length) segment to `stream` in order;
+   * fd -1 takes bytes [offset, offset + length) of `data`. `stream` is busy (EBUSY) until the
+   * promise settles; errors as for verityHashFds.
+   */
+  hashFeed(stream: StreamHashHandle, data: Buffer | null, triples: Float64Array): Promise<void>;
   // new mount API and classic mount calls
   fsopen(fsType: string, flags: number): number; // FSOPEN_CLOEXEC always added
   fsconfigSetString(fsfd: number, key: string, value: string): void;

@@ -4,7 +4,7 @@ import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs
 import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fsverityDigest, FsVerityHasher, StreamHash, verityDigestOfFd } from '../src/fsverity/index.js';
+import { fsverityDigest, FsVerityHasher, StreamFeed, StreamHash, VerityBatcher, verityDigestOfFd } from '../src/fsverity/index.js';
 import { native, type StreamHashHandle } from '../src/native.js';
 
 function withFile(data: Uint8Array, f: (fd: number, file: string) => Promise<void>): () => Promise<void> {
@@ -22,31 +22,43 @@ function withFile(data: Uint8Array, f: (fd: number, file: string) => Promise<voi
   };
 }
 
-test('verityDigestOfFd equals FsVerityHasher; the stream hash sees prefix, file and suffix in order', async () => {
+test('verityDigestOfFd and VerityBatcher equal FsVerityHasher; StreamFeed sees bytes and file ranges in order', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'cfs-fsv-fd-'));
+  const fds: number[] = [];
   try {
-    // 256 KiB and up: the stream hash runs on a second thread in parallel with the Merkle tree.
-    for (const size of [0, 1, 4095, 4096, 1 << 20, (1 << 20) + 17, 3 * (1 << 20) + 5, 4 << 20, 9 * (1 << 20) + 3]) {
+    const sizes = [0, 1, 4095, 4096, 70_000, 1 << 20, (1 << 20) + 17, 3 * (1 << 20) + 5, 9 * (1 << 20) + 3];
+    const files = sizes.map((size) => {
       const data = randomBytes(size);
       const file = path.join(dir, `f${size}`);
       writeFileSync(file, data);
-      const fd = openSync(file, 'r');
-      try {
-        for (const [alg, streamAlg] of [['sha256', 'sha256'], ['sha512', 'sha384'], ['sha256', 'sha512']] as const) {
-          const prefix = randomBytes(513);
-          const suffix = randomBytes(1029);
-          const stream = new StreamHash(streamAlg).update(prefix);
-          const d = await verityDigestOfFd(fd, size, alg, stream, file);
-          stream.update(suffix);
-          assert.deepEqual(d, new FsVerityHasher(alg).update(data).digest(), `${alg} size ${size}`);
-          const expected = createHash(streamAlg).update(prefix).update(data).update(suffix).digest('hex');
-          assert.equal(stream.digestHex(), expected, `${streamAlg} stream size ${size}`);
-        }
-      } finally {
-        closeSync(fd);
+      fds.push(openSync(file, 'r'));
+      return { data, fd: fds[fds.length - 1], file };
+    });
+    for (const [alg, streamAlg] of [['sha256', 'sha256'], ['sha512', 'sha384'], ['sha256', 'sha512']] as const) {
+      const feed = new StreamFeed(streamAlg);
+      const batcher = new VerityBatcher(alg);
+      const expected = createHash(streamAlg);
+      const released: Promise<void>[] = [];
+      const digests: Promise<Buffer>[] = [];
+      for (const { data, fd, file } of files) {
+        const prefix = randomBytes(513);
+        feed.bytes(prefix);
+        expected.update(prefix);
+        released.push(feed.file(fd, data.length, file));
+        expected.update(data);
+        digests.push(batcher.digest(fd, data.length, file));
+        assert.deepEqual(await verityDigestOfFd(fd, data.length, alg, file), new FsVerityHasher(alg).update(data).digest(), `${alg} size ${data.length}`);
       }
+      batcher.flush();
+      const got = await Promise.all(digests);
+      got.forEach((d, i) => assert.deepEqual(d, fsverityDigest(files[i].data, alg), `batched ${alg} size ${files[i].data.length}`));
+      feed.bytes(Buffer.from('suffix'));
+      expected.update('suffix');
+      assert.equal((await feed.digest()).toString('hex'), expected.digest('hex'), `${streamAlg} stream`);
+      await Promise.all(released);
     }
   } finally {
+    for (const fd of fds) closeSync(fd);
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -60,35 +72,54 @@ test('verityDigestOfFd hashes only [0, length); length 0 is the empty digest', a
   })();
 });
 
-for (const size of [(1 << 20) + 100, (5 << 20) + 100]) test(`a file shorter than length rejects with EDIGEST naming the offset (${size} bytes)`, async () => {
+for (const size of [1000, (1 << 20) + 100, (5 << 20) + 100]) test(`a file shorter than declared: EDIGEST naming it and the offset (${size} bytes)`, async () => {
   const data = randomBytes(size);
   await withFile(data, async (fd, file) => {
-    const stream = new StreamHash('sha256');
-    await assert.rejects(verityDigestOfFd(fd, data.length + 1, 'sha256', stream, file), (e: Error & { code?: string }) => {
+    const named = (e: Error & { code?: string }): boolean => {
       assert.equal(e.name, 'CfsError');
       assert.equal(e.code, 'EDIGEST');
       assert.ok(e.message.startsWith(`${file}: shorter than ${data.length + 1} bytes`), e.message);
       assert.match(e.message, new RegExp(`offset ${data.length}\\b`));
       return true;
-    });
-    // Not busy any more; it saw the whole (short) file.
-    assert.equal(stream.digestHex(), createHash('sha256').update(data).digest('hex'));
+    };
+    await assert.rejects(verityDigestOfFd(fd, data.length + 1, 'sha256', file), named);
+    const batcher = new VerityBatcher('sha256');
+    const ok = batcher.digest(fd, 10, 'other');
+    const bad = batcher.digest(fd, data.length + 1, file);
+    batcher.flush();
+    await assert.rejects(bad, named);
+    // Small files share a job: the whole batch fails, naming the file that caused it.
+    if (data.length + 1 <= 256 * 1024) await assert.rejects(ok, named);
+    else assert.deepEqual(await ok, fsverityDigest(data.subarray(0, 10)));
+    const feed = new StreamFeed('sha256');
+    feed.bytes(Buffer.from('head'));
+    const released = feed.file(fd, data.length + 1, file);
+    feed.bytes(Buffer.from('tail'));
+    await assert.rejects(feed.digest(), named);
+    await released; // never rejects
   })();
 });
 
-test('a busy StreamHash throws EBUSY until verityDigestOfFd settles', async () => {
+test('a StreamHash being fed on the threadpool throws EBUSY until the job settles', async () => {
   const data = randomBytes(16 << 20);
   await withFile(data, async (fd) => {
     const stream = new StreamHash('sha512');
-    const pending = verityDigestOfFd(fd, data.length, 'sha256', stream);
+    const n = native();
+    const pending = n.hashFeed(stream.handle, null, Float64Array.of(fd, 0, data.length));
     assert.throws(() => stream.update(Buffer.from('x')), { name: 'CfsError', code: 'EBUSY' });
     assert.throws(() => stream.digest(), { name: 'CfsError', code: 'EBUSY' });
-    await assert.rejects(verityDigestOfFd(fd, data.length, 'sha256', stream), { name: 'CfsError', code: 'EBUSY' });
-    assert.deepEqual(await pending, fsverityDigest(data));
+    assert.throws(() => n.hashFeed(stream.handle, null, Float64Array.of(fd, 0, 1)), { code: 'EBUSY' });
+    await pending;
     stream.update(Buffer.from('x'));
     assert.equal(stream.digestHex(), createHash('sha512').update(data).update('x').digest('hex'));
     assert.throws(() => stream.update(Buffer.from('x')), { name: 'CfsError', code: 'EINVAL' });
-    await assert.rejects(verityDigestOfFd(fd, 1, 'sha256', stream), { name: 'CfsError', code: 'EINVAL' });
+    assert.throws(() => n.hashFeed(stream.handle, null, Float64Array.of(fd, 0, 1)), { code: 'EINVAL' });
+    // Segments are checked before anything runs.
+    const h = new StreamHash('sha256');
+    assert.throws(() => n.hashFeed(h.handle, Buffer.alloc(4), Float64Array.of(-1, 2, 3)), { code: 'ERANGE' });
+    assert.throws(() => n.hashFeed(h.handle, null, Float64Array.of(fd, 0)), TypeError);
+    assert.throws(() => n.verityHashFds(Float64Array.of(-1, 0), 1), { code: 'EINVAL' });
+    assert.throws(() => n.verityHashFds([fd, 1] as unknown as Float64Array, 1), TypeError);
   })();
 });
 

@@ -1,29 +1,29 @@
 /**
  * Whole-file fs-verity digests and plain stream digests on the native addon.
  *
- * verityDigestOfFd reads [0, length) of an fd on libuv's threadpool and builds the Merkle tree
- * there; given a StreamHash it feeds the same bytes to it, so the digest of a stream whose file
- * contents come from files (e.g. a tar layer's diff_id) costs no extra read. While that runs the
- * StreamHash is busy: using it throws CfsError EBUSY.
+ * verityDigestOfFd and VerityBatcher read files on libuv's threadpool and build their Merkle
+ * trees there. StreamFeed digests a stream whose pieces are bytes and file ranges (a tar layer
+ * rebuilt from its file contents) on the threadpool too, in order, so on two cores the layer's
+ * digest and its files' fs-verity digests are computed at the same time.
  */
 import { CfsError, errnoCode } from '../errors.js';
 import { native, type StreamHashHandle, type StreamHashName } from '../native.js';
-import { HASH_ALG_ID, type HashAlg } from './digest.js';
+import { HASH_ALG_ID, HASH_SIZE, type HashAlg } from './digest.js';
 
 export type { StreamHashName };
 
 /** Maps the native stream-hash state errors to CfsError; other errors pass through. */
 function streamHashError(e: unknown, alg: StreamHashName): unknown {
   const code = errnoCode(e);
-  if (code === 'EBUSY') return new CfsError('EBUSY', `StreamHash(${alg}): in use by verityDigestOfFd until it settles`);
+  if (code === 'EBUSY') return new CfsError('EBUSY', `StreamHash(${alg}): in use by a StreamFeed job until it settles`);
   if (code === 'EINVAL') return new CfsError('EINVAL', `StreamHash(${alg}): already digested`);
   return e;
 }
 
-/** A streaming sha256/sha384/sha512 digest (like createHash, but usable by verityDigestOfFd). */
+/** A streaming sha256/sha384/sha512 digest (like createHash, but also fed by StreamFeed on the threadpool). */
 export class StreamHash {
   readonly alg: StreamHashName;
-  /** The native state; for verityDigestOfFd. */
+  /** The native state; for StreamFeed. */
   readonly handle: StreamHashHandle;
   private finished = false;
 
@@ -61,28 +61,183 @@ export class StreamHash {
   }
 }
 
+function shortError(e: unknown, what: (index: number) => { label: string; length: number }): unknown {
+  if (errnoCode(e) !== 'ESHORT') return e;
+  const { index = 0, offset = -1 } = e as { index?: number; offset?: number };
+  const { label, length } = what(index);
+  return new CfsError('EDIGEST', `${label}: shorter than ${length} bytes (ends at offset ${offset})`, { offset, length });
+}
+
 /**
  * fs-verity digest of bytes [0, length) of `fd` (which must stay open until this settles), read
- * in 1 MiB chunks on the threadpool; the same bytes are appended to `stream` when given. A file
- * shorter than `length` throws CfsError EDIGEST (`stream` has then seen the bytes up to its end);
- * read errors keep their errno code.
+ * in 1 MiB chunks on the threadpool. A file shorter than `length` throws CfsError EDIGEST; read
+ * errors keep their errno code.
  */
-export async function verityDigestOfFd(
-  fd: number,
-  length: number,
-  alg: HashAlg,
-  stream?: StreamHash,
-  label = `fd ${fd}`,
-): Promise<Buffer> {
-  if (stream?.digested) throw new CfsError('EINVAL', `StreamHash(${stream.alg}): already digested`);
+export async function verityDigestOfFd(fd: number, length: number, alg: HashAlg, label = `fd ${fd}`): Promise<Buffer> {
   try {
-    return await native().verityHashFd(fd, length, HASH_ALG_ID[alg], stream ? stream.handle : null);
+    return await native().verityHashFds(Float64Array.of(fd, length), HASH_ALG_ID[alg]);
   } catch (e) {
-    if (errnoCode(e) === 'ESHORT') {
-      const offset = (e as { offset?: number }).offset ?? -1;
-      throw new CfsError('EDIGEST', `${label}: shorter than ${length} bytes (ends at offset ${offset})`, { offset, length });
+    throw shortError(e, () => ({ label, length }));
+  }
+}
+
+interface Waiter<T> {
+  resolve(v: T): void;
+  reject(e: unknown): void;
+}
+
+/** Files up to this size are hashed in batches (one threadpool job for many files). */
+const BATCH_FILE_MAX = 256 * 1024;
+const BATCH_FILES = 64;
+const BATCH_BYTES = 4 * 1024 * 1024;
+
+/**
+ * fs-verity digests of many files on the threadpool: large files get a job each, small ones
+ * share one, so thousands of small files do not cost a threadpool round trip each. A partial
+ * batch waits for flush(); call it before waiting on any digest.
+ */
+export class VerityBatcher {
+  private pairs: number[] = [];
+  private waiters: Array<Waiter<Buffer> & { label: string; length: number }> = [];
+  private bytes = 0;
+  private readonly size: number;
+
+  constructor(private readonly alg: HashAlg) {
+    this.size = HASH_SIZE[alg];
+  }
+
+  /** The digest of [0, length) of `fd`, which must stay open until it settles. */
+  digest(fd: number, length: number, label: string): Promise<Buffer> {
+    if (length > BATCH_FILE_MAX) return verityDigestOfFd(fd, length, this.alg, label);
+    return new Promise<Buffer>((resolve, reject) => {
+      this.pairs.push(fd, length);
+      this.waiters.push({ resolve, reject, label, length });
+      this.bytes += length;
+      if (this.waiters.length >= BATCH_FILES || this.bytes >= BATCH_BYTES) this.flush();
+    });
+  }
+
+  /** Start the partial batch. */
+  flush(): void {
+    if (this.waiters.length === 0) return;
+    const waiters = this.waiters;
+    const pairs = Float64Array.from(this.pairs);
+    this.pairs = [];
+    this.waiters = [];
+    this.bytes = 0;
+    native().verityHashFds(pairs, HASH_ALG_ID[this.alg]).then(
+      (d) => waiters.forEach((w, i) => w.resolve(d.subarray(i * this.size, (i + 1) * this.size))),
+      (e) => {
+        // The whole batch fails, with an error naming the file that caused it.
+        const index = (e as { index?: number }).index;
+        const w = index === undefined ? undefined : waiters[index];
+        const err = !w || errnoCode(e) === 'ESHORT' ? shortError(e, () => w ?? { label: 'batch', length: -1 }) : new CfsError(readErrorCode(e), `${w.label}: ${(e as Error).message}`);
+        for (const x of waiters) x.reject(err);
+      },
+    );
+  }
+}
+
+function readErrorCode(e: unknown): 'EPERM' | 'EIO' {
+  const code = errnoCode(e);
+  return code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EIO';
+}
+
+/** Unhashed bytes after which StreamFeed starts a job even while the caller is still adding. */
+const FEED_KICK = 256 * 1024;
+
+/**
+ * A stream digest (e.g. a layer's diff_id) fed in order with bytes and file ranges, hashed on
+ * the threadpool while the caller goes on: one job at a time, each taking everything queued so
+ * far. Bytes are copied; fds must stay open until their file() promise settles. The first
+ * failure (a file shorter than declared, a read error) is kept and thrown by digest().
+ */
+export class StreamFeed {
+  private readonly hash: StreamHash;
+  private parts: Buffer[] = [];
+  private partsLen = 0;
+  private plan: number[] = [];
+  private labels: Array<{ index: number; label: string; length: number }> = [];
+  private waiters: Array<() => void> = [];
+  private queued = 0;
+  private running = false;
+  private idle: Array<() => void> = [];
+  private failure: unknown = null;
+
+  constructor(alg: StreamHashName) {
+    this.hash = new StreamHash(alg);
+  }
+
+  /** Bytes queued and not hashed yet. */
+  get backlog(): number {
+    return this.queued;
+  }
+
+  bytes(b: Uint8Array): void {
+    if (b.length === 0) return;
+    this.plan.push(-1, this.partsLen, b.length);
+    this.parts.push(Buffer.from(b));
+    this.partsLen += b.length;
+    this.add(b.length);
+  }
+
+  /** Append [0, length) of `fd`; resolves (never rejects) once the feed is done with the fd. */
+  file(fd: number, length: number, label: string): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.labels.push({ index: this.plan.length / 3, label, length });
+      this.plan.push(fd, 0, length);
+      this.waiters.push(resolve);
+      this.add(length);
+    });
+  }
+
+  /** Start hashing what is queued (without waiting for more). */
+  flush(): void {
+    if (this.running || this.plan.length === 0) return;
+    this.running = true;
+    const data = this.parts.length === 0 ? null : this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts, this.partsLen);
+    const plan = Float64Array.from(this.plan);
+    const labels = this.labels;
+    const waiters = this.waiters;
+    const bytes = this.queued;
+    this.parts = [];
+    this.partsLen = 0;
+    this.plan = [];
+    this.labels = [];
+    this.waiters = [];
+    const done = (): void => {
+      this.queued -= bytes;
+      this.running = false;
+      for (const w of waiters) w();
+      if (this.plan.length > 0) this.flush();
+      else for (const w of this.idle.splice(0)) w();
+    };
+    if (this.failure !== null) {
+      // Nothing more is hashed after a failure; the fds are released at once.
+      queueMicrotask(done);
+      return;
     }
-    if (stream && errnoCode(e) === 'EBUSY') throw streamHashError(e, stream.alg);
-    throw e;
+    native().hashFeed(this.hash.handle, data, plan).then(done, (e) => {
+      this.failure = shortError(e, (i) => labels.find((l) => l.index === i) ?? { label: 'stream', length: -1 });
+      done();
+    });
+  }
+
+  /** Resolves when everything queued so far is hashed (or abandoned after a failure). */
+  async settled(): Promise<void> {
+    this.flush();
+    if (this.running) await new Promise<void>((resolve) => this.idle.push(resolve));
+  }
+
+  /** The digest of everything fed; throws the first failure. */
+  async digest(): Promise<Buffer> {
+    await this.settled();
+    if (this.failure !== null) throw this.failure;
+    return this.hash.digest();
+  }
+
+  private add(n: number): void {
+    this.queued += n;
+    if (!this.running && this.queued >= FEED_KICK) this.flush();
   }
 }

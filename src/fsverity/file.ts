@@ -13,7 +13,7 @@ export async function fsverityDigestFile(filePath: PathLike, alg: HashAlg = 'sha
   const fh = await open(filePath, 'r');
   try {
     const st = await fh.stat();
-    if (st.isFile()) return await verityDigestOfFd(fh.fd, st.size, alg, undefined, String(filePath));
+    if (st.isFile()) return await verityDigestOfFd(fh.fd, st.size, alg, String(filePath));
     // Pipes and devices: no size to go by, read to the end.
     const h = new FsVerityHasher(alg);
     const buf = Buffer.allocUnsafe(READ_CHUNK);

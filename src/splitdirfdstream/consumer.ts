@@ -14,15 +14,16 @@
 import { closeSync, read as fsRead, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { CfsError } from '../errors.js';
-import { StreamHash, type StreamHashName } from '../fsverity/file-hash.js';
+import { StreamFeed, type StreamHashName } from '../fsverity/file-hash.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
+import { OrderedSplitWriter, type ObjectRef } from '../splitstream/ordered.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
 import { TarEntryParser, type ParsedEntry } from '../tar/parser.js';
 import { copyContent, layerContentId, splitTar, type TarInput } from '../tar/split.js';
 import { SplitdirfdReader } from './reader.js';
 import { checkDirSlot, openBeneath, type OpenedFile } from './open.js';
-import { emptyPlaceStats, ObjectPlacer, type PlaceStats } from './place.js';
+import { emptyPlaceStats, ObjectPlacer, PLACEMENTS_IN_FLIGHT, type PlaceStats, type StreamTap } from './place.js';
 
 const readFd = promisify(fsRead);
 const COPY_CHUNK = 1024 * 1024;
@@ -50,8 +51,8 @@ export interface ConsumeResult extends PlaceStats {
 type Segment = { kind: 'bytes' } | { kind: 'file'; file: OpenedFile; length: number; pos: number };
 
 /** The reconstructed byte stream, hashed as it is read, with access to whole file chunks. */
-class LogicalSource implements TarInput {
-  readonly hash: StreamHash;
+class LogicalSource implements TarInput, StreamTap {
+  readonly feed: StreamFeed;
   total = 0;
   private seg: Segment | null = null;
   private eof = false;
@@ -63,7 +64,7 @@ class LogicalSource implements TarInput {
     private readonly reader: SplitdirfdReader, private readonly what: string, private readonly dirfds: readonly number[],
     hashAlg: StreamHashName, private readonly onProgress?: (n: number) => void,
   ) {
-    this.hash = new StreamHash(hashAlg);
+    this.feed = new StreamFeed(hashAlg);
   }
 
   get position(): number {
@@ -71,11 +72,20 @@ class LogicalSource implements TarInput {
   }
 
   count(b: Buffer): void {
-    this.hash.update(b);
+    this.feed.bytes(b);
     this.advance(b.length);
   }
 
-  advance(n: number): void {
+  file(fd: number, length: number, label: string): Promise<void> {
+    this.advance(length);
+    return this.feed.file(fd, length, label);
+  }
+
+  flush(): void {
+    this.feed.flush();
+  }
+
+  private advance(n: number): void {
     this.total += n;
     this.onProgress?.(this.total);
   }
@@ -120,9 +130,11 @@ class LogicalSource implements TarInput {
     return { file: s.file, length: s.length };
   }
 
-  /** Mark the chunk returned by wholeFile as consumed (its bytes were counted by the caller). */
+  /** Hand over the chunk returned by wholeFile (and its fd) to the caller, which counts its bytes. */
   takeWholeFile(): void {
-    this.finishFile();
+    const s = this.seg;
+    if (s?.kind === 'file') this.open.splice(this.open.indexOf(s.file), 1);
+    this.seg = null;
   }
 
   close(): void {
@@ -203,8 +215,9 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   const src = new LogicalSource(reader, what, dirfds, alg, opts.onProgress);
   const kind = opts.kind ?? 'tar';
   const w = new SplitStreamWriter(repo, { contentType: kind === 'tar' ? CONTENT_TYPES.layer : CONTENT_TYPES.blob });
+  const ordered = new OrderedSplitWriter(w);
   try {
-    if (kind === 'tar') await splitTar(src, w, new TarEntryParser(opts.diffId), opts.diffId, (e) => contentObject(src, placer, repo, e, opts.diffId));
+    if (kind === 'tar') await splitTar(src, ordered, new TarEntryParser(opts.diffId), opts.diffId, (e) => contentObject(src, placer, repo, e, opts.diffId));
     else await storeBlob(src, w, placer, repo);
   } catch (e) {
     // Stop the producer: it releases what it holds (open files, the store's lock).
@@ -213,11 +226,12 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   } finally {
     src.close();
     // Never leave writes running past the consumer, also when it failed.
-    await placer.drain().catch(() => undefined);
+    await placer.drain(src).catch(() => undefined);
     placer.close();
   }
-  await placer.drain();
-  const actual = `${alg}:${src.hash.digestHex()}`;
+  await placer.drain(src);
+  await ordered.settle();
+  const actual = `${alg}:${(await src.feed.digest()).toString('hex')}`;
   if (actual !== opts.diffId) throw new CfsError('EDIGEST', `layer ${opts.diffId}: diff_id mismatch: reconstructed stream has ${actual}`, { expected: opts.diffId, actual });
   const streamId = await w.finish();
   await repo.linkStream(contentId, streamId);
@@ -225,12 +239,12 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
 }
 
 /** A file content (> 64 bytes) as an object: zero-copy for a matching whole file chunk. */
-async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Repository, e: ParsedEntry, name: string): Promise<Buffer> {
+async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Repository, e: ParsedEntry, name: string): Promise<ObjectRef> {
   const whole = await src.wholeFile(e.dataSize);
   if (whole) {
-    const id = await placer.place(whole.file, whole.length, src);
+    await placer.waitBelow(PLACEMENTS_IN_FLIGHT, src);
     src.takeWholeFile();
-    return id;
+    return placer.place(whole.file, whole.length, src);
   }
   placer.stats.objectsCopied++;
   return copyContent(repo, src, e, name);
@@ -240,10 +254,11 @@ async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Rep
 async function storeBlob(src: LogicalSource, w: SplitStreamWriter, placer: ObjectPlacer, repo: Repository): Promise<void> {
   const whole = await src.wholeFile(null);
   if (whole) {
-    const id = await placer.place(whole.file, whole.length, src);
     src.takeWholeFile();
+    const placed = await placer.place(whole.file, whole.length, src);
     if ((await src.readUpTo(1)).length > 0) throw new CfsError('EINVAL', 'artifact blob: data after the file-backed chunk');
-    w.addExternal(id, whole.length);
+    await placer.drain(src);
+    w.addExternal(await placed.pending, whole.length);
     return;
   }
   const ow = repo.createObjectWriter();

@@ -17,14 +17,21 @@
  *
  * A method that fails for a reason that will not change (EOPNOTSUPP, EXDEV, EPERM, …) is not
  * tried again for the same pair of filesystems.
+ *
+ * Zero-copy placements run in the background, up to PLACEMENTS_IN_FLIGHT at once: the file's
+ * fs-verity digest (VerityBatcher) and the caller's stream digest (StreamTap.file) are computed
+ * on the threadpool, in parallel, from two reads of one fd: the clone, which is private, or the
+ * hardlinked file, whose inode the object becomes (a change between the reads is a change the
+ * object would see anyway, which is why only files that cannot change behind our back are
+ * linked). Copies read the file once, for the object and the stream, and finish before place()
+ * returns.
  */
 import { closeSync, constants as C, fstatSync, lstatSync, mkdirSync, openSync, read as fsRead, readSync, statSync } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { native } from '../native.js';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
-import { fsverityDigest } from '../fsverity/digest.js';
-import { StreamHash, verityDigestOfFd } from '../fsverity/file-hash.js';
+import { VerityBatcher } from '../fsverity/file-hash.js';
 import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
@@ -34,8 +41,6 @@ import type { OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
 const READ_SIZE = 1024 * 1024;
-/** Files up to this size are hashed on the calling thread (see ObjectPlacer.digest). */
-const SYNC_HASH_MAX = 256 * 1024;
 /** errnos after which a zero-copy method is given up for a pair of filesystems. */
 const PERMANENT = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EXDEV', 'EINVAL', 'EPERM', 'EACCES', 'EMLINK', 'ENOSYS', 'EISDIR']);
 
@@ -54,11 +59,17 @@ export function emptyPlaceStats(): PlaceStats {
 
 /** The reconstructed stream a placed file's bytes belong to (the caller's diff_id digest). */
 export interface StreamTap {
-  readonly hash: StreamHash;
-  /** Hash and count bytes of the stream. */
+  /** Append bytes to the stream (copied). */
   count(b: Buffer): void;
-  /** Count `n` bytes that were already fed to `hash`. */
-  advance(n: number): void;
+  /** Append [0, length) of `fd` to the stream; resolves once the fd is no longer needed. */
+  file(fd: number, length: number, label: string): Promise<void>;
+  /** Start hashing what is queued (before waiting on anything that depends on it). */
+  flush(): void;
+}
+
+/** An object being placed: its id once hashed and linked (the stream has its bytes already). */
+export interface Placement {
+  readonly pending: Promise<Buffer>;
 }
 
 export interface PlacerOptions {
@@ -92,6 +103,9 @@ async function readWhole(f: OpenedFile, length: number, onData: (b: Buffer) => v
   }
 }
 
+/** Placements whose fds are still open beyond which place() callers should wait (waitBelow). */
+export const PLACEMENTS_IN_FLIGHT = 128;
+
 export class ObjectPlacer {
   readonly stats = emptyPlaceStats();
   private readonly objectsDir: string;
@@ -99,14 +113,18 @@ export class ObjectPlacer {
   private readonly noReflink = new Map<string, string>();
   private readonly noHardlink = new Map<string, string>();
   private readonly dstDev: number;
-  private readonly buf = Buffer.allocUnsafe(SYNC_HASH_MAX);
   private readonly objectNameRe: RegExp;
   private bridge: MountBridge | null | undefined;
   private readonly sink: ObjectSink;
+  private readonly verity: VerityBatcher;
+  /** Zero-copy placements still holding fds (settle when the fds are closed; never reject). */
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly euid = process.geteuid?.();
 
   constructor(private readonly repo: Repository, private readonly opts: PlacerOptions) {
     this.objectsDir = path.join(repo.path, 'objects');
     this.sink = new ObjectSink(repo);
+    this.verity = new VerityBatcher(repo.alg);
     this.dstDev = statSync(this.objectsDir).dev;
     const hex = repo.hashSize * 2;
     this.objectNameRe = new RegExp(`^[0-9a-f]{2}/[0-9a-f]{${hex - 2}}$`);
@@ -120,85 +138,98 @@ export class ObjectPlacer {
   }
 
   /**
-   * Store the first `length` bytes of `f` (length = its size) as an object; every byte read is
-   * also appended to `tap` once, in order. Returns the object id.
+   * Store the first `length` bytes of `f` (length = its size) as an object; its bytes are
+   * appended to `tap` before this returns, in order. The placer owns `f.fd` from here on and
+   * closes it. Zero-copy placements go on in the background (their digests on the threadpool,
+   * many at a time); copies are done when this returns.
    */
-  async place(f: OpenedFile, length: number, tap: StreamTap): Promise<Buffer> {
-    const onData = (b: Buffer): void => tap.count(b);
-    const local = !!this.opts.localStore;
-    if (f.stat.dev !== this.dstDev) {
-      return this.copy(f, length, onData, `zero-copy import impossible: ${f.name} is on a different filesystem than repository ${this.repo.path}`);
-    }
-    const pair = `${f.stat.dev}:${this.dstDev}`;
-    const trusted = local || (f.stat.uid === process.geteuid?.() && (f.stat.mode & 0o022) === 0);
-    if (!trusted) return this.copy(f, length, onData, `${f.name} may be changed by another user`);
-    const canReflink = !this.noReflink.has(pair) && !this.noReflink.has('*');
-    const canHardlink = !this.noHardlink.has(pair) && (local || this.objectNameRe.test(f.name));
-    if (!canReflink && !canHardlink) return this.copy(f, length, onData, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`);
-
-    // Another mount of the same filesystem: link through the bridge (local stores only).
-    const bridged = local ? this.reopenBridged(f) : null;
-    let id: Buffer;
+  async place(f: OpenedFile, length: number, tap: StreamTap): Promise<Placement> {
+    let background = false;
     try {
-      const src = bridged ?? f.fd;
-      const dir = bridged === null ? this.objectsDir : this.bridge!.objectsDir;
-      // Reflink first: the clone is a private, immutable copy, and it is what gets hashed.
-      const clone = canReflink ? this.clone(src, dir, f, pair) : null;
-      if (clone !== null) {
-        try {
-          id = await this.digest({ ...f, fd: clone }, length, tap);
-          if (this.repo.secure && this.exists(id)) {
-            this.stats.objectsAlreadyPresent++;
-            return id;
-          }
-          if (this.linkClone(clone, dir, id)) this.stats.objectsReflinked++;
-          else this.stats.objectsAlreadyPresent++;
-          return id;
-        } finally {
-          closeSync(clone);
-        }
+      const local = !!this.opts.localStore;
+      if (f.stat.dev !== this.dstDev) {
+        return this.copied(await this.copy(f, length, tap, `zero-copy import impossible: ${f.name} is on a different filesystem than repository ${this.repo.path}`));
       }
-      id = await this.digest(f, length, tap);
-      const mayLink = canHardlink && (local || f.name === objectRelPath(id));
-      // Insecure repositories learn that an object exists from linkat's EEXIST (one syscall
-      // less per file); secure ones must not seal the source for an object already there.
-      if ((this.repo.secure || !mayLink) && this.exists(id)) {
-        this.stats.objectsAlreadyPresent++;
-        return id;
+      const pair = `${f.stat.dev}:${this.dstDev}`;
+      const trusted = local || (f.stat.uid === this.euid && (f.stat.mode & 0o022) === 0);
+      if (!trusted) return this.copied(await this.copy(f, length, tap, `${f.name} may be changed by another user`));
+      const canReflink = !this.noReflink.has(pair) && !this.noReflink.has('*');
+      const canHardlink = !this.noHardlink.has(pair) && (local || this.objectNameRe.test(f.name));
+      if (!canReflink && !canHardlink) {
+        return this.copied(await this.copy(f, length, tap, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`));
       }
-      const linked = mayLink ? this.hardlink(src, dir, id, pair) : false;
-      if (linked) {
-        if (linked === 'linked') this.stats.objectsHardlinked++;
-        else this.stats.objectsAlreadyPresent++;
-        return id;
+      // Another mount of the same filesystem: link through the bridge (local stores only).
+      const bridged = local ? this.reopenBridged(f) : null;
+      const fds = [f.fd];
+      if (bridged !== null) fds.push(bridged);
+      let clone: number | null;
+      try {
+        const src = bridged ?? f.fd;
+        const dir = bridged === null ? this.objectsDir : this.bridge!.objectsDir;
+        // Reflink first: the clone is a private, immutable copy, and it is what gets hashed.
+        clone = canReflink ? this.clone(src, dir, f, pair) : null;
+        if (clone !== null) fds.push(clone);
+        // The stream and the object digest read the same fd: the clone, or the file that is
+        // hardlinked (whose inode the object then is, so a later change is a change of both).
+        const hashed = clone ?? f.fd;
+        const streamDone = tap.file(hashed, length, f.name);
+        const id = this.zeroCopy(f, length, { hashed, clone, src, dir, pair, canHardlink, local });
+        const settled = Promise.allSettled([streamDone, id]).then(() => {
+          for (const fd of fds) closeSync(fd);
+          this.inFlight.delete(settled);
+        });
+        this.inFlight.add(settled);
+        background = true;
+        return { pending: id };
+      } finally {
+        if (!background) for (const fd of fds.slice(1)) closeSync(fd);
       }
     } finally {
-      if (bridged !== null) closeSync(bridged);
+      if (!background) closeSync(f.fd);
     }
-    // The caller's hash has seen the content already: copy without it, and require the same bytes.
-    const again = await this.copy(f, length, () => undefined, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`);
+  }
+
+  /** Wait until fewer than `n` placements hold fds (bounds open fds and queued work). */
+  async waitBelow(n: number, tap: StreamTap): Promise<void> {
+    if (this.inFlight.size < n) return;
+    this.verity.flush();
+    tap.flush();
+    while (this.inFlight.size >= n) await Promise.race(this.inFlight);
+  }
+
+  /** The background part of a zero-copy placement: digest, then name it. */
+  private async zeroCopy(
+    f: OpenedFile, length: number,
+    z: { hashed: number; clone: number | null; src: number; dir: string; pair: string; canHardlink: boolean; local: boolean },
+  ): Promise<Buffer> {
+    const id = await this.verity.digest(z.hashed, length, f.name);
+    if (z.clone !== null) {
+      if (this.repo.secure && this.exists(id)) this.stats.objectsAlreadyPresent++;
+      else if (this.linkClone(z.clone, z.dir, id)) this.stats.objectsReflinked++;
+      else this.stats.objectsAlreadyPresent++;
+      return id;
+    }
+    const mayLink = z.canHardlink && (z.local || f.name === objectRelPath(id));
+    // Insecure repositories learn that an object exists from linkat's EEXIST (one syscall
+    // less per file); secure ones must not seal the source for an object already there.
+    if ((this.repo.secure || !mayLink) && this.exists(id)) {
+      this.stats.objectsAlreadyPresent++;
+      return id;
+    }
+    const linked = mayLink ? this.hardlink(z.src, z.dir, id, z.pair) : false;
+    if (linked) {
+      if (linked === 'linked') this.stats.objectsHardlinked++;
+      else this.stats.objectsAlreadyPresent++;
+      return id;
+    }
+    // The stream has the content already: copy without it, and require the same bytes.
+    const again = await this.copy(f, length, null, `reflink (${this.why(this.noReflink, z.pair)}) and hardlink (${this.why(this.noHardlink, z.pair)}) both failed`);
     if (!again.equals(id)) throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
     return id;
   }
 
-  /**
-   * The file's fs-verity digest, its bytes appended to the stream's digest from the same read.
-   * Small files on this thread (a threadpool hop costs more than hashing them), large ones on
-   * the threadpool.
-   */
-  private async digest(f: OpenedFile, length: number, tap: StreamTap): Promise<Buffer> {
-    if (length > SYNC_HASH_MAX) {
-      const id = await verityDigestOfFd(f.fd, length, this.repo.alg, tap.hash, f.name);
-      tap.advance(length);
-      return id;
-    }
-    let id: Buffer | null = null;
-    // length <= the buffer: readWhole hands over the whole content in one piece.
-    await readWhole(f, length, (b) => {
-      tap.count(b);
-      id = fsverityDigest(b, this.repo.alg);
-    }, this.buf);
-    return id ?? fsverityDigest(Buffer.alloc(0), this.repo.alg);
+  private copied(id: Buffer): Placement {
+    return { pending: Promise.resolve(id) };
   }
 
   private why(m: Map<string, string>, pair: string): string {
@@ -210,10 +241,12 @@ export class ObjectPlacer {
     return this.bridge?.reopen(f.dirfd, f.name, f.stat) ?? null;
   }
 
-  private async copy(f: OpenedFile, length: number, onData: (b: Buffer) => void, why: string): Promise<Buffer> {
+  /** Copy the file into a new object, its bytes read once (for the object and for `tap`). */
+  private async copy(f: OpenedFile, length: number, tap: StreamTap | null, why: string): Promise<Buffer> {
     if (this.opts.zerocopy) {
       throw new CfsError('ENOTSUP', why.startsWith('zero-copy') ? why : `${f.name}: ${why}; copy fallback is disabled (zerocopy mode)`);
     }
+    const onData = (b: Buffer): void => tap?.count(b);
     if (this.sink.usable && length <= ASYNC_OBJECT_MAX) {
       // Small files: one read into a buffer of their own, written on the threadpool.
       // readWhole hands over the whole content in one piece, in this buffer of its own.
@@ -237,8 +270,14 @@ export class ObjectPlacer {
     return id;
   }
 
-  /** Wait for objects still being written (before anything that names them is published). */
-  async drain(): Promise<void> {
+  /**
+   * Wait for every placement and object still being written (before anything that names them is
+   * published); `tap` is flushed first, as placements wait for it.
+   */
+  async drain(tap: StreamTap | null): Promise<void> {
+    this.verity.flush();
+    tap?.flush();
+    while (this.inFlight.size > 0) await Promise.all(this.inFlight);
     await this.sink.drain();
   }
 
@@ -309,8 +348,7 @@ export class ObjectPlacer {
     if (!m.digest.equals(id)) throw new CfsError('EIO', `${label}: kernel fs-verity digest ${m.digest.toString('hex')} differs from the data read`);
   }
 
-  /** Name the object (in `dir`: objects/ or its bridged view); an existing one is equivalent. */
-  /** Name the object; false when it already exists (an equivalent object). */
+  /** Name the object (in `dir`: objects/ or its bridged view); false when it already exists (an equivalent object). */
   private link(fd: number, dir: string, id: Buffer): boolean {
     const rel = objectRelPath(id);
     const xx = rel.slice(0, 2);

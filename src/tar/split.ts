@@ -59,8 +59,17 @@ export interface TarInput {
   readExact(n: number): Promise<Buffer>;
 }
 
-/** Stores the content of a regular file larger than INLINE_CONTENT_MAX; returns its object id. */
-export type StoreContent = (entry: ParsedEntry) => Promise<Buffer>;
+/**
+ * Stores the content of a regular file larger than INLINE_CONTENT_MAX, consuming it from the
+ * input; returns its object id (or what `TarSink` takes for one).
+ */
+export type StoreContent<R> = (entry: ParsedEntry) => Promise<R>;
+
+/** Where splitTar writes: a SplitStreamWriter (R = object id) or an OrderedSplitWriter. */
+export interface TarSink<R> {
+  writeInline(data: Uint8Array): void;
+  addExternal(ref: R, size: number): void;
+}
 
 export function layerContentId(diffId: string): string {
   return `oci-layer-${diffId}`;
@@ -164,7 +173,7 @@ export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntr
  * of regular files larger than INLINE_CONTENT_MAX, which `storeContent` consumes (from `src`
  * or otherwise) and which become external references.
  */
-export async function splitTar(src: TarInput, w: SplitStreamWriter, parser: TarEntryParser, name: string, storeContent: StoreContent): Promise<void> {
+export async function splitTar<R>(src: TarInput, w: TarSink<R>, parser: TarEntryParser, name: string, storeContent: StoreContent<R>): Promise<void> {
   const eofIn = (what: string): CfsError => eofError(name, src, what);
 
   /** Copy `n` bytes inline; returns them when `keep` (metadata contents, bounded by limits). */
