@@ -154,8 +154,9 @@ const FEED_KICK = 256 * 1024;
  */
 export class StreamFeed {
   private readonly hash: StreamHash;
-  private parts: Buffer[] = [];
-  private partsLen = 0;
+  /** Queued bytes, copied here (a fresh buffer per job: the running job reads the previous one). */
+  private stage = Buffer.allocUnsafe(FEED_KICK);
+  private staged = 0;
   private plan: number[] = [];
   private labels: Array<{ index: number; label: string; length: number }> = [];
   private waiters: Array<() => void> = [];
@@ -175,9 +176,16 @@ export class StreamFeed {
 
   bytes(b: Uint8Array): void {
     if (b.length === 0) return;
-    this.plan.push(-1, this.partsLen, b.length);
-    this.parts.push(Buffer.from(b));
-    this.partsLen += b.length;
+    if (this.staged + b.length > this.stage.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(2 * this.stage.length, this.staged + b.length));
+      this.stage.copy(bigger, 0, 0, this.staged);
+      this.stage = bigger;
+    }
+    const n = this.plan.length;
+    if (n > 0 && this.plan[n - 3] === -1 && this.plan[n - 2] + this.plan[n - 1] === this.staged) this.plan[n - 1] += b.length;
+    else this.plan.push(-1, this.staged, b.length);
+    this.stage.set(b, this.staged);
+    this.staged += b.length;
     this.add(b.length);
   }
 
@@ -195,13 +203,13 @@ export class StreamFeed {
   flush(): void {
     if (this.running || this.plan.length === 0) return;
     this.running = true;
-    const data = this.parts.length === 0 ? null : this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts, this.partsLen);
+    const data = this.staged === 0 ? null : this.stage;
     const plan = Float64Array.from(this.plan);
     const labels = this.labels;
     const waiters = this.waiters;
     const bytes = this.queued;
-    this.parts = [];
-    this.partsLen = 0;
+    if (data) this.stage = Buffer.allocUnsafe(FEED_KICK);
+    this.staged = 0;
     this.plan = [];
     this.labels = [];
     this.waiters = [];

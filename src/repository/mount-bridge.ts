@@ -28,8 +28,8 @@ function fsRelative(p: string, m: MountInfo): string {
 export class MountBridge {
   /** objects/ as seen through the clone. */
   readonly objectsDir: string;
-  /** Directory fd -> its canonical path and mount (fds are stable while the bridge is used). */
-  private readonly dirs = new Map<number, { dir: string; mount: MountInfo | undefined }>();
+  /** Directory fd -> the same directory opened through the clone (O_PATH), or null when no bridge applies. */
+  private readonly dirs = new Map<number, number | null>();
 
   private constructor(private readonly tree: number, private readonly objectsFd: number, private readonly mounts: MountInfo[], private readonly objectsMount: MountInfo) {
     this.objectsDir = `/proc/self/fd/${objectsFd}`;
@@ -61,22 +61,21 @@ export class MountBridge {
   /**
    * `name` beneath the directory `dirfd` opened again through the clone; null unless it is the
    * same inode as `st`, and null when dirfd is on objects/'s own mount (no bridge needed). The
-   * file is taken to be on dirfd's mount (the consumer opens it with RESOLVE_NO_XDEV); the inode
-   * check catches anything else.
+   * file is resolved as the consumer resolves it (beneath dirfd, on its mount); the inode check
+   * catches a change in between.
    */
   reopen(dirfd: number, name: string, st: Stats): number | null {
-    let where = this.dirs.get(dirfd);
-    if (!where) {
-      const dir = readlinkSync(`/proc/self/fd/${dirfd}`);
-      where = { dir, mount: mountOf(dir, this.mounts) };
-      this.dirs.set(dirfd, where);
+    let dir = this.dirs.get(dirfd);
+    if (dir === undefined) {
+      dir = this.bridgedDir(dirfd);
+      this.dirs.set(dirfd, dir);
     }
-    const { dir, mount: m } = where;
-    if (!m || m.mountId === this.objectsMount.mountId || m.device !== this.objectsMount.device) return null;
+    if (dir === null) return null;
     const n = native();
+    const c = n.constants;
     let fd: number;
     try {
-      fd = n.openat2(this.tree, fsRelative(path.posix.join(dir, name), m), C.O_RDONLY | C.O_NOFOLLOW, 0, n.constants.RESOLVE_NO_MAGICLINKS);
+      fd = n.openat2(dir, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV);
     } catch {
       return null;
     }
@@ -86,7 +85,28 @@ export class MountBridge {
     return null;
   }
 
+  /** dirfd's directory through the clone, checked to be the same inode; null when not needed or not reachable. */
+  private bridgedDir(dirfd: number): number | null {
+    const dir = readlinkSync(`/proc/self/fd/${dirfd}`);
+    const m = mountOf(dir, this.mounts);
+    if (!m || m.mountId === this.objectsMount.mountId || m.device !== this.objectsMount.device) return null;
+    const n = native();
+    let fd: number;
+    try {
+      fd = n.openat2(this.tree, fsRelative(dir, m), n.constants.O_PATH | n.constants.O_DIRECTORY, 0, n.constants.RESOLVE_NO_MAGICLINKS);
+    } catch {
+      return null;
+    }
+    const a = fstatSync(dirfd);
+    const b = fstatSync(fd);
+    if (a.ino === b.ino && a.dev === b.dev) return fd;
+    closeSync(fd);
+    return null;
+  }
+
   close(): void {
+    for (const fd of this.dirs.values()) if (fd !== null) closeSync(fd);
+    this.dirs.clear();
     closeSync(this.objectsFd);
     closeSync(this.tree);
   }
