@@ -249,3 +249,43 @@ test('consumer: bad streams fail and link nothing', async () => {
     dst.close();
   }
 });
+
+test('consumer: hundreds of files in flight keep stream order; a late failure leaves no fd open and nothing linked', async () => {
+  const openFds = (): number => readdirSync('/proc/self/fd').length;
+  // More files than PLACEMENTS_IN_FLIGHT, sizes on both sides of the batching limit, with repeats.
+  const sizes = [65, 4096, 20_000, 300_000, 1_100_000];
+  const entries = [{ path: 'd/', type: 'directory' as const }];
+  for (let i = 0; i < 420; i++) {
+    const size = sizes[i % sizes.length] + (i % 7);
+    entries.push({ path: `d/f${i}`, content: Buffer.alloc(size, i % 50) } as never);
+  }
+  const bigTar = await makeTar(entries);
+  const bigDiffId = `sha256:${createHash('sha256').update(bigTar).digest('hex')}`;
+  const bigStream = (await importTarLayer(src, once(bigTar), { expectedDiffId: bigDiffId })).streamId;
+  const ofd = openObjectsDir(src);
+  const dst = await freshRepo();
+  try {
+    const before = openFds();
+    const r = await consumeLayerStream(dst, produceLayerStream(src, bigStream, 0), [ofd], { diffId: bigDiffId, zerocopy: true });
+    assert.equal(r.streamId.toString('hex'), bigStream.toString('hex'), 'byte-identical split stream: ids in tar order');
+    assert.equal(r.objectsCopied, 0);
+    assert.equal(r.objectsHardlinked + r.objectsAlreadyPresent, 420);
+    assert.equal(openFds(), before, 'every file fd closed');
+
+    // The 400th file chunk lies about its length: placements before it are in flight when it fails.
+    const dst2 = await freshRepo();
+    const wire = await collect(produceLayerStream(src, bigStream, 0));
+    const files = (await readAll(new SplitdirfdReader(once(wire)))).filter((c) => c.type === 'file');
+    const victim = files[400];
+    const orig = fileHeader(victim.length, 0, Buffer.from(victim.name!));
+    const at = wire.lastIndexOf(orig);
+    const bad = Buffer.concat([wire.subarray(0, at), fileHeader(victim.length + 1, 0, Buffer.from(victim.name!)), wire.subarray(at + orig.length)]);
+    await assert.rejects(consumeLayerStream(dst2, once(bad), [ofd], { diffId: bigDiffId }), /declared length \d+ != actual size/);
+    assert.deepEqual(readdirSync(path.join(dst2.path, 'streams')), []);
+    dst2.close();
+    assert.equal(openFds(), before, 'no fd left open after the failure');
+  } finally {
+    closeSync(ofd);
+    dst.close();
+  }
+});
