@@ -1106,7 +1106,7 @@ static napi_value js_store_object(napi_env env, napi_callback_info info) {
  * the end is it known whether a level's single hash is the root. Empty input: the descriptor's
  * root hash is all zeros.
  * hashNew/hashUpdate/hashDigest: a plain streaming digest (layer diff_ids and the like).
- * verityHashFd: both over [0, length) of an fd, on the threadpool.
+ * verityHashFds/hashFeed: both over ranges of fds, on the threadpool.
  * Algorithms are fetched from OpenSSL once and shared by all threads: passing EVP_sha256() to
  * every per-block EVP_DigestInit_ex2 makes OpenSSL 3 do an implicit fetch each time (~10% at
  * 4 KiB blocks). */
@@ -1597,7 +1597,10 @@ static hash_seg_t *arg_segments(call_t *c, size_t i, size_t width, size_t *nsegs
   for (size_t k = 0; k < n; k++) {
     const double *t = v + k * width;
     double off = width == 3 ? t[1] : 0, length = t[width - 1];
-    if (t[0] < -1 || t[0] > INT32_MAX || t[0] != (int)t[0] || off < 0 || length < 0 || off + length > 9007199254740991.0) {
+    /* Written so that NaN fails every test, and nothing out of range is converted: whole numbers,
+     * fd >= -1, 0 <= off, length and their sum <= 2^53 - 1. */
+    if (!(t[0] >= -1 && t[0] <= INT32_MAX && t[0] == (double)(int64_t)t[0]) || !(off >= 0 && off <= 9007199254740991.0 && off == (double)(int64_t)off) ||
+        !(length >= 0 && length <= 9007199254740991.0 && length == (double)(int64_t)length) || !(off + length <= 9007199254740991.0)) {
       free(segs);
       throw_errno(c->env, EINVAL, c->fn, "bad segment");
       c->failed = 1;
@@ -1665,7 +1668,7 @@ static napi_value js_hash_feed(napi_env env, napi_callback_info info) {
   BAIL_IF_FAILED(&c);
   call_free(&c);
   for (size_t k = 0; k < n; k++) {
-    if (segs[k].fd < 0 && segs[k].off + segs[k].len > data_len) {
+    if (segs[k].fd < 0 && (segs[k].len > data_len || segs[k].off > data_len - segs[k].len)) {
       free(segs);
       return throw_errno(env, ERANGE, "hashFeed", "segment beyond the Buffer");
     }

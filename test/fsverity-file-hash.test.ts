@@ -117,6 +117,9 @@ test('a StreamHash being fed on the threadpool throws EBUSY until the job settle
     // Segments are checked before anything runs.
     const h = new StreamHash('sha256');
     assert.throws(() => n.hashFeed(h.handle, Buffer.alloc(4), Float64Array.of(-1, 2, 3)), { code: 'ERANGE' });
+    for (const bad of [[-1, NaN, NaN], [-1, 0, Infinity], [-1, 1e300, 1], [fd, 0.5, 1], [NaN, 0, 1], [-2, 0, 1]]) {
+      assert.throws(() => n.hashFeed(h.handle, Buffer.alloc(4), Float64Array.from(bad)), { code: 'EINVAL' }, String(bad));
+    }
     assert.throws(() => n.hashFeed(h.handle, null, Float64Array.of(fd, 0)), TypeError);
     assert.throws(() => n.verityHashFds(Float64Array.of(-1, 0), 1), { code: 'EINVAL' });
     assert.throws(() => n.verityHashFds([fd, 1] as unknown as Float64Array, 1), TypeError);

@@ -25,7 +25,6 @@ export class StreamHash {
   readonly alg: StreamHashName;
   /** The native state; for StreamFeed. */
   readonly handle: StreamHashHandle;
-  private finished = false;
 
   constructor(alg: StreamHashName = 'sha256') {
     this.alg = alg;
@@ -44,16 +43,10 @@ export class StreamHash {
   /** Finishes the hash; it cannot be used afterwards. */
   digest(): Buffer {
     try {
-      const d = native().hashDigest(this.handle);
-      this.finished = true;
-      return d;
+      return native().hashDigest(this.handle);
     } catch (e) {
       throw streamHashError(e, this.alg);
     }
-  }
-
-  get digested(): boolean {
-    return this.finished;
   }
 
   digestHex(): string {
@@ -92,14 +85,28 @@ const BATCH_FILES = 64;
 const BATCH_BYTES = 4 * 1024 * 1024;
 
 /**
+ * The error for a failed job over several files, naming the one (`index`) that caused it: a
+ * short file is EDIGEST, a read error keeps its errno in the message.
+ */
+function jobError(e: unknown, files: (index: number) => { label: string; length: number } | undefined): unknown {
+  const index = (e as { index?: number }).index;
+  const f = index === undefined ? undefined : files(index);
+  if (!f) return e;
+  if (errnoCode(e) === 'ESHORT') return shortError(e, () => f);
+  const code = errnoCode(e);
+  return new CfsError(code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EIO', `${f.label}: ${(e as Error).message}`);
+}
+
+/**
  * fs-verity digests of many files on the threadpool: large files get a job each, small ones
  * share one, so thousands of small files do not cost a threadpool round trip each. A partial
- * batch waits for flush(); call it before waiting on any digest.
+ * batch starts when the caller yields to the event loop, or at flush().
  */
 export class VerityBatcher {
   private pairs: number[] = [];
   private waiters: Array<Waiter<Buffer> & { label: string; length: number }> = [];
   private bytes = 0;
+  private scheduled = false;
   private readonly size: number;
 
   constructor(private readonly alg: HashAlg) {
@@ -114,33 +121,36 @@ export class VerityBatcher {
       this.waiters.push({ resolve, reject, label, length });
       this.bytes += length;
       if (this.waiters.length >= BATCH_FILES || this.bytes >= BATCH_BYTES) this.flush();
+      else if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
     });
   }
 
   /** Start the partial batch. */
   flush(): void {
+    this.scheduled = false;
     if (this.waiters.length === 0) return;
     const waiters = this.waiters;
     const pairs = Float64Array.from(this.pairs);
     this.pairs = [];
     this.waiters = [];
     this.bytes = 0;
-    native().verityHashFds(pairs, HASH_ALG_ID[this.alg]).then(
-      (d) => waiters.forEach((w, i) => w.resolve(d.subarray(i * this.size, (i + 1) * this.size))),
-      (e) => {
-        // The whole batch fails, with an error naming the file that caused it.
-        const index = (e as { index?: number }).index;
-        const w = index === undefined ? undefined : waiters[index];
-        const err = !w || errnoCode(e) === 'ESHORT' ? shortError(e, () => w ?? { label: 'batch', length: -1 }) : new CfsError(readErrorCode(e), `${w.label}: ${(e as Error).message}`);
-        for (const x of waiters) x.reject(err);
-      },
-    );
+    const failed = (e: unknown): void => {
+      // The whole batch fails, with an error naming the file that caused it.
+      const err = jobError(e, (i) => waiters[i]);
+      for (const w of waiters) w.reject(err);
+    };
+    let job: Promise<Buffer>;
+    try {
+      job = native().verityHashFds(pairs, HASH_ALG_ID[this.alg]);
+    } catch (e) {
+      failed(e);
+      return;
+    }
+    job.then((d) => waiters.forEach((w, i) => w.resolve(d.subarray(i * this.size, (i + 1) * this.size))), failed);
   }
-}
-
-function readErrorCode(e: unknown): 'EPERM' | 'EIO' {
-  const code = errnoCode(e);
-  return code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EIO';
 }
 
 /** Unhashed bytes after which StreamFeed starts a job even while the caller is still adding. */
@@ -149,8 +159,9 @@ const FEED_KICK = 256 * 1024;
 /**
  * A stream digest (e.g. a layer's diff_id) fed in order with bytes and file ranges, hashed on
  * the threadpool while the caller goes on: one job at a time, each taking everything queued so
- * far. Bytes are copied; fds must stay open until their file() promise settles. The first
- * failure (a file shorter than declared, a read error) is kept and thrown by digest().
+ * far (a partial queue starts when the caller yields to the event loop). Bytes are copied;
+ * fds must stay open until their file() promise settles. The first failure (a file shorter than
+ * declared, a read error) is kept and thrown by digest().
  */
 export class StreamFeed {
   private readonly hash: StreamHash;
@@ -162,6 +173,7 @@ export class StreamFeed {
   private waiters: Array<() => void> = [];
   private queued = 0;
   private running = false;
+  private scheduled = false;
   private idle: Array<() => void> = [];
   private failure: unknown = null;
 
@@ -201,6 +213,7 @@ export class StreamFeed {
 
   /** Start hashing what is queued (without waiting for more). */
   flush(): void {
+    this.scheduled = false;
     if (this.running || this.plan.length === 0) return;
     this.running = true;
     const data = this.staged === 0 ? null : this.stage;
@@ -220,15 +233,20 @@ export class StreamFeed {
       if (this.plan.length > 0) this.flush();
       else for (const w of this.idle.splice(0)) w();
     };
+    const failed = (e: unknown): void => {
+      this.failure ??= jobError(e, (i) => labels.find((l) => l.index === i));
+      done();
+    };
     if (this.failure !== null) {
       // Nothing more is hashed after a failure; the fds are released at once.
       queueMicrotask(done);
       return;
     }
-    native().hashFeed(this.hash.handle, data, plan).then(done, (e) => {
-      this.failure = shortError(e, (i) => labels.find((l) => l.index === i) ?? { label: 'stream', length: -1 });
-      done();
-    });
+    try {
+      native().hashFeed(this.hash.handle, data, plan).then(done, failed);
+    } catch (e) {
+      queueMicrotask(() => failed(e));
+    }
   }
 
   /** Resolves when everything queued so far is hashed (or abandoned after a failure). */
@@ -246,6 +264,11 @@ export class StreamFeed {
 
   private add(n: number): void {
     this.queued += n;
-    if (!this.running && this.queued >= FEED_KICK) this.flush();
+    if (this.running) return;
+    if (this.queued >= FEED_KICK) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
 }

@@ -79,10 +79,14 @@ export class MountBridge {
     } catch {
       return null;
     }
-    const b = fstatSync(fd);
-    if (b.ino === st.ino && b.dev === st.dev) return fd;
-    closeSync(fd);
-    return null;
+    let same = false;
+    try {
+      const b = fstatSync(fd);
+      same = b.ino === st.ino && b.dev === st.dev;
+      return same ? fd : null;
+    } finally {
+      if (!same) closeSync(fd);
+    }
   }
 
   /** dirfd's directory through the clone, checked to be the same inode; null when not needed or not reachable. */
@@ -97,11 +101,15 @@ export class MountBridge {
     } catch {
       return null;
     }
-    const a = fstatSync(dirfd);
-    const b = fstatSync(fd);
-    if (a.ino === b.ino && a.dev === b.dev) return fd;
-    closeSync(fd);
-    return null;
+    let same = false;
+    try {
+      const a = fstatSync(dirfd);
+      const b = fstatSync(fd);
+      same = a.ino === b.ino && a.dev === b.dev;
+      return same ? fd : null;
+    } finally {
+      if (!same) closeSync(fd);
+    }
   }
 
   close(): void {

@@ -27,6 +27,8 @@ import { emptyPlaceStats, ObjectPlacer, PLACEMENTS_IN_FLIGHT, type PlaceStats, t
 
 const readFd = promisify(fsRead);
 const COPY_CHUNK = 1024 * 1024;
+/** Queued, unhashed stream bytes beyond which reading waits for the digest to catch up. */
+const FEED_BACKLOG_MAX = 64 * 1024 * 1024;
 
 export interface ConsumeOptions {
   /** Expected digest of the reconstructed stream (`sha256:<hex>`); also names the stream. */
@@ -50,7 +52,7 @@ export interface ConsumeResult extends PlaceStats {
 
 type Segment = { kind: 'bytes' } | { kind: 'file'; file: OpenedFile; length: number; pos: number };
 
-/** The reconstructed byte stream, hashed as it is read, with access to whole file chunks. */
+/** The reconstructed byte stream, its digest fed as it is read (StreamFeed), with access to whole file chunks. */
 class LogicalSource implements TarInput, StreamTap {
   readonly feed: StreamFeed;
   total = 0;
@@ -85,6 +87,11 @@ class LogicalSource implements TarInput, StreamTap {
     this.feed.flush();
   }
 
+  /** Bound what waits to be hashed (bytes are staged in memory) by waiting for the feed. */
+  async relieve(): Promise<void> {
+    if (this.feed.backlog > FEED_BACKLOG_MAX) await this.feed.settled();
+  }
+
   private advance(n: number): void {
     this.total += n;
     this.onProgress?.(this.total);
@@ -92,6 +99,7 @@ class LogicalSource implements TarInput, StreamTap {
 
   /** Up to `max` bytes (≥ 1 unless at the end). */
   async readUpTo(max: number): Promise<Buffer> {
+    await this.relieve();
     if (!(await this.current())) return Buffer.alloc(0);
     const s = this.seg!;
     if (s.kind === 'bytes') {
@@ -217,7 +225,7 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   const w = new SplitStreamWriter(repo, { contentType: kind === 'tar' ? CONTENT_TYPES.layer : CONTENT_TYPES.blob });
   const ordered = new OrderedSplitWriter(w);
   try {
-    if (kind === 'tar') await splitTar(src, ordered, new TarEntryParser(opts.diffId), opts.diffId, (e) => contentObject(src, placer, repo, e, opts.diffId));
+    if (kind === 'tar') await splitTar(src, ordered, new TarEntryParser(opts.diffId), opts.diffId, (e) => contentObject(src, placer, ordered, repo, e, opts.diffId));
     else await storeBlob(src, w, placer, repo);
   } catch (e) {
     // Stop the producer: it releases what it holds (open files, the store's lock).
@@ -239,7 +247,8 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
 }
 
 /** A file content (> 64 bytes) as an object: zero-copy for a matching whole file chunk. */
-async function contentObject(src: LogicalSource, placer: ObjectPlacer, repo: Repository, e: ParsedEntry, name: string): Promise<ObjectRef> {
+async function contentObject(src: LogicalSource, placer: ObjectPlacer, ordered: OrderedSplitWriter, repo: Repository, e: ParsedEntry, name: string): Promise<ObjectRef> {
+  ordered.throwIfFailed();
   const whole = await src.wholeFile(e.dataSize);
   if (whole) {
     await placer.waitBelow(PLACEMENTS_IN_FLIGHT, src);

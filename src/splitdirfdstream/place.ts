@@ -20,11 +20,12 @@
  *
  * Zero-copy placements run in the background, up to PLACEMENTS_IN_FLIGHT at once: the file's
  * fs-verity digest (VerityBatcher) and the caller's stream digest (StreamTap.file) are computed
- * on the threadpool, in parallel, from two reads of one fd: the clone, which is private, or the
- * hardlinked file, whose inode the object becomes (a change between the reads is a change the
- * object would see anyway, which is why only files that cannot change behind our back are
- * linked). Copies read the file once, for the object and the stream, and finish before place()
- * returns.
+ * on the threadpool, in parallel, from two reads of one fd. For a clone (private) both reads see
+ * the same bytes. A file to be hardlinked (or copied after a failed link) must have the same
+ * size and mtime after both reads as when it was opened, so both digests are of one content
+ * (not ctime: linking the same inode for an earlier entry changes it); a secure repository then
+ * seals it, a later change being refused by the kernel.
+ * Copies read the file once, for the object and the stream, and finish before place() returns.
  */
 import { closeSync, constants as C, fstatSync, lstatSync, mkdirSync, openSync, read as fsRead, readSync, statSync } from 'node:fs';
 import { promisify } from 'node:util';
@@ -65,6 +66,8 @@ export interface StreamTap {
   file(fd: number, length: number, label: string): Promise<void>;
   /** Start hashing what is queued (before waiting on anything that depends on it). */
   flush(): void;
+  /** Wait while too much is queued. */
+  relieve(): Promise<void>;
 }
 
 /** An object being placed: its id once hashed and linked (the stream has its bytes already). */
@@ -100,6 +103,15 @@ async function readWhole(f: OpenedFile, length: number, onData: (b: Buffer) => v
     if (bytesRead === 0) throw short(pos);
     await onData(b.subarray(0, bytesRead));
     pos += bytesRead;
+  }
+}
+
+/** close(2) errors (EIO on some filesystems) must not keep a placement in flight. */
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // The fd is released whatever close reported; the object was hashed from what was read.
   }
 }
 
@@ -169,14 +181,13 @@ export class ObjectPlacer {
         // Reflink first: the clone is a private, immutable copy, and it is what gets hashed.
         clone = canReflink ? this.clone(src, dir, f, pair) : null;
         if (clone !== null) fds.push(clone);
-        // The stream and the object digest read the same fd: the clone, or the file that is
-        // hardlinked (whose inode the object then is, so a later change is a change of both).
+        // The stream and the object digest read the same fd: the clone, or the file itself.
         const hashed = clone ?? f.fd;
         const streamDone = tap.file(hashed, length, f.name);
-        const id = this.zeroCopy(f, length, { hashed, clone, src, dir, pair, canHardlink, local });
+        const id = this.zeroCopy(f, length, streamDone, { hashed, clone, src, dir, pair, canHardlink, local });
         const settled = Promise.allSettled([streamDone, id]).then(() => {
-          for (const fd of fds) closeSync(fd);
           this.inFlight.delete(settled);
+          for (const fd of fds) closeQuietly(fd);
         });
         this.inFlight.add(settled);
         background = true;
@@ -199,11 +210,18 @@ export class ObjectPlacer {
 
   /** The background part of a zero-copy placement: digest, then name it. */
   private async zeroCopy(
-    f: OpenedFile, length: number,
+    f: OpenedFile, length: number, streamDone: Promise<void>,
     z: { hashed: number; clone: number | null; src: number; dir: string; pair: string; canHardlink: boolean; local: boolean },
   ): Promise<Buffer> {
     const id = await this.verity.digest(z.hashed, length, f.name);
-    if (z.clone !== null) {
+    if (z.clone === null) {
+      // Both digests must be of one content (see the module comment).
+      await streamDone;
+      const now = fstatSync(f.fd);
+      if (now.size !== f.stat.size || now.mtimeMs !== f.stat.mtimeMs) {
+        throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
+      }
+    } else {
       if (this.repo.secure && this.exists(id)) this.stats.objectsAlreadyPresent++;
       else if (this.linkClone(z.clone, z.dir, id)) this.stats.objectsReflinked++;
       else this.stats.objectsAlreadyPresent++;
@@ -216,7 +234,8 @@ export class ObjectPlacer {
       this.stats.objectsAlreadyPresent++;
       return id;
     }
-    const linked = mayLink ? this.hardlink(z.src, z.dir, id, z.pair) : false;
+    // Another placement may have learnt meanwhile that hardlinks do not work here.
+    const linked = mayLink && !this.noHardlink.has(z.pair) ? this.hardlink(z.src, z.dir, id, z.pair) : false;
     if (linked) {
       if (linked === 'linked') this.stats.objectsHardlinked++;
       else this.stats.objectsAlreadyPresent++;
@@ -259,6 +278,7 @@ export class ObjectPlacer {
     try {
       await readWhole(f, length, async (b) => {
         onData(b);
+        await tap?.relieve();
         await w.write(b);
       });
     } catch (e) {
@@ -291,7 +311,9 @@ export class ObjectPlacer {
     try {
       tmp = native().openTmpfile(dir, C.O_RDWR, 0o644);
     } catch (e) {
-      this.noReflink.set(pair, errnoCode(e) ?? 'no O_TMPFILE');
+      const code = errnoCode(e);
+      if (code === 'EMFILE' || code === 'ENFILE') throw e;
+      this.noReflink.set(pair, code ?? 'no O_TMPFILE');
       return null;
     }
     try {
@@ -303,24 +325,21 @@ export class ObjectPlacer {
       this.noReflink.set(pair, code);
       return null;
     }
-    if (fstatSync(tmp).size !== f.stat.size) {
-      closeSync(tmp);
-      throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported (size)`);
+    let keep = false;
+    try {
+      if (fstatSync(tmp).size !== f.stat.size) throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported (size)`);
+      // fs-verity refuses files open for writing anywhere: secure repositories keep only a read-only fd.
+      keep = !this.repo.secure;
+      return keep ? tmp : openSync(`/proc/self/fd/${tmp}`, C.O_RDONLY);
+    } finally {
+      if (!keep) closeSync(tmp);
     }
-    return tmp;
   }
 
   /** Name a clone (sealed first when secure); false when the object existed. The caller closes `clone`. */
   private linkClone(clone: number, dir: string, id: Buffer): boolean {
-    if (!this.repo.secure) return this.link(clone, dir, id);
-    // fs-verity refuses files open for writing: continue on a read-only fd.
-    const ro = openSync(`/proc/self/fd/${clone}`, C.O_RDONLY);
-    try {
-      this.seal(ro, id);
-      return this.link(ro, dir, id);
-    } finally {
-      closeSync(ro);
-    }
+    if (this.repo.secure) this.seal(clone, id);
+    return this.link(clone, dir, id);
   }
 
   /** 'linked', 'present' (the object was there already), or false when hardlinks do not work. */

@@ -23,9 +23,9 @@ export class OrderedSplitWriter {
 
   constructor(readonly writer: SplitStreamWriter) {}
 
-  /** References still being computed. */
-  get pendingCount(): number {
-    return this.pending.size;
+  /** The first failure of a pending reference, thrown early (settle() throws it too). */
+  throwIfFailed(): void {
+    if (this.failure !== null) throw this.failure;
   }
 
   writeInline(data: Uint8Array): void {
@@ -69,6 +69,10 @@ export class OrderedSplitWriter {
     }
     if (this.head === this.queue.length) {
       this.queue = [];
+      this.head = 0;
+    } else if (this.head >= 1024 && 2 * this.head >= this.queue.length) {
+      // Drop what was written while a pending tail keeps the queue from emptying.
+      this.queue = this.queue.slice(this.head);
       this.head = 0;
     }
   }
