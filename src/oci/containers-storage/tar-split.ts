@@ -91,16 +91,23 @@ export async function* readTarSplit(file: string): AsyncGenerator<TarSplitEntry>
     for await (const chunk of gunzip as AsyncIterable<Buffer>) {
       let start = 0;
       for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, start)) {
-        pending.push(chunk.subarray(start, nl));
-        const text = Buffer.concat(pending).toString('utf8');
-        pending = [];
-        pendingLen = 0;
+        let text: string;
+        if (pending.length === 0) {
+          text = chunk.toString('utf8', start, nl);
+        } else {
+          pending.push(chunk.subarray(start, nl));
+          text = Buffer.concat(pending).toString('utf8');
+          pending = [];
+          pendingLen = 0;
+        }
         start = nl + 1;
         line++;
         if (text.trim() !== '') yield parseEntry(text, file, line);
       }
-      pending.push(chunk.subarray(start));
-      pendingLen += chunk.length - start;
+      if (start < chunk.length) {
+        pending.push(chunk.subarray(start));
+        pendingLen += chunk.length - start;
+      }
       if (pendingLen > MAX_LINE) throw corrupt(file, line + 1, 'line too long');
     }
   } catch (e) {
