@@ -159,7 +159,8 @@ const FEED_KICK = 256 * 1024;
 /**
  * A stream digest (e.g. a layer's diff_id) fed in order with bytes and file ranges, hashed on
  * the threadpool while the caller goes on: one job at a time, each taking everything queued so
- * far (a partial queue starts when the caller yields to the event loop). Bytes are copied;
+ * far (a partial queue starts when the caller yields to the event loop). Bytes with nothing
+ * queued ahead of them are hashed at once, on the calling thread; other bytes are copied;
  * fds must stay open until their file() promise settles. The first failure (a file shorter than
  * declared, a read error) is kept and thrown by digest().
  */
@@ -188,6 +189,12 @@ export class StreamFeed {
 
   bytes(b: Uint8Array): void {
     if (b.length === 0) return;
+    if (!this.running && this.plan.length === 0 && this.failure === null) {
+      // Nothing ahead of these bytes: hash them here, which costs less than staging them (a
+      // copied file's bytes come this way while the threadpool writes its object).
+      this.hash.update(b);
+      return;
+    }
     if (this.staged + b.length > this.stage.length) {
       const bigger = Buffer.allocUnsafe(Math.max(2 * this.stage.length, this.staged + b.length));
       this.stage.copy(bigger, 0, 0, this.staged);
