@@ -1612,6 +1612,19 @@ static hash_seg_t *arg_segments(call_t *c, size_t i, size_t width, size_t *nsegs
   return segs;
 }
 
+/* A job over segs (which it owns from here on, also when this fails: NULL). */
+static hash_job_t *hash_job_new(const char *fn, hash_seg_t *segs, size_t n) {
+  hash_job_t *j = calloc(1, sizeof *j);
+  if (!j) {
+    free(segs);
+    return NULL;
+  }
+  j->fn = fn;
+  j->segs = segs;
+  j->nsegs = n;
+  return j;
+}
+
 static napi_value queue_hash_job(napi_env env, hash_job_t *j, napi_async_execute_callback execute) {
   napi_value promise, name;
   napi_create_promise(env, &j->deferred, &promise);
@@ -1638,19 +1651,13 @@ static napi_value js_verity_hash_fds(napi_env env, napi_callback_info info) {
     return throw_errno(env, EINVAL, "verityHashFds", "unknown fs-verity hash algorithm or negative fd");
   }
   size_t dsize = (size_t)EVP_MD_get_size(a->md);
-  hash_job_t *j = calloc(1, sizeof *j);
-  uint8_t *digests = malloc(n ? n * dsize : 1);
-  if (!j || !digests) {
-    free(j);
-    free(digests);
-    free(segs);
-    return throw_errno(env, ENOMEM, "verityHashFds", NULL);
+  hash_job_t *j = hash_job_new("verityHashFds", segs, n);
+  if (j && !(j->digests = malloc(n ? n * dsize : 1))) {
+    hash_job_free(env, j);
+    j = NULL;
   }
-  j->fn = "verityHashFds";
+  if (!j) return throw_errno(env, ENOMEM, "verityHashFds", NULL);
   j->alg = a;
-  j->segs = segs;
-  j->nsegs = n;
-  j->digests = digests;
   j->dsize = dsize;
   return queue_hash_job(env, j, verity_fds_execute);
 }
@@ -1677,17 +1684,11 @@ static napi_value js_hash_feed(napi_env env, napi_callback_info info) {
     free(segs);
     return NULL;
   }
-  hash_job_t *j = calloc(1, sizeof *j);
-  if (!j) {
-    free(segs);
-    return throw_errno(env, ENOMEM, "hashFeed", NULL);
-  }
-  j->fn = "hashFeed";
+  hash_job_t *j = hash_job_new("hashFeed", segs, n);
+  if (!j) return throw_errno(env, ENOMEM, "hashFeed", NULL);
   j->hash = h;
   j->data = data;
   j->data_len = data_len;
-  j->segs = segs;
-  j->nsegs = n;
   napi_create_reference(env, c.argv[0], 1, &j->hash_ref);
   if (data) napi_create_reference(env, c.argv[1], 1, &j->data_ref);
   h->busy = 1;
