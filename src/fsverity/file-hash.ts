@@ -166,8 +166,9 @@ const FEED_KICK = 256 * 1024;
  */
 export class StreamFeed {
   private readonly hash: StreamHash;
-  /** Queued bytes, copied here (a fresh buffer per job: the running job reads the previous one). */
-  private stage = Buffer.allocUnsafe(FEED_KICK);
+  /** Queued bytes are copied here; the running job reads the other buffer (spare once it is done). */
+  private stage: Buffer = Buffer.allocUnsafe(FEED_KICK);
+  private spare: Buffer | null = null;
   private staged = 0;
   private plan: number[] = [];
   private labels: Array<{ index: number; label: string; length: number }> = [];
@@ -228,7 +229,10 @@ export class StreamFeed {
     const labels = this.labels;
     const waiters = this.waiters;
     const bytes = this.queued;
-    if (data) this.stage = Buffer.allocUnsafe(FEED_KICK);
+    if (data) {
+      this.stage = this.spare ?? Buffer.allocUnsafe(FEED_KICK);
+      this.spare = null;
+    }
     this.staged = 0;
     this.plan = [];
     this.labels = [];
@@ -236,6 +240,7 @@ export class StreamFeed {
     const done = (): void => {
       this.queued -= bytes;
       this.running = false;
+      if (data) this.spare = data;
       for (const w of waiters) w();
       if (this.plan.length > 0) this.flush();
       else for (const w of this.idle.splice(0)) w();
