@@ -204,7 +204,7 @@ function layerChain(image: ImageRecord, stores: Array<{ store: ContainersStore; 
     if (seen.has(id)) throw new CfsError('ECORRUPT', `${where}: layer ${id} is its own ancestor`);
     seen.add(id);
     const found = stores.find((s) => s.layers.has(id!));
-    if (!found) throw new CfsError('ECORRUPT', `${where}: layer ${id} is not in any layers.json`);
+    if (!found) throw new CfsError('ECORRUPT', `${where}: layer ${id} is missing from every layers.json`);
     const rec = found.layers.get(id)!;
     chain.push({ rec, store: found.store });
     id = rec.parent;

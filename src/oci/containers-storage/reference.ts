@@ -138,7 +138,7 @@ export function parseStorageReference(input: string): StorageReference {
     else if (/^[0-9a-f]+$/.test(after) && after.length >= MIN_ID_PREFIX) out.idPrefix = after;
     else throw invalid(input, `"${after}" is neither a digest nor an image ID`);
     s = s.slice(0, at);
-    if (s === '') return out; // `@ID`, or `@sha256:…`: any image with that manifest digest
+    if (s === '') return out; // `@ID`, or `@sha256:…`: whichever image has that manifest digest
   } else if (/^sha256:[0-9a-f]{64}$/.test(s)) {
     out.id = s.slice(7);
     return out;
