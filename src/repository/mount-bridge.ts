@@ -3,9 +3,11 @@
  * driver bind-mounts its overlay/ directory onto itself. When a store's file and objects/ are on
  * different mounts of one filesystem, both are reached through a private, non-recursive clone of
  * that filesystem's root mount (open_tree OPEN_TREE_CLONE, which needs CAP_SYS_ADMIN; without it
- * there is no bridge and the zero-copy methods fail with EXDEV).
+ * there is no bridge and the zero-copy methods fail with EXDEV). A store's files are then opened
+ * beneath their directory as seen through the clone, which holds no other mounts: a mount inside
+ * a layer directory is not crossed, the store's own files under it are read.
  */
-import { closeSync, constants as C, fstatSync, readlinkSync, realpathSync, type Stats } from 'node:fs';
+import { closeSync, fstatSync, readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../native.js';
 import { readMountinfo, type MountInfo } from '../mount/mountinfo.js';
@@ -59,34 +61,17 @@ export class MountBridge {
   }
 
   /**
-   * `name` beneath the directory `dirfd` opened again through the clone; null unless it is the
-   * same inode as `st`, and null when dirfd is on objects/'s own mount (no bridge needed). The
-   * file is resolved as the consumer resolves it (beneath dirfd, on its mount); the inode check
-   * catches a change in between.
+   * The directory `dirfd` opened through the clone (O_PATH, the same inode), for opening its
+   * files on the clone's mount; null when dirfd is on objects/'s own mount (no bridge needed) or
+   * is not reachable through the clone. Cached per dirfd.
    */
-  reopen(dirfd: number, name: string, st: Stats): number | null {
+  dir(dirfd: number): number | null {
     let dir = this.dirs.get(dirfd);
     if (dir === undefined) {
       dir = this.bridgedDir(dirfd);
       this.dirs.set(dirfd, dir);
     }
-    if (dir === null) return null;
-    const n = native();
-    const c = n.constants;
-    let fd: number;
-    try {
-      fd = n.openat2(dir, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV);
-    } catch {
-      return null;
-    }
-    let same = false;
-    try {
-      const b = fstatSync(fd);
-      same = b.ino === st.ino && b.dev === st.dev;
-      return same ? fd : null;
-    } finally {
-      if (!same) closeSync(fd);
-    }
+    return dir;
   }
 
   /** dirfd's directory through the clone, checked to be the same inode; null when not needed or not reachable. */

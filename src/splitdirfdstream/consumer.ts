@@ -64,7 +64,7 @@ class LogicalSource implements TarInput, StreamTap {
 
   constructor(
     private readonly reader: SplitdirfdReader, private readonly what: string, private readonly dirfds: readonly number[],
-    hashAlg: StreamHashName, private readonly onProgress?: (n: number) => void,
+    hashAlg: StreamHashName, private readonly sourceDir: (dirfd: number) => number, private readonly onProgress?: (n: number) => void,
   ) {
     this.feed = new StreamFeed(hashAlg);
   }
@@ -177,7 +177,7 @@ class LogicalSource implements TarInput, StreamTap {
       const where = `${this.what}, chunk ending at offset ${this.reader.offset}`;
       let dirfd = this.checkedSlots.get(h.index);
       if (dirfd === undefined) {
-        dirfd = checkDirSlot(this.dirfds, h.index, where);
+        dirfd = this.sourceDir(checkDirSlot(this.dirfds, h.index, where));
         this.checkedSlots.set(h.index, dirfd);
       }
       const file = openBeneath(dirfd, h.name, where);
@@ -220,7 +220,7 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   }
   await repo.ensureWritable();
   const placer = new ObjectPlacer(repo, { zerocopy: !!opts.zerocopy, localStore: opts.localStore });
-  const src = new LogicalSource(reader, what, dirfds, alg, opts.onProgress);
+  const src = new LogicalSource(reader, what, dirfds, alg, (d) => placer.sourceDir(d), opts.onProgress);
   const kind = opts.kind ?? 'tar';
   const w = new SplitStreamWriter(repo, { contentType: kind === 'tar' ? CONTENT_TYPES.layer : CONTENT_TYPES.blob });
   const ordered = new OrderedSplitWriter(w);

@@ -127,6 +127,8 @@ export class ObjectPlacer {
   private readonly dstDev: number;
   private readonly objectNameRe: RegExp;
   private bridge: MountBridge | null | undefined;
+  /** Directories handed out by sourceDir that are on the bridge's mount. */
+  private readonly bridgedDirs = new Set<number>();
   private readonly sink: ObjectSink;
   private readonly verity: VerityBatcher;
   /** Zero-copy placements still holding fds (settle when the fds are closed; never reject). */
@@ -141,6 +143,20 @@ export class ObjectPlacer {
     const hex = repo.hashSize * 2;
     this.objectNameRe = new RegExp(`^[0-9a-f]{2}/[0-9a-f]{${hex - 2}}$`);
     if (repo.tmpfileUnsupported) this.noReflink.set(`*`, 'no O_TMPFILE in the repository');
+  }
+
+  /**
+   * The directory to open a local store's files beneath: `dirfd` itself, or the same directory
+   * through the mount bridge when it is another mount of objects/'s filesystem (files opened
+   * there can be linked into objects/).
+   */
+  sourceDir(dirfd: number): number {
+    if (!this.opts.localStore) return dirfd;
+    if (this.bridge === undefined) this.bridge = MountBridge.open(this.objectsDir);
+    const dir = this.bridge?.dir(dirfd) ?? null;
+    if (dir === null) return dirfd;
+    this.bridgedDirs.add(dir);
+    return dir;
   }
 
   /** Release the mount bridge, if one was made. Call drain() first. */
@@ -170,14 +186,12 @@ export class ObjectPlacer {
       if (!canReflink && !canHardlink) {
         return this.copied(await this.copy(f, length, tap, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`));
       }
-      // Another mount of the same filesystem: link through the bridge (local stores only).
-      const bridged = local ? this.reopenBridged(f) : null;
       const fds = [f.fd];
-      if (bridged !== null) fds.push(bridged);
       let clone: number | null;
       try {
-        const src = bridged ?? f.fd;
-        const dir = bridged === null ? this.objectsDir : this.bridge!.objectsDir;
+        const src = f.fd;
+        // A file opened through the mount bridge (sourceDir) is linked into objects/ as seen through it.
+        const dir = this.bridgedDirs.has(f.dirfd) ? this.bridge!.objectsDir : this.objectsDir;
         // Reflink first: the clone is a private, immutable copy, and it is what gets hashed.
         clone = canReflink ? this.clone(src, dir, f, pair) : null;
         if (clone !== null) fds.push(clone);
@@ -253,11 +267,6 @@ export class ObjectPlacer {
 
   private why(m: Map<string, string>, pair: string): string {
     return m.get(pair) ?? m.get('*') ?? 'not applicable';
-  }
-
-  private reopenBridged(f: OpenedFile): number | null {
-    if (this.bridge === undefined) this.bridge = MountBridge.open(this.objectsDir);
-    return this.bridge?.reopen(f.dirfd, f.name, f.stat) ?? null;
   }
 
   /** Copy the file into a new object, its bytes read once (for the object and for `tap`). */
