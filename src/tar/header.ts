@@ -51,14 +51,19 @@ export interface RawHeader {
   devminor: number | null;
 }
 
-function field(block: Buffer, f: Field): Buffer {
+/** A NUL-terminated field (up to its first NUL). */
+function cstrField(block: Buffer, f: Field): Buffer {
   const [off, len] = F[f];
-  return block.subarray(off, off + len);
+  let end = off;
+  while (end < off + len && block[end] !== 0) end++;
+  return block.subarray(off, end);
 }
 
-function cstr(b: Buffer): Buffer {
-  const nul = b.indexOf(0);
-  return nul < 0 ? b : b.subarray(0, nul);
+/** Whether a field holds exactly `want` (same length). */
+function fieldIs(block: Buffer, f: Field, want: Buffer): boolean {
+  const off = F[f][0];
+  for (let i = 0; i < want.length; i++) if (block[off + i] !== want[i]) return false;
+  return true;
 }
 
 export function roundUp(n: number): number {
@@ -75,69 +80,82 @@ export function isZeroBlock(b: Buffer): boolean {
  * (first byte 0x80 = positive, 0xff = negative two's complement). Throws a message string.
  */
 export function parseNumeric(b: Buffer, what: string): number {
-  if (b.length > 0 && (b[0] & 0x80) !== 0) {
-    let v = BigInt(b[0] & 0x7f);
-    const negative = b[0] === 0xff;
-    for (let i = 1; i < b.length; i++) v = (v << 8n) | BigInt(b[i]);
-    if (negative) v -= 1n << BigInt(8 * b.length - 1);
+  return numericAt(b, 0, b.length, what);
+}
+
+/** parseNumeric of b[off, off + len), read in place (header fields are decoded by the thousand). */
+function numericAt(b: Buffer, off: number, len: number, what: string): number {
+  const end = off + len;
+  if (len > 0 && (b[off] & 0x80) !== 0) {
+    let v = BigInt(b[off] & 0x7f);
+    const negative = b[off] === 0xff;
+    for (let i = off + 1; i < end; i++) v = (v << 8n) | BigInt(b[i]);
+    if (negative) v -= 1n << BigInt(8 * len - 1);
     if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) throw new Error(`${what} field out of range`);
     return Number(v);
   }
-  let i = 0;
-  while (i < b.length && b[i] === 0x20) i++;
+  let i = off;
+  while (i < end && b[i] === 0x20) i++;
   let v = 0;
-  let digits = 0;
-  for (; i < b.length && b[i] >= 0x30 && b[i] <= 0x37; i++, digits++) v = v * 8 + (b[i] - 0x30);
-  for (; i < b.length; i++) {
-    if (b[i] !== 0 && b[i] !== 0x20) throw new Error(`invalid ${what} field '${b.toString('latin1').replace(/\0/g, '')}'`);
+  for (; i < end && b[i] >= 0x30 && b[i] <= 0x37; i++) v = v * 8 + (b[i] - 0x30);
+  for (; i < end; i++) {
+    if (b[i] !== 0 && b[i] !== 0x20) throw new Error(`invalid ${what} field '${b.toString('latin1', off, end).replace(/\0/g, '')}'`);
   }
-  if (digits === 0) return 0;
   return v;
+}
+
+function num(block: Buffer, f: Field): number {
+  const [off, len] = F[f];
+  return numericAt(block, off, len, f);
 }
 
 /** Stored checksum vs. the sum of all bytes with the checksum field taken as spaces. */
 function checksumOk(block: Buffer): boolean {
+  const [off, len] = F.chksum;
   let stored: number;
   try {
-    stored = parseNumeric(field(block, 'chksum'), 'checksum');
+    stored = numericAt(block, off, len, 'checksum');
   } catch {
     return false;
   }
-  let unsigned = 0;
-  let signed = 0;
+  let unsigned = 0x20 * len;
+  for (let i = 0; i < off; i++) unsigned += block[i];
+  for (let i = off + len; i < BLOCK_SIZE; i++) unsigned += block[i];
+  if (stored === unsigned) return true;
+  // Some old tar writers summed signed chars.
+  let signed = 0x20 * len;
   for (let i = 0; i < BLOCK_SIZE; i++) {
-    const c = i >= F.chksum[0] && i < F.chksum[0] + F.chksum[1] ? 0x20 : block[i];
-    unsigned += c;
+    if (i === off) i += len;
+    const c = block[i];
     signed += c > 127 ? c - 256 : c;
   }
-  return stored === unsigned || stored === signed;
+  return stored === signed;
 }
 
 /** Decode a non-zero header block. Errors are message strings for the caller to wrap. */
 export function decodeHeader(block: Buffer): RawHeader {
   if (!checksumOk(block)) throw new Error('tar header checksum mismatch');
-  const magic = field(block, 'magic');
-  const version = field(block, 'version');
-  const format: HeaderFormat = magic.equals(USTAR_MAGIC) && version.equals(USTAR_VERSION)
+  const ustarMagic = fieldIs(block, 'magic', USTAR_MAGIC);
+  const format: HeaderFormat = ustarMagic && fieldIs(block, 'version', USTAR_VERSION)
     ? 'ustar'
-    : magic.equals(GNU_MAGIC) && version.equals(GNU_VERSION)
+    : fieldIs(block, 'magic', GNU_MAGIC) && fieldIs(block, 'version', GNU_VERSION)
       ? 'gnu'
-      : magic.equals(USTAR_MAGIC) ? 'ustar' : 'v7';
+      : ustarMagic ? 'ustar' : 'v7';
   const ext = format !== 'v7';
-  const prefix = format === 'ustar' ? cstr(field(block, 'prefix')) : null;
+  const prefix = format === 'ustar' ? cstrField(block, 'prefix') : null;
   return {
     format,
-    name: cstr(field(block, 'name')),
+    name: cstrField(block, 'name'),
     prefix: prefix && prefix.length > 0 ? prefix : null,
-    linkname: cstr(field(block, 'linkname')),
+    linkname: cstrField(block, 'linkname'),
     typeflag: block[F.typeflag[0]],
-    mode: parseNumeric(field(block, 'mode'), 'mode'),
-    uid: parseNumeric(field(block, 'uid'), 'uid'),
-    gid: parseNumeric(field(block, 'gid'), 'gid'),
-    size: parseNumeric(field(block, 'size'), 'size'),
-    mtime: parseNumeric(field(block, 'mtime'), 'mtime'),
-    devmajor: ext ? parseNumeric(field(block, 'devmajor'), 'devmajor') : null,
-    devminor: ext ? parseNumeric(field(block, 'devminor'), 'devminor') : null,
+    mode: num(block, 'mode'),
+    uid: num(block, 'uid'),
+    gid: num(block, 'gid'),
+    size: num(block, 'size'),
+    mtime: num(block, 'mtime'),
+    devmajor: ext ? num(block, 'devmajor') : null,
+    devminor: ext ? num(block, 'devminor') : null,
   };
 }
 

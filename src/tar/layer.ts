@@ -3,9 +3,17 @@ import type { Repository } from '../repository/repository.js';
 import { SplitStreamReader } from '../splitstream/reader.js';
 import { INLINE_CONTENT_MAX, type TarContent, type TarEntry } from './entry.js';
 import { BLOCK_SIZE, isZeroBlock, roundUp } from './header.js';
-import { TarEntryParser } from './parser.js';
+import { TarEntryParser, type ParsedEntry } from './parser.js';
 
 const SKIP_CHUNK = 1024 * 1024;
+
+/** The entry with its content (field by field: a rest/spread copy costs more, per entry). */
+function withContent(e: ParsedEntry, content: TarContent | null): TarEntry {
+  return {
+    path: e.path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtimeSec: e.mtimeSec, mtimeNsec: e.mtimeNsec,
+    linkTarget: e.linkTarget, rdev: e.rdev, size: e.size, xattrs: e.xattrs, content,
+  };
+}
 
 /**
  * Entries of a layer stream given by object id, content id (`oci-layer-sha256:…`) or
@@ -49,7 +57,8 @@ export async function* readLayerEntries(repo: Repository, stream: Buffer | strin
         parser.metaData(data.subarray(0, h.dataSize));
         continue;
       }
-      const { dataSize, ...meta } = h.entry;
+      const meta = h.entry;
+      const dataSize = meta.dataSize;
       let content: TarContent | null = null;
       if (meta.type === 'file') {
         if (dataSize > 0 && (await r.peekKind()) === 'external') {
@@ -65,7 +74,7 @@ export async function* readLayerEntries(repo: Repository, stream: Buffer | strin
       } else {
         await skipInline(roundUp(dataSize), 'tar entry data');
       }
-      yield { ...meta, content };
+      yield withContent(meta, content);
     }
     parser.end();
   } finally {

@@ -128,7 +128,7 @@ export class TarEntryParser {
     if (nameBytes.length === 0) throw this.error('entry with an empty path');
     if (nameBytes.length > LIMITS.maxPath) throw this.error(`path longer than ${LIMITS.maxPath} bytes`, path.slice(0, 100) + '…');
     if (linkBytes.length > LIMITS.maxPath) throw this.error(`link target longer than ${LIMITS.maxPath} bytes`, path);
-    if (h.typeflag === T.gnuSparse || [...pax.keys()].some((k) => k.startsWith('GNU.sparse.'))) {
+    if (h.typeflag === T.gnuSparse || (pax.size > 0 && [...pax.keys()].some((k) => k.startsWith('GNU.sparse.')))) {
       throw this.error('sparse tar entries are not supported', path);
     }
     const type = ENTRY_TYPES.get(h.typeflag);

@@ -57,8 +57,8 @@ export class TreeBuilder {
       this.applyRoot(e, layer);
       return;
     }
-    const name = parts[parts.length - 1]!;
-    const parentParts = parts.slice(0, -1);
+    const name = parts.pop()!;
+    const parentParts = parts;
     if (name.startsWith(WHITEOUT_PREFIX)) {
       // Resolve a hardlinked whiteout's target first, as composefs-rs does (its errors win).
       if (e.type === 'hardlink') this.linkTarget(e, layer);
@@ -140,8 +140,12 @@ export class TreeBuilder {
 
 /** Path components, `''` and `.` dropped; `..` rejected. */
 function components(path: ByteString, layer: string): ByteString[] {
-  const parts = path.split('/').filter((p) => p !== '' && p !== '.');
-  if (parts.includes('..')) throw new CfsError('EINVAL', `layer ${layer}: path ${show(path)} escapes the root`);
+  const parts: ByteString[] = [];
+  for (const p of path.split('/')) {
+    if (p === '' || p === '.') continue;
+    if (p === '..') throw new CfsError('EINVAL', `layer ${layer}: path ${show(path)} escapes the root`);
+    parts.push(p);
+  }
   return parts;
 }
 
@@ -151,33 +155,41 @@ function show(p: ByteString): string {
 }
 
 function leafOrDir(e: TarEntry, type: Exclude<TarEntry['type'], 'hardlink'>, layer: string): Inode {
-  const init = {
+  const inode = newInode(TYPE_BITS[type] | (e.mode & 0o7777), {
     uid: e.uid,
     gid: e.gid,
     mtimeSec: e.mtimeSec,
     mtimeNsec: e.mtimeNsec,
-    xattrs: new Map(e.xattrs),
-  };
-  const mode = TYPE_BITS[type] | (e.mode & 0o7777);
+    xattrs: e.xattrs.size === 0 ? undefined : new Map(e.xattrs),
+  });
   switch (type) {
     case 'file': {
       const c = e.content;
       if (!c) throw new CfsError('EINVAL', `layer ${layer}: file ${show(e.path)} has no content`);
       if (c.kind === 'inline') {
-        return newInode(mode, { ...init, size: c.data.length, content: c.data.length > 0 ? c.data : null });
+        inode.size = c.data.length;
+        inode.content = c.data.length > 0 ? c.data : null;
+      } else {
+        inode.size = c.size;
+        inode.payload = objectPathOf(c.id);
+        inode.digest = c.id;
       }
-      return newInode(mode, { ...init, size: c.size, payload: objectPathOf(c.id), digest: c.id });
+      break;
     }
     case 'symlink':
       if (e.linkTarget === null || e.linkTarget === '') throw new CfsError('EINVAL', `layer ${layer}: symlink ${show(e.path)} has no target`);
-      return newInode(mode, { ...init, payload: e.linkTarget, size: e.linkTarget.length });
+      inode.payload = e.linkTarget;
+      inode.size = e.linkTarget.length;
+      break;
     case 'char':
     case 'block':
-      return newInode(mode, { ...init, rdev: e.rdev });
+      inode.rdev = e.rdev;
+      break;
     case 'directory':
     case 'fifo':
-      return newInode(mode, init);
+      break;
   }
+  return inode;
 }
 
 /** Replaces a directory's stat (mode bits, owner, mtime, xattrs), keeping its entries. */
