@@ -168,6 +168,11 @@ test('a store file changed in place (same size) is caught before anything is pub
     assert.match(r.stderr, /usr\/big changed since import \(crc64 mismatch\)/);
     assert.deepEqual(repoProblems(repo), []);
     assert.equal(readdirSync(path.join(repo, 'images')).length, 0);
+    // The default pull copies the tar bytes; the diff_id mismatch is explained the same way.
+    const copied = runCfs(['--repo', path.join(fx.dir, 'zc-tampered-copy'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+    assert.notEqual(copied.status, 0);
+    assert.match(copied.stderr, /usr\/big changed since import \(crc64 mismatch\)/);
+    assert.deepEqual(repoProblems(path.join(fx.dir, 'zc-tampered-copy')), []);
   } finally {
     writeSync(fd, b, 0, 1, 4096);
     closeSync(fd);

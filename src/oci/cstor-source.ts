@@ -1,7 +1,7 @@
 /**
  * containers-storage: images as ImageToImport. Each layer is offered two ways:
  *   open()       the exact tar, rebuilt from tar-split metadata and the store's diff files,
- *                every file checked against its recorded size and CRC-64;
+ *                every file checked against its recorded size;
  *   openLocal()  the same tar as a splitdirfdstream naming the diff files beneath directory
  *                fds, so the importer can reflink or hardlink contents into objects/ (local
  *                fetch) through the same consumer as copies and varlink PutLayer.
@@ -35,6 +35,7 @@ export async function openContainersStorageImage(spec: string, _opts: SourceOpti
       size: l.uncompressedSize,
       kind: 'tar' as const,
       open: (progress: (n: number) => void) => explained(countBytes(layerTarStream(l.store, l.layerId), progress), l.store),
+      explain: (e: unknown) => explainFailure(e, l.store, l.layerId),
       openLocal: () => openLocal(l.store, l.layerId),
     })),
     close: async () => undefined,
@@ -78,12 +79,12 @@ async function openLocal(store: ContainersStore, layerId: string): Promise<Local
     dirfds: s.dirfds,
     chunks: s.chunks,
     close: () => s.close(),
-    explain: (e) => explainLocal(e, store, layerId),
+    explain: (e) => explainFailure(e, store, layerId),
   };
 }
 
-/** A failed local import, said in terms of the store: which file changed, which is unreadable. */
-async function explainLocal(e: unknown, store: ContainersStore, layerId: string): Promise<unknown> {
+/** A failed import (either way), said in terms of the store: which file changed, which is unreadable. */
+async function explainFailure(e: unknown, store: ContainersStore, layerId: string): Promise<unknown> {
   // A diff_id mismatch, a file of the wrong size or a missing one: name the file that changed.
   if (isCfsError(e) && (e.code === 'EDIGEST' || e.code === 'ENOENT' || (e.code === 'EIO' && /declared length/.test(e.message)))) {
     return (await findChangedFile(store, layerId).catch(() => null)) ?? e;

@@ -26,8 +26,10 @@ export interface LayerToImport {
   /** Bytes the source will read (compressed size), for scheduling and progress. */
   size: number | null;
   kind: 'tar' | 'blob';
-  /** Uncompressed tar bytes (tar) or raw blob bytes (blob), verified by the source. */
+  /** Uncompressed tar bytes (tar) or raw blob bytes (blob); the importer checks them against `id`. */
   open(progress: (bytesRead: number) => void): AsyncIterable<Uint8Array>;
+  /** A failed import of open()'s bytes, said in the source's terms (which file changed, …). */
+  explain?(e: unknown): Promise<unknown>;
   /**
    * Tar layers whose member contents are files on this machine (containers-storage): the same
    * tar as a splitdirfdstream naming those files, so contents can be reflinked or hardlinked
@@ -145,7 +147,9 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
         if (layer.kind === 'tar' && layer.openLocal && localFetch !== 'disabled') {
           streamId = await importLocal(repo, layer, layer.openLocal, localFetch === 'zerocopy', onRead, objects);
         } else if (layer.kind === 'tar') {
-          streamId = (await importTarLayer(repo, layer.open(onRead), tarOpts)).streamId;
+          streamId = (await importTarLayer(repo, layer.open(onRead), tarOpts).catch(async (e: unknown) => {
+            throw layer.explain ? await layer.explain(e) : e;
+          })).streamId;
         } else {
           streamId = await importBlob(repo, layer);
         }
