@@ -982,20 +982,25 @@ static napi_value make_constants(napi_env env) {
   return k;
 }
 
-/* ---- storeObject: write a whole object off the JS thread ----------------------------------
- * open(O_TMPFILE) in the objects dir, write the bytes, optionally seal with fs-verity, then
- * linkat() it to its final name; all in libuv's threadpool so many small objects are written
- * in parallel while JS keeps parsing. An existing destination wins (content addressing).
- * Resolves to true when the object was created, false when it already existed. */
+/* ---- storeObjects: write whole objects off the JS thread ---------------------------------
+ * For each (name, bytes), in order: open(O_TMPFILE) in the objects dir, write the bytes, then
+ * linkat() the file to its name (relative to the objects dir, fan-out directory created on
+ * demand). One threadpool job writes a batch, so thousands of small objects cost a few queue
+ * round trips, not one each, while JS keeps parsing. An existing name wins (content
+ * addressing). For insecure repositories: secure ones compare the kernel's fs-verity
+ * measurement before naming an object, which the caller does synchronously.
+ * The first failure stops the job and rejects with an error naming the object. */
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref data_ref;
-  char *dir, *dest;
-  const char *data;
-  size_t len;
-  int verity_alg; /* 0 = do not enable fs-verity */
-  int created;
+  napi_ref datas_ref;
+  char *dir;
+  char *names; /* '\n'-separated, split in place into name[] */
+  size_t n;
+  const char **name;
+  const char **data;
+  size_t *len;
+  size_t failed_index;
   int err;
   const char *failed_call;
 } store_job_t;
@@ -1013,87 +1018,127 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
+/* One object: 0, or an errno with *failed_call set. */
+static int store_one(int dirfd, const char *name, const char *data, size_t len, const char **failed_call) {
+  if (faccessat(dirfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) return 0;
+  int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+  if (fd < 0) { *failed_call = "open O_TMPFILE"; return errno; }
+  char proc[64];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  int err = 0;
+  if (write_all(fd, data, len) < 0) {
+    err = errno; *failed_call = "write";
+  } else if (linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) < 0 && errno != EEXIST) {
+    err = errno; *failed_call = "linkat";
+    const char *slash = strrchr(name, '/');
+    if (err == ENOENT && slash && (size_t)(slash - name) < 256) {
+      /* The fan-out directory does not exist yet. */
+      char parent[256];
+      memcpy(parent, name, (size_t)(slash - name));
+      parent[slash - name] = 0;
+      err = 0;
+      if (mkdirat(dirfd, parent, 0755) < 0 && errno != EEXIST) { err = errno; *failed_call = "mkdir"; }
+      else if (linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) < 0 && errno != EEXIST) { err = errno; *failed_call = "linkat"; }
+    }
+  }
+  close(fd);
+  return err;
+}
+
 static void store_execute(napi_env env, void *arg) {
   (void)env;
   store_job_t *j = arg;
-  if (faccessat(AT_FDCWD, j->dest, F_OK, AT_SYMLINK_NOFOLLOW) == 0) return;
-  int fd = open(j->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
-  if (fd < 0) { j->err = errno; j->failed_call = "open O_TMPFILE"; return; }
-  char proc[64];
-  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-  if (write_all(fd, j->data, j->len) < 0) { j->err = errno; j->failed_call = "write"; close(fd); return; }
-  if (j->verity_alg) {
-    /* fs-verity refuses files open for writing: continue on a read-only fd. */
-    int ro = open(proc, O_RDONLY | O_CLOEXEC);
-    if (ro < 0) { j->err = errno; j->failed_call = "open"; close(fd); return; }
-    close(fd);
-    fd = ro;
-    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-    struct fsverity_enable_arg a;
-    memset(&a, 0, sizeof a);
-    a.version = 1;
-    a.hash_algorithm = (unsigned)j->verity_alg;
-    a.block_size = 4096;
-    if (ioctl(fd, FS_IOC_ENABLE_VERITY, &a) < 0 && errno != EEXIST) {
-      j->err = errno; j->failed_call = "ioctl FS_IOC_ENABLE_VERITY"; close(fd); return;
-    }
+  int dirfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dirfd < 0) { j->err = errno; j->failed_call = "open"; j->failed_index = SIZE_MAX; return; }
+  for (size_t i = 0; i < j->n; i++) {
+    j->err = store_one(dirfd, j->name[i], j->data[i], j->len[i], &j->failed_call);
+    if (j->err) { j->failed_index = i; break; }
   }
-  if (linkat(AT_FDCWD, proc, AT_FDCWD, j->dest, AT_SYMLINK_FOLLOW) < 0) {
-    if (errno == ENOENT) {
-      /* The fan-out directory does not exist yet. */
-      char parent[4096];
-      snprintf(parent, sizeof parent, "%s", j->dest);
-      char *slash = strrchr(parent, '/');
-      if (slash) *slash = 0;
-      if (mkdir(parent, 0755) < 0 && errno != EEXIST) { j->err = errno; j->failed_call = "mkdir"; close(fd); return; }
-      if (linkat(AT_FDCWD, proc, AT_FDCWD, j->dest, AT_SYMLINK_FOLLOW) == 0) { j->created = 1; close(fd); return; }
-    }
-    if (errno != EEXIST) { j->err = errno; j->failed_call = "linkat"; }
-    close(fd);
-    return;
-  }
-  j->created = 1;
-  close(fd);
+  close(dirfd);
+}
+
+static void store_job_free(napi_env env, store_job_t *j) {
+  if (j->datas_ref) napi_delete_reference(env, j->datas_ref);
+  free(j->dir);
+  free(j->names);
+  free(j->name);
+  free(j->data);
+  free(j->len);
+  free(j);
 }
 
 static void store_complete(napi_env env, napi_status status, void *arg) {
   store_job_t *j = arg;
-  napi_value result;
-  if (status != napi_ok && !j->err) { j->err = ECANCELED; j->failed_call = "storeObject"; }
+  if (status != napi_ok && !j->err) { j->err = ECANCELED; j->failed_call = "storeObjects"; j->failed_index = SIZE_MAX; }
   if (j->err) {
-    napi_reject_deferred(env, j->deferred, errno_error(env, j->err, j->failed_call, j->dest));
+    char what[4096 + 256];
+    if (j->failed_index < j->n) snprintf(what, sizeof what, "%s/%s", j->dir, j->name[j->failed_index]);
+    else snprintf(what, sizeof what, "%s", j->dir);
+    napi_reject_deferred(env, j->deferred, errno_error(env, j->err, j->failed_call, what));
   } else {
-    napi_get_boolean(env, j->created != 0, &result);
-    napi_resolve_deferred(env, j->deferred, result);
+    napi_resolve_deferred(env, j->deferred, undefined(env));
   }
-  napi_delete_reference(env, j->data_ref);
   napi_delete_async_work(env, j->work);
-  free(j->dir);
-  free(j->dest);
-  free(j);
+  store_job_free(env, j);
 }
 
-static napi_value js_store_object(napi_env env, napi_callback_info info) {
+/* storeObjects(dir, names joined by '\n', Array<Buffer> (one per name)) -> Promise<void>. */
+static napi_value js_store_objects(napi_env env, napi_callback_info info) {
   call_t c;
-  call_init(&c, env, info, "storeObject");
+  call_init(&c, env, info, "storeObjects");
   const char *dir = arg_str(&c, 0, 0);
-  const char *dest = arg_str(&c, 1, 0);
-  size_t len = 0;
-  void *data = arg_buf(&c, 2, &len);
-  int alg = (int)arg_int(&c, 3);
+  const char *names = arg_str(&c, 1, 0);
+  bool is_array = false;
+  uint32_t count = 0;
+  if (!c.failed && (c.argc < 3 || napi_is_array(env, c.argv[2], &is_array) != napi_ok || !is_array ||
+                    napi_get_array_length(env, c.argv[2], &count) != napi_ok)) {
+    throw_type(env, c.fn, 2, "an Array of Buffers");
+    c.failed = 1;
+  }
   BAIL_IF_FAILED(&c);
   store_job_t *j = calloc(1, sizeof *j);
-  napi_value promise, name;
-  if (!j) { call_free(&c); return throw_errno(env, ENOMEM, "storeObject", NULL); }
-  j->dir = strdup(dir);
-  j->dest = strdup(dest);
-  j->data = data;
-  j->len = len;
-  j->verity_alg = alg;
+  if (j) {
+    j->dir = strdup(dir);
+    j->names = strdup(names);
+    j->name = calloc(count ? count : 1, sizeof *j->name);
+    j->data = calloc(count ? count : 1, sizeof *j->data);
+    j->len = calloc(count ? count : 1, sizeof *j->len);
+  }
   call_free(&c);
-  napi_create_reference(env, c.argv[2], 1, &j->data_ref);
+  if (!j || !j->dir || !j->names || !j->name || !j->data || !j->len) {
+    if (j) store_job_free(env, j);
+    return throw_errno(env, ENOMEM, "storeObjects", NULL);
+  }
+  size_t n = 1;
+  for (const char *p = j->names; *p; p++) n += *p == '\n';
+  const char *bad = count == 0 || n != count ? "one name per Buffer" : NULL;
+  for (size_t i = 0; !bad && i < n; i++) {
+    j->name[i] = i ? j->name[i - 1] + strlen(j->name[i - 1]) + 1 : j->names;
+    char *nl = strchr(j->names + (j->name[i] - j->names), '\n');
+    if (nl) *nl = 0;
+  }
+  j->n = bad ? 0 : n;
+  for (uint32_t i = 0; !bad && i < count; i++) {
+    napi_value el;
+    bool is_buf = false;
+    void *data = NULL;
+    if (napi_get_element(env, c.argv[2], i, &el) != napi_ok || napi_is_buffer(env, el, &is_buf) != napi_ok || !is_buf ||
+        napi_get_buffer_info(env, el, &data, &j->len[i]) != napi_ok) {
+      bad = "an Array of Buffers";
+      break;
+    }
+    j->data[i] = data;
+    if (!*j->name[i] || j->name[i][0] == '/' || strstr(j->name[i], "..")) bad = "relative object names";
+  }
+  if (bad) {
+    store_job_free(env, j);
+    return throw_errno(env, EINVAL, "storeObjects", bad);
+  }
+  napi_value promise, name;
+  /* The Buffers stay alive (and unmoved) while the array is referenced; callers never change it. */
+  napi_create_reference(env, c.argv[2], 1, &j->datas_ref);
   napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "cfs.storeObject", NAPI_AUTO_LENGTH, &name);
+  napi_create_string_utf8(env, "cfs.storeObjects", NAPI_AUTO_LENGTH, &name);
   napi_create_async_work(env, NULL, name, store_execute, store_complete, j, &j->work);
   napi_queue_async_work(env, j->work);
   return promise;
@@ -1711,7 +1756,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("flock", js_flock),
       FN("fcntlLock", js_fcntl_lock),
       FN("syncfs", js_syncfs),
-      FN("storeObject", js_store_object),
+      FN("storeObjects", js_store_objects),
       FN("verityNew", js_verity_new),
       FN("verityDigestBuffer", js_verity_digest_buffer),
       FN("verityUpdate", js_verity_update),

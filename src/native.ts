@@ -34,7 +34,8 @@ export interface NativeAddon {
    * Resolves true when created, false when `dest` already existed. `data` must not change
    * until the promise settles.
    */
-  storeObject(dir: string, dest: string, data: Uint8Array, verityAlg: number): Promise<boolean>;
+  /** Write each Buffer as the object `names[i]` (relative to dir; names joined by '\n'); insecure repositories. */
+  storeObjects(dir: string, names: string, datas: Buffer[]): Promise<void>;
   // hashing (OpenSSL from the node binary). Handles are single-use: after *Digest, further use throws EINVAL.
   /** Streaming fs-verity digest (4096-byte blocks, no salt); constant memory. */
   verityNew(hashAlg: 1 | 2): VerityHasherHandle;

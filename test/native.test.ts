@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import {
   closeSync,
+  mkdirSync,
+  readdirSync,
   existsSync,
   mkdtempSync,
   openSync,
@@ -279,3 +281,32 @@ test('bad argument types throw TypeError, not a crash', () => {
   assert.throws(() => n.flock('x', 2), TypeError);
   assert.throws(() => n.sendFds(0, 'not a buffer', []), TypeError);
 });
+
+test(
+  'storeObjects writes a batch of objects, creates fan-out directories, keeps existing ones, names a failed object',
+  withTmp(async (dir) => {
+    const n = native();
+    const objects = path.join(dir, 'objects');
+    mkdirSync(path.join(objects, 'aa'), { recursive: true });
+    writeFileSync(path.join(objects, 'aa', 'kept'), 'old');
+    await n.storeObjects(objects, 'aa/kept\nbb/one\nbb/two', [Buffer.from('new'), Buffer.from('1'), Buffer.alloc(70000, 2)]);
+    assert.equal(readFileSync(path.join(objects, 'aa', 'kept'), 'utf8'), 'old');
+    assert.equal(readFileSync(path.join(objects, 'bb', 'one'), 'utf8'), '1');
+    assert.deepEqual(readFileSync(path.join(objects, 'bb', 'two')), Buffer.alloc(70000, 2));
+    assert.deepEqual(readdirSync(objects).sort(), ['aa', 'bb']);
+    // A fan-out name taken by a file: the error names the object, the earlier ones are written.
+    writeFileSync(path.join(objects, 'cc'), 'not a directory');
+    await assert.rejects(n.storeObjects(objects, 'dd/ok\ncc/x', [Buffer.from('a'), Buffer.from('b')]), (e: NodeJS.ErrnoException) =>
+      e.code === 'ENOTDIR' && e.message.includes(`${objects}/cc/x`));
+    assert.equal(readFileSync(path.join(objects, 'dd', 'ok'), 'utf8'), 'a');
+    await assert.rejects(n.storeObjects(path.join(dir, 'missing'), 'aa/x', [Buffer.from('a')]), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+    // Bad batches are refused before anything is written.
+    assert.equal(errCode(() => n.storeObjects(objects, 'ee/a\nee/b', [Buffer.from('a')])), 'EINVAL');
+    assert.equal(errCode(() => n.storeObjects(objects, '/etc/x', [Buffer.from('a')])), 'EINVAL');
+    assert.equal(errCode(() => n.storeObjects(objects, 'ee/../../x', [Buffer.from('a')])), 'EINVAL');
+    assert.equal(errCode(() => n.storeObjects(objects, 'ee/a', ['text' as unknown as Buffer])), 'EINVAL');
+    assert.equal(errCode(() => n.storeObjects(objects, '', [])), 'EINVAL');
+    assert.throws(() => (n.storeObjects as unknown as (...a: unknown[]) => unknown)(objects, 'ee/a', 'x'), TypeError);
+    assert.equal(existsSync(path.join(objects, 'ee')), false);
+  }),
+);

@@ -9,6 +9,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Repository, initRepository, resolveRepositoryPath, ObjectWriter, SYSTEM_REPO_PATH } from '../src/repository/index.js';
 import { fsverityDigest } from '../src/fsverity/digest.js';
 import { CfsError } from '../src/errors.js';
+import { ObjectSink } from '../src/repository/object-sink.js';
 
 function tmp(): string {
   return mkdtempSync(path.join(tmpdir(), 'cfs-repo-'));
@@ -334,5 +335,37 @@ test('a read-only repository is reported as not writable', async (t) => {
     }
   } finally {
     rmSync(d, { recursive: true, force: true });
+  }
+});
+
+test('ObjectSink: small objects written in batches under their digests; a full filesystem fails drain() with the object named', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cfs-sink-'));
+  try {
+    const repo = await Repository.init(path.join(dir, 'ok'), { insecure: true });
+    const sink = new ObjectSink(repo);
+    const datas = Array.from({ length: 150 }, (_, i) => randomBytes(100 + i * 37));
+    datas.push(Buffer.from(datas[3]!));
+    const ids = await Promise.all(datas.map((d) => sink.store(d)));
+    await sink.drain();
+    for (const [i, d] of datas.entries()) {
+      assert.deepEqual(ids[i], fsverityDigest(d, 'sha256'));
+      assert.deepEqual(readFileSync(repo.objectPath(ids[i]!)), d);
+    }
+    repo.close();
+    // 2 MiB of objects into a 512 KiB tmpfs.
+    const mnt = path.join(dir, 'small');
+    mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512k', 'cfs-sink-test', mnt]);
+    try {
+      const full = await Repository.init(path.join(mnt, 'repo'), { insecure: true });
+      const s = new ObjectSink(full);
+      for (let i = 0; i < 256; i++) await s.store(randomBytes(8192)).catch(() => undefined);
+      await assert.rejects(s.drain(), (e: unknown) => e instanceof CfsError && e.code === 'EIO' && /cannot write an object: .*objects\/[0-9a-f]{2}\/[0-9a-f]{62}: No space left/.test(e.message));
+      full.close();
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

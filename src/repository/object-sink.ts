@@ -1,14 +1,16 @@
 /**
  * Writes small objects without blocking the caller: the fs-verity digest is computed here (the
- * caller needs the id at once for its split stream), the file is written, sealed and linked on
- * libuv's threadpool (native storeObject: O_TMPFILE + write + linkat), so a tar import keeps
- * parsing while earlier files are still being written. Bounded: at most MAX_PENDING_BYTES in
- * flight. Callers must `drain()` before publishing anything that refers to the objects.
- * Secure repositories keep the synchronous writer, which also compares the kernel's measured
- * digest with ours before the object gets its name.
+ * caller needs the id at once for its split stream), the files are written and linked on libuv's
+ * threadpool (native storeObjects: O_TMPFILE + write + linkat), in batches, so a tar import keeps
+ * parsing while earlier files are still being written, and thousands of small files do not cost
+ * a threadpool round trip each (queueing one is 10-40 µs of the JS thread here). A partial batch
+ * starts when the caller yields to the event loop. Bounded: at most MAX_PENDING_BYTES in flight.
+ * Callers must `drain()` before publishing anything that refers to the objects. Secure
+ * repositories keep the synchronous writer, which also compares the kernel's measured digest
+ * with ours before the object gets its name.
  */
 import path from 'node:path';
-import { fsverityDigest, HASH_ALG_ID } from '../fsverity/digest.js';
+import { fsverityDigest } from '../fsverity/digest.js';
 import { native } from '../native.js';
 import { CfsError } from '../errors.js';
 import { objectRelPath } from './ids.js';
@@ -17,6 +19,9 @@ import type { Repository } from './repository.js';
 /** Files up to this size are buffered and written asynchronously. */
 export const ASYNC_OBJECT_MAX = 1024 * 1024;
 const MAX_PENDING_BYTES = 64 * 1024 * 1024;
+/** One native job writes up to this many objects or bytes. */
+const BATCH_OBJECTS = 64;
+const BATCH_BYTES = 4 * 1024 * 1024;
 
 export class ObjectSink {
   private readonly repo: Repository;
@@ -24,6 +29,10 @@ export class ObjectSink {
   private readonly pending = new Set<Promise<void>>();
   private pendingBytes = 0;
   private failure: unknown = null;
+  private names: string[] = [];
+  private datas: Buffer[] = [];
+  private batchBytes = 0;
+  private scheduled = false;
 
   constructor(repo: Repository) {
     this.repo = repo;
@@ -35,32 +44,56 @@ export class ObjectSink {
     return !this.repo.secure;
   }
 
-  /** Hash `data`, start writing it, and return its object id. `data` must not be reused. */
+  /** Hash `data`, queue it for writing, and return its object id. `data` must not be reused. */
   async store(data: Buffer): Promise<Buffer> {
     if (this.failure) throw this.failure;
-    while (this.pendingBytes + data.length > MAX_PENDING_BYTES && this.pending.size > 0) await Promise.race(this.pending);
+    if (this.pendingBytes + data.length > MAX_PENDING_BYTES) {
+      this.flush();
+      while (this.pendingBytes + data.length > MAX_PENDING_BYTES && this.pending.size > 0) await Promise.race(this.pending);
+    }
     if (this.failure) throw this.failure;
     const id = fsverityDigest(data, this.repo.alg);
-    const dest = path.join(this.objects, objectRelPath(id));
+    this.names.push(objectRelPath(id));
+    this.datas.push(data);
+    this.batchBytes += data.length;
     this.pendingBytes += data.length;
-    const p: Promise<void> = native()
-      .storeObject(this.objects, dest, data, this.repo.secure ? HASH_ALG_ID[this.repo.alg] : 0)
-      .then(
-        () => undefined,
-        (e: unknown) => {
-          this.failure ??= new CfsError('EIO', `cannot write object ${objectRelPath(id)}: ${(e as Error).message}`);
-        },
-      )
+    if (this.names.length >= BATCH_OBJECTS || this.batchBytes >= BATCH_BYTES) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+    return id;
+  }
+
+  /** Start writing the partial batch. */
+  private flush(): void {
+    this.scheduled = false;
+    if (this.names.length === 0) return;
+    const names = this.names;
+    const bytes = this.batchBytes;
+    let job: Promise<void>;
+    try {
+      job = native().storeObjects(this.objects, names.join('\n'), this.datas);
+    } catch (e) {
+      job = Promise.reject(e);
+    }
+    this.names = [];
+    this.datas = [];
+    this.batchBytes = 0;
+    const p: Promise<void> = job
+      .catch((e: unknown) => {
+        this.failure ??= new CfsError('EIO', `cannot write an object: ${(e as Error).message}`);
+      })
       .finally(() => {
-        this.pendingBytes -= data.length;
+        this.pendingBytes -= bytes;
         this.pending.delete(p);
       });
     this.pending.add(p);
-    return id;
   }
 
   /** Wait for every write; throws the first failure. */
   async drain(): Promise<void> {
+    this.flush();
     while (this.pending.size > 0) await Promise.all([...this.pending]);
     if (this.failure) throw this.failure;
   }
