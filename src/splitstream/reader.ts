@@ -147,14 +147,36 @@ export class SplitStreamReader {
       const hdr = await this.readDecoded(8, true);
       if (hdr.length === 0) return 'eof';
       if (hdr.length < 8) throw this.corrupt('unexpected EOF in chunk header');
-      const v = hdr.readBigInt64LE(0);
-      if (v < 0n) {
-        if (-v > BigInt(Number.MAX_SAFE_INTEGER)) throw this.corrupt('inline chunk too large');
-        this.inlineRemaining = Number(-v);
-      } else {
-        if (v >= BigInt(this.objectRefs.length)) throw this.corrupt(`external reference ${v} out of range (${this.objectRefs.length} object refs)`);
-        this.pendingExternal = this.objectRefs[Number(v)];
-      }
+      this.chunkHeader(hdr);
+    }
+  }
+
+  /*
+   * kindNow and inlineNow answer from what is already decompressed, without a promise per call
+   * (a layer's thousands of headers are read this way); null means "ask peekKind/readInline".
+   */
+
+  /** peekKind when no read is needed; null otherwise. */
+  kindNow(): 'inline' | 'external' | null {
+    while (!this.pendingExternal && this.inlineRemaining === 0 && this.outLen >= 8) this.chunkHeader(this.take(8));
+    return this.pendingExternal ? 'external' : this.inlineRemaining > 0 ? 'inline' : null;
+  }
+
+  /** readInline(n) when the bytes are in the current inline chunk and decompressed; null otherwise. */
+  inlineNow(n: number): Buffer | null {
+    if (this.kindNow() !== 'inline' || this.inlineRemaining < n || this.outLen < n) return null;
+    this.inlineRemaining -= n;
+    return this.take(n);
+  }
+
+  private chunkHeader(hdr: Buffer): void {
+    const v = hdr.readBigInt64LE(0);
+    if (v < 0n) {
+      if (-v > BigInt(Number.MAX_SAFE_INTEGER)) throw this.corrupt('inline chunk too large');
+      this.inlineRemaining = Number(-v);
+    } else {
+      if (v >= BigInt(this.objectRefs.length)) throw this.corrupt(`external reference ${v} out of range (${this.objectRefs.length} object refs)`);
+      this.pendingExternal = this.objectRefs[Number(v)];
     }
   }
 

@@ -32,27 +32,27 @@ export async function* readLayerEntries(repo: Repository, stream: Buffer | strin
   }
   const r = await SplitStreamReader.open(repo, objectId, { name });
   const parser = new TarEntryParser(name);
+  // Most reads are served from what is decompressed already (inlineNow, kindNow), without a promise.
   const skipInline = async (n: number, what: string): Promise<void> => {
     for (let left = n; left > 0;) {
       const k = Math.min(left, SKIP_CHUNK);
-      await r.readInline(k, what).then((b) => {
-        if (b.length !== k) throw r.corrupt(`unexpected end of stream in ${what}`);
-      });
+      const b = r.inlineNow(k) ?? (await r.readInline(k, what));
+      if (b.length !== k) throw r.corrupt(`unexpected end of stream in ${what}`);
       left -= k;
     }
   };
   try {
     for (;;) {
-      let block = await r.readInline(BLOCK_SIZE, 'tar header');
+      let block = r.inlineNow(BLOCK_SIZE) ?? (await r.readInline(BLOCK_SIZE, 'tar header'));
       if (block.length === 0) break;
       if (isZeroBlock(block)) {
-        const next = await r.readInline(BLOCK_SIZE, 'tar header');
+        const next = r.inlineNow(BLOCK_SIZE) ?? (await r.readInline(BLOCK_SIZE, 'tar header'));
         if (next.length === 0 || isZeroBlock(next)) break;
         block = next;
       }
       const h = parser.header(block);
       if (h.kind === 'meta') {
-        const data = await r.readInline(roundUp(h.dataSize), 'tar metadata');
+        const data = r.inlineNow(roundUp(h.dataSize)) ?? (await r.readInline(roundUp(h.dataSize), 'tar metadata'));
         if (data.length !== roundUp(h.dataSize)) throw r.corrupt('unexpected end of stream in tar metadata');
         parser.metaData(data.subarray(0, h.dataSize));
         continue;
@@ -61,13 +61,13 @@ export async function* readLayerEntries(repo: Repository, stream: Buffer | strin
       const dataSize = meta.dataSize;
       let content: TarContent | null = null;
       if (meta.type === 'file') {
-        if (dataSize > 0 && (await r.peekKind()) === 'external') {
+        if (dataSize > 0 && (r.kindNow() ?? (await r.peekKind())) === 'external') {
           if (dataSize <= INLINE_CONTENT_MAX) throw r.corrupt(`${meta.path}: small (${dataSize} byte) file stored external`);
           content = { kind: 'external', id: Buffer.from(r.takeExternal()), size: dataSize };
           await skipInline(roundUp(dataSize) - dataSize, 'tar padding');
         } else {
           if (dataSize > INLINE_CONTENT_MAX) throw r.corrupt(`${meta.path}: large (${dataSize} byte) file stored inline`);
-          const data = await r.readInline(roundUp(dataSize), 'tar file content');
+          const data = r.inlineNow(roundUp(dataSize)) ?? (await r.readInline(roundUp(dataSize), 'tar file content'));
           if (data.length !== roundUp(dataSize)) throw r.corrupt(`unexpected end of stream in ${meta.path}`);
           content = { kind: 'inline', data: Buffer.from(data.subarray(0, dataSize)) };
         }
