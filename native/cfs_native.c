@@ -54,7 +54,7 @@ static napi_value errno_error(napi_env env, int err, const char *syscall, const 
     snprintf(code_buf, sizeof code_buf, "E%d", err);
     name = code_buf;
   }
-  char msg[512];
+  char msg[4608]; /* a path of up to PATH_MAX and the strerror text */
   if (what && *what)
     snprintf(msg, sizeof msg, "%s %s: %s", syscall, what, strerror(err));
   else
@@ -1082,6 +1082,20 @@ static void store_complete(napi_env env, napi_status status, void *arg) {
   store_job_free(env, j);
 }
 
+/* `count` names "xx/yyyy…" in lowercase hex joined by '\n', and no NUL inside the string (`len` its length). */
+static int object_names_ok(const char *names, size_t len, uint32_t count) {
+  static const char hex[] = "0123456789abcdef";
+  if (len != strlen(names) || count == 0) return 0;
+  uint32_t k = 1;
+  for (const char *p = names;; k++) {
+    size_t l = strcspn(p, "\n");
+    if (l <= 3 || p[2] != '/' || strspn(p, hex) != 2 || strspn(p + 3, hex) != l - 3) return 0;
+    if (!p[l]) break;
+    p += l + 1;
+  }
+  return k == count;
+}
+
 /* storeObjects(dir, names joined by '\n', Array<Buffer> (one per name)) -> Promise<void>. */
 static napi_value js_store_objects(napi_env env, napi_callback_info info) {
   call_t c;
@@ -1096,6 +1110,13 @@ static napi_value js_store_objects(napi_env env, napi_callback_info info) {
     c.failed = 1;
   }
   BAIL_IF_FAILED(&c);
+  size_t names_len = 0;
+  napi_get_value_string_utf8(env, c.argv[1], NULL, 0, &names_len);
+  if (!object_names_ok(names, names_len, count)) {
+    call_free(&c);
+    return throw_errno(env, EINVAL, "storeObjects", "one object name (xx/yyyy… in hex) per Buffer");
+  }
+  size_t n = count;
   store_job_t *j = calloc(1, sizeof *j);
   if (j) {
     j->dir = strdup(dir);
@@ -1109,15 +1130,14 @@ static napi_value js_store_objects(napi_env env, napi_callback_info info) {
     if (j) store_job_free(env, j);
     return throw_errno(env, ENOMEM, "storeObjects", NULL);
   }
-  size_t n = 1;
-  for (const char *p = j->names; *p; p++) n += *p == '\n';
-  const char *bad = count == 0 || n != count ? "one name per Buffer" : NULL;
-  for (size_t i = 0; !bad && i < n; i++) {
-    j->name[i] = i ? j->name[i - 1] + strlen(j->name[i - 1]) + 1 : j->names;
-    char *nl = strchr(j->names + (j->name[i] - j->names), '\n');
-    if (nl) *nl = 0;
+  const char *bad = NULL;
+  char *p = j->names;
+  for (size_t i = 0; i < n; i++) {
+    j->name[i] = p;
+    p += strcspn(p, "\n");
+    if (*p) *p++ = 0;
   }
-  j->n = bad ? 0 : n;
+  j->n = n;
   for (uint32_t i = 0; !bad && i < count; i++) {
     napi_value el;
     bool is_buf = false;
@@ -1128,7 +1148,6 @@ static napi_value js_store_objects(napi_env env, napi_callback_info info) {
       break;
     }
     j->data[i] = data;
-    if (!*j->name[i] || j->name[i][0] == '/' || strstr(j->name[i], "..")) bad = "relative object names";
   }
   if (bad) {
     store_job_free(env, j);

@@ -29,12 +29,11 @@ export interface NativeAddon {
   fcntlLock(fd: number, op: number): void;
   syncfs(fd: number): void;
   /**
-   * Write a whole object on the threadpool: O_TMPFILE in `dir`, write `data`, enable fs-verity
-   * when `verityAlg` is 1 (sha256) or 2 (sha512), link to `dest` (creating its parent dir).
-   * Resolves true when created, false when `dest` already existed. `data` must not change
-   * until the promise settles.
+   * Write objects on the threadpool, in order: O_TMPFILE in `dir`, write `datas[i]`, link it to
+   * `names[i]` ("xx/yyyy…" in hex; names joined by '\n'), creating the fan-out directory; an
+   * existing name wins. For insecure repositories (no fs-verity). The Buffers must not change
+   * until the promise settles; the first failure rejects, naming the object.
    */
-  /** Write each Buffer as the object `names[i]` (relative to dir; names joined by '\n'); insecure repositories. */
   storeObjects(dir: string, names: string, datas: Buffer[]): Promise<void>;
   // hashing (OpenSSL from the node binary). Handles are single-use: after *Digest, further use throws EINVAL.
   /** Streaming fs-verity digest (4096-byte blocks, no salt); constant memory. */

@@ -288,25 +288,25 @@ test(
     const n = native();
     const objects = path.join(dir, 'objects');
     mkdirSync(path.join(objects, 'aa'), { recursive: true });
-    writeFileSync(path.join(objects, 'aa', 'kept'), 'old');
-    await n.storeObjects(objects, 'aa/kept\nbb/one\nbb/two', [Buffer.from('new'), Buffer.from('1'), Buffer.alloc(70000, 2)]);
-    assert.equal(readFileSync(path.join(objects, 'aa', 'kept'), 'utf8'), 'old');
-    assert.equal(readFileSync(path.join(objects, 'bb', 'one'), 'utf8'), '1');
-    assert.deepEqual(readFileSync(path.join(objects, 'bb', 'two')), Buffer.alloc(70000, 2));
+    writeFileSync(path.join(objects, 'aa', '0001'), 'old');
+    await n.storeObjects(objects, 'aa/0001\nbb/0002\nbb/0003', [Buffer.from('new'), Buffer.from('1'), Buffer.alloc(70000, 2)]);
+    assert.equal(readFileSync(path.join(objects, 'aa', '0001'), 'utf8'), 'old');
+    assert.equal(readFileSync(path.join(objects, 'bb', '0002'), 'utf8'), '1');
+    assert.deepEqual(readFileSync(path.join(objects, 'bb', '0003')), Buffer.alloc(70000, 2));
     assert.deepEqual(readdirSync(objects).sort(), ['aa', 'bb']);
     // A fan-out name taken by a file: the error names the object, the earlier ones are written.
     writeFileSync(path.join(objects, 'cc'), 'not a directory');
-    await assert.rejects(n.storeObjects(objects, 'dd/ok\ncc/x', [Buffer.from('a'), Buffer.from('b')]), (e: NodeJS.ErrnoException) =>
-      e.code === 'ENOTDIR' && e.message.includes(`${objects}/cc/x`));
-    assert.equal(readFileSync(path.join(objects, 'dd', 'ok'), 'utf8'), 'a');
-    await assert.rejects(n.storeObjects(path.join(dir, 'missing'), 'aa/x', [Buffer.from('a')]), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
-    // Bad batches are refused before anything is written.
-    assert.equal(errCode(() => n.storeObjects(objects, 'ee/a\nee/b', [Buffer.from('a')])), 'EINVAL');
-    assert.equal(errCode(() => n.storeObjects(objects, '/etc/x', [Buffer.from('a')])), 'EINVAL');
-    assert.equal(errCode(() => n.storeObjects(objects, 'ee/../../x', [Buffer.from('a')])), 'EINVAL');
-    assert.equal(errCode(() => n.storeObjects(objects, 'ee/a', ['text' as unknown as Buffer])), 'EINVAL');
-    assert.equal(errCode(() => n.storeObjects(objects, '', [])), 'EINVAL');
-    assert.throws(() => (n.storeObjects as unknown as (...a: unknown[]) => unknown)(objects, 'ee/a', 'x'), TypeError);
+    await assert.rejects(n.storeObjects(objects, 'dd/0004\ncc/0005', [Buffer.from('a'), Buffer.from('b')]), (e: NodeJS.ErrnoException) =>
+      e.code === 'ENOTDIR' && e.message.includes(`${objects}/cc/0005`));
+    assert.equal(readFileSync(path.join(objects, 'dd', '0004'), 'utf8'), 'a');
+    await assert.rejects(n.storeObjects(path.join(dir, 'missing'), 'aa/0006', [Buffer.from('a')]), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+    // Bad batches are refused before anything is written: only "xx/yyyy…" hex names, one per Buffer.
+    for (const names of ['ee/01\nee/02', '/etc/x', 'ee/../../x', '.', 'ee/', 'EE/01', 'ee/0g', 'e/01', 'ee/01\n', 'ee/01\0ff', '']) {
+      assert.equal(errCode(() => n.storeObjects(objects, names, [Buffer.from('a')])), 'EINVAL', JSON.stringify(names));
+    }
+    assert.equal(errCode(() => n.storeObjects(objects, 'ee/01', ['text' as unknown as Buffer])), 'EINVAL');
+    assert.equal(errCode(() => n.storeObjects(objects, 'ee/01', [])), 'EINVAL');
+    assert.throws(() => (n.storeObjects as unknown as (...a: unknown[]) => unknown)(objects, 'ee/01', 'x'), TypeError);
     assert.equal(existsSync(path.join(objects, 'ee')), false);
   }),
 );

@@ -35,7 +35,7 @@ export async function openContainersStorageImage(spec: string, _opts: SourceOpti
       size: l.uncompressedSize,
       kind: 'tar' as const,
       open: (progress: (n: number) => void) => explained(countBytes(layerTarStream(l.store, l.layerId), progress), l.store),
-      explain: (e: unknown) => explainFailure(e, l.store, l.layerId),
+      explain: (e: unknown) => explainChanged(e, l.store, l.layerId),
       openLocal: () => openLocal(l.store, l.layerId),
     })),
     close: async () => undefined,
@@ -79,22 +79,32 @@ async function openLocal(store: ContainersStore, layerId: string): Promise<Local
     dirfds: s.dirfds,
     chunks: s.chunks,
     close: () => s.close(),
-    explain: (e) => explainFailure(e, store, layerId),
+    explain: (e) => explainLocal(e, store, layerId),
   };
 }
 
-/** A failed import (either way), said in terms of the store: which file changed, which is unreadable. */
-async function explainFailure(e: unknown, store: ContainersStore, layerId: string): Promise<unknown> {
-  // A diff_id mismatch, a file of the wrong size or a missing one: name the file that changed.
+/** A diff_id mismatch, a file of the wrong size or a missing one, explained by naming the store file that changed. */
+async function explainChanged(e: unknown, store: ContainersStore, layerId: string): Promise<unknown> {
   if (isCfsError(e) && (e.code === 'EDIGEST' || e.code === 'ENOENT' || (e.code === 'EIO' && /declared length/.test(e.message)))) {
     return (await findChangedFile(store, layerId).catch(() => null)) ?? e;
   }
+  return e;
+}
+
+/**
+ * A failed local import, said in terms of the store: which file changed, which is unreadable.
+ * Permission errors of the repository's side (objects/, streams/) are left as they are.
+ */
+async function explainLocal(e: unknown, store: ContainersStore, layerId: string): Promise<unknown> {
+  const changed = await explainChanged(e, store, layerId);
+  if (changed !== e) return changed;
   const hint = unreadableHint(store);
   if (!isDenied(e) || (e as Error).message.includes(hint)) return e;
   // The consumer names a file relative to a layer directory: show where it is and who owns it.
   const name = isCfsError(e) ? e.context['name'] : undefined;
   if (typeof name !== 'string') {
     const what = isCfsError(e) ? e.message : `${(e as NodeJS.ErrnoException).path ?? ''}: permission denied`;
+    if (!what.includes(store.root)) return e;
     return new CfsError('EPERM', `${what}; ${hint}`);
   }
   let detail = '';

@@ -152,8 +152,15 @@ export class ObjectPlacer {
    */
   sourceDir(dirfd: number): number {
     if (!this.opts.localStore) return dirfd;
-    if (this.bridge === undefined) this.bridge = MountBridge.open(this.objectsDir);
-    const dir = this.bridge?.dir(dirfd) ?? null;
+    let dir: number | null = null;
+    try {
+      if (fstatSync(dirfd).dev !== this.dstDev) return dirfd;
+      if (this.bridge === undefined) this.bridge = MountBridge.open(this.objectsDir);
+      dir = this.bridge?.dir(dirfd) ?? null;
+    } catch {
+      // No bridge: linking then fails with EXDEV, which place() reports or falls back from.
+      this.bridge ??= null;
+    }
     if (dir === null) return dirfd;
     this.bridgedDirs.add(dir);
     return dir;
