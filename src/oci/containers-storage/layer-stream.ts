@@ -14,7 +14,7 @@ import { CfsError, errnoCode } from '../../errors.js';
 import { ChunkBatch } from '../../splitdirfdstream/batch.js';
 import { fileHeader, LIMITS, metadataHeader } from '../../splitdirfdstream/format.js';
 import type { ContainersStore } from './store.js';
-import { fileContent, layerSegments } from './tar-split.js';
+import { fileContent, layerSegments, type LayerSegment } from './tar-split.js';
 
 export interface StoreLayerStream {
   /** The layer's search directories, in the order the stream's dirfd indexes name them. */
@@ -24,8 +24,9 @@ export interface StoreLayerStream {
   close(): Promise<void>;
 }
 
-function isWireName(rel: Buffer): boolean {
-  return rel.length <= LIMITS.name && Buffer.from(rel.toString('utf8'), 'utf8').equals(rel);
+/** The wire format's names are UTF-8 (a memberPath is UTF-8 exactly when its member name is). */
+function isWireName(seg: Extract<LayerSegment, { kind: 'file' }>): boolean {
+  return seg.rel.length <= LIMITS.name && seg.utf8;
 }
 
 /** Pieces of at most `max` bytes (Metadata and InlineData bodies are bounded). */
@@ -52,7 +53,7 @@ async function* batched(store: ContainersStore, layerId: string): AsyncGenerator
         batch.add(metadataHeader('metadata', p.length));
         batch.add(p);
       }
-    } else if (isWireName(seg.rel)) {
+    } else if (isWireName(seg)) {
       batch.add(fileHeader(seg.size, seg.dirIndex, seg.rel));
     } else {
       for await (const chunk of fileContent(layerId, seg)) {

@@ -22,7 +22,7 @@ import type { ContainersStore } from './store.js';
 
 export type TarSplitEntry =
   | { type: 'segment'; payload: Buffer }
-  | { type: 'file'; name: string; nameBytes: Buffer; size: number; crc64: Buffer | null };
+  | { type: 'file'; name: string; nameBytes: Buffer; utf8: boolean; size: number; crc64: Buffer | null };
 
 export type LayerSegment =
   | { kind: 'raw'; data: Buffer }
@@ -33,6 +33,8 @@ export type LayerSegment =
       /** The same as an index into the layer's search dirs plus a path relative to it. */
       dirIndex: number;
       rel: Buffer;
+      /** Whether the name (so `rel`) is valid UTF-8. */
+      utf8: boolean;
       /** Member name as recorded in the tar. */
       name: string;
       size: number;
@@ -71,12 +73,15 @@ function parseEntry(text: string, file: string, line: number): TarSplitEntry {
   const size = r['size'] ?? 0;
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw corrupt(file, line, 'invalid size');
   let nameBytes: Buffer;
-  if (r['name_raw'] !== undefined && r['name_raw'] !== null) nameBytes = b64(r['name_raw'], file, line, 'name_raw');
-  else if (typeof r['name'] === 'string') nameBytes = Buffer.from(r['name'], 'utf8');
+  let utf8 = true; // the UTF-8 encoding of a JSON string always is
+  if (r['name_raw'] !== undefined && r['name_raw'] !== null) {
+    nameBytes = b64(r['name_raw'], file, line, 'name_raw');
+    utf8 = Buffer.from(nameBytes.toString('utf8'), 'utf8').equals(nameBytes);
+  } else if (typeof r['name'] === 'string') nameBytes = Buffer.from(r['name'], 'utf8');
   else throw corrupt(file, line, 'file entry has no name');
   const crc = r['payload'] === undefined || r['payload'] === null ? null : b64(r['payload'], file, line, 'payload');
   if (size > 0 && (crc === null || crc.length !== 8)) throw corrupt(file, line, 'file entry has no 8-byte crc64');
-  return { type: 'file', name: nameBytes.toString('utf8'), nameBytes, size, crc64: crc };
+  return { type: 'file', name: nameBytes.toString('utf8'), nameBytes, utf8, size, crc64: crc };
 }
 
 /** Streams the entries of a tar-split file. */
@@ -129,10 +134,14 @@ export async function* readTarSplit(file: string): AsyncGenerator<TarSplitEntry>
   }
 }
 
+/** Names that are their own relative path: no empty, `.` or `..` component. */
+const PLAIN_NAME = /^(?!\.\.?(?:\/|$))(?:[^/]+\/(?!\.\.?(?:\/|$)))*[^/]+$/;
+
 /** Relative path of a member inside the layer dir; `..` components would escape it. */
 function memberPath(nameBytes: Buffer, layerId: string, name: string): Buffer {
-  const parts = nameBytes
-    .toString('latin1')
+  const latin1 = nameBytes.toString('latin1');
+  if (PLAIN_NAME.test(latin1)) return nameBytes;
+  const parts = latin1
     .split('/')
     .filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) throw new CfsError('ECORRUPT', `layer ${layerId}: member "${name}" escapes the layer directory`);
@@ -140,8 +149,9 @@ function memberPath(nameBytes: Buffer, layerId: string, name: string): Buffer {
   return Buffer.from(parts.join('/'), 'latin1');
 }
 
+/** `dir` (absolute, normalized) joined with a memberPath. */
 function joinPath(dir: string, rel: Buffer, utf8: boolean): string | Buffer {
-  return utf8 ? path.join(dir, rel.toString('utf8')) : Buffer.concat([Buffer.from(`${dir}/`, 'utf8'), rel]);
+  return utf8 ? `${dir}/${rel.toString('utf8')}` : Buffer.concat([Buffer.from(`${dir}/`, 'utf8'), rel]);
 }
 
 /** First regular file of the right size for a member, searching the layer's dirs in order. */
@@ -179,17 +189,16 @@ export async function* layerSegments(store: ContainersStore, layerId: string): A
   const tarSplit = store.tarSplitPath(layerId);
   const lock = await store.lockLayers();
   try {
-    const dirs = await store.layerSearchDirs(layerId);
+    const dirs = (await store.layerSearchDirs(layerId)).map((d) => path.resolve(d));
     for await (const e of readTarSplit(tarSplit)) {
       if (e.type === 'segment') {
         if (e.payload.length) yield { kind: 'raw', data: e.payload };
         continue;
       }
       if (e.size === 0) continue; // directories, links, devices, whiteouts, empty files
-      const utf8 = Buffer.from(e.name, 'utf8').equals(e.nameBytes);
       const rel = memberPath(e.nameBytes, layerId, e.name);
-      const { path: p, dirIndex } = findFile(dirs, rel, utf8, e.size, layerId, e.name);
-      yield { kind: 'file', path: p, dirIndex, rel, name: e.name, size: e.size, crc64: e.crc64! };
+      const { path: p, dirIndex } = findFile(dirs, rel, e.utf8, e.size, layerId, e.name);
+      yield { kind: 'file', path: p, dirIndex, rel, utf8: e.utf8, name: e.name, size: e.size, crc64: e.crc64! };
     }
   } finally {
     lock.release();
