@@ -196,16 +196,15 @@ export class ObjectPlacer {
       const fds = [f.fd];
       let clone: number | null;
       try {
-        const src = f.fd;
         // A file opened through the mount bridge (sourceDir) is linked into objects/ as seen through it.
         const dir = this.bridgedDirs.has(f.dirfd) ? this.bridge!.objectsDir : this.objectsDir;
         // Reflink first: the clone is a private, immutable copy, and it is what gets hashed.
-        clone = canReflink ? this.clone(src, dir, f, pair) : null;
+        clone = canReflink ? this.clone(f, dir, pair) : null;
         if (clone !== null) fds.push(clone);
         // The stream and the object digest read the same fd: the clone, or the file itself.
         const hashed = clone ?? f.fd;
         const streamDone = tap.file(hashed, length, f.name);
-        const id = this.zeroCopy(f, length, streamDone, { hashed, clone, src, dir, pair, canHardlink, local });
+        const id = this.zeroCopy(f, length, streamDone, { hashed, clone, dir, pair, canHardlink, local });
         const settled = Promise.allSettled([streamDone, id]).then(() => {
           this.inFlight.delete(settled);
           for (const fd of fds) closeQuietly(fd);
@@ -232,7 +231,7 @@ export class ObjectPlacer {
   /** The background part of a zero-copy placement: digest, then name it. */
   private async zeroCopy(
     f: OpenedFile, length: number, streamDone: Promise<void>,
-    z: { hashed: number; clone: number | null; src: number; dir: string; pair: string; canHardlink: boolean; local: boolean },
+    z: { hashed: number; clone: number | null; dir: string; pair: string; canHardlink: boolean; local: boolean },
   ): Promise<Buffer> {
     const id = await this.verity.digest(z.hashed, length, f.name);
     if (z.clone === null) {
@@ -256,7 +255,7 @@ export class ObjectPlacer {
       return id;
     }
     // Another placement may have learnt meanwhile that hardlinks do not work here.
-    const linked = mayLink && !this.noHardlink.has(z.pair) ? this.hardlink(z.src, z.dir, id, z.pair) : false;
+    const linked = mayLink && !this.noHardlink.has(z.pair) ? this.hardlink(f.fd, z.dir, id, z.pair) : false;
     if (linked) {
       if (linked === 'linked') this.stats.objectsHardlinked++;
       else this.stats.objectsAlreadyPresent++;
@@ -321,8 +320,8 @@ export class ObjectPlacer {
     return lstatSync(path.join(this.objectsDir, objectRelPath(id)), { throwIfNoEntry: false }) !== undefined;
   }
 
-  /** FICLONE of `src` into an O_TMPFILE in `dir` (its fd); null when reflink is unavailable. */
-  private clone(src: number, dir: string, f: OpenedFile, pair: string): number | null {
+  /** FICLONE of `f` into an O_TMPFILE in `dir` (its fd); null when reflink is unavailable. */
+  private clone(f: OpenedFile, dir: string, pair: string): number | null {
     let tmp: number;
     try {
       tmp = native().openTmpfile(dir, C.O_RDWR, 0o644);
@@ -333,7 +332,7 @@ export class ObjectPlacer {
       return null;
     }
     try {
-      native().ficlone(tmp, src);
+      native().ficlone(tmp, f.fd);
     } catch (e) {
       closeSync(tmp);
       const code = errnoCode(e);

@@ -6,7 +6,7 @@
  * Lookup, in each store (image store, graph root, additional stores):
  *   - `@ID`/ID/`sha256:ID`: the image with that ID; an ID prefix (≥ 3 hex) must be unique;
  *   - `NAME@DIGEST`: an image of that repository whose manifest digests include DIGEST;
- *     `@DIGEST` alone: any image with that manifest digest;
+ *     `@DIGEST` alone: the first image with that manifest digest;
  *   - NAME: the exact string as given, then the normalised name (`docker.io/library/x:latest`),
  *     then for short names `localhost/x:latest` (podman's local builds), then a unique stored
  *     name ending in `/x:tag`.
