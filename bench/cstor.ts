@@ -37,8 +37,8 @@ interface Variant {
 const pull = (src: string, ...extra: string[]) => (dir: string): string[] => [process.execPath, ...cfs, '--repo', path.join(dir, 'repo'), 'oci', 'pull', ...extra, src, 'bench'];
 const variants: Variant[] = [
   { name: 'cfs pull oci:bookworm', argv: pull(`oci:${path.join(fixtures, 'oci')}:bookworm`) },
-  { name: 'cfs pull containers-storage (copy)', argv: pull(`containers-storage:${image}`, '--local-fetch', 'disabled') },
-  { name: 'cfs pull containers-storage --local-fetch auto', argv: pull(`containers-storage:${image}`, '--local-fetch', 'auto') },
+  { name: 'cfs pull containers-storage --local-fetch disabled', argv: pull(`containers-storage:${image}`, '--local-fetch', 'disabled') },
+  { name: 'cfs pull containers-storage (default: auto)', argv: pull(`containers-storage:${image}`) },
   { name: 'cfs pull containers-storage --zerocopy', argv: pull(`containers-storage:${image}`, '--zerocopy') },
   { name: 'skopeo copy containers-storage: oci:', argv: (dir) => ['skopeo', '--insecure-policy', 'copy', '-q', `containers-storage:${image}`, `oci:${path.join(dir, 'out')}:bookworm`] },
 ];

@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { makeCstorStore, cstorSkipReason, type CstorFixture } from './helpers/cstor-fixture.js';
+import { makeCstorStore, cstorSkipReason, patternBytes, type CstorFixture } from './helpers/cstor-fixture.js';
 import { cfsCommand, cfsOk, PROJECT_ROOT, runCfs } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
 import { checkoutUnreadableReason, ensureUnprivUser, openUpDir, runAsUser } from './helpers/unpriv.js';
@@ -110,10 +110,15 @@ test('--local-fetch auto and --zerocopy: same image as oci:, layers rebuild to t
     }
     assert.deepEqual(repoProblems(repo), []);
   }
-  // The quiet pull prints no counts; the default (disabled) copies.
+  // The default is auto; --local-fetch disabled copies.
   const plain = cfsOk(['--repo', path.join(fx.dir, 'zc-plain'), 'oci', 'pull', `containers-storage:${img.name}`], { env: fx.env });
-  assert.deepEqual({ ...objectCounts(plain.stderr), copied: 0 }, { reflinked: 0, hardlinked: 0, copied: 0 });
-  assert.ok(objectCounts(plain.stderr).copied > 0);
+  assert.equal(imageIdOf(plain.stdout), viaOci);
+  assert.ok(objectCounts(plain.stderr).hardlinked + objectCounts(plain.stderr).reflinked > 0, plain.stderr);
+  assert.equal(objectCounts(plain.stderr).copied, 0, plain.stderr);
+  const copying = cfsOk(['--repo', path.join(fx.dir, 'zc-copying'), 'oci', 'pull', '--local-fetch', 'disabled', `containers-storage:${img.name}`], { env: fx.env });
+  assert.equal(imageIdOf(copying.stdout), viaOci);
+  assert.deepEqual({ ...objectCounts(copying.stderr), copied: 0 }, { reflinked: 0, hardlinked: 0, copied: 0 });
+  assert.ok(objectCounts(copying.stderr).copied > 0);
   const bad = runCfs(['--repo', path.join(fx.dir, 'zc-bad'), 'oci', 'pull', '--local-fetch', 'sometimes', `containers-storage:${img.name}`], { env: fx.env });
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--local-fetch: 'sometimes' is not one of disabled, auto, zerocopy/);
@@ -168,8 +173,8 @@ test('a store file changed in place (same size) is caught before anything is pub
     assert.match(r.stderr, /usr\/big changed since import \(crc64 mismatch\)/);
     assert.deepEqual(repoProblems(repo), []);
     assert.equal(readdirSync(path.join(repo, 'images')).length, 0);
-    // The default pull copies the tar bytes; the diff_id mismatch is explained the same way.
-    const copied = runCfs(['--repo', path.join(fx.dir, 'zc-tampered-copy'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+    // The copying pull reads the tar bytes; the diff_id mismatch is explained the same way.
+    const copied = runCfs(['--repo', path.join(fx.dir, 'zc-tampered-copy'), 'oci', 'pull', '-q', '--local-fetch', 'disabled', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
     assert.notEqual(copied.status, 0);
     assert.match(copied.stderr, /usr\/big changed since import \(crc64 mismatch\)/);
     assert.deepEqual(repoProblems(path.join(fx.dir, 'zc-tampered-copy')), []);
@@ -282,13 +287,13 @@ test('member names that are not UTF-8 or not normalized (./x, a//b) import the s
   assert.ok(layout);
   const ids = new Set<string>();
   ids.add(imageIdOf(cfsOk(['--repo', path.join(fx.dir, 'names-oci'), 'oci', 'pull', '-q', `oci:${layout}:img`], { env: fx.env }).stdout));
-  for (const args of [[], ['--zerocopy']]) {
-    const repo = path.join(fx.dir, `names-cs${args.length}`);
+  for (const [i, args] of [['--local-fetch', 'disabled'], [], ['--zerocopy']].entries()) {
+    const repo = path.join(fx.dir, `names-cs${i}`);
     const r = cfsOk(['--repo', repo, 'oci', 'pull', ...args, `containers-storage:${img.name}`], { env: fx.env });
     ids.add(imageIdOf(r.stdout));
     const cat = cfsOk(['--repo', repo, 'cat', `oci-layer-${img.built.layers[0]!.diffId}`]);
     assert.deepEqual(cat.stdoutBuf, tar);
-    if (args.length) {
+    if (args.length !== 2) {
       // The member whose name is not UTF-8 cannot be named on the wire: it travels inline and is copied.
       const counts = objectCounts(r.stderr);
       assert.equal(counts.copied, 1, r.stderr);
@@ -297,4 +302,41 @@ test('member names that are not UTF-8 or not normalized (./x, a//b) import the s
     assert.deepEqual(repoProblems(repo), []);
   }
   assert.equal(ids.size, 1);
+});
+
+test('auto never gives a setuid/setgid or group/other-writable store file a second name in objects/; --zerocopy does', { skip: skip ?? false }, async () => {
+  const img = await fx.add('localhost/modes:latest', {
+    layers: [[
+      { path: 'usr/' },
+      { path: 'usr/bin/' },
+      { path: 'usr/bin/su', content: patternBytes(200, 21), mode: 0o4755 },
+      { path: 'usr/bin/wall', content: patternBytes(300, 22), mode: 0o2755 },
+      { path: 'usr/shared', content: patternBytes(400, 23), mode: 0o666 },
+      { path: 'usr/plain', content: patternBytes(500, 24), mode: 0o644 },
+    ]],
+  });
+  assert.equal(lstatSync(diffFile('usr/bin/su')).mode & 0o7777, 0o4755, 'the store keeps the setuid bit');
+  /** Objects whose inode carries a mode bit a copied object never has. */
+  const sharedModes = (repo: string): string[] => {
+    const found: string[] = [];
+    const objects = path.join(repo, 'objects');
+    for (const d of readdirSync(objects)) {
+      for (const f of readdirSync(path.join(objects, d))) {
+        if (lstatSync(path.join(objects, d, f)).mode & 0o6022) found.push(`${d}/${f}`);
+      }
+    }
+    return found;
+  };
+  const auto = cfsOk(['--repo', path.join(fx.dir, 'modes-auto'), 'oci', 'pull', `containers-storage:${img.name}`], { env: fx.env });
+  const a = objectCounts(auto.stderr);
+  assert.equal(a.reflinked + a.hardlinked + a.copied, 4, auto.stderr);
+  assert.ok(a.hardlinked <= 1, auto.stderr);
+  assert.deepEqual(sharedModes(path.join(fx.dir, 'modes-auto')), []);
+  const zc = cfsOk(['--repo', path.join(fx.dir, 'modes-zc'), 'oci', 'pull', '--zerocopy', `containers-storage:${img.name}`], { env: fx.env });
+  const z = objectCounts(zc.stderr);
+  assert.equal(z.copied, 0, zc.stderr);
+  assert.equal(z.reflinked + z.hardlinked, 4, zc.stderr);
+  if (z.hardlinked === 4) assert.equal(sharedModes(path.join(fx.dir, 'modes-zc')).length, 3);
+  assert.equal(imageIdOf(auto.stdout), imageIdOf(zc.stdout));
+  for (const repo of ['modes-auto', 'modes-zc']) assert.deepEqual(repoProblems(path.join(fx.dir, repo)), []);
 });

@@ -7,7 +7,7 @@ import type { StoredImage } from '../oci/stored.js';
 interface PullOpts {
   platform?: string;
   quiet?: boolean;
-  /** containers-storage: local fetch (disabled|auto|zerocopy); default disabled. */
+  /** containers-storage: local fetch (disabled|auto|zerocopy); default auto. */
   localFetch?: string;
   zerocopy?: boolean;
 }
@@ -24,7 +24,7 @@ export async function pullReference(repo: Repository, reference: string, name: s
   const { importImage } = await import('../oci/import.js');
   const { progressFor } = await import('./progress.js');
   const { CfsError } = await import('../errors.js');
-  const mode = opts.zerocopy ? 'zerocopy' : (opts.localFetch ?? 'disabled');
+  const mode = opts.zerocopy ? 'zerocopy' : (opts.localFetch ?? 'auto');
   const localFetch = LOCAL_FETCH.find((m) => m === mode);
   if (!localFetch) throw new CfsError('EINVAL', `--local-fetch: '${mode}' is not one of ${LOCAL_FETCH.join(', ')}`);
   if (opts.zerocopy && opts.localFetch !== undefined && opts.localFetch !== 'zerocopy') {
@@ -53,7 +53,7 @@ export function register(program: Command): void {
     .argument('[name]', 'tag to give the image (default: the source reference)')
     .option('--platform <os/arch[/variant]>', 'platform to select from a multi-platform index (default: this machine)')
     .option('-q, --quiet', 'no progress output')
-    .option('--local-fetch <mode>', 'containers-storage: put file contents into the repository by reflink/hardlink: disabled (default), auto (when possible), zerocopy (required)')
+    .option('--local-fetch <mode>', 'containers-storage: reflink/hardlink file contents into the repository: auto (default: when on the same filesystem, else copy), zerocopy (required), disabled (always copy)')
     .option('--zerocopy', 'same as --local-fetch zerocopy')
     .action(async (source: string, name: string | undefined, opts: PullOpts) => {
       const repo = await openRepoFromCli(program);

@@ -73,7 +73,11 @@ export interface ImportOptions {
   progress?: ProgressSink;
   /** Layers imported at once (default: number of cores). */
   parallel?: number;
-  /** Default 'disabled' (as composefs-rs: linking shares inodes with the source's files). */
+  /**
+   * Default 'auto': zero-copy where the source and the repository share a filesystem, copies
+   * otherwise (the varlink Pull passes 'disabled' when its client names no mode, as the
+   * protocol says).
+   */
   localFetch?: LocalFetch;
   /**
    * The image's composefs EROFS in this repository's format, already built elsewhere (a copy
@@ -125,7 +129,7 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
       todo.push(layer);
     }
   }
-  const localFetch = opts.localFetch ?? 'disabled';
+  const localFetch = opts.localFetch ?? 'auto';
   const lacking = todo.find((l) => l.kind === 'tar' && !l.openLocal);
   if (localFetch === 'zerocopy' && lacking) {
     throw new CfsError('ENOTSUP', `zero-copy import impossible: layer ${lacking.id} of ${img.description} is not available as local files (only containers-storage: sources are)`);

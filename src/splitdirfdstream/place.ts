@@ -13,7 +13,9 @@
  *     repository fs-verity is enabled on that shared inode, which makes podman's file immutable
  *     too; composefs-rs does the same, and podman never rewrites an image layer's files. When
  *     the store's directory is another mount of objects/'s filesystem (podman bind-mounts
- *     overlay/ onto itself), files are reached through a MountBridge.
+ *     overlay/ onto itself), files are reached through a MountBridge. Since the mode is shared,
+ *     setuid/setgid files and files writable by group or others are hardlinked only in
+ *     zerocopy mode (mayShare); otherwise they are reflinked or copied.
  *
  * A method that fails for a reason that will not change (EOPNOTSUPP, EXDEV, EPERM, …) is not
  * tried again for the same pair of filesystems.
@@ -42,6 +44,8 @@ import type { OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
 const READ_SIZE = 1024 * 1024;
+/** Mode bits (setuid, setgid, group/other write) that keep a local store file from being hardlinked outside zerocopy mode. */
+const SHARED_MODE_BITS = 0o4000 | 0o2000 | 0o022;
 /** errnos after which a zero-copy method is given up for a pair of filesystems. */
 const PERMANENT = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EXDEV', 'EINVAL', 'EPERM', 'EACCES', 'EMLINK', 'ENOSYS', 'EISDIR']);
 
@@ -189,7 +193,7 @@ export class ObjectPlacer {
       const trusted = local || (f.stat.uid === this.euid && (f.stat.mode & 0o022) === 0);
       if (!trusted) return this.copied(await this.copy(f, length, tap, `${f.name} may be changed by another user`));
       const canReflink = !this.noReflink.has(pair) && !this.noReflink.has('*');
-      const canHardlink = !this.noHardlink.has(pair) && (local || this.objectNameRe.test(f.name));
+      const canHardlink = !this.noHardlink.has(pair) && (local ? this.mayShare(f) : this.objectNameRe.test(f.name));
       if (!canReflink && !canHardlink) {
         return this.copied(await this.copy(f, length, tap, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`));
       }
@@ -218,6 +222,16 @@ export class ObjectPlacer {
     } finally {
       if (!background) closeSync(f.fd);
     }
+  }
+
+  /**
+   * Whether a local store file may become an object by hardlink. A hardlinked object keeps the
+   * store's mode: outside zerocopy mode (where nothing may be copied), a setuid/setgid file or
+   * one writable by group or others is not given a second name in objects/ (it is reflinked
+   * or copied instead), so no such inode is reachable through the repository.
+   */
+  private mayShare(f: OpenedFile): boolean {
+    return this.opts.zerocopy || (f.stat.mode & SHARED_MODE_BITS) === 0;
   }
 
   /** Wait until fewer than `n` placements hold fds (bounds open fds and queued work). */
