@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isCfsError } from '../src/errors.js';
@@ -101,7 +101,19 @@ for (const driver of ['overlay', 'vfs'] as CstorDriver[]) {
       await assert.rejects(openStorageImage('xx', opts(f)), isErr('ENOENT', /docker\.io\/library\/xx:latest: no such image .*similar: localhost\/x:latest/));
       await assert.rejects(openStorageImage('quay.io/acme/othr:v1', opts(f)), isErr('ENOENT', /similar: quay\.io\/acme\/other:v1/));
       await assert.rejects(openStorageImage('x:nope', opts(f)), isErr('ENOENT', /no such image/));
+      // Nothing similar: the message lists what the store has.
+      await assert.rejects(openStorageImage('zzzzzzzzzzzz', opts(f)), isErr('ENOENT', /none is similar; the store has localhost\/x:latest, quay\.io\/acme\/other:v1$/));
       await assert.rejects(openStorageImage(`@sha256:${'0'.repeat(64)}`, opts(f)), isErr('ENOENT', /no such image/));
+    });
+
+    // containers/storage falls back to overlay, so only an overlay store can be found this way.
+    if (driver === 'overlay') test('no driver configured and an empty graph root: overlay, and the images of the additional stores', async () => {
+      const empty = join(f.dir, 'empty-graphroot');
+      await mkdir(empty, { recursive: true });
+      const conf = join(f.dir, 'no-driver.conf');
+      await writeFile(conf, `[storage]\ngraphroot = "${empty}"\nrunroot = "${join(f.dir, 'empty-runroot')}"\n[storage.options]\nadditionalimagestores = ["${f.graphroot}"]\n`);
+      const img = await openStorageImage('localhost/x:latest', { context: { env: { CONTAINERS_STORAGE_CONF: conf } } });
+      assert.equal(img.manifestDigest, f.images[0]!.built.manifestDigest);
     });
 
     test('changed layer files are detected (EDIGEST naming the file)', async () => {

@@ -120,6 +120,14 @@ test('flipped byte in a file object: object-digest-mismatch; only the image usin
   assert.match(out, /^objects: \d+\/\d+ ok$/m);
   expectFsckError(repo, ['b'], 'object-digest-mismatch', obj);
   assert.match(cfsOk(['--repo', repo, 'fsck', 'a']).stdout, /^status: ok$/m, 'image a does not reach the object');
+  // --metadata-only does not read objects: the flipped byte goes unseen, everything else is checked.
+  for (const args of [['--metadata-only'], ['--metadata-only', 'b']]) {
+    const meta = cfsOk(['--repo', repo, 'fsck', ...args]).stdout;
+    assert.match(meta, /^objects: not checked \(--metadata-only\)$/m);
+    assert.match(meta, /^status: ok$/m);
+  }
+  const j = JSON.parse(cfsOk(['--repo', repo, 'fsck', '--json', '--metadata-only']).stdout) as Record<string, unknown>;
+  assert.deepEqual([j.ok, j.metadata_only, j.objects_checked], [true, true, 0]);
 });
 
 test('flipped byte in the manifest object: digest mismatch, dump fails clearly', () => {
@@ -150,6 +158,7 @@ test('deleted objects: missing refs in streams and images; dump of a lost layer 
   const out = expectFsckError(repo, [], 'missing-object-ref', layerStream(repo, 'b', 1));
   assert.match(out, new RegExp(`image-missing-object: images/[0-9a-f]{64}: /only-b/f\\d+: object ${obj.slice('objects/'.length)} does not exist`));
   assert.match(out, /^missing objects: 1$/m);
+  expectFsckError(repo, ['--metadata-only'], 'missing-object-ref', layerStream(repo, 'b', 1));
 
   // Delete the object of one of b's layer streams: the stream link dangles.
   const repo2 = freshRepo();

@@ -17,6 +17,7 @@ import { promisify } from 'node:util';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
 import { cfsCommand, cfsOk, PROJECT_ROOT } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
+import { parseVarlinkInterface, replyMismatches, type IdlInterface } from './helpers/varlink-idl.js';
 
 const run = promisify(execFile);
 const CLIENT = path.join(PROJECT_ROOT, 'test/clients/varlink_client.py');
@@ -106,6 +107,7 @@ test('GetInfo, interface description, unknown method, bad parameter, stray fds',
     service: { vendor: string; product: string; interfaces: string[] };
     oci: { features: string[] };
     description: string;
+    descriptions: Record<string, string>;
     unknown_method: VarlinkErrorReply;
     bad_param: VarlinkErrorReply;
     with_stray_fds: { features: string[] };
@@ -115,6 +117,9 @@ test('GetInfo, interface description, unknown method, bad parameter, stray fds',
   assert.deepEqual(r.oci.features, ['splitdirfdstream-v0']);
   assert.match(r.description, /^interface org\.composefs\.Oci$/m);
   assert.match(r.description, /^method PutLayer\(/m);
+  // Every interface the service publishes parses as varlink IDL (method replies are field lists).
+  assert.deepEqual(Object.keys(r.descriptions), r.service.interfaces);
+  for (const [name, text] of Object.entries(r.descriptions)) assert.equal(parseVarlinkInterface(text).name, name);
   assert.equal(r.unknown_method.error, 'org.varlink.service.MethodNotFound');
   assert.deepEqual(r.bad_param, { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'handle' } });
   assert.deepEqual(r.with_stray_fds.features, ['splitdirfdstream-v0']);
@@ -192,11 +197,31 @@ test('misbehaving clients get an error or are dropped; others keep working; no l
   assert.match(serverLog, /dropped: message exceeds 8388608 bytes/);
 });
 
-test('Pull streams progress frames; Fsck and Gc answer for the handle', async () => {
+/** An interface description as the repository publishes it. */
+function publishedInterface(name: string): IdlInterface {
+  return parseVarlinkInterface(readFileSync(path.join(PROJECT_ROOT, 'src/varlink/interfaces', `${name}.varlink`), 'utf8'));
+}
+
+test('Pull streams progress frames; Fsck (full, metadata-only), Check and Gc answer for the handle, as their interfaces declare', async () => {
   const dst = repo('pulled');
-  const r = await client<{ frames: Array<Record<string, { id?: string; manifest_digest?: string }>>; fsck: { ok: boolean; objects_checked: number }; gc: { dry_run: boolean; result: { objects_removed: number } } }>(
-    'pull', sock, dst, `oci:${layout}:v1`, 'p',
-  );
+  type Fsck = { ok: boolean; objects_checked: number; metadata_only: boolean } & Record<string, unknown>;
+  const r = await client<{
+    frames: Array<Record<string, { id?: string; manifest_digest?: string }>>;
+    fsck: Fsck;
+    fsck_metadata_only: Fsck;
+    check: { ok: boolean; repo: Fsck } & Record<string, unknown>;
+    gc: { dry_run: boolean; result: { objects_removed: number } };
+  }>('pull', sock, dst, `oci:${layout}:v1`, 'p');
+  const repoIdl = publishedInterface('org.composefs.Repository');
+  const ociIdl = publishedInterface('org.composefs.Oci');
+  for (const reply of [r.fsck, r.fsck_metadata_only]) assert.deepEqual(replyMismatches(repoIdl.methods.get('Fsck')!.output, reply), []);
+  assert.deepEqual(replyMismatches(ociIdl.methods.get('Check')!.output, r.check), []);
+  const fsckReply = ociIdl.types.get('FsckReply');
+  assert.ok(fsckReply?.kind === 'struct');
+  assert.deepEqual(replyMismatches(fsckReply.fields, r.check.repo), []);
+  assert.equal(r.check.ok, true);
+  assert.deepEqual([r.fsck_metadata_only.ok, r.fsck_metadata_only.metadata_only, r.fsck_metadata_only.objects_checked], [true, true, 0]);
+  assert.equal(r.fsck.metadata_only, false);
   const kinds = r.frames.map((f) => Object.keys(f)[0]);
   assert.equal(kinds.filter((k) => k === 'started').length, 3);
   assert.equal(kinds.filter((k) => k === 'done').length, 3);

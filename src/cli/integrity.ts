@@ -17,13 +17,14 @@ export function register(program: Command): void {
     .argument('[image]', 'check only what this OCI image (tag) reaches')
     .option('--json', 'JSON output')
     .option('--repair', 'remove leftover temporary files and dangling stream/image links (never tags or data)')
-    .action(async (image: string | undefined, opts: { json?: boolean; repair?: boolean }) => {
+    .option('--metadata-only', 'skip reading and hashing objects (streams and images must still find theirs)')
+    .action(async (image: string | undefined, opts: { json?: boolean; repair?: boolean; metadataOnly?: boolean }) => {
       const { fsck, formatFsckReport, fsckReportJson, isMetadataError, metadataFailureReport } = await import('../repository/fsck.js');
       let report;
       try {
         const repo = await openRepoFromCli(program, { create: false });
         try {
-          report = await fsck(repo, { image, repair: opts.repair, onWait: lockWait('fsck --repair') });
+          report = await fsck(repo, { image, repair: opts.repair, metadataOnly: opts.metadataOnly, onWait: lockWait('fsck --repair') });
         } finally {
           repo.close();
         }

@@ -4,6 +4,7 @@ import { statSync } from 'node:fs';
 import path from 'node:path';
 import { CfsError } from '../errors.js';
 import { openRepoFromCli } from './repo.js';
+import { LOCAL_FETCH_OPTIONS } from './oci.js';
 
 interface MountOpts {
   fuse: string;
@@ -13,6 +14,8 @@ interface MountOpts {
   readWrite?: boolean;
   platform?: string;
   quiet?: boolean;
+  localFetch?: string;
+  zerocopy?: boolean;
 }
 
 function checkMountpoint(mp: string): string {
@@ -110,6 +113,8 @@ export function register(program: Command): void {
     .option('--read-write', 'kernel: mount read-write (needs --upperdir/--workdir)')
     .option('--platform <os/arch[/variant]>', 'platform to import when SOURCE is a multi-platform reference')
     .option('-q, --quiet', 'no progress output while importing')
+    .option(...LOCAL_FETCH_OPTIONS[0])
+    .option(...LOCAL_FETCH_OPTIONS[1])
     .action(async (source: string, mountpoint: string, opts: MountOpts) => {
       const mp = checkMountpoint(mountpoint);
       const kernel = await chooseKernel(opts.fuse);
@@ -122,8 +127,10 @@ export function register(program: Command): void {
         const { image, label } = await resolveMountSource(repo, source, {
           // Loaded only for transport references: the import machinery is heavy for a plain mount.
           pull: async (ref) => {
-            const { pullReference } = await import('./oci.js');
-            return (await pullReference(repo, ref, ref, { platform: opts.platform, quiet: opts.quiet })).imageId;
+            const { pullReference, objectsLine } = await import('./oci.js');
+            const r = await pullReference(repo, ref, ref, { platform: opts.platform, quiet: opts.quiet, localFetch: opts.localFetch, zerocopy: opts.zerocopy });
+            if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
+            return r.imageId;
           },
         });
         const objectsDir = path.join(repo.path, 'objects');

@@ -4,7 +4,7 @@ import { openRepoFromCli } from './repo.js';
 import type { Repository } from '../repository/repository.js';
 import type { StoredImage } from '../oci/stored.js';
 
-interface PullOpts {
+export interface PullOpts {
   platform?: string;
   quiet?: boolean;
   /** containers-storage: local fetch (disabled|auto|zerocopy); default auto. */
@@ -13,6 +13,17 @@ interface PullOpts {
 }
 
 const LOCAL_FETCH = ['disabled', 'auto', 'zerocopy'] as const;
+
+/** The pull options `cfs mount` shares: [flags, description]. */
+export const LOCAL_FETCH_OPTIONS = [
+  ['--local-fetch <mode>', 'containers-storage: reflink/hardlink file contents into the repository: auto (default: when on the same filesystem, else copy), zerocopy (required), disabled (always copy)'],
+  ['--zerocopy', 'same as --local-fetch zerocopy'],
+] as const;
+
+/** The summary of where a pull's objects came from (stderr, unless quiet). */
+export function objectsLine(o: { reflinked: number; hardlinked: number; copied: number; present: number }): string {
+  return `objects: ${o.reflinked} reflinked + ${o.hardlinked} hardlinked + ${o.copied} copied${o.present ? ` (+ ${o.present} already present)` : ''}\n`;
+}
 
 async function writeOut(data: Buffer | string): Promise<void> {
   await new Promise<void>((resolve, reject) => process.stdout.write(data, (e) => (e ? reject(e) : resolve())));
@@ -53,8 +64,8 @@ export function register(program: Command): void {
     .argument('[name]', 'tag to give the image (default: the source reference)')
     .option('--platform <os/arch[/variant]>', 'platform to select from a multi-platform index (default: this machine)')
     .option('-q, --quiet', 'no progress output')
-    .option('--local-fetch <mode>', 'containers-storage: reflink/hardlink file contents into the repository: auto (default: when on the same filesystem, else copy), zerocopy (required), disabled (always copy)')
-    .option('--zerocopy', 'same as --local-fetch zerocopy')
+    .option(...LOCAL_FETCH_OPTIONS[0])
+    .option(...LOCAL_FETCH_OPTIONS[1])
     .action(async (source: string, name: string | undefined, opts: PullOpts) => {
       const repo = await openRepoFromCli(program);
       try {
@@ -63,8 +74,7 @@ export function register(program: Command): void {
         if (r.imageId) out += `image ${r.imageId}\n`;
         out += `tagged ${name ?? source}\n`;
         await writeOut(out);
-        const o = r.objects;
-        if (!opts.quiet) process.stderr.write(`objects: ${o.reflinked} reflinked + ${o.hardlinked} hardlinked + ${o.copied} copied${o.present ? ` (+ ${o.present} already present)` : ''}\n`);
+        if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
       } finally {
         repo.close();
       }

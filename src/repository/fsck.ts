@@ -46,6 +46,8 @@ export interface FsckOptions extends LockWaitOptions {
   image?: string;
   /** Remove leftover temporary files and dangling first-level links (exclusive lock). */
   repair?: boolean;
+  /** Skip phase 1 (reading and hashing every object); streams and images still must find their objects. */
+  metadataOnly?: boolean;
   /** Hashing threads (default: number of cores; 1 = hash on the calling thread). */
   parallel?: number;
 }
@@ -61,6 +63,8 @@ export interface FsckReport {
   imagesCorrupted: number;
   ociImagesChecked: number;
   ociImagesCorrupted: number;
+  /** Object contents were not checked (metadataOnly). */
+  objectsSkipped: boolean;
   brokenLinks: number;
   missingObjects: number;
   /** Bytes of object data whose digest was checked. */
@@ -127,7 +131,7 @@ function sha(alg: string, data: Buffer): string {
 class Checker {
   readonly report: FsckReport = {
     ok: false, hasMetadata: false, objectsChecked: 0, objectsCorrupted: 0, streamsChecked: 0, streamsCorrupted: 0,
-    imagesChecked: 0, imagesCorrupted: 0, ociImagesChecked: 0, ociImagesCorrupted: 0, brokenLinks: 0, missingObjects: 0,
+    imagesChecked: 0, imagesCorrupted: 0, ociImagesChecked: 0, ociImagesCorrupted: 0, objectsSkipped: false, brokenLinks: 0, missingObjects: 0,
     bytesChecked: 0, tempFiles: 0, repaired: [], errors: [],
   };
   private readonly repo: Repository;
@@ -167,7 +171,7 @@ class Checker {
 
   private async checkAll(): Promise<void> {
     await this.checkTempFiles();
-    await this.checkObjects(null);
+    if (!this.skipObjects()) await this.checkObjects(null);
     for (const name of await listDirOrEmpty(path.join(this.repo.path, 'streams'))) if (name !== 'refs') await this.checkStream(name);
     for (const name of await listDirOrEmpty(path.join(this.repo.path, 'images'))) if (name !== 'refs') await this.checkImage(name);
     for (const kind of ['streams', 'images'] as const) for (const ref of await listRefLinks(this.repo, kind)) await this.checkRef(kind, ref);
@@ -188,10 +192,15 @@ class Checker {
     await this.checkRef('streams', ref);
     if (ref.name !== null && (await refResolves(this.repo, 'streams', ref))) await walker.walkStream(ref.name);
     const reach = walker.reach;
-    await this.checkObjects([...reach.objects].sort());
+    if (!this.skipObjects()) await this.checkObjects([...reach.objects].sort());
     for (const name of [...reach.streams].sort()) await this.checkStream(name);
     for (const name of [...reach.images].sort()) await this.checkImage(name);
     if (ref.name !== null) await this.checkTag(ref);
+  }
+
+  private skipObjects(): boolean {
+    this.report.objectsSkipped = !!this.opts.metadataOnly;
+    return this.report.objectsSkipped;
   }
 
   // ---- phase 0 ---------------------------------------------------------------------------
@@ -555,7 +564,7 @@ function ratio(total: number, bad: number): string {
 export function formatFsckReport(r: FsckReport): string {
   const lines = [
     `meta.json: ${!r.hasMetadata ? 'absent' : r.errors.some((e) => e.path === META_FILE) ? 'error' : 'ok'}`,
-    `objects: ${ratio(r.objectsChecked, r.objectsCorrupted)}`,
+    `objects: ${r.objectsSkipped ? 'not checked (--metadata-only)' : ratio(r.objectsChecked, r.objectsCorrupted)}`,
     `streams: ${ratio(r.streamsChecked, r.streamsCorrupted)}`,
     `images: ${ratio(r.imagesChecked, r.imagesCorrupted)}`,
     `oci images: ${ratio(r.ociImagesChecked, r.ociImagesCorrupted)}`,
@@ -585,6 +594,7 @@ export function fsckReportJson(r: FsckReport): Record<string, unknown> {
     errors: r.errors.map(formatProblem),
     oci_images_checked: r.ociImagesChecked,
     oci_images_corrupted: r.ociImagesCorrupted,
+    metadata_only: r.objectsSkipped,
     temp_files: r.tempFiles,
     repaired: r.repaired,
     problems: r.errors,
@@ -596,7 +606,7 @@ export function metadataFailureReport(repoPath: string, e: unknown): FsckReport 
   const detail = (e as Error).message;
   return {
     ok: false, hasMetadata: existsSync(path.join(repoPath, META_FILE)), objectsChecked: 0, objectsCorrupted: 0, streamsChecked: 0, streamsCorrupted: 0,
-    imagesChecked: 0, imagesCorrupted: 0, ociImagesChecked: 0, ociImagesCorrupted: 0, brokenLinks: 0, missingObjects: 0,
+    imagesChecked: 0, imagesCorrupted: 0, ociImagesChecked: 0, ociImagesCorrupted: 0, objectsSkipped: false, brokenLinks: 0, missingObjects: 0,
     bytesChecked: 0, tempFiles: 0, repaired: [], errors: [{ kind: 'metadata-parse-failed', path: META_FILE, detail }],
   };
 }

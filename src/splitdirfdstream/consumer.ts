@@ -6,7 +6,9 @@
  * 64 bytes inline; larger file contents as objects). A FileBackedData chunk that covers exactly
  * one large file's content is stored without copying where possible (see place.ts); any other
  * chunking is read and re-split. The sha256 (or the diff_id's algorithm) of all bytes must equal
- * the expected diff_id, otherwise nothing is linked (objects already written are garbage for gc).
+ * the expected diff_id, otherwise no layer stream is stored. Objects already placed stay,
+ * unreferenced, until gc: a concurrent import (same shared lock) may have found them present and
+ * refer to them, so they are not removed here.
  *
  * Files are named by (dirfd index, relative name), so any source that can hand out directory
  * fds (another repository, containers-storage) feeds the same consumer.

@@ -172,7 +172,7 @@ export class ComposefsService {
       Fsck: async (p) => {
         const repo = this.repo(REPO, p);
         const { fsck, fsckReportJson } = await import('../repository/fsck.js');
-        return fsckReportJson(await fsck(repo));
+        return fsckReportJson(await fsck(repo, { metadataOnly: p.bool('metadata_only') }));
       },
       Gc: async (p) => {
         const repo = this.repo(REPO, p);

@@ -222,6 +222,10 @@ def cmd_info(sock):
         "oci": call1(c, "org.composefs.Oci.GetInfo"),
         "description": call1(c, "org.varlink.service.GetInterfaceDescription", {"interface": "org.composefs.Oci"})["description"],
     }
+    out["descriptions"] = {
+        name: call1(c, "org.varlink.service.GetInterfaceDescription", {"interface": name})["description"]
+        for name in out["service"]["interfaces"]
+    }
     try:
         call1(c, "org.composefs.Oci.NoSuchMethod")
     except VarlinkError as e:
@@ -436,13 +440,15 @@ def cmd_mount(sock, repo, image_id, path, overlay_dir=None):
 
 
 def cmd_pull(sock, repo, image, name):
-    """Pull with progress frames, then Fsck and a dry-run Gc of the repository."""
+    """Pull with progress frames, then Fsck (full and metadata-only), Oci.Check and a dry-run Gc."""
     c = Conn(sock)
     h = open_repo(c, repo)
     frames = [p for p, _ in c.call("org.composefs.Oci.Pull", {"handle": h, "image": image, "name": name}, more=True)]
     return {
         "frames": frames,
         "fsck": call1(c, "org.composefs.Repository.Fsck", {"handle": h}),
+        "fsck_metadata_only": call1(c, "org.composefs.Repository.Fsck", {"handle": h, "metadata_only": True}),
+        "check": call1(c, "org.composefs.Oci.Check", {"handle": h}),
         "gc": call1(c, "org.composefs.Repository.Gc", {"handle": h, "dry_run": True, "roots": []}),
     }
 

@@ -126,6 +126,9 @@ function findInStore(store: ContainersStore, images: ImageRecord[], ref: Storage
   return null;
 }
 
+/** Names a not-found message lists when none is similar to what was asked for. */
+const MAX_LISTED_NAMES = 10;
+
 /** Stored names closest to what was asked for, for the not-found message. */
 function similarNames(all: string[], ref: StorageReference): string[] {
   const want = (ref.given ?? ref.id ?? ref.idPrefix ?? ref.digest ?? '').toLowerCase();
@@ -230,7 +233,9 @@ export async function openStorageImage(refIn: string | StorageReference, opts: O
   }
   if (!found) {
     const similar = similarNames(allNames, ref);
-    const hint = similar.length ? `; similar: ${similar.join(', ')}` : allNames.length ? '' : ' (the store has no named images)';
+    const names = [...new Set(allNames)].sort();
+    const shown = names.slice(0, MAX_LISTED_NAMES).join(', ') + (names.length > MAX_LISTED_NAMES ? `, … (${names.length} names)` : '');
+    const hint = similar.length ? `; similar: ${similar.join(', ')}` : names.length ? `; none is similar; the store has ${shown}` : ' (the store has no named images)';
     throw new CfsError('ENOENT', `${text}: no such image in ${stores.map((s) => s.description).join(', ')}${hint}`);
   }
   const { store, image } = found;

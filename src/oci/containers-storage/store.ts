@@ -240,14 +240,17 @@ async function isDir(p: string): Promise<boolean> {
   }
 }
 
-/** The driver of a store: configured, or the one whose `<driver>-images` exists (as containers/storage guesses). */
+/**
+ * The driver of a store: configured, else the one whose `<driver>-images` exists, else overlay
+ * (containers/storage's first choice for a graph root that holds nothing yet: its images may
+ * then be in the additional image stores).
+ */
 async function detectDriver(root: string, configured: string | null): Promise<StoreDriver> {
   let driver = configured;
   if (!driver) {
     const names = await readdir(root);
     const found = names.filter((n) => n.endsWith('-images')).map((n) => n.slice(0, -'-images'.length));
-    driver = found.find((d) => (SUPPORTED_DRIVERS as readonly string[]).includes(d)) ?? found[0] ?? null;
-    if (!driver) throw new CfsError('ENOENT', `containers-storage ${root}: no images (no <driver>-images directory) and no driver configured`);
+    driver = found.find((d) => (SUPPORTED_DRIVERS as readonly string[]).includes(d)) ?? found[0] ?? 'overlay';
   }
   if (!(SUPPORTED_DRIVERS as readonly string[]).includes(driver)) {
     throw new CfsError('ENOTSUP', `containers-storage ${root}: storage driver "${driver}" is not supported (supported: ${SUPPORTED_DRIVERS.join(', ')})`);
