@@ -43,8 +43,11 @@ interface VarlinkErrorReply {
   parameters: Record<string, string>;
 }
 
+/** The client's environment: every reply it receives is logged for the IDL check at the end. */
+const clientEnv = (): NodeJS.ProcessEnv => ({ ...process.env, VARLINK_REPLY_LOG: path.join(work, 'replies.jsonl') });
+
 async function client<T>(...args: string[]): Promise<T> {
-  const { stdout } = await run('python3', [CLIENT, ...args], { maxBuffer: 64 << 20 });
+  const { stdout } = await run('python3', [CLIENT, ...args], { maxBuffer: 64 << 20, env: clientEnv() });
   return JSON.parse(stdout) as T;
 }
 
@@ -119,7 +122,11 @@ test('GetInfo, interface description, unknown method, bad parameter, stray fds',
   assert.match(r.description, /^method PutLayer\(/m);
   // Every interface the service publishes parses as varlink IDL (method replies are field lists).
   assert.deepEqual(Object.keys(r.descriptions), r.service.interfaces);
-  for (const [name, text] of Object.entries(r.descriptions)) assert.equal(parseVarlinkInterface(text).name, name);
+  for (const [name, text] of Object.entries(r.descriptions)) {
+    const iface = parseVarlinkInterface(text);
+    assert.equal(iface.name, name);
+    served.set(name, iface);
+  }
   assert.equal(r.unknown_method.error, 'org.varlink.service.MethodNotFound');
   assert.deepEqual(r.bad_param, { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'handle' } });
   assert.deepEqual(r.with_stray_fds.features, ['splitdirfdstream-v0']);
@@ -185,7 +192,7 @@ test('misbehaving clients get an error or are dropped; others keep working; no l
     assert.ok(good.layers.every((l) => l.rebuilt === l.diff_id), `good client during ${kind}`);
   }
   // A client that vanishes in the middle of PutLayer.
-  const [hang, good] = await Promise.all([run('python3', [CLIENT, 'bad', sock, src, target, 'app', 'hangup']), client<{ layers: LayerReport[] }>('getlayers', sock, src, 'app')]);
+  const [hang, good] = await Promise.all([run('python3', [CLIENT, 'bad', sock, src, target, 'app', 'hangup'], { env: clientEnv() }), client<{ layers: LayerReport[] }>('getlayers', sock, src, 'app')]);
   assert.equal(hang.stdout, '');
   assert.ok(good.layers.every((l) => l.rebuilt === l.diff_id));
   assert.deepEqual(repoProblems(src), []);
@@ -196,6 +203,9 @@ test('misbehaving clients get an error or are dropped; others keep working; no l
   assert.match(serverLog, /dropped: message is not a varlink call/);
   assert.match(serverLog, /dropped: message exceeds 8388608 bytes/);
 });
+
+/** The interfaces as the service describes them (filled by the GetInfo test, which runs first). */
+const served = new Map<string, IdlInterface>();
 
 /** An interface description as the repository publishes it. */
 function publishedInterface(name: string): IdlInterface {
@@ -302,6 +312,37 @@ test('ComputeId equals `cfs oci compute-id`; xattrs mode and unknown images', as
   assert.match(String(r[5].error?.parameters.message), /needs a \/boot directory/);
 });
 
+test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, CloseRepository', async () => {
+  const src = path.join(work, 'src');
+  const manifest = (JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout) as { manifestDigest: string }).manifestDigest;
+  const REPO = 'org.composefs.Repository';
+  const fresh = path.join(work, 'init-via-varlink');
+  const ensured = path.join(work, 'ensure-via-varlink');
+  const r = await calls(src, [
+    [`${OCI}.Tag`, { manifest_digest: manifest, name: 'extra-tag' }],
+    [`${OCI}.Untag`, { name: 'extra-tag' }],
+    [`${OCI}.Untag`, { name: 'extra-tag' }],
+    [`${OCI}.HasLayer`, { diff_id: diffIds[0] }],
+    [`${OCI}.HasLayer`, { diff_id: `sha256:${'0'.repeat(64)}` }],
+    [`${REPO}.InitRepository`, { path: fresh, insecure: true }],
+    [`${REPO}.InitRepository`, { path: fresh, insecure: true }],
+    [`${REPO}.EnsureRepository`, { path: ensured, insecure: true }],
+    [`${REPO}.EnsureRepository`, { path: ensured, insecure: true }],
+    [`${REPO}.CloseRepository`, {}],
+    [`${OCI}.HasLayer`, { diff_id: diffIds[0] }],
+  ]);
+  assert.deepEqual(r.slice(0, 2).map(last), [{}, {}]);
+  assert.equal(r[2].error?.error, `${OCI}.NoSuchImage`);
+  const present = last(r[3]) as { present: boolean; layer_verity: string };
+  assert.deepEqual([present.present, /^[0-9a-f]{64}$/.test(present.layer_verity)], [true, true]);
+  assert.deepEqual(last(r[4]), { present: false });
+  assert.deepEqual(r.slice(5, 9).map(last), [{ created: true }, { created: false }, { status: 'Created' }, { status: 'Opened' }]);
+  assert.deepEqual(last(r[9]), {});
+  assert.equal(r[10].error?.error, `${OCI}.InvalidHandle`, 'the handle is closed');
+  assert.ok(!cfsOk(['--repo', src, 'oci', 'images']).stdout.includes('extra-tag'));
+  for (const p of [fresh, ensured]) assert.match(cfsOk(['--repo', p, 'fsck']).stdout, /^status: ok$/m);
+});
+
 test('OciMount returns a detached mount fd of the image (by tag and by manifest digest)', async () => {
   const src = path.join(work, 'src');
   const manifest = (JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout) as { manifestDigest: string }).manifestDigest;
@@ -399,4 +440,27 @@ test('Pull with bootable records the boot image; xattrs and expected_digest choo
   const pl = await client<{ boot: string[] }>('ocimount', sock, dst, 'boot', 'usr/bin/tool', 'plain');
   assert.deepEqual(pl.boot, ['initrd']);
   assert.deepEqual(repoProblems(dst), []);
+});
+
+test('every reply and error the client received matches the interface that declares it', () => {
+  assert.ok(served.size >= 3, 'the GetInfo test parsed the served interfaces');
+  const lines = readFileSync(path.join(work, 'replies.jsonl'), 'utf8').trim().split('\n');
+  const problems = new Set<string>();
+  const seen = new Set<string>();
+  for (const line of lines) {
+    const { method, reply } = JSON.parse(line) as { method: string; reply: { error?: string; parameters?: Record<string, unknown> } };
+    const member = (reply.error ?? method).slice((reply.error ?? method).lastIndexOf('.') + 1);
+    const iface = served.get((reply.error ?? method).slice(0, (reply.error ?? method).lastIndexOf('.')));
+    const fields = reply.error ? iface?.errors.get(member) : iface?.methods.get(member)?.output;
+    const what = reply.error ? `error ${reply.error} (from ${method})` : `reply of ${method}`;
+    seen.add(reply.error ?? method);
+    if (!fields) {
+      // Calls the tests make on purpose to unknown methods get MethodNotFound, which is declared.
+      problems.add(`${what}: not declared`);
+      continue;
+    }
+    for (const p of replyMismatches(fields, reply.parameters ?? {})) problems.add(`${what}: ${p}`);
+  }
+  assert.deepEqual([...problems], []);
+  assert.ok(seen.size > 20, `replies of ${seen.size} methods/errors checked`);
 });

@@ -25,6 +25,14 @@ class VarlinkError(Exception):
         self.reply = reply
 
 
+def log_reply(method, reply):
+    """Appends {method, reply} to $VARLINK_REPLY_LOG (JSON lines), for checks against the IDL."""
+    path = os.environ.get("VARLINK_REPLY_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"method": method, "reply": reply}) + "\n")
+
+
 class Conn:
     def __init__(self, path):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -48,7 +56,6 @@ class Conn:
         data, fds, _flags, _addr = socket.recv_fds(self.s, 1 << 20, 253)
         if not data:
             raise EOFError("server closed the connection")
-        start = len(self.buf)
         self.buf += data
         # Fds go to the message containing the last byte just received.
         last_msg_ends_here = data.endswith(b"\0")
@@ -61,7 +68,6 @@ class Conn:
             self.ready.append((p, mine))
         if not last_msg_ends_here:
             self.pending_fds += list(fds)
-        del start
 
     def recv(self):
         while not self.ready:
@@ -78,6 +84,7 @@ class Conn:
         frames = []
         while True:
             reply, rfds = self.recv()
+            log_reply(method, reply)
             if "error" in reply:
                 for fd in rfds:
                     os.close(fd)
