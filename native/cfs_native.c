@@ -142,6 +142,11 @@ static const char *arg_str(call_t *c, size_t i, int nullable) {
   }
   napi_get_value_string_utf8(c->env, c->argv[i], s, len + 1, &len);
   c->strs[c->nstrs++] = s;
+  if (strlen(s) != len) { /* a NUL inside would silently cut the string short */
+    throw_type(c->env, c->fn, i, "a string without NUL characters");
+    c->failed = 1;
+    return NULL;
+  }
   return s;
 }
 
@@ -157,6 +162,25 @@ static void *arg_buf(call_t *c, size_t i, size_t *len) {
     return NULL;
   }
   return data;
+}
+
+/* A path: a string, or a Buffer of bytes without NUL (for names that are not UTF-8). */
+static const char *arg_path(call_t *c, size_t i) {
+  bool is_buf = false;
+  if (c->failed) return NULL;
+  if (i >= c->argc || napi_is_buffer(c->env, c->argv[i], &is_buf) != napi_ok || !is_buf) return arg_str(c, i, 0);
+  size_t len = 0;
+  const char *data = arg_buf(c, i, &len);
+  char *s = NULL;
+  if (!c->failed && (c->nstrs >= MAX_STRS || memchr(data, 0, len) || !(s = malloc(len + 1)))) {
+    throw_type(c->env, c->fn, i, "a string or a Buffer without NUL bytes");
+    c->failed = 1;
+  }
+  if (c->failed) return NULL;
+  memcpy(s, data, len);
+  s[len] = 0;
+  c->strs[c->nstrs++] = s;
+  return s;
 }
 
 static napi_value undefined(napi_env env) {
@@ -453,7 +477,7 @@ static napi_value js_openat2(napi_env env, napi_callback_info info) {
   call_t c;
   call_init(&c, env, info, "openat2");
   int dirfd = (int)arg_int(&c, 0);
-  const char *path = arg_str(&c, 1, 0);
+  const char *path = arg_path(&c, 1);
   int64_t flags = arg_int(&c, 2);
   int64_t mode = arg_int(&c, 3);
   int64_t resolve = arg_int(&c, 4);

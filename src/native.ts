@@ -79,7 +79,8 @@ export interface NativeAddon {
   mount(source: string | null, target: string, fsType: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
   // directories and fds
-  openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number; // O_CLOEXEC added
+  /** `path`: a Buffer for names that are not UTF-8 (no NUL either way). */
+  openat2(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number; // O_CLOEXEC added
   // SCM_RIGHTS over a connected unix socket fd
   socketpair(): [number, number]; // AF_UNIX SOCK_STREAM
   sendFds(sockFd: number, data: Buffer, fds: number[]): number; // empty data is sent as one 0 byte

@@ -9,7 +9,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { makeCstorStore, cstorSkipReason, patternBytes, type CstorFixture } from './helpers/cstor-fixture.js';
@@ -198,6 +198,30 @@ test('a store file changed in place (same size) is caught before anything is pub
   }
 });
 
+test('a store directory swapped for a symlink leading outside the layer is refused by every path, even with the right bytes there', { skip: skip ?? false }, () => {
+  const big = diffFile('usr/big');
+  const usr = path.dirname(big);
+  const outside = mkdtempSync(path.join(tmpdir(), 'cfs-outside-'));
+  renameSync(usr, `${usr}.real`);
+  try {
+    // The same content outside the store: following the link would rebuild the layer exactly.
+    execFileSync('cp', ['-a', `${usr}.real/.`, outside]);
+    symlinkSync(outside, usr);
+    for (const args of [['--local-fetch', 'disabled'], ['--local-fetch', 'auto']]) {
+      const repo = path.join(fx.dir, `zc-symlinked-${args[1]}`);
+      const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', ...args, `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
+      assert.notEqual(r.status, 0, args.join(' '));
+      assert.match(r.stderr, /usr\/(big|attr|link|hard)\b.*(leads out of the layer's directory|Invalid cross-device link)/, r.stderr);
+      assert.equal(r.stderr.trim().split('\n').filter((l) => !l.startsWith('cfs: note:')).length, 1, r.stderr);
+      assert.deepEqual(repoProblems(repo), []);
+    }
+  } finally {
+    rmSync(usr, { force: true });
+    renameSync(`${usr}.real`, usr);
+    rmSync(outside, { recursive: true, force: true });
+  }
+});
+
 test('corrupt layers.json is reported, not guessed around', { skip: skip ?? false }, () => {
   const file = path.join(fx.graphroot, `${fx.driver}-layers`, 'layers.json');
   const saved = execFileSync('cat', [file]);
@@ -304,7 +328,7 @@ test('member names that are not UTF-8 or not normalized (./x, a//b) import the s
   assert.equal(ids.size, 1);
 });
 
-test('auto never gives a setuid/setgid or group/other-writable store file a second name in objects/; --zerocopy does', { skip: skip ?? false }, async () => {
+test('auto never gives another user\'s, a setuid/setgid or a group/other-writable store file a second name in objects/; --zerocopy does', { skip: skip ?? false }, async () => {
   const img = await fx.add('localhost/modes:latest', {
     layers: [[
       { path: 'usr/' },
@@ -313,30 +337,33 @@ test('auto never gives a setuid/setgid or group/other-writable store file a seco
       { path: 'usr/bin/wall', content: patternBytes(300, 22), mode: 0o2755 },
       { path: 'usr/shared', content: patternBytes(400, 23), mode: 0o666 },
       { path: 'usr/plain', content: patternBytes(500, 24), mode: 0o644 },
+      { path: 'usr/theirs', content: patternBytes(600, 25), mode: 0o644, uid: 65534, gid: 65534 },
     ]],
   });
   assert.equal(lstatSync(diffFile('usr/bin/su')).mode & 0o7777, 0o4755, 'the store keeps the setuid bit');
-  /** Objects whose inode carries a mode bit a copied object never has. */
+  assert.equal(lstatSync(diffFile('usr/theirs')).uid, 65534);
+  /** Objects whose inode has a mode bit or an owner a copied object never has. */
   const sharedModes = (repo: string): string[] => {
     const found: string[] = [];
     const objects = path.join(repo, 'objects');
     for (const d of readdirSync(objects)) {
       for (const f of readdirSync(path.join(objects, d))) {
-        if (lstatSync(path.join(objects, d, f)).mode & 0o6022) found.push(`${d}/${f}`);
+        const st = lstatSync(path.join(objects, d, f));
+        if (st.mode & 0o6022 || st.uid !== process.geteuid!()) found.push(`${d}/${f}`);
       }
     }
     return found;
   };
   const auto = cfsOk(['--repo', path.join(fx.dir, 'modes-auto'), 'oci', 'pull', `containers-storage:${img.name}`], { env: fx.env });
   const a = objectCounts(auto.stderr);
-  assert.equal(a.reflinked + a.hardlinked + a.copied, 4, auto.stderr);
+  assert.equal(a.reflinked + a.hardlinked + a.copied, 5, auto.stderr);
   assert.ok(a.hardlinked <= 1, auto.stderr);
   assert.deepEqual(sharedModes(path.join(fx.dir, 'modes-auto')), []);
   const zc = cfsOk(['--repo', path.join(fx.dir, 'modes-zc'), 'oci', 'pull', '--zerocopy', `containers-storage:${img.name}`], { env: fx.env });
   const z = objectCounts(zc.stderr);
   assert.equal(z.copied, 0, zc.stderr);
-  assert.equal(z.reflinked + z.hardlinked, 4, zc.stderr);
-  if (z.hardlinked === 4) assert.equal(sharedModes(path.join(fx.dir, 'modes-zc')).length, 3);
+  assert.equal(z.reflinked + z.hardlinked, 5, zc.stderr);
+  if (z.hardlinked === 5) assert.equal(sharedModes(path.join(fx.dir, 'modes-zc')).length, 4);
   assert.equal(imageIdOf(auto.stdout), imageIdOf(zc.stdout));
   for (const repo of ['modes-auto', 'modes-zc']) assert.deepEqual(repoProblems(path.join(fx.dir, repo)), []);
 });

@@ -269,6 +269,14 @@ test(
       closeSync(fd);
       assert.equal(errCode(() => n.openat2(dfd, 'escape', c.O_RDONLY, 0, c.RESOLVE_BENEATH)), 'EXDEV');
       assert.equal(errCode(() => n.openat2(dfd, '../x', c.O_RDONLY, 0, c.RESOLVE_BENEATH)), 'EXDEV');
+      // A name that is not UTF-8 is given as bytes; a NUL is refused, not cut at.
+      const latin1 = Buffer.from([0x6e, 0xe9]);
+      writeFileSync(Buffer.concat([Buffer.from(`${dir}/`), latin1]), 'bytes');
+      const bfd = n.openat2(dfd, latin1, c.O_RDONLY, 0, c.RESOLVE_BENEATH);
+      assert.equal(readFileSync(bfd, 'utf8'), 'bytes');
+      closeSync(bfd);
+      assert.throws(() => n.openat2(dfd, Buffer.from('inside\0x'), c.O_RDONLY, 0, c.RESOLVE_BENEATH), /without NUL/);
+      assert.throws(() => n.openat2(dfd, 'inside\0x', c.O_RDONLY, 0, c.RESOLVE_BENEATH), /without NUL/);
     } finally {
       closeSync(dfd);
     }
@@ -301,9 +309,11 @@ test(
     assert.equal(readFileSync(path.join(objects, 'dd', '0004'), 'utf8'), 'a');
     await assert.rejects(n.storeObjects(path.join(dir, 'missing'), 'aa/0006', [Buffer.from('a')]), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
     // Bad batches are refused before anything is written: only "xx/yyyy…" hex names, one per Buffer.
-    for (const names of ['ee/01\nee/02', '/etc/x', 'ee/../../x', '.', 'ee/', 'EE/01', 'ee/0g', 'e/01', 'ee/01\n', 'ee/01\0ff', '']) {
+    for (const names of ['ee/01\nee/02', '/etc/x', 'ee/../../x', '.', 'ee/', 'EE/01', 'ee/0g', 'e/01', 'ee/01\n', '']) {
       assert.equal(errCode(() => n.storeObjects(objects, names, [Buffer.from('a')])), 'EINVAL', JSON.stringify(names));
     }
+    // A NUL in any string argument is refused before the call looks at it (it would cut the string short).
+    assert.throws(() => n.storeObjects(objects, 'ee/01\0ff', [Buffer.from('a')]), (e: Error) => e instanceof TypeError && /without NUL/.test(e.message));
     assert.equal(errCode(() => n.storeObjects(objects, 'ee/01', ['text' as unknown as Buffer])), 'EINVAL');
     assert.equal(errCode(() => n.storeObjects(objects, 'ee/01', [])), 'EINVAL');
     assert.throws(() => (n.storeObjects as unknown as (...a: unknown[]) => unknown)(objects, 'ee/01', 'x'), TypeError);

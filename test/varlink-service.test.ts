@@ -169,7 +169,7 @@ test('PutLayer (with injected dummy fds) + FinalizeImage build the same image in
   assert.ok(r2.layers.every((l) => l.layer_verity.length === 128));
 });
 
-test('misbehaving clients get an error or are dropped; others keep working; no leaks', async () => {
+test('misbehaving clients (incl. one piling fds behind a stalled call) get an error or are dropped; others keep working; no leaks', async () => {
   const src = path.join(work, 'src');
   const target = repo('bad-target');
   // Let earlier clients' handles and fds settle, then take the baseline.
@@ -177,6 +177,7 @@ test('misbehaving clients get an error or are dropped; others keep working; no l
   const baseline = serverFds();
   const expectations: Array<[string, (r: { hangup?: boolean; error?: VarlinkErrorReply | null }) => void]> = [
     ['garbage', (r) => assert.equal(r.hangup, true)],
+    ['fdflood', (r) => assert.equal(r.hangup, true)],
     ['oversize', (r) => assert.equal(r.hangup, true)],
     ['fdcount', (r) => assert.equal(r.error?.error, 'org.composefs.Oci.InvalidRequest')],
     ['index', (r) => assert.match(r.error?.parameters.message ?? '', /dirfd index 77 out of range/)],
@@ -202,6 +203,7 @@ test('misbehaving clients get an error or are dropped; others keep working; no l
   assert.equal(serverFds(), baseline, `server fds after bad clients; log:\n${serverLog}`);
   assert.match(serverLog, /dropped: message is not a varlink call/);
   assert.match(serverLog, /dropped: message exceeds 8388608 bytes/);
+  assert.match(serverLog, /dropped: more than 506 fds or \d+ bytes in calls queued behind a running one/);
 });
 
 /** The interfaces as the service describes them (filled by the GetInfo test, which runs first). */

@@ -13,9 +13,10 @@
  *     repository fs-verity is enabled on that shared inode, which makes podman's file immutable
  *     too; composefs-rs does the same, and podman never rewrites an image layer's files. When
  *     the store's directory is another mount of objects/'s filesystem (podman bind-mounts
- *     overlay/ onto itself), files are reached through a MountBridge. Since the mode is shared,
- *     setuid/setgid files and files writable by group or others are hardlinked only in
- *     zerocopy mode (mayShare); otherwise they are reflinked or copied.
+ *     overlay/ onto itself), files are reached through a MountBridge. Since the inode is shared,
+ *     files owned by another user than us or root, setuid/setgid files and files writable by
+ *     group or others are hardlinked only in zerocopy mode (mayShare); otherwise they are
+ *     reflinked or copied.
  *
  * A method that fails for a reason that will not change (EOPNOTSUPP, EXDEV, EPERM, …) is not
  * tried again for the same pair of filesystems.
@@ -225,13 +226,15 @@ export class ObjectPlacer {
   }
 
   /**
-   * Whether a local store file may become an object by hardlink. A hardlinked object keeps the
-   * store's mode: outside zerocopy mode (where nothing may be copied), a setuid/setgid file or
-   * one writable by group or others is not given a second name in objects/ (it is reflinked
-   * or copied instead), so no such inode is reachable through the repository.
+   * Whether a local store file may become an object by hardlink. A hardlinked object is the
+   * store's inode: outside zerocopy mode (where nothing may be copied), it must be owned by us
+   * or root (no one else can rewrite or chmod it later: a rootless store imported by root is
+   * copied) and be neither setuid/setgid nor writable by group or others, so no such inode is
+   * reachable through the repository. Other files are reflinked or copied.
    */
   private mayShare(f: OpenedFile): boolean {
-    return this.opts.zerocopy || (f.stat.mode & SHARED_MODE_BITS) === 0;
+    if (this.opts.zerocopy) return true;
+    return (f.stat.uid === this.euid || f.stat.uid === 0) && (f.stat.mode & SHARED_MODE_BITS) === 0;
   }
 
   /** Wait until fewer than `n` placements hold fds (bounds open fds and queued work). */

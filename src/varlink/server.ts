@@ -8,8 +8,12 @@
 import { unlinkSync } from 'node:fs';
 import { native, type PollHandle } from '../native.js';
 import { errnoCode } from '../errors.js';
-import { FdConnection, closeQuietly, type Incoming } from './transport.js';
+import { FdConnection, MAX_FDS_PER_MESSAGE, MAX_MESSAGE, closeQuietly, type Incoming } from './transport.js';
 import { Params, parseCall, SERVICE_INTERFACE, VarlinkError, type Call } from './protocol.js';
+
+/** What one connection's calls waiting behind its running call may hold. */
+const MAX_QUEUED_FDS = 2 * MAX_FDS_PER_MESSAGE;
+const MAX_QUEUED_BYTES = 2 * MAX_MESSAGE;
 
 export interface ReplyOptions {
   continues?: boolean;
@@ -91,10 +95,25 @@ export class VarlinkServer {
     const id = this.nextConn++;
     const abort = new AbortController();
     let chain: Promise<void> = Promise.resolve();
+    // Calls wait behind the running one with their fds and bytes: bounded, so a client that
+    // pipelines without reading cannot exhaust the service's fds or memory.
+    let queuedFds = 0;
+    let queuedBytes = 0;
     this.connections.add(conn);
     conn.listen(
       (m) => {
-        chain = chain.then(() => this.handle(conn, id, abort.signal, m));
+        queuedFds += m.fds.length;
+        queuedBytes += m.data.length;
+        if (queuedFds > MAX_QUEUED_FDS || queuedBytes > MAX_QUEUED_BYTES) {
+          for (const fd of m.fds) closeQuietly(fd);
+          conn.close(new Error(`more than ${MAX_QUEUED_FDS} fds or ${MAX_QUEUED_BYTES} bytes in calls queued behind a running one`));
+          return;
+        }
+        chain = chain.then(() => {
+          queuedFds -= m.fds.length;
+          queuedBytes -= m.data.length;
+          return this.handle(conn, id, abort.signal, m);
+        });
       },
       (why) => {
         this.connections.delete(conn);

@@ -360,6 +360,25 @@ def cmd_bad(sock, src, dst, image, kind):
     hd = open_repo(c, dst)
     _, diff_ids = layers_of(c, h, image)
     d = diff_ids[0]
+    if kind == "fdflood":
+        # A PutLayer whose stream never ends, then calls piling up behind it with many fds each.
+        r, w = os.pipe()
+        root = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        c.send({"method": "org.composefs.Oci.PutLayer", "parameters": {"handle": hd, "diff_id": d, "zerocopy": False}}, [r, root])
+        os.close(r)
+        os.close(root)
+        try:
+            for _ in range(4):
+                dummies = [dummy_fd(i) for i in range(200)]
+                c.send({"method": "org.composefs.Oci.GetInfo", "parameters": {}}, dummies)
+                for fd in dummies:
+                    os.close(fd)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            return expect_hangup(c)
+        finally:
+            os.close(w)
     if kind == "fdcount":
         try:
             put_layer(c, hd, d, iter([b""]), None, fd_list=["pipe"])

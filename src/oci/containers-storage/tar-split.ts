@@ -13,10 +13,11 @@
  * size > 0 are looked up on disk, like tar-split's own assembler.
  */
 import { createGunzip } from 'node:zlib';
-import { closeSync, constants as fsc, createReadStream, fstatSync, lstatSync, openSync, read as fsRead, readSync } from 'node:fs';
+import { closeSync, constants as fsc, createReadStream, fstatSync, openSync, read as fsRead, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { CfsError, errnoCode } from '../../errors.js';
+import { native } from '../../native.js';
 import { Crc64 } from './crc64.js';
 import type { ContainersStore } from './store.js';
 
@@ -28,10 +29,12 @@ export type LayerSegment =
   | { kind: 'raw'; data: Buffer }
   | {
       kind: 'file';
-      /** Absolute path of the content in the layer's files (a Buffer when the name is not UTF-8). */
+      /** Absolute path of the content in the layer's files (a Buffer when the name is not UTF-8), for messages. */
       path: string | Buffer;
       /** The same as an index into the layer's search dirs plus a path relative to it. */
       dirIndex: number;
+      /** That search dir, open while the iteration runs: `rel` is opened beneath it (fileContent). */
+      dirfd: number;
       rel: Buffer;
       /** Whether the name (so `rel`) is valid UTF-8. */
       utf8: boolean;
@@ -154,24 +157,44 @@ function joinPath(dir: string, rel: Buffer, utf8: boolean): string | Buffer {
   return utf8 ? `${dir}/${rel.toString('utf8')}` : Buffer.concat([Buffer.from(`${dir}/`, 'utf8'), rel]);
 }
 
+/**
+ * Open `rel` beneath a layer directory: no `..`, absolute or magic-link escape, no other mount,
+ * so a symlinked directory inside a store cannot make cfs read a file outside the layer.
+ */
+function openInLayer(dirfd: number, rel: Buffer, flags: number, layerId: string, name: string): number {
+  const c = native().constants;
+  try {
+    return native().openat2(dirfd, rel, flags | fsc.O_NOFOLLOW, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV);
+  } catch (e) {
+    const code = errnoCode(e);
+    if (code === 'EXDEV') throw new CfsError('ECORRUPT', `layer ${layerId}: ${name} leads out of the layer's directory (a symlinked parent or another mount)`);
+    if (code === 'EACCES' || code === 'EPERM') throw new CfsError('EPERM', `layer ${layerId}: ${name}: permission denied`);
+    throw e;
+  }
+}
+
 /** First regular file of the right size for a member, searching the layer's dirs in order. */
 // Per-file metadata calls are synchronous on purpose: a layer has thousands of small files and
 // the promise round trip per call cost more than the (page-cached) syscalls themselves.
-function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, layerId: string, name: string): { path: string | Buffer; dirIndex: number } {
+function findFile(dirs: string[], dirfds: number[], rel: Buffer, size: number, layerId: string, name: string): number {
   // One place to look: whoever opens the file checks that it exists and has the recorded size.
-  if (dirs.length === 1) return { path: joinPath(dirs[0], rel, utf8), dirIndex: 0 };
+  if (dirs.length === 1) return 0;
   let wrongSize: number | null = null;
-  for (const [dirIndex, d] of dirs.entries()) {
-    const p = joinPath(d, rel, utf8);
+  for (const [dirIndex, dirfd] of dirfds.entries()) {
     let st;
     try {
-      st = lstatSync(p);
+      const fd = openInLayer(dirfd, rel, native().constants.O_PATH, layerId, name);
+      try {
+        st = fstatSync(fd);
+      } finally {
+        closeSync(fd);
+      }
     } catch (e) {
       if (errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENOTDIR') continue;
-      throw new CfsError('EIO', `layer ${layerId}: ${name}: ${(e as Error).message}`);
+      throw e instanceof CfsError ? e : new CfsError('EIO', `layer ${layerId}: ${name}: ${(e as Error).message}`);
     }
     if (!st.isFile()) continue;
-    if (st.size === size) return { path: p, dirIndex };
+    if (st.size === size) return dirIndex;
     wrongSize ??= st.size;
   }
   if (wrongSize !== null) {
@@ -188,8 +211,10 @@ function findFile(dirs: string[], rel: Buffer, utf8: boolean, size: number, laye
 export async function* layerSegments(store: ContainersStore, layerId: string): AsyncGenerator<LayerSegment> {
   const tarSplit = store.tarSplitPath(layerId);
   const lock = await store.lockLayers();
+  const dirfds: number[] = [];
   try {
     const dirs = (await store.layerSearchDirs(layerId)).map((d) => path.resolve(d));
+    for (const d of dirs) dirfds.push(openSync(d, fsc.O_RDONLY | fsc.O_DIRECTORY));
     for await (const e of readTarSplit(tarSplit)) {
       if (e.type === 'segment') {
         if (e.payload.length) yield { kind: 'raw', data: e.payload };
@@ -197,10 +222,12 @@ export async function* layerSegments(store: ContainersStore, layerId: string): A
       }
       if (e.size === 0) continue; // directories, links, devices, whiteouts, empty files
       const rel = memberPath(e.nameBytes, layerId, e.name);
-      const { path: p, dirIndex } = findFile(dirs, rel, e.utf8, e.size, layerId, e.name);
-      yield { kind: 'file', path: p, dirIndex, rel, utf8: e.utf8, name: e.name, size: e.size, crc64: e.crc64! };
+      const dirIndex = findFile(dirs, dirfds, rel, e.size, layerId, e.name);
+      const p = joinPath(dirs[dirIndex]!, rel, e.utf8);
+      yield { kind: 'file', path: p, dirIndex, dirfd: dirfds[dirIndex]!, rel, utf8: e.utf8, name: e.name, size: e.size, crc64: e.crc64! };
     }
   } finally {
+    for (const fd of dirfds) closeSync(fd);
     lock.release();
   }
 }
@@ -214,7 +241,7 @@ export async function* fileContent(layerId: string, seg: Extract<LayerSegment, {
   let fd: number;
   try {
     // Not following a symlink, not blocking on a FIFO: either is "no longer a regular file".
-    fd = openSync(seg.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+    fd = openInLayer(seg.dirfd, seg.rel, fsc.O_RDONLY | fsc.O_NONBLOCK, layerId, seg.name);
   } catch (e) {
     const code = errnoCode(e);
     if (code === 'ENOENT' || code === 'ENOTDIR') throw new CfsError('ENOENT', `layer ${layerId}: ${seg.name} is missing from the layer's files (${seg.path.toString()})`);
