@@ -10,12 +10,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
-import { cfsCommand, cfsOk, PROJECT_ROOT } from './helpers/cli.js';
+import { cfsCommand, cfsOk, PROJECT_ROOT, runCfs } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
 import { parseVarlinkInterface, replyMismatches, type IdlInterface } from './helpers/varlink-idl.js';
 
@@ -167,6 +167,40 @@ test('PutLayer (with injected dummy fds) + FinalizeImage build the same image in
   const r2 = await client<{ layers: Array<{ objects_copied: number; layer_verity: string }> }>('copy', sock, src, d512, 'app', 'x');
   assert.deepEqual(r2.layers.map((l) => l.objects_copied), [1, 2, 1]);
   assert.ok(r2.layers.every((l) => l.layer_verity.length === 128));
+});
+
+test('--address: never deletes what is not a stale socket, never takes over a live one, only unix:', async () => {
+  const regular = path.join(work, 'regular-file');
+  writeFileSync(regular, 'keep me');
+  const notSocket = runCfs(['varlink', '--address', `unix:${regular}`]);
+  assert.notEqual(notSocket.status, 0);
+  assert.match(notSocket.stderr, /^cfs: varlink address .*regular-file exists and is not a socket; not replacing it\n$/);
+  assert.equal(readFileSync(regular, 'utf8'), 'keep me');
+  const live = runCfs(['varlink', '--address', `unix:${sock}`]);
+  assert.notEqual(live.status, 0);
+  assert.match(live.stderr, /^cfs: varlink address .*cfs\.sock is in use: another service is listening there\n$/);
+  assert.deepEqual((await client<{ oci: { features: string[] } }>('info', sock)).oci.features, ['splitdirfdstream-v0'], 'the first service still answers');
+  for (const bad of ['tcp:127.0.0.1:1234', 'unix:@abstract', path.join(work, 'bare.sock')]) {
+    const r = runCfs(['varlink', '--address', bad]);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /unsupported varlink address/);
+  }
+  // A socket left by a killed service is replaced; the one that exits removes only its own.
+  const stale = path.join(work, 'stale.sock');
+  const first = startServer(['--insecure', 'varlink', '--address', `unix:${stale}`]);
+  await waitFor(stale);
+  first.kill('SIGKILL');
+  await new Promise((r) => first.once('exit', r));
+  assert.ok(existsSync(stale), 'SIGKILL leaves the socket file');
+  const second = startServer(['--insecure', 'varlink', '--address', `unix:${stale}`]);
+  try {
+    for (let i = 0; i < 100 && !serverLog.includes(`serving on unix:${stale}`); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual((await client<{ oci: { features: string[] } }>('info', stale)).oci.features, ['splitdirfdstream-v0']);
+  } finally {
+    second.kill('SIGTERM');
+    await new Promise((r) => second.once('exit', r));
+  }
+  assert.ok(!existsSync(stale), 'the service removes its socket when it stops');
 });
 
 test('misbehaving clients (incl. one piling fds behind a stalled call) get an error or are dropped; others keep working; no leaks', async () => {

@@ -13,8 +13,9 @@ function activationFds(): number[] {
   return Array.from({ length: n }, (_, i) => 3 + i);
 }
 
+/** `unix:PATH[;parameters]`: the only transport served (no TCP, no abstract sockets). */
 function parseAddress(a: string): string {
-  const p = a.startsWith('unix:') ? a.slice('unix:'.length).split(';')[0] : a;
+  const p = a.startsWith('unix:') ? a.slice('unix:'.length).split(';')[0]! : '';
   if (p === '' || p.startsWith('@')) throw new CfsError('EINVAL', `unsupported varlink address '${a}' (expected unix:/path/to/socket)`);
   return p;
 }

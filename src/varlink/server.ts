@@ -5,9 +5,9 @@
  * disconnected; a bad call gets an error reply. Fds that arrive with a call belong to it: a
  * handler takes the ones it uses, the rest are closed when it finishes.
  */
-import { unlinkSync } from 'node:fs';
+import { closeSync, lstatSync, unlinkSync } from 'node:fs';
 import { native, type PollHandle } from '../native.js';
-import { errnoCode } from '../errors.js';
+import { CfsError, errnoCode } from '../errors.js';
 import { FdConnection, MAX_FDS_PER_MESSAGE, MAX_MESSAGE, closeQuietly, type Incoming } from './transport.js';
 import { Params, parseCall, SERVICE_INTERFACE, VarlinkError, type Call } from './protocol.js';
 
@@ -59,7 +59,8 @@ export interface ServiceInfo {
 export class VarlinkServer {
   private readonly interfaces = new Map<string, VarlinkInterface>();
   private readonly connections = new Set<FdConnection>();
-  private listeners: Array<{ fd: number; poll: PollHandle; path: string | null }> = [];
+  /** `ino`: of the socket file made at `path`, so close() removes it only while it is still ours. */
+  private listeners: Array<{ fd: number; poll: PollHandle; path: string | null; ino?: number }> = [];
   private nextConn = 1;
   /** Called when a client's connection is gone (after its calls were aborted). */
   onDisconnect: (connectionId: number) => void = () => undefined;
@@ -72,14 +73,27 @@ export class VarlinkServer {
     this.interfaces.set(iface.name, iface);
   }
 
-  /** Listen on a unix socket path (an existing socket file is replaced). */
+  /**
+   * Listen on a unix socket path. A socket left there by a service that is gone is replaced;
+   * a live one, or anything that is not a socket, is an error (never deleted).
+   */
   listenPath(path: string): void {
-    try {
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (st && !st.isSocket()) throw new CfsError('EEXIST', `varlink address ${path} exists and is not a socket; not replacing it`);
+    if (st) {
+      let live = false;
+      try {
+        closeSync(native().connectUnix(path));
+        live = true;
+      } catch (e) {
+        if (errnoCode(e) !== 'ECONNREFUSED') throw new CfsError('EIO', `varlink address ${path}: cannot tell whether a service is listening there: ${(e as Error).message}`);
+      }
+      if (live) throw new CfsError('EBUSY', `varlink address ${path} is in use: another service is listening there`);
       unlinkSync(path);
-    } catch (e) {
-      if (errnoCode(e) !== 'ENOENT') throw e;
     }
-    this.listenFd(native().listenUnix(path, 128), path);
+    const fd = native().listenUnix(path, 128);
+    this.listenFd(fd, path);
+    this.listeners[this.listeners.length - 1]!.ino = lstatSync(path).ino;
   }
 
   /** Accept connections on an already listening fd (socket activation). */
@@ -130,7 +144,7 @@ export class VarlinkServer {
     for (const l of this.listeners.splice(0)) {
       native().pollStop(l.poll);
       closeQuietly(l.fd);
-      if (l.path) {
+      if (l.path && l.ino !== undefined && lstatSync(l.path, { throwIfNoEntry: false })?.ino === l.ino) {
         try {
           unlinkSync(l.path);
         } catch {
