@@ -8,6 +8,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Repository } from '../src/repository/index.js';
 import { importTarLayer } from '../src/tar/index.js';
+import { cfsCommand } from './helpers/cli.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
@@ -87,5 +88,21 @@ test('cfs cat: content id and refs/NAME, byte-exact; closed pipe ends quietly', 
     assert.equal(stderr, '');
   } finally {
     rmSync(d, { recursive: true, force: true });
+  }
+});
+
+test('output that cannot be written (a full disk, a closed pipe) ends in one line and a failing status, not a stack trace', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cfs-stdout-'));
+  try {
+    const repo = path.join(dir, 'repo');
+    const cli = cfsCommand().map((a) => JSON.stringify(a)).join(' ');
+    spawnSync('sh', ['-c', `${cli} init --insecure ${JSON.stringify(repo)}`]);
+    for (const args of ['oci images', 'fsck', 'oci images --json']) {
+      const r = spawnSync('sh', ['-c', `${cli} --repo ${JSON.stringify(repo)} ${args} > /dev/full`], { encoding: 'utf8' });
+      assert.equal(r.status, 1, `${args}: ${r.stderr}`);
+      assert.equal(r.stderr, 'cfs: cannot write to standard output: ENOSPC: no space left on device, write\n', args);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

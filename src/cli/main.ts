@@ -53,7 +53,25 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** The first error writing standard output (EPIPE, ENOSPC, …): said once, as one line. */
+let stdoutError: Error | null = null;
+
+function watchOutput(): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (stdoutError) return;
+    stdoutError = e;
+    // A reader that went away (`cfs … | head`) is not worth a message.
+    if (e.code !== 'EPIPE') process.stderr.write(`cfs: cannot write to standard output: ${e.message}\n`);
+    process.exitCode = 1;
+  });
+  // Nowhere to say it: only the exit status tells.
+  process.stderr.on('error', () => {
+    process.exitCode ||= 1;
+  });
+}
+
 export function reportError(e: unknown): number {
+  if (e !== null && e === stdoutError) return 1;
   if (e instanceof CfsError) {
     process.stderr.write(`cfs: ${e.message}\n`);
     return 1;
@@ -68,6 +86,7 @@ export function reportError(e: unknown): number {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  watchOutput();
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {

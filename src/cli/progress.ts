@@ -3,6 +3,7 @@
  * layer otherwise, nothing with --quiet. Output goes to stderr so stdout stays machine-readable.
  */
 import cliProgress from 'cli-progress';
+import { constants as osConstants } from 'node:os';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 
 function shortId(id: string): string {
@@ -39,6 +40,37 @@ class LineProgress implements ProgressSink {
   }
 }
 
+/**
+ * Bars on screen hide the cursor and turn off line wrapping: whatever ends the process (an
+ * error, Ctrl-C, SIGTERM) stops them first so the terminal is left as it was.
+ */
+const onScreen = new Set<cliProgress.MultiBar>();
+const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
+
+function restoreTerminal(): void {
+  for (const m of onScreen) m.stop();
+  onScreen.clear();
+}
+
+function interrupted(signal: (typeof SIGNALS)[number]): void {
+  restoreTerminal();
+  process.stderr.write(`cfs: interrupted (${signal})\n`);
+  process.exit(128 + osConstants.signals[signal]);
+}
+
+function showing(m: cliProgress.MultiBar, on: boolean): void {
+  if (on && onScreen.size === 0) {
+    process.on('exit', restoreTerminal);
+    for (const s of SIGNALS) process.on(s, interrupted);
+  }
+  if (on) onScreen.add(m);
+  else onScreen.delete(m);
+  if (!on && onScreen.size === 0) {
+    process.off('exit', restoreTerminal);
+    for (const s of SIGNALS) process.off(s, interrupted);
+  }
+}
+
 class BarProgress implements ProgressSink {
   private readonly multi = new cliProgress.MultiBar(
     {
@@ -62,7 +94,7 @@ class BarProgress implements ProgressSink {
     const start = Date.now();
     const bar = this.multi.create(t || 1, 0, this.payload(id, 0, t, start));
     this.bars.set(id, { bar, start, total: t });
-    this.active++;
+    if (this.active++ === 0) showing(this.multi, true);
   }
   progress(id: string, fetched: number): void {
     const b = this.bars.get(id);
@@ -76,7 +108,10 @@ class BarProgress implements ProgressSink {
     if (!b) return;
     b.bar.update(b.total || 1, this.payload(id, transferred, b.total || transferred, b.start));
     b.bar.stop();
-    if (--this.active === 0) this.multi.stop();
+    if (--this.active === 0) {
+      this.multi.stop();
+      showing(this.multi, false);
+    }
   }
   message(text: string): void {
     if (this.active > 0) this.multi.log(`${text}\n`);
