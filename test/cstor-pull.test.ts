@@ -65,11 +65,21 @@ test('cfs mount --zerocopy containers-storage:NAME imports through the pull path
   assert.ok(!mounted());
 });
 
-test('containers-storage: unknown image lists similar names; changed diff file is caught', { skip: skip ?? false }, () => {
+test('containers-storage: unknown image lists similar names; --platform, store spec and name errors; changed diff file is caught', { skip: skip ?? false }, async () => {
   const repo = path.join(fx.dir, 'repo-bad');
   const unknown = runCfs(['--repo', repo, 'oci', 'pull', '-q', 'containers-storage:localhost/y:latest'], { env: fx.env });
   assert.notEqual(unknown.status, 0);
   assert.match(unknown.stderr, /localhost\/x:latest/);
+  // --platform is checked against the stored image; a store named in the reference is blamed as such; an empty name is refused.
+  const arm = await fx.add('localhost/arm:1', { platform: 'linux/arm64', layers: [[{ path: 'usr/' }, { path: 'usr/f', content: 'arm64 bits, more than sixty-four bytes of them to make an object!' }]] });
+  const plat = runCfs(['--repo', repo, 'oci', 'pull', '-q', '--platform', 'linux/s390x', `containers-storage:${arm.name}`], { env: fx.env });
+  assert.notEqual(plat.status, 0);
+  assert.match(plat.stderr, /^cfs: containers-storage:localhost\/arm:1: the image is linux\/arm64, not linux\/s390x\n$/m);
+  cfsOk(['--repo', repo, 'oci', 'pull', '-q', '--platform', 'linux/arm64', `containers-storage:${arm.name}`], { env: fx.env });
+  const given = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:[${path.join(fx.dir, 'nowhere')}]${fx.images[0].name}`], { env: fx.env });
+  assert.match(given.stderr, /graph root \S+nowhere does not exist \(given in the reference\)/);
+  const empty = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`, ''], { env: fx.env });
+  assert.match(empty.stderr, /^cfs: the name to tag the image with is empty$/m);
 
   // Append to the largest regular file of a layer's diff directory (what podman would never do).
   const overlay = path.join(fx.graphroot, fx.driver === 'overlay' ? 'overlay' : 'vfs/dir');

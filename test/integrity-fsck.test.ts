@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
@@ -134,7 +135,11 @@ test('flipped byte in the manifest object: digest mismatch, dump fails clearly',
   const repo = freshRepo();
   // The manifest JSON is the single external object of the manifest stream; find it by content.
   const aManifest = `streams/${path.basename(readlinkSync(path.join(repo, 'streams/refs/oci/a')))}`;
-  const json = cfsOk(['--repo', repo, 'oci', 'inspect', '--manifest', 'a']).stdoutBuf.subarray(0, -1);
+  const json = cfsOk(['--repo', repo, 'oci', 'inspect', '--manifest', 'a']).stdoutBuf;
+  // Byte for byte: the printed manifest hashes to its digest.
+  const { manifestDigest } = JSON.parse(cfsOk(['--repo', repo, 'oci', 'inspect', '--json', 'a']).stdout) as { manifestDigest: string };
+  assert.equal(`sha256:${createHash('sha256').update(json).digest('hex')}`, manifestDigest);
+  assert.match(runCfs(['--repo', repo, 'oci', 'inspect', '--manifest', '--config', 'a']).stderr, /^cfs: --manifest and --config: choose one\n$/);
   let jsonObj: string | null = null;
   for (const xx of readdirSync(path.join(repo, 'objects'))) {
     for (const f of readdirSync(path.join(repo, 'objects', xx))) {

@@ -146,10 +146,24 @@ test('mount by image id and by tag; the same image twice at two places', { skip:
   await mount(id, c, ['--fuse', 'yes']);
   for (const mp of [a, b]) assert.deepEqual(compareTree(expected, snapshotTree(mp)), [], mp);
   assert.deepEqual(compareTree(expected, snapshotTree(c)), []);
+  // A second cfs mount on the same directory would hide the first: refused, kernel or FUSE.
+  for (const fuse of ['no', 'yes']) await assertFails(['--repo', repo, '--insecure', 'mount', '-q', '--fuse', fuse, id, a], /already has a cfs mount \(composefs:/);
   await umount(a);
   assert.ok(readFileSync(path.join(b, 'usr/share/big')).equals(bytes('big', 3 * 1024 * 1024 + 7)), 'second mount unaffected');
   await umount(b);
   await umount(c);
+});
+
+test('cfs umount leaves mounts that are not cfs mounts alone', { skip: SKIP }, async () => {
+  const mp = newMountpoint('not-cfs');
+  spawnSync('mount', ['-t', 'tmpfs', 'cfs-test-tmpfs', mp]);
+  try {
+    assert.ok(isMounted(mp));
+    await assertFails(['umount', mp], /is a tmpfs mount of cfs-test-tmpfs, not a cfs mount; use umount\(8\) for it/);
+    assert.ok(isMounted(mp), 'still mounted');
+  } finally {
+    spawnSync('umount', [mp]);
+  }
 });
 
 test('mount while another import runs into the same repository', { skip: SKIP }, async () => {

@@ -29,6 +29,15 @@ function checkMountpoint(mp: string): string {
   return path.resolve(mp);
 }
 
+/** A second cfs mount on the same directory would hide the first and make umount ambiguous. */
+async function refuseStacking(mp: string): Promise<void> {
+  const { findMount, isComposefsMount } = await import('../mount/mountinfo.js');
+  const top = findMount(mp);
+  if (top && isComposefsMount(top)) {
+    throw new CfsError('EBUSY', `${mp} already has a cfs mount (${top.source}); cfs umount it first`, { path: mp });
+  }
+}
+
 async function chooseKernel(mode: string): Promise<boolean> {
   if (!['auto', 'yes', 'no'].includes(mode)) throw new CfsError('EINVAL', `--fuse must be auto, yes or no (got '${mode}')`);
   if (mode === 'yes') return false;
@@ -117,6 +126,7 @@ export function register(program: Command): void {
     .option(...LOCAL_FETCH_OPTIONS[1])
     .action(async (source: string, mountpoint: string, opts: MountOpts) => {
       const mp = checkMountpoint(mountpoint);
+      await refuseStacking(mp);
       const kernel = await chooseKernel(opts.fuse);
       if ((opts.upperdir || opts.workdir || opts.readWrite) && !kernel) throw new CfsError('EINVAL', '--upperdir/--workdir/--read-write need the kernel mount');
       if (!!opts.upperdir !== !!opts.workdir) throw new CfsError('EINVAL', '--upperdir and --workdir go together');
@@ -180,9 +190,12 @@ export function register(program: Command): void {
     .argument('<mountpoint>')
     .option('-l, --lazy', 'detach now, clean up when no longer busy')
     .action(async (mountpoint: string, opts: { lazy?: boolean }) => {
-      const { findMount } = await import('../mount/mountinfo.js');
+      const { findMount, isComposefsMount } = await import('../mount/mountinfo.js');
       const mp = path.resolve(mountpoint);
       const m = findMount(mp);
+      if (m && !isComposefsMount(m)) {
+        throw new CfsError('EINVAL', `${mp} is a ${m.fsType} mount of ${m.source}, not a cfs mount; use umount(8) for it`, { path: mp });
+      }
       if (m && m.fsType.startsWith('fuse')) {
         const { unmountFuse } = await import('../mount/fuse-daemon.js');
         await unmountFuse(mp, opts);

@@ -41,6 +41,7 @@ export async function pullReference(repo: Repository, reference: string, name: s
   if (opts.zerocopy && opts.localFetch !== undefined && opts.localFetch !== 'zerocopy') {
     throw new CfsError('EINVAL', `--zerocopy contradicts --local-fetch ${opts.localFetch}`);
   }
+  if (name !== null && name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
   const img = await openImageSource(reference, { platform: opts.platform });
   try {
     return await importImage(repo, img, { name, progress: progressFor({ quiet: opts.quiet }), localFetch });
@@ -59,7 +60,7 @@ export function register(program: Command): void {
 
   oci
     .command('pull')
-    .description('import an image from oci:DIR[:TAG], oci-archive:FILE[:TAG] or containers-storage:NAME')
+    .description('import an image from oci:DIR[:TAG], oci-archive:FILE[:TAG] or containers-storage:[STORE]NAME[:TAG|@DIGEST]')
     .argument('<source>', 'transport reference')
     .argument('[name]', 'tag to give the image (default: the source reference)')
     .option('--platform <os/arch[/variant]>', 'platform to select from a multi-platform index (default: this machine)')
@@ -126,15 +127,19 @@ export function register(program: Command): void {
     .command('inspect')
     .description('show an image: manifest, config and composefs image id (or the raw manifest/config)')
     .argument('<image>', 'tag, or @sha256:<manifest digest>')
-    .option('--manifest', 'print the raw manifest')
-    .option('--config', 'print the raw config')
-    .action(async (name: string, opts: { manifest?: boolean; config?: boolean }) => {
+    .option('--manifest', 'print the raw manifest, byte for byte (its sha256 is the manifest digest)')
+    .option('--config', 'print the raw config, byte for byte')
+    .option('--json', 'JSON output (the default)')
+    .action(async (name: string, opts: { manifest?: boolean; config?: boolean; json?: boolean }) => {
+      const { CfsError } = await import('../errors.js');
+      if (opts.manifest && opts.config) throw new CfsError('EINVAL', '--manifest and --config: choose one');
+      if (opts.json && (opts.manifest || opts.config)) throw new CfsError('EINVAL', '--json prints the summary; --manifest/--config print raw bytes: choose one');
       const repo = await openRepoFromCli(program, { create: false });
       try {
         const { openStoredImage } = await import('../oci/stored.js');
         const img = await openStoredImage(repo, name, repo.erofsFormats.default);
-        if (opts.manifest) return void (await writeOut(Buffer.concat([img.manifestBytes, Buffer.from('\n')])));
-        if (opts.config) return void (await writeOut(Buffer.concat([img.configBytes, Buffer.from('\n')])));
+        if (opts.manifest) return void (await writeOut(img.manifestBytes));
+        if (opts.config) return void (await writeOut(img.configBytes));
         const out = {
           manifestDigest: img.manifestDigest,
           configDigest: img.configDigest,

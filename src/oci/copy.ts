@@ -69,7 +69,7 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
   }
   if (todo.length > 0) {
     await dst.ensureWritable();
-    progress.message(`Copying ${todo.length} layers from ${src.path}`);
+    progress.message(`Copying ${todo.length} layer${todo.length === 1 ? '' : 's'} from ${src.path}`);
     const objectsFd = openObjectsDir(src);
     try {
       const limit = pLimit(Math.max(1, opts.parallel ?? os.availableParallelism()));

@@ -14,17 +14,39 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
-import { openStorageImage } from './containers-storage/image.js';
+import { openStorageImage, type StorageImage } from './containers-storage/image.js';
 import { findChangedFile, openStoreLayerStream } from './containers-storage/layer-stream.js';
 import type { ContainersStore } from './containers-storage/store.js';
 import { layerTarStream } from './containers-storage/tar-split.js';
 import type { ImageToImport, LocalLayer } from './import.js';
+import { formatPlatform, parsePlatform, platformMatches } from './platform.js';
 import type { SourceOptions } from './sources.js';
 
-export async function openContainersStorageImage(spec: string, _opts: SourceOptions): Promise<ImageToImport> {
+/**
+ * A store holds one image per ID, already of one platform: --platform is checked against its
+ * config (not defaulted to this machine's: podman keeps images pulled with --arch too).
+ */
+function checkPlatform(img: StorageImage, platform: string): void {
+  const want = parsePlatform(platform);
+  let config: { os?: unknown; architecture?: unknown; variant?: unknown };
+  try {
+    config = JSON.parse(img.configBytes.toString('utf8')) as typeof config;
+  } catch {
+    config = {};
+  }
+  // No platform in the config: nothing to check against (as for a lone oci: manifest).
+  if (typeof config.os !== 'string' || typeof config.architecture !== 'string') return;
+  const have = { os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' ? { variant: config.variant } : {}) };
+  if (!platformMatches(want, have)) {
+    throw new CfsError('EPLATFORM', `${img.reference}: the image is ${formatPlatform(have)}, not ${formatPlatform(want)}`);
+  }
+}
+
+export async function openContainersStorageImage(spec: string, opts: SourceOptions): Promise<ImageToImport> {
   const img = await openStorageImage(spec);
+  if (opts.platform !== undefined) checkPlatform(img, opts.platform);
   return {
-    description: `containers-storage ${img.reference}`,
+    description: img.reference,
     manifestDigest: img.manifestDigest,
     manifestBytes: img.manifestBytes,
     configDigest: img.configDigest,

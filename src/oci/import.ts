@@ -227,7 +227,7 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
     }
   }
 
-  if (img.layers.length > 0) progress.message(`Importing ${img.layers.length} layers from ${img.description}`);
+  if (img.layers.length > 0) progress.message(`Importing ${img.layers.length} layer${img.layers.length === 1 ? '' : 's'} from ${img.description}`);
   const { streams, imported, skipped, objects } = await importLayers(repo, img, opts, progress);
   const diffIds = img.layers.map((l) => l.id);
 

@@ -26,6 +26,8 @@ export interface StorageConfig {
   /** null: detect from the `<driver>-images` directory in the graph root. */
   driver: string | null;
   graphRoot: string;
+  /** The graph root came from a reference's `[…]` store spec, not from the configuration. */
+  graphRootFromReference?: boolean;
   runRoot: string;
   /** Separate image store (`imagestore`), searched before the graph root. */
   imageStore: string | null;
@@ -221,6 +223,7 @@ export function applyStoreSpec(cfg: StorageConfig, spec: StoreSpec | null): Stor
   if (spec.graphRoot) {
     // Another graph root is another store: the configured image stores belong to the old one.
     out.graphRoot = path.normalize(spec.graphRoot);
+    out.graphRootFromReference = true;
     out.imageStore = null;
     out.additionalImageStores = [];
   }

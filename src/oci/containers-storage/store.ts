@@ -265,7 +265,7 @@ async function detectDriver(root: string, configured: string | null): Promise<St
 export async function openStores(cfg: StorageConfig, lockOptions: LockOptions = {}): Promise<ContainersStore[]> {
   const from = cfg.configFile ? ` (configured in ${cfg.configFile})` : '';
   if (!(await isDir(cfg.graphRoot))) {
-    throw new CfsError('ENOENT', `containers-storage graph root ${cfg.graphRoot} does not exist${from}`);
+    throw new CfsError('ENOENT', `containers-storage graph root ${cfg.graphRoot} does not exist${cfg.graphRootFromReference ? ' (given in the reference)' : from}`);
   }
   const driver = await detectDriver(cfg.graphRoot, cfg.driver);
   const stores: ContainersStore[] = [];
