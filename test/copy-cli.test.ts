@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, statSync, readdirSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, readdirSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
@@ -162,4 +162,26 @@ test('copy of a missing image or from a missing repository fails without touchin
   assert.equal(b.status, 1);
   assert.match(b.stderr, /source repository: repository .*no-such-repo does not exist/);
   assert.deepEqual(readdirSync(path.join(dst, 'streams')), []);
+});
+
+test('copy from a source whose object was damaged names the source as damaged (plain and --zerocopy)', () => {
+  const src = path.join(work, 'damaged-src');
+  cfsOk(['--repo', src, 'init', '--insecure']);
+  cfsOk(['--repo', src, 'oci', 'pull', '-q', `oci:${layout}:v1`, 'app']);
+  // The 90 000-byte object of layer 3 (usr/share/doc): one byte changed in place.
+  const doc = readdirSync(path.join(src, 'objects'), { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => path.join(e.parentPath, e.name))
+    .find((p) => statSync(p).size === 90_000);
+  assert.ok(doc);
+  const fd = openSync(doc, 'r+');
+  writeSync(fd, Buffer.from('X'), 0, 1, 10);
+  closeSync(fd);
+  const plain = runCfs(['--repo', path.join(work, 'from-damaged'), 'oci', 'copy', 'app', '--from', src]);
+  assert.notEqual(plain.status, 0);
+  assert.match(plain.stderr, new RegExp(`diff_id mismatch.*; the source repository ${src} is damaged \\(run cfs --repo ${src} fsck\\)`));
+  const zc = runCfs(['--repo', path.join(work, 'from-damaged-zc'), 'oci', 'copy', 'app', '--from', src, '--zerocopy']);
+  assert.notEqual(zc.status, 0);
+  assert.match(zc.stderr, /hardlink \(impossible: the file is not named by its digest [0-9a-f]{2}\/[0-9a-f]+, a damaged object\?\)/);
+  for (const d of ['from-damaged', 'from-damaged-zc']) assert.deepEqual(repoProblems(path.join(work, d)), []);
 });

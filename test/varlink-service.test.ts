@@ -348,7 +348,7 @@ test('ComputeId equals `cfs oci compute-id`; xattrs mode and unknown images', as
   assert.match(String(r[5].error?.parameters.message), /needs a \/boot directory/);
 });
 
-test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, CloseRepository', async () => {
+test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, Gc of an unknown root, CloseRepository', async () => {
   const src = path.join(work, 'src');
   const manifest = (JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout) as { manifestDigest: string }).manifestDigest;
   const REPO = 'org.composefs.Repository';
@@ -364,6 +364,7 @@ test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, CloseRepository', a
     [`${REPO}.InitRepository`, { path: fresh, insecure: true }],
     [`${REPO}.EnsureRepository`, { path: ensured, insecure: true }],
     [`${REPO}.EnsureRepository`, { path: ensured, insecure: true }],
+    [`${REPO}.Gc`, { dry_run: true, roots: ['no-such-root'] }],
     [`${REPO}.CloseRepository`, {}],
     [`${OCI}.HasLayer`, { diff_id: diffIds[0] }],
   ]);
@@ -373,8 +374,9 @@ test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, CloseRepository', a
   assert.deepEqual([present.present, /^[0-9a-f]{64}$/.test(present.layer_verity)], [true, true]);
   assert.deepEqual(last(r[4]), { present: false });
   assert.deepEqual(r.slice(5, 9).map(last), [{ created: true }, { created: false }, { status: 'Created' }, { status: 'Opened' }]);
-  assert.deepEqual(last(r[9]), {});
-  assert.equal(r[10].error?.error, `${OCI}.InvalidHandle`, 'the handle is closed');
+  assert.deepEqual(r[9].error, { error: `${REPO}.NoSuchRef`, parameters: { reference: 'no-such-root' } });
+  assert.deepEqual(last(r[10]), {});
+  assert.equal(r[11].error?.error, `${OCI}.InvalidHandle`, 'the handle is closed');
   assert.ok(!cfsOk(['--repo', src, 'oci', 'images']).stdout.includes('extra-tag'));
   for (const p of [fresh, ensured]) assert.match(cfsOk(['--repo', p, 'fsck']).stdout, /^status: ok$/m);
 });
@@ -468,6 +470,13 @@ test('Pull with bootable records the boot image; xattrs and expected_digest choo
   ]);
   assert.deepEqual(roots.slice(0, 3).map((r) => r.error?.error), [`${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`]);
   assert.match(String(roots[3].error?.parameters?.message ?? ''), /no-such-store/);
+  // A reference that names nothing is NoSuchImage; one cfs cannot read is InvalidRequest.
+  const refs = await calls(dst, [
+    [`${OCI}.Pull`, { image: `oci:${layout}:no-such-tag` }],
+    [`${OCI}.Pull`, { image: 'docker://quay.io/x:y' }],
+  ]);
+  assert.deepEqual(refs[0].error, { error: `${OCI}.NoSuchImage`, parameters: { image: `oci:${layout}:no-such-tag` } });
+  assert.equal(refs[1].error?.error, `${OCI}.InvalidRequest`);
 
   // The recorded boot image mounts: /boot emptied; the plain image still has its files.
   const tool = createHash('sha256').update(Buffer.alloc(5000, 't')).digest('hex');

@@ -39,7 +39,9 @@ export function buildProgram(): Command {
     .option('--user', 'use the user repository ($HOME/.var/lib/composefs)')
     .option('--system', 'use the system repository (/sysroot/composefs)')
     .option('--insecure', 'do not require fs-verity on repository objects')
-    .showHelpAfterError(false);
+    .showHelpAfterError(false)
+    // Usage errors read like every other error: one `cfs: …` line.
+    .configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, 'cfs: ')) });
   registerFsverity(program);
   registerMkcomposefs(program);
   registerInfo(program);

@@ -86,7 +86,16 @@ export function register(program: Command): void {
     .description('list tagged images')
     .option('--json', 'JSON output')
     .action(async (opts: { json?: boolean }) => {
-      const repo = await openRepoFromCli(program);
+      // Listing never creates a repository (a mistyped --repo would leave one behind): a
+      // missing one lists nothing and says so.
+      const { existsSync } = await import('node:fs');
+      const { resolveRepositoryPath } = await import('../repository/location.js');
+      const where = resolveRepositoryPath(program.opts());
+      if (!existsSync(where)) {
+        if (!opts.json) process.stderr.write(`cfs: note: repository ${where} does not exist\n`);
+        return void (await writeOut(opts.json ? `${JSON.stringify({ images: [] }, null, 2)}\n` : 'No images found\n'));
+      }
+      const repo = await openRepoFromCli(program, { create: false });
       try {
         const { listTags, openStoredImage } = await import('../oci/stored.js');
         const rows: Array<Record<string, string | number | null>> = [];

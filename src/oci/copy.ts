@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { closeSync, statSync } from 'node:fs';
 import pLimit from 'p-limit';
-import { CfsError } from '../errors.js';
+import { CfsError, isCfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import { layerContentId } from '../tar/split.js';
@@ -74,6 +74,12 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
     try {
       const limit = pLimit(Math.max(1, opts.parallel ?? os.availableParallelism()));
       await Promise.all(todo.map((id) => limit(() => copyLayer(src, dst, stored.layerStreams.get(id), id, objectsFd, stored.artifact, opts, progress, stats))));
+    } catch (e) {
+      // The source's layer does not rebuild to its diff_id: its objects changed since they were stored.
+      if (isCfsError(e) && e.code === 'EDIGEST' && e.message.includes('diff_id mismatch')) {
+        throw new CfsError('EDIGEST', `${e.message}; the source repository ${src.path} is damaged (run cfs --repo ${src.path} fsck)`);
+      }
+      throw e;
     } finally {
       closeSync(objectsFd);
     }

@@ -279,7 +279,9 @@ export class ObjectPlacer {
       return id;
     }
     // The stream has the content already: copy without it, and require the same bytes.
-    const again = await this.copy(f, length, null, `reflink (${this.why(this.noReflink, z.pair)}) and hardlink (${this.why(this.noHardlink, z.pair)}) both failed`);
+    const misnamed = z.canHardlink && !z.local && f.name !== objectRelPath(id);
+    const noLink = misnamed ? `impossible: the file is not named by its digest ${objectRelPath(id)}, a damaged object?` : this.why(this.noHardlink, z.pair);
+    const again = await this.copy(f, length, null, `reflink (${this.why(this.noReflink, z.pair)}) and hardlink (${noLink}) both failed`);
     if (!again.equals(id)) throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
     return id;
   }

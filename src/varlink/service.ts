@@ -178,7 +178,11 @@ export class ComposefsService {
         const repo = this.repo(REPO, p);
         const { collectGarbage } = await import('../repository/gc.js');
         const dryRun = p.bool('dry_run');
-        const r = await collectGarbage(repo, { dryRun, roots: p.strArray('roots') });
+        const roots = p.strArray('roots');
+        const r = await collectGarbage(repo, { dryRun, roots }).catch((e: unknown) => {
+          const unknown = isCfsError(e) ? roots.find((root) => e.message.includes(`root '${root}' is neither`)) : undefined;
+          throw unknown !== undefined ? E('NoSuchRef', { reference: unknown }) : e;
+        });
         return { result: { objects_removed: r.objectsRemoved, objects_bytes: r.objectsBytes, images_pruned: r.imagesPruned, streams_pruned: r.streamsPruned }, dry_run: dryRun };
       },
       ListImageRefs: async (p) => {
@@ -378,7 +382,12 @@ export class ComposefsService {
     const { manifestContentId, configContentId } = await import('../oci/stored.js');
     let completed: Record<string, unknown>;
     try {
-      const src = await openImageSource(image);
+      const src = await openImageSource(image).catch((e: unknown) => {
+        // The reference names nothing (NoSuchImage) or is not one cfs can read (InvalidRequest).
+        if (isCfsError(e) && e.code === 'ENOENT' && /: no such image|: tag ".*" not found/.test(e.message)) throw new VarlinkError(`${OCI}.NoSuchImage`, { image });
+        if (isCfsError(e) && (e.code === 'EINVAL' || e.code === 'ENOTSUP' || e.code === 'EPLATFORM')) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: e.message });
+        throw e;
+      });
       try {
         const r = await importImage(repo, src, { name, progress, localFetch: localFetchOf(p.optStr('local_fetch')) });
         completed = {
