@@ -163,7 +163,13 @@ test('deleted objects: missing refs in streams and images; dump of a lost layer 
   const out = expectFsckError(repo, [], 'missing-object-ref', layerStream(repo, 'b', 1));
   assert.match(out, new RegExp(`image-missing-object: images/[0-9a-f]{64}: /only-b/f\\d+: object ${obj.slice('objects/'.length)} does not exist`));
   assert.match(out, /^missing objects: 1$/m);
+  // The damage is put on the image that uses it, which a plain re-pull repairs.
+  assert.match(out, /^oci images: 1\/2 ok$/m);
+  assert.match(out, /layer-damaged: streams\/refs\/oci\/b: layer sha256:[0-9a-f]{64} is damaged .*pull the image again to repair it/);
   expectFsckError(repo, ['--metadata-only'], 'missing-object-ref', layerStream(repo, 'b', 1));
+  const again = cfsOk(['--repo', repo, 'oci', 'pull', `oci:${layoutDir}:b`, 'b']);
+  assert.match(again.stderr, /objects: 0 reflinked \+ 0 hardlinked \+ \d+ copied/);
+  assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
 
   // Delete the object of one of b's layer streams: the stream link dangles.
   const repo2 = freshRepo();

@@ -13,7 +13,7 @@ import pLimit from 'p-limit';
 import { CfsError, isCfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
-import { layerContentId } from '../tar/split.js';
+import { existingLayer, layerContentId } from '../tar/split.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer.js';
 import { emptyPlaceStats, type PlaceStats } from '../splitdirfdstream/place.js';
@@ -60,7 +60,7 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
   const todo: string[] = [];
   let skipped = 0;
   for (const id of new Set(stored.diffIds)) {
-    if (await dst.hasStream(layerContentId(id))) {
+    if (await existingLayer(dst, id)) {
       progress.skipped(id);
       skipped++;
     } else {

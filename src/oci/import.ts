@@ -13,7 +13,7 @@ import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
-import { importTarLayer, layerContentId, noObjects, type ObjectCounts } from '../tar/split.js';
+import { existingLayer, importTarLayer, layerContentId, noObjects, type ObjectCounts } from '../tar/split.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import { buildImageFromLayers } from './image-build.js';
@@ -106,9 +106,9 @@ async function imageExists(repo: Repository, hex: string): Promise<boolean> {
   }
 }
 
-/** A damaged repository (a layer stream lost) must not short-cut a re-pull that could repair it. */
-async function allLayerStreamsPresent(repo: Repository, ids: string[]): Promise<boolean> {
-  for (const id of ids) if (!(await repo.hasStream(layerContentId(id)))) return false;
+/** A damaged repository (a layer stream or its objects lost) must not short-cut a re-pull that could repair it. */
+async function allLayerStreamsIntact(repo: Repository, ids: string[]): Promise<boolean> {
+  for (const id of ids) if (!(await existingLayer(repo, id))) return false;
   return true;
 }
 
@@ -120,7 +120,7 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
   for (const layer of img.layers) {
     if (seen.has(layer.id)) continue;
     seen.add(layer.id);
-    const existing = await repo.hasStream(layerContentId(layer.id));
+    const existing = (await existingLayer(repo, layer.id))?.streamId;
     if (existing) {
       streams.set(layer.id, existing);
       progress.skipped(layer.id);
@@ -219,7 +219,7 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
     const complete =
       stored !== null &&
       (stored.artifact || (stored.imageId !== null && (await imageExists(repo, stored.imageId)))) &&
-      (await allLayerStreamsPresent(repo, img.layers.map((l) => l.id)));
+      (await allLayerStreamsIntact(repo, img.layers.map((l) => l.id)));
     if (stored && complete) {
       for (const l of img.layers) progress.skipped(l.id);
       if (opts.name) await tagImage(repo, opts.name, img.manifestDigest);

@@ -139,6 +139,8 @@ class Checker {
   /** Object sizes by hex id, once objects/ was scanned (null: stat on demand). */
   private sizes: Map<string, number> | null = null;
   private readonly missing = new Set<string>();
+  /** Streams and images (first-level names) found damaged, so the OCI tags using them are too. */
+  private readonly damaged = new Set<string>();
   /** False once the filesystem said it has no fs-verity (then hash in userspace only). */
   private kernelVerity = true;
 
@@ -364,7 +366,10 @@ class Checker {
     this.report.streamsChecked++;
     const id = await this.firstLevel('streams', name);
     if (id) await this.checkStreamObject(id, rel, name);
-    if (this.report.errors.length > before) this.report.streamsCorrupted++;
+    if (this.report.errors.length > before) {
+      this.report.streamsCorrupted++;
+      this.damaged.add(rel);
+    }
   }
 
   private async checkStreamObject(id: Buffer, rel: string, name: string): Promise<void> {
@@ -414,7 +419,10 @@ class Checker {
       if (id.toString('hex') !== hex) this.problem('image-name-mismatch', rel, `links to object ${objectRelPath(id)}, not to the object of that name`);
       await this.checkImageObject(id, rel);
     }
-    if (this.report.errors.length > before) this.report.imagesCorrupted++;
+    if (this.report.errors.length > before) {
+      this.report.imagesCorrupted++;
+      this.damaged.add(rel);
+    }
   }
 
   private async checkImageObject(id: Buffer, rel: string): Promise<void> {
@@ -521,11 +529,15 @@ class Checker {
       else if ((await this.objectSize(o)) < 0) this.problem('layer-object-missing', `streams/${configContentId(configDigest)}`, `${diffId}: object ${objectRelPath(o)} does not exist`);
       if (!(await this.repo.hasStream(layerContentId(diffId)).catch(() => null))) {
         this.problem('layer-stream-missing', `streams/${layerContentId(diffId)}`, `layer of image '${ref.rel}' is not in the repository`);
+      } else if (this.damaged.has(`streams/${layerContentId(diffId)}`)) {
+        this.problem('layer-damaged', ref.rel, `layer ${diffId} is damaged (see streams/${layerContentId(diffId)}); pull the image again to repair it`);
       }
     }
     const image = c.namedRefs.get(imageRefName(this.repo.erofsFormats.default));
     if (image && !(await lstat(path.join(this.repo.path, 'images', image.toString('hex'))).then(() => true, () => false))) {
       this.problem('image-missing', `images/${image.toString('hex')}`, `composefs image of '${ref.rel}' is not linked under images/`);
+    } else if (image && this.damaged.has(`images/${image.toString('hex')}`)) {
+      this.problem('image-damaged', ref.rel, `its composefs image ${image.toString('hex')} is damaged (see images/${image.toString('hex')})`);
     }
   }
 

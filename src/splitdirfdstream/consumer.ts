@@ -22,7 +22,7 @@ import { SplitStreamWriter } from '../splitstream/writer.js';
 import { OrderedSplitWriter, type ObjectRef } from '../splitstream/ordered.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
 import { TarEntryParser, type ParsedEntry } from '../tar/parser.js';
-import { copyContent, layerContentId, splitTar, type TarInput } from '../tar/split.js';
+import { copyContent, existingLayer, layerContentId, splitTar, type TarInput } from '../tar/split.js';
 import { SplitdirfdReader } from './reader.js';
 import { checkDirSlot, openBeneath, type OpenedFile } from './open.js';
 import { emptyPlaceStats, ObjectPlacer, PLACEMENTS_IN_FLIGHT, type PlaceStats, type StreamTap } from './place.js';
@@ -215,7 +215,8 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   const what = `layer ${opts.diffId}: splitdirfdstream`;
   const reader = new SplitdirfdReader(input, what);
   const contentId = layerContentId(opts.diffId);
-  const existing = await repo.hasStream(contentId);
+  // A layer whose stream lost objects is stored again (that repairs it).
+  const existing = (await existingLayer(repo, opts.diffId))?.streamId;
   if (existing) {
     await drain(reader);
     return { streamId: existing, alreadyPresent: true, size: 0, ...emptyPlaceStats() };
