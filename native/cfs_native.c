@@ -1027,6 +1027,7 @@ typedef struct {
   size_t failed_index;
   int err;
   const char *failed_call;
+  size_t present; /* objects that were there already */
 } store_job_t;
 
 static int write_all(int fd, const char *p, size_t n) {
@@ -1042,9 +1043,13 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
-/* One object: 0, or an errno with *failed_call set. */
-static int store_one(int dirfd, const char *name, const char *data, size_t len, const char **failed_call) {
-  if (faccessat(dirfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) return 0;
+/* One object: 0 (*present set when it was there already), or an errno with *failed_call set. */
+static int store_one(int dirfd, const char *name, const char *data, size_t len, const char **failed_call, int *present) {
+  *present = 0;
+  if (faccessat(dirfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+    *present = 1;
+    return 0;
+  }
   int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
   if (fd < 0) { *failed_call = "open O_TMPFILE"; return errno; }
   char proc[64];
@@ -1052,7 +1057,7 @@ static int store_one(int dirfd, const char *name, const char *data, size_t len, 
   int err = 0;
   if (write_all(fd, data, len) < 0) {
     err = errno; *failed_call = "write";
-  } else if (linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) < 0 && errno != EEXIST) {
+  } else if (linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) < 0 && !(*present = errno == EEXIST)) {
     err = errno; *failed_call = "linkat";
     const char *slash = strrchr(name, '/');
     if (err == ENOENT && slash && (size_t)(slash - name) < 256) {
@@ -1062,7 +1067,7 @@ static int store_one(int dirfd, const char *name, const char *data, size_t len, 
       parent[slash - name] = 0;
       err = 0;
       if (mkdirat(dirfd, parent, 0755) < 0 && errno != EEXIST) { err = errno; *failed_call = "mkdir"; }
-      else if (linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) < 0 && errno != EEXIST) { err = errno; *failed_call = "linkat"; }
+      else if (linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) < 0 && !(*present = errno == EEXIST)) { err = errno; *failed_call = "linkat"; }
     }
   }
   close(fd);
@@ -1075,8 +1080,10 @@ static void store_execute(napi_env env, void *arg) {
   int dirfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dirfd < 0) { j->err = errno; j->failed_call = "open"; j->failed_index = SIZE_MAX; return; }
   for (size_t i = 0; i < j->n; i++) {
-    j->err = store_one(dirfd, j->name[i], j->data[i], j->len[i], &j->failed_call);
+    int present = 0;
+    j->err = store_one(dirfd, j->name[i], j->data[i], j->len[i], &j->failed_call, &present);
     if (j->err) { j->failed_index = i; break; }
+    j->present += (size_t)present;
   }
   close(dirfd);
 }
@@ -1100,7 +1107,7 @@ static void store_complete(napi_env env, napi_status status, void *arg) {
     else snprintf(what, sizeof what, "%s", j->dir);
     napi_reject_deferred(env, j->deferred, errno_error(env, j->err, j->failed_call, what));
   } else {
-    napi_resolve_deferred(env, j->deferred, undefined(env));
+    napi_resolve_deferred(env, j->deferred, int_value(env, (int64_t)j->present));
   }
   napi_delete_async_work(env, j->work);
   store_job_free(env, j);

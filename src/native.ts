@@ -34,7 +34,8 @@ export interface NativeAddon {
    * existing name wins. For insecure repositories (no fs-verity). The Buffers must not change
    * until the promise settles; the first failure rejects, naming the object.
    */
-  storeObjects(dir: string, names: string, datas: Buffer[]): Promise<void>;
+  /** Resolves with how many of the objects were there already. */
+  storeObjects(dir: string, names: string, datas: Buffer[]): Promise<number>;
   // hashing (OpenSSL from the node binary). Handles are single-use: after *Digest, further use throws EINVAL.
   /** Streaming fs-verity digest (4096-byte blocks, no salt); constant memory. */
   verityNew(hashAlg: 1 | 2): VerityHasherHandle;

@@ -39,6 +39,16 @@ export class ObjectSink {
     this.objects = path.join(repo.path, 'objects');
   }
 
+  /** Objects stored that turned out to be there already, since the last takePresent(). */
+  private present = 0;
+
+  /** How many stored objects were there already (since the last call); call after drain(). */
+  takePresent(): number {
+    const n = this.present;
+    this.present = 0;
+    return n;
+  }
+
   /** Whether `store` may be used (insecure repositories; see the module comment). */
   get usable(): boolean {
     return !this.repo.secure;
@@ -71,7 +81,7 @@ export class ObjectSink {
     if (this.names.length === 0) return;
     const names = this.names;
     const bytes = this.batchBytes;
-    let job: Promise<void>;
+    let job: Promise<number>;
     try {
       job = native().storeObjects(this.objects, names.join('\n'), this.datas);
     } catch (e) {
@@ -81,6 +91,9 @@ export class ObjectSink {
     this.datas = [];
     this.batchBytes = 0;
     const p: Promise<void> = job
+      .then((present) => {
+        this.present += present;
+      })
       .catch((e: unknown) => {
         this.failure ??= new CfsError('EIO', `cannot write an object: ${(e as Error).message}`);
       })

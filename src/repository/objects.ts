@@ -110,6 +110,8 @@ export class ObjectWriter {
   private readonly buf = Buffer.allocUnsafe(WRITE_BUFFER);
   private fill = 0;
   private done = false;
+  /** After commit(): the object was there already (nothing new was stored). */
+  alreadyPresent = false;
 
   constructor(store: ObjectStore) {
     this.store = store;
@@ -168,6 +170,7 @@ export class ObjectWriter {
         // Already present: content addressing makes the existing file equivalent, unless its
         // size shows it is damaged (e.g. an unsynced object cut short by a power loss).
         if (objectSizeAt(dest) !== this.hasher.bytes) this.replace(dest);
+        else this.alreadyPresent = true;
       }
       return id;
     } finally {

@@ -258,8 +258,7 @@ async function contentObject(src: LogicalSource, placer: ObjectPlacer, ordered: 
     src.takeWholeFile();
     return placer.place(whole.file, whole.length, src);
   }
-  placer.stats.objectsCopied++;
-  return copyContent(repo, src, e, name);
+  return copyContent(repo, src, e, name, (present) => (present ? placer.stats.objectsAlreadyPresent++ : placer.stats.objectsCopied++));
 }
 
 /** An artifact blob: all bytes as one object. */
@@ -284,6 +283,8 @@ async function storeBlob(src: LogicalSource, w: SplitStreamWriter, placer: Objec
     ow.abort();
     throw e;
   }
-  placer.stats.objectsCopied++;
-  w.addExternal(await ow.commit(), size);
+  const id = await ow.commit();
+  if (ow.alreadyPresent) placer.stats.objectsAlreadyPresent++;
+  else placer.stats.objectsCopied++;
+  w.addExternal(id, size);
 }

@@ -320,7 +320,8 @@ export class ObjectPlacer {
       throw e;
     }
     const id = await w.commit();
-    this.stats.objectsCopied++;
+    if (w.alreadyPresent) this.stats.objectsAlreadyPresent++;
+    else this.stats.objectsCopied++;
     return id;
   }
 
@@ -333,6 +334,9 @@ export class ObjectPlacer {
     tap?.flush();
     while (this.inFlight.size > 0) await Promise.all(this.inFlight);
     await this.sink.drain();
+    const present = this.sink.takePresent();
+    this.stats.objectsCopied -= present;
+    this.stats.objectsAlreadyPresent += present;
   }
 
   private exists(id: Buffer): boolean {

@@ -99,15 +99,20 @@ export async function importTarLayer(repo: Repository, tar: AsyncIterable<Uint8A
   const sink = new ObjectSink(repo);
   try {
     await splitTar(src, w, new TarEntryParser(name), name, async (e) => {
-      counts.copied++;
-      if (sink.usable && e.dataSize <= ASYNC_OBJECT_MAX) return sink.store(await readContent(src, e, name));
-      return copyContent(repo, src, e, name);
+      if (sink.usable && e.dataSize <= ASYNC_OBJECT_MAX) {
+        counts.copied++;
+        return sink.store(await readContent(src, e, name));
+      }
+      return copyContent(repo, src, e, name, (present) => (present ? counts.present++ : counts.copied++));
     });
   } finally {
     // Never leave writes running past the import, also when it failed.
     await sink.drain().catch(() => undefined);
   }
   await sink.drain();
+  const present = sink.takePresent();
+  counts.copied -= present;
+  counts.present += present;
   return publishLayer(repo, w, `${expected?.alg ?? 'sha256'}:${src.digestHex()}`, { name, expectedDiffId: opts.expectedDiffId, size: src.total });
 }
 
@@ -164,7 +169,8 @@ async function readContent(src: TarInput, e: ParsedEntry, name: string): Promise
 }
 
 /** Stream a file's content from the tar bytes into a new object. */
-export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntry, name: string): Promise<Buffer> {
+/** `counted(present)`: once stored, whether the object was there already. */
+export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntry, name: string, counted: (present: boolean) => void): Promise<Buffer> {
   const ow = repo.createObjectWriter();
   try {
     for (let left = e.dataSize; left > 0;) {
@@ -177,7 +183,9 @@ export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntr
     ow.abort();
     throw err;
   }
-  return ow.commit();
+  const id = await ow.commit();
+  counted(ow.alreadyPresent);
+  return id;
 }
 
 /**
