@@ -9,7 +9,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -277,6 +277,24 @@ test('Pull streams progress frames; Fsck (full, metadata-only), Check and Gc ans
   assert.ok(r.fsck.objects_checked > 0);
   assert.deepEqual([r.gc.dry_run, r.gc.result.objects_removed], [true, 0]);
   assert.ok(cfsOk(['--repo', dst, 'oci', 'images']).stdout.includes('p '));
+});
+
+test('a Pull whose client hangs up is not tagged (its data stays for the next pull)', async () => {
+  const big = await buildOciLayout(path.join(work, 'img-big'), { images: [{ tag: 'big', layers: [[{ path: 'usr/' }, { path: 'usr/big', content: randomBytes(64 << 20) }]] }] });
+  const dst = repo('hangup-pull');
+  const r = await client<{ first: { parameters?: Record<string, unknown> } }>('pullhangup', sock, dst, `oci:${big.dir}:big`, 'gone');
+  assert.ok(r.first.parameters, JSON.stringify(r.first));
+  // The import goes on; once its manifest is stored the tag would follow at once.
+  const manifest = path.join(dst, 'streams', `oci-manifest-${big.images[0].manifestDigest}`);
+  for (let i = 0; i < 200 && !existsSync(manifest); i++) await new Promise((res) => setTimeout(res, 50));
+  assert.ok(existsSync(manifest), `the pull finished; log:\n${serverLog}`);
+  await new Promise((res) => setTimeout(res, 500));
+  assert.equal(cfsOk(['--repo', dst, 'oci', 'images']).stdout, 'No images found\n');
+  assert.deepEqual(repoProblems(dst), []);
+  // The next pull finds the layer and only tags.
+  const again = await client<{ frames: Array<Record<string, unknown>> }>('pull', sock, dst, `oci:${big.dir}:big`, 'kept');
+  assert.ok(again.frames.some((f) => 'skipped' in f));
+  assert.match(cfsOk(['--repo', dst, 'oci', 'images']).stdout, /^kept /m);
 });
 
 test('Mount returns a detached composefs mount fd (plain and with an overlay upper layer)', async () => {

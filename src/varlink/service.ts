@@ -379,7 +379,7 @@ export class ComposefsService {
     };
     const { openImageSource } = await import('../oci/sources.js');
     const { importImage } = await import('../oci/import.js');
-    const { manifestContentId, configContentId } = await import('../oci/stored.js');
+    const { manifestContentId, configContentId, tagImage } = await import('../oci/stored.js');
     let completed: Record<string, unknown>;
     try {
       const src = await openImageSource(image).catch((e: unknown) => {
@@ -389,7 +389,9 @@ export class ComposefsService {
         throw e;
       });
       try {
-        const r = await importImage(repo, src, { name, progress, localFetch: localFetchOf(p.optStr('local_fetch')) });
+        // Tagged last, and only for a client still there to hear of it: a pull whose caller
+        // hung up leaves its data for the next pull (or gc), not a name nobody asked to keep.
+        const r = await importImage(repo, src, { progress, localFetch: localFetchOf(p.optStr('local_fetch')) });
         completed = {
           manifest_digest: r.manifestDigest,
           config_digest: r.configDigest,
@@ -402,6 +404,10 @@ export class ComposefsService {
       // After any boot image rewrite: the streams' current verities.
       completed.manifest_verity = (await repo.hasStream(manifestContentId(String(completed.manifest_digest))))?.toString('hex') ?? '';
       completed.config_verity = (await repo.hasStream(configContentId(String(completed.config_digest))))?.toString('hex') ?? '';
+      if (name !== undefined) {
+        if (ctx.signal.aborted) throw new VarlinkError(`${OCI}.InternalError`, { message: `the client disconnected: '${name}' not tagged` });
+        await tagImage(repo, name, String(completed.manifest_digest));
+      }
     } catch (e) {
       if (e instanceof VarlinkError) throw e;
       throw new VarlinkError(`${OCI}.InternalError`, { message: (e as Error).message });

@@ -465,6 +465,16 @@ def cmd_mount(sock, repo, image_id, path, overlay_dir=None):
     return out
 
 
+def cmd_pullhangup(sock, repo, image, name):
+    """Starts a Pull that tags `name`, reads its first progress frame, and hangs up."""
+    c = Conn(sock)
+    h = open_repo(c, repo)
+    c.send({"method": "org.composefs.Oci.Pull", "parameters": {"handle": h, "image": image, "name": name}, "more": True})
+    first, _ = c.recv()
+    c.close()
+    return {"first": first}
+
+
 def cmd_pull(sock, repo, image, name):
     """Pull with progress frames, then Fsck (full and metadata-only), Oci.Check and a dry-run Gc."""
     c = Conn(sock)
@@ -523,7 +533,7 @@ def read_all(fd):
         out += b
 
 
-COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
+COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
