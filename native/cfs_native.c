@@ -172,12 +172,15 @@ static const char *arg_path(call_t *c, size_t i) {
   size_t len = 0;
   const char *data = arg_buf(c, i, &len);
   char *s = NULL;
-  if (!c->failed && (c->nstrs >= MAX_STRS || memchr(data, 0, len) || !(s = malloc(len + 1)))) {
+  if (!c->failed && (len > 0 && memchr(data, 0, len))) {
     throw_type(c->env, c->fn, i, "a string or a Buffer without NUL bytes");
+    c->failed = 1;
+  } else if (!c->failed && (c->nstrs >= MAX_STRS || !(s = malloc(len + 1)))) {
+    throw_errno(c->env, ENOMEM, c->fn, NULL);
     c->failed = 1;
   }
   if (c->failed) return NULL;
-  memcpy(s, data, len);
+  if (len > 0) memcpy(s, data, len);
   s[len] = 0;
   c->strs[c->nstrs++] = s;
   return s;
@@ -1127,7 +1130,7 @@ static int object_names_ok(const char *names, size_t len, uint32_t count) {
   return k == count;
 }
 
-/* storeObjects(dir, names joined by '\n', Array<Buffer> (one per name)) -> Promise<void>. */
+/* storeObjects(dir, names joined by '\n', Array<Buffer> (one per name)) -> Promise<number> (how many were there already). */
 static napi_value js_store_objects(napi_env env, napi_callback_info info) {
   call_t c;
   call_init(&c, env, info, "storeObjects");

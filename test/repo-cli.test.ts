@@ -106,3 +106,23 @@ test('output that cannot be written (a full disk, a closed pipe) ends in one lin
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('on a terminal, a pull that fails with progress bars up gives the terminal back and ends', { skip: spawnSync('script', ['--version']).status === 0 ? false : 'no script(1)' }, async () => {
+  const { buildOciLayout } = await import('./helpers/oci-fixture.js');
+  const dir = mkdtempSync(path.join(tmpdir(), 'cfs-tty-'));
+  try {
+    const built = await buildOciLayout(path.join(dir, 'layout'), { images: [{ tag: 'x', layers: [[{ path: 'usr/' }, { path: 'usr/f', content: Buffer.alloc(3 << 20, 7) }]] }] });
+    // The layer blob cut short: the pull fails while its bar is on screen.
+    const blob = path.join(built.dir, 'blobs', ...built.images[0]!.layers[0]!.digest.split(':'));
+    writeFileSync(blob, readFileSync(blob).subarray(0, 1000));
+    const cli = [...cfsCommand(), '--repo', path.join(dir, 'repo'), 'oci', 'pull', `oci:${built.dir}:x`].map((a) => `'${a}'`).join(' ');
+    const r = spawnSync('script', ['-qec', cli, '/dev/null'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, TERM: 'xterm' } });
+    assert.equal(r.signal, null, 'the process ended by itself');
+    assert.notEqual(r.status, 0);
+    assert.match(r.stdout, /cfs: layer sha256:[0-9a-f]+: blob has 1000 bytes, descriptor says \d+/);
+    // Whatever hid the cursor showed it again.
+    if (r.stdout.includes('\x1b[?25l')) assert.ok(r.stdout.lastIndexOf('\x1b[?25h') > r.stdout.lastIndexOf('\x1b[?25l'), JSON.stringify(r.stdout.slice(-300)));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -260,11 +260,11 @@ test('Pull streams progress frames; Fsck (full, metadata-only), Check and Gc ans
   }>('pull', sock, dst, `oci:${layout}:v1`, 'p');
   const repoIdl = publishedInterface('org.composefs.Repository');
   const ociIdl = publishedInterface('org.composefs.Oci');
-  for (const reply of [r.fsck, r.fsck_metadata_only]) assert.deepEqual(replyMismatches(repoIdl.methods.get('Fsck')!.output, reply), []);
-  assert.deepEqual(replyMismatches(ociIdl.methods.get('Check')!.output, r.check), []);
+  for (const reply of [r.fsck, r.fsck_metadata_only]) assert.deepEqual(replyMismatches(repoIdl, repoIdl.methods.get('Fsck')!.output, reply), []);
+  assert.deepEqual(replyMismatches(ociIdl, ociIdl.methods.get('Check')!.output, r.check), []);
   const fsckReply = ociIdl.types.get('FsckReply');
   assert.ok(fsckReply?.kind === 'struct');
-  assert.deepEqual(replyMismatches(fsckReply.fields, r.check.repo), []);
+  assert.deepEqual(replyMismatches(ociIdl, fsckReply.fields, r.check.repo), []);
   assert.equal(r.check.ok, true);
   assert.deepEqual([r.fsck_metadata_only.ok, r.fsck_metadata_only.metadata_only, r.fsck_metadata_only.objects_checked], [true, true, 0]);
   assert.equal(r.fsck.metadata_only, false);
@@ -522,7 +522,7 @@ test('every reply and error the client received matches the interface that decla
       problems.add(`${what}: not declared`);
       continue;
     }
-    for (const p of replyMismatches(fields, reply.parameters ?? {})) problems.add(`${what}: ${p}`);
+    for (const p of replyMismatches(iface!, fields, reply.parameters ?? {})) problems.add(`${what}: ${p}`);
   }
   assert.deepEqual([...problems], []);
   assert.ok(seen.size > 20, `replies of ${seen.size} methods/errors checked`);

@@ -56,14 +56,15 @@ export function buildProgram(): Command {
 }
 
 /** The first error writing standard output (EPIPE, ENOSPC, …): said once, as one line. */
-let stdoutError: Error | null = null;
+let stdoutError: NodeJS.ErrnoException | null = null;
 
 function watchOutput(): void {
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (stdoutError) return;
     stdoutError = e;
-    // A reader that went away (`cfs … | head`) is not worth a message.
-    if (e.code !== 'EPIPE') process.stderr.write(`cfs: cannot write to standard output: ${e.message}\n`);
+    // A reader that went away (`cfs … | head`) is not an error, as for `cfs cat`.
+    if (e.code === 'EPIPE') return;
+    process.stderr.write(`cfs: cannot write to standard output: ${e.message}\n`);
     process.exitCode = 1;
   });
   // Nowhere to say it: only the exit status tells.
@@ -73,7 +74,7 @@ function watchOutput(): void {
 }
 
 export function reportError(e: unknown): number {
-  if (e !== null && e === stdoutError) return 1;
+  if (e !== null && e === stdoutError) return stdoutError.code === 'EPIPE' ? 0 : 1;
   if (e instanceof CfsError) {
     process.stderr.write(`cfs: ${e.message}\n`);
     return 1;
@@ -92,6 +93,8 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
+    // Progress bars (a TTY only) keep a redraw timer: stop them, or the process would not end.
+    if (process.stderr.isTTY) (await import('./progress.js')).restoreTerminal();
     process.exitCode = reportError(e);
   }
 }

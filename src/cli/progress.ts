@@ -47,7 +47,7 @@ class LineProgress implements ProgressSink {
 const onScreen = new Set<cliProgress.MultiBar>();
 const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
 
-function restoreTerminal(): void {
+export function restoreTerminal(): void {
   for (const m of onScreen) m.stop();
   onScreen.clear();
 }

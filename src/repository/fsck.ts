@@ -139,8 +139,21 @@ class Checker {
   /** Object sizes by hex id, once objects/ was scanned (null: stat on demand). */
   private sizes: Map<string, number> | null = null;
   private readonly missing = new Set<string>();
-  /** Streams and images (first-level names) found damaged, so the OCI tags using them are too. */
-  private readonly damaged = new Set<string>();
+  /**
+   * Streams and images (first-level names) found damaged, so the OCI tags using them are too;
+   * true when only objects are missing (which pulling the image again restores).
+   */
+  private readonly damaged = new Map<string, boolean>();
+
+  private noteDamage(rel: string, before: number): void {
+    const missingOnly = this.report.errors.slice(before).every((e) => e.kind === 'missing-object-ref' || e.kind === 'image-missing-object');
+    this.damaged.set(rel, missingOnly);
+  }
+
+  /** What to do about a damaged layer or image a tag uses. */
+  private remedy(rel: string): string {
+    return this.damaged.get(rel) ? 'pull the image again to repair it' : 'untag it, run gc, and pull it again';
+  }
   /** False once the filesystem said it has no fs-verity (then hash in userspace only). */
   private kernelVerity = true;
 
@@ -368,7 +381,7 @@ class Checker {
     if (id) await this.checkStreamObject(id, rel, name);
     if (this.report.errors.length > before) {
       this.report.streamsCorrupted++;
-      this.damaged.add(rel);
+      this.noteDamage(rel, before);
     }
   }
 
@@ -421,7 +434,7 @@ class Checker {
     }
     if (this.report.errors.length > before) {
       this.report.imagesCorrupted++;
-      this.damaged.add(rel);
+      this.noteDamage(rel, before);
     }
   }
 
@@ -530,14 +543,15 @@ class Checker {
       if (!(await this.repo.hasStream(layerContentId(diffId)).catch(() => null))) {
         this.problem('layer-stream-missing', `streams/${layerContentId(diffId)}`, `layer of image '${ref.rel}' is not in the repository`);
       } else if (this.damaged.has(`streams/${layerContentId(diffId)}`)) {
-        this.problem('layer-damaged', ref.rel, `layer ${diffId} is damaged (see streams/${layerContentId(diffId)}); pull the image again to repair it`);
+        this.problem('layer-damaged', ref.rel, `layer ${diffId} is damaged (see streams/${layerContentId(diffId)}); ${this.remedy(`streams/${layerContentId(diffId)}`)}`);
       }
     }
     const image = c.namedRefs.get(imageRefName(this.repo.erofsFormats.default));
     if (image && !(await lstat(path.join(this.repo.path, 'images', image.toString('hex'))).then(() => true, () => false))) {
       this.problem('image-missing', `images/${image.toString('hex')}`, `composefs image of '${ref.rel}' is not linked under images/`);
     } else if (image && this.damaged.has(`images/${image.toString('hex')}`)) {
-      this.problem('image-damaged', ref.rel, `its composefs image ${image.toString('hex')} is damaged (see images/${image.toString('hex')})`);
+      const rel = `images/${image.toString('hex')}`;
+      this.problem('image-damaged', ref.rel, `its composefs image ${image.toString('hex')} is damaged (see ${rel}); ${this.remedy(rel)}`);
     }
   }
 

@@ -144,11 +144,11 @@ export class VarlinkServer {
     for (const l of this.listeners.splice(0)) {
       native().pollStop(l.poll);
       closeQuietly(l.fd);
-      if (l.path && l.ino !== undefined && lstatSync(l.path, { throwIfNoEntry: false })?.ino === l.ino) {
+      if (l.path && l.ino !== undefined) {
         try {
-          unlinkSync(l.path);
+          if (lstatSync(l.path, { throwIfNoEntry: false })?.ino === l.ino) unlinkSync(l.path);
         } catch {
-          // already gone
+          // gone, or not ours to remove any more
         }
       }
     }

@@ -13,7 +13,7 @@ import { resolveRepositoryPath } from '../repository/location.js';
 import { parseAlgorithm } from '../repository/meta.js';
 import type { ProgressSink } from '../progress/events.js';
 import type { LocalFetch } from '../oci/import.js';
-import { layerContentId } from '../tar/split.js';
+import { existingLayer, layerContentId } from '../tar/split.js';
 import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { FinalReply, type CallContext, type Handler, type ServiceInfo, type VarlinkInterface, VarlinkServer } from './server.js';
@@ -344,7 +344,7 @@ export class ComposefsService {
       },
       HasLayer: async (p) => {
         const repo = this.repo(OCI, p);
-        const id = await repo.hasStream(layerContentId(digestParam(p.str('diff_id'))));
+        const id = (await existingLayer(repo, digestParam(p.str('diff_id'))))?.streamId;
         return id ? { present: true, layer_verity: id.toString('hex') } : { present: false };
       },
       GetLayer: async (p, ctx) => this.getLayer(p, ctx),
@@ -591,7 +591,7 @@ export class ComposefsService {
     }
     const configDigest = sha(configBytes);
     if (manifest.config.digest !== configDigest) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `manifest names config ${manifest.config.digest}, config_json is ${configDigest}` });
-    for (const d of layers) if (!(await repo.hasStream(layerContentId(d)))) throw new VarlinkError(`${OCI}.NoSuchLayer`, { diff_id: d });
+    for (const d of layers) if (!(await existingLayer(repo, d))) throw new VarlinkError(`${OCI}.NoSuchLayer`, { diff_id: d });
     const artifact = !isImageConfigMediaType(manifest.config.mediaType);
     const r = await importImage(repo, {
       description: 'FinalizeImage',

@@ -129,11 +129,47 @@ export function parseVarlinkInterface(text: string): IdlInterface {
   return iface;
 }
 
-/** Problems of a reply against the declared output fields: unknown keys, missing required ones. */
-export function replyMismatches(fields: IdlField[], reply: Record<string, unknown>): string[] {
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Problems of a value against its declared type (named types resolved in `iface`). */
+function valueMismatches(iface: IdlInterface, t: IdlType, v: unknown, where: string): string[] {
+  const bad = (what: string): string[] => [`${where}: expected ${what}, got ${JSON.stringify(v)?.slice(0, 60)}`];
+  switch (t.kind) {
+    case 'maybe':
+      return v === undefined || v === null ? [] : valueMismatches(iface, t.of, v, where);
+    case 'bool':
+      return typeof v === 'boolean' ? [] : bad('bool');
+    case 'int':
+      return Number.isInteger(v) ? [] : bad('int');
+    case 'float':
+      return typeof v === 'number' ? [] : bad('float');
+    case 'string':
+      return typeof v === 'string' ? [] : bad('string');
+    case 'object':
+      return v !== undefined && v !== null ? [] : bad('object');
+    case 'enum':
+      return typeof v === 'string' && t.values.includes(v) ? [] : bad(`one of ${t.values.join(', ')}`);
+    case 'array':
+      return Array.isArray(v) ? v.flatMap((x, i) => valueMismatches(iface, t.of, x, `${where}[${i}]`)) : bad('an array');
+    case 'map':
+      return isRecord(v) ? Object.entries(v).flatMap(([k, x]) => valueMismatches(iface, t.of, x, `${where}[${k}]`)) : bad('a map');
+    case 'named':
+      return valueMismatches(iface, iface.types.get(t.name)!, v, where);
+    case 'struct':
+      return isRecord(v) ? replyMismatches(iface, t.fields, v, `${where}.`) : bad('a struct');
+  }
+}
+
+/** Problems of a reply (or struct) against its declared fields: unknown keys, missing required ones, wrong types at any depth. */
+export function replyMismatches(iface: IdlInterface, fields: IdlField[], reply: Record<string, unknown>, prefix = ''): string[] {
   const declared = new Map(fields.map((f) => [f.name, f]));
   const out: string[] = [];
-  for (const k of Object.keys(reply)) if (!declared.has(k)) out.push(`undeclared field ${k}`);
-  for (const f of fields) if (f.type.kind !== 'maybe' && reply[f.name] === undefined) out.push(`missing field ${f.name}`);
+  for (const k of Object.keys(reply)) if (!declared.has(k)) out.push(`undeclared field ${prefix}${k}`);
+  for (const f of fields) {
+    if (f.type.kind !== 'maybe' && reply[f.name] === undefined) out.push(`missing field ${prefix}${f.name}`);
+    else if (reply[f.name] !== undefined) out.push(...valueMismatches(iface, f.type, reply[f.name], `${prefix}${f.name}`));
+  }
   return out;
 }

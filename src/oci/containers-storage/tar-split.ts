@@ -157,6 +157,8 @@ function joinPath(dir: string, rel: Buffer, utf8: boolean): string | Buffer {
   return utf8 ? `${dir}/${rel.toString('utf8')}` : Buffer.concat([Buffer.from(`${dir}/`, 'utf8'), rel]);
 }
 
+let openat2Missing = false;
+
 /**
  * Open `rel` beneath a layer directory: no `..`, absolute or magic-link escape, no other mount,
  * so a symlinked directory inside a store cannot make cfs read a file outside the layer.
@@ -164,7 +166,17 @@ function joinPath(dir: string, rel: Buffer, utf8: boolean): string | Buffer {
 function openInLayer(dirfd: number, rel: Buffer, flags: number, layerId: string, name: string): number {
   const c = native().constants;
   try {
-    return native().openat2(dirfd, rel, flags | fsc.O_NOFOLLOW, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV);
+    if (!openat2Missing) {
+      try {
+        return native().openat2(dirfd, rel, flags | fsc.O_NOFOLLOW, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV);
+      } catch (e) {
+        if (errnoCode(e) !== 'ENOSYS') throw e;
+        openat2Missing = true;
+      }
+    }
+    // Kernels before 5.6: the member path has no `..` or leading `/` (memberPath), only a
+    // symlinked parent could still lead out.
+    return openSync(Buffer.concat([Buffer.from(`/proc/self/fd/${dirfd}/`), rel]), flags | fsc.O_NOFOLLOW);
   } catch (e) {
     const code = errnoCode(e);
     if (code === 'EXDEV') throw new CfsError('ECORRUPT', `layer ${layerId}: ${name} leads out of the layer's directory (a symlinked parent or another mount)`);
