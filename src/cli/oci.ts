@@ -4,7 +4,7 @@ import { openRepoFromCli } from './repo.js';
 import type { Repository } from '../repository/repository.js';
 import type { StoredImage } from '../oci/stored.js';
 
-export interface PullOpts {
+interface PullOpts {
   platform?: string;
   quiet?: boolean;
   /** containers-storage: local fetch (disabled|auto|zerocopy); default auto. */

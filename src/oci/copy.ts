@@ -76,7 +76,7 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
       await Promise.all(todo.map((id) => limit(() => copyLayer(src, dst, stored.layerStreams.get(id), id, objectsFd, stored.artifact, opts, progress, stats))));
     } catch (e) {
       // The source's layer does not rebuild to its diff_id: its objects changed since they were stored.
-      if (isCfsError(e) && e.code === 'EDIGEST' && e.message.includes('diff_id mismatch')) {
+      if (isCfsError(e) && e.code === 'EDIGEST' && e.context['actual'] !== undefined) {
         throw new CfsError('EDIGEST', `${e.message}; the source repository ${src.path} is damaged (run cfs --repo ${src.path} fsck)`);
       }
       throw e;

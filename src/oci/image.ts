@@ -144,7 +144,7 @@ async function topDescriptors(src: OciRead, index: ImageIndex, tag: string | nul
   const tagList = tags.length ? tags.map((t) => JSON.stringify(t)).join(', ') : '(none)';
   if (tag !== null) {
     const top = index.manifests.filter((m) => m.annotations?.[REF_NAME_ANNOTATION] === tag);
-    if (top.length === 0) throw new CfsError('ENOENT', `${src.description}: tag "${tag}" not found; available tags: ${tagList}`);
+    if (top.length === 0) throw new CfsError('ENOENT', `${src.description}: tag "${tag}" not found; available tags: ${tagList}`, { missingImage: tag });
     return top;
   }
   if (index.manifests.length === 0) throw new CfsError('ENOENT', `${src.description}: index.json lists no manifests`);

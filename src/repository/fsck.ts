@@ -175,6 +175,7 @@ class Checker {
   }
 
   async run(): Promise<FsckReport> {
+    this.report.objectsSkipped = !!this.opts.metadataOnly;
     await this.checkMeta();
     if (this.opts.image !== undefined) await this.checkOneImage(this.opts.image);
     else await this.checkAll();
@@ -186,7 +187,7 @@ class Checker {
 
   private async checkAll(): Promise<void> {
     await this.checkTempFiles();
-    if (!this.skipObjects()) await this.checkObjects(null);
+    if (!this.report.objectsSkipped) await this.checkObjects(null);
     for (const name of await listDirOrEmpty(path.join(this.repo.path, 'streams'))) if (name !== 'refs') await this.checkStream(name);
     for (const name of await listDirOrEmpty(path.join(this.repo.path, 'images'))) if (name !== 'refs') await this.checkImage(name);
     for (const kind of ['streams', 'images'] as const) for (const ref of await listRefLinks(this.repo, kind)) await this.checkRef(kind, ref);
@@ -207,15 +208,10 @@ class Checker {
     await this.checkRef('streams', ref);
     if (ref.name !== null && (await refResolves(this.repo, 'streams', ref))) await walker.walkStream(ref.name);
     const reach = walker.reach;
-    if (!this.skipObjects()) await this.checkObjects([...reach.objects].sort());
+    if (!this.report.objectsSkipped) await this.checkObjects([...reach.objects].sort());
     for (const name of [...reach.streams].sort()) await this.checkStream(name);
     for (const name of [...reach.images].sort()) await this.checkImage(name);
     if (ref.name !== null) await this.checkTag(ref);
-  }
-
-  private skipObjects(): boolean {
-    this.report.objectsSkipped = !!this.opts.metadataOnly;
-    return this.report.objectsSkipped;
   }
 
   // ---- phase 0 ---------------------------------------------------------------------------

@@ -145,7 +145,7 @@ export class ReachabilityWalker {
   async walkRoot(name: string): Promise<void> {
     const isStream = name !== 'refs' && !name.includes('/') && (await exists(path.join(this.repo.path, 'streams', name)));
     const isImage = name !== 'refs' && !name.includes('/') && (await exists(path.join(this.repo.path, 'images', name)));
-    if (!isStream && !isImage) throw new CfsError('ENOENT', `root '${name}' is neither a stream nor an image in repository ${this.repo.path}`);
+    if (!isStream && !isImage) throw new CfsError('ENOENT', `root '${name}' is neither a stream nor an image in repository ${this.repo.path}`, { root: name });
     if (isStream) await this.walkStream(name);
     if (isImage) await this.walkImage(name);
   }

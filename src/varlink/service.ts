@@ -180,8 +180,7 @@ export class ComposefsService {
         const dryRun = p.bool('dry_run');
         const roots = p.strArray('roots');
         const r = await collectGarbage(repo, { dryRun, roots }).catch((e: unknown) => {
-          const unknown = isCfsError(e) ? roots.find((root) => e.message.includes(`root '${root}' is neither`)) : undefined;
-          throw unknown !== undefined ? E('NoSuchRef', { reference: unknown }) : e;
+          throw isCfsError(e) && e.context['root'] !== undefined ? E('NoSuchRef', { reference: e.context['root'] }) : e;
         });
         return { result: { objects_removed: r.objectsRemoved, objects_bytes: r.objectsBytes, images_pruned: r.imagesPruned, streams_pruned: r.streamsPruned }, dry_run: dryRun };
       },
@@ -384,7 +383,7 @@ export class ComposefsService {
     try {
       const src = await openImageSource(image).catch((e: unknown) => {
         // The reference names nothing (NoSuchImage) or is not one cfs can read (InvalidRequest).
-        if (isCfsError(e) && e.code === 'ENOENT' && /: no such image|: tag ".*" not found/.test(e.message)) throw new VarlinkError(`${OCI}.NoSuchImage`, { image });
+        if (isCfsError(e) && e.context['missingImage'] !== undefined) throw new VarlinkError(`${OCI}.NoSuchImage`, { image });
         if (isCfsError(e) && (e.code === 'EINVAL' || e.code === 'ENOTSUP' || e.code === 'EPLATFORM')) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: e.message });
         throw e;
       });

@@ -236,7 +236,7 @@ export async function openStorageImage(refIn: string | StorageReference, opts: O
     const names = [...new Set(allNames)].sort();
     const shown = names.slice(0, MAX_LISTED_NAMES).join(', ') + (names.length > MAX_LISTED_NAMES ? `, … (${names.length} names)` : '');
     const hint = similar.length ? `; similar: ${similar.join(', ')}` : names.length ? `; none is similar; the store has ${shown}` : ' (the store has no named images)';
-    throw new CfsError('ENOENT', `${text}: no such image in ${stores.map((s) => s.description).join(', ')}${hint}`);
+    throw new CfsError('ENOENT', `${text}: no such image in ${stores.map((s) => s.description).join(', ')}${hint}`, { missingImage: text });
   }
   const { store, image } = found;
   const where = `${text}: image ${image.id}`;
