@@ -147,18 +147,17 @@ export async function serveFuse(opts: FuseDaemonOptions, onReady: () => void): P
   const handle = await startFuse({ root, objectsDir: opts.objectsDir, mountpoint, name: opts.name, verify: opts.verify });
   writeFuseRecord({ pid: process.pid, mountpoint, name: opts.name });
   onReady();
-  try {
-    await untilStopped(handle);
-  } finally {
-    removeFuseRecord(mountpoint);
-  }
+  await untilStopped(handle, () => removeFuseRecord(mountpoint));
 }
 
 /**
  * Resolves when the kernel connection has ended: after an unmount from outside, or after
  * SIGTERM/SIGINT, which unmount (lazily when busy, so open files are served until closed).
+ * `cleanup` runs while the signal handlers are still installed: `cfs umount` signals right after
+ * unmounting, and a SIGTERM landing between handler removal and cleanup would kill the server
+ * with the default action and leave its runtime record behind.
  */
-async function untilStopped(handle: ServerHandle): Promise<void> {
+async function untilStopped(handle: ServerHandle, cleanup: () => void): Promise<void> {
   const onSignal = (): void => {
     // `cfs umount` unmounts first and then signals: nothing left to do but exit.
     if (!findMount(handle.mountpoint)) {
@@ -175,6 +174,7 @@ async function untilStopped(handle: ServerHandle): Promise<void> {
   try {
     await handle.closed;
   } finally {
+    cleanup();
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
   }
@@ -266,7 +266,12 @@ export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } =
     return;
   }
   if (opts.lazy) return; // the server drains open files, then exits by itself
-  process.kill(server, 'SIGTERM');
+  try {
+    process.kill(server, 'SIGTERM');
+  } catch (e) {
+    // The server saw the unmount and exited by itself first.
+    if (errnoCode(e) !== 'ESRCH') throw e;
+  }
   const deadline = Date.now() + EXIT_WAIT_MS;
   while (alive(server)) {
     if (Date.now() > deadline) {
@@ -274,4 +279,6 @@ export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } =
     }
     await new Promise((r) => setTimeout(r, 50));
   }
+  // A server killed before its own cleanup leaves its record: it is stale now.
+  if (readFuseRecord(mp)?.pid === server) removeFuseRecord(mp);
 }
