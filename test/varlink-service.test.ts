@@ -233,8 +233,9 @@ test('misbehaving clients (incl. one piling fds behind a stalled call) get an er
   assert.deepEqual(repoProblems(src), []);
   assert.deepEqual(repoProblems(target), []);
   assert.deepEqual(readdirSync(path.join(target, 'streams')), [], 'no bad layer was stored');
-  await new Promise((r) => setTimeout(r, 500));
-  assert.equal(serverFds(), baseline, `server fds after bad clients; log:\n${serverLog}`);
+  // Dropped connections close asynchronously: wait for the count to come back, not a fixed time.
+  for (let i = 0; i < 200 && serverFds() > baseline; i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(serverFds() <= baseline, `server fds after bad clients: ${serverFds()} > ${baseline}; log:\n${serverLog}`);
   assert.match(serverLog, /dropped: message is not a varlink call/);
   assert.match(serverLog, /dropped: message exceeds 8388608 bytes/);
   assert.match(serverLog, /dropped: more than 506 fds or \d+ bytes in calls queued behind a running one/);
