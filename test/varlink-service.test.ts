@@ -14,6 +14,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { once } from 'node:events';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
 import { cfsCommand, cfsOk, PROJECT_ROOT, runCfs } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
@@ -192,11 +193,20 @@ test('--address: never deletes what is not a stale socket, never takes over a li
   first.kill('SIGKILL');
   await new Promise((r) => first.once('exit', r));
   assert.ok(existsSync(stale), 'SIGKILL leaves the socket file');
+  // Replacing it happens under PATH.lock, so two services starting at once cannot both replace
+  // it: while another holds that lock, the service waits.
+  const holder = spawn('python3', ['-c', `import fcntl,sys\nf=open(${JSON.stringify(`${stale}.lock`)},'a')\nfcntl.flock(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\nsys.stdin.read()`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  assert.equal(String((await once(holder.stdout!, 'data'))[0]).trim(), 'locked');
+  const serving = (): number => serverLog.split(`serving on unix:${stale}`).length - 1; // the first service said it once
   const second = startServer(['--insecure', 'varlink', '--address', `unix:${stale}`]);
   try {
-    for (let i = 0; i < 100 && !serverLog.includes(`serving on unix:${stale}`); i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(serving(), 1, 'waits for the address lock');
+    holder.stdin!.end();
+    for (let i = 0; i < 100 && serving() < 2; i++) await new Promise((r) => setTimeout(r, 50));
     assert.deepEqual((await client<{ oci: { features: string[] } }>('info', stale)).oci.features, ['splitdirfdstream-v0']);
   } finally {
+    holder.kill();
     second.kill('SIGTERM');
     await new Promise((r) => second.once('exit', r));
   }

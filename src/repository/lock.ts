@@ -21,7 +21,8 @@ export interface LockWaitOptions {
 const POLL_MIN_MS = 1;
 const POLL_MAX_MS = 50;
 
-function tryLock(fd: number, mode: LockMode): boolean {
+/** flock(2) without waiting: false when another holder conflicts. */
+export function tryLock(fd: number, mode: LockMode): boolean {
   try {
     const k = native().constants;
     native().flock(fd, (mode === 'shared' ? k.LOCK_SH : k.LOCK_EX) | k.LOCK_NB);

@@ -5,11 +5,24 @@
  * disconnected; a bad call gets an error reply. Fds that arrive with a call belong to it: a
  * handler takes the ones it uses, the rest are closed when it finishes.
  */
-import { closeSync, lstatSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as C, lstatSync, openSync, unlinkSync } from 'node:fs';
 import { native, type PollHandle } from '../native.js';
 import { CfsError, errnoCode } from '../errors.js';
+import { tryLock } from '../repository/lock.js';
 import { FdConnection, MAX_FDS_PER_MESSAGE, MAX_MESSAGE, closeQuietly, type Incoming } from './transport.js';
 import { Params, parseCall, SERVICE_INTERFACE, VarlinkError, type Call } from './protocol.js';
+
+const ADDRESS_LOCK_WAIT_MS = 5_000;
+
+/** Exclusive flock of the address's lock file, waiting at most ADDRESS_LOCK_WAIT_MS. */
+function lockWithin(lockFd: number, path: string): void {
+  const deadline = Date.now() + ADDRESS_LOCK_WAIT_MS;
+  while (!tryLock(lockFd, 'exclusive')) {
+    if (Date.now() > deadline) throw new CfsError('EBUSY', `varlink address ${path}: ${path}.lock stays locked by another process`);
+    // Only at start-up, for moments: a synchronous pause keeps listenPath synchronous.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+  }
+}
 
 /** What one connection's calls waiting behind its running call may hold. */
 const MAX_QUEUED_FDS = 2 * MAX_FDS_PER_MESSAGE;
@@ -78,6 +91,20 @@ export class VarlinkServer {
    * a live one, or anything that is not a socket, is an error (never deleted).
    */
   listenPath(path: string): void {
+    // Two services starting on one stale socket would each remove it and bind, the second
+    // deleting the first's live socket: the check and the replacement happen under an
+    // exclusive flock of `PATH.lock` (left in place, like containers/storage's lock files: removing
+    // it would let a third service lock a new inode while the second still holds the old one).
+    const lockFd = openSync(`${path}.lock`, C.O_RDWR | C.O_CREAT | C.O_NOFOLLOW, 0o600);
+    try {
+      lockWithin(lockFd, path);
+      this.replaceAndListen(path);
+    } finally {
+      closeSync(lockFd); // releases the lock
+    }
+  }
+
+  private replaceAndListen(path: string): void {
     const st = lstatSync(path, { throwIfNoEntry: false });
     if (st && !st.isSocket()) throw new CfsError('EEXIST', `varlink address ${path} exists and is not a socket; not replacing it`);
     if (st) {
