@@ -87,7 +87,7 @@ try {
       const t0 = performance.now();
       const r = await copyImage(src, dst, 'app', { name: 'app', zerocopy });
       best = Math.min(best, secs(t0));
-      counts = `${r.objectsHardlinked} hardlinked, ${r.objectsReflinked} reflinked, ${r.objectsCopied} copied`;
+      counts = `${r.objects.hardlinked} hardlinked, ${r.objects.reflinked} reflinked, ${r.objects.copied} copied`;
       dst.close();
     }
     process.stdout.write(`${`${label}:`.padEnd(22)} ${best.toFixed(2)} s  ${rate(bytes, best)}  (${counts}; ${(pull / best).toFixed(1)}x pull)\n`);

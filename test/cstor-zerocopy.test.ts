@@ -79,8 +79,8 @@ test('local layer streams store the same split stream as the tar bytes, hardlink
           const r = await consumeLayerStream(repos[i], local.chunks, local.dirfds, { diffId: layer.id, zerocopy, localStore: true });
           assert.deepEqual(r.streamId, fromBytes.streamId);
           assert.equal(r.size, fromBytes.size);
-          assert.ok(r.objectsHardlinked + r.objectsReflinked > 0, `layer ${layer.id}: nothing linked (${JSON.stringify(r)})`);
-          assert.equal(r.objectsCopied, 0);
+          assert.ok(r.objects.hardlinked + r.objects.reflinked > 0, `layer ${layer.id}: nothing linked (${JSON.stringify(r)})`);
+          assert.equal(r.objects.copied, 0);
         } finally {
           await local.close();
         }

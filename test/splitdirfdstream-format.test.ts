@@ -148,9 +148,9 @@ test('consumer: same-algorithm copy hardlinks, rebuilds the identical stream; ag
     const r = await consumeLayerStream(dst, produceLayerStream(src, streamId, 1), [dummy, ofd], { diffId });
     closeSync(dummy);
     assert.equal(r.streamId.toString('hex'), streamId.toString('hex'), 'byte-identical split stream');
-    assert.equal(r.objectsHardlinked + r.objectsReflinked, 3);
-    assert.equal(r.objectsAlreadyPresent, 1, 'big-again dedups');
-    assert.equal(r.objectsCopied, 0);
+    assert.equal(r.objects.hardlinked + r.objects.reflinked, 3);
+    assert.equal(r.objects.present, 1, 'big-again dedups');
+    assert.equal(r.objects.copied, 0);
     assert.deepEqual(await collect(catStream(dst, layerContentId(diffId))), tar);
     const again = await consumeLayerStream(dst, produceLayerStream(src, streamId, 0), [ofd], { diffId });
     assert.equal(again.alreadyPresent, true);
@@ -170,7 +170,7 @@ test('consumer: sha512 destination re-hashes; zerocopy refuses to copy', async (
     );
     assert.equal(await dst.hasStream(layerContentId(diffId)), null);
     const r = await consumeLayerStream(dst, produceLayerStream(src, streamId, 0), [ofd], { diffId });
-    assert.equal(r.objectsHardlinked, 0);
+    assert.equal(r.objects.hardlinked, 0);
     assert.equal(r.streamId.length, 64);
     assert.deepEqual(await collect(catStream(dst, layerContentId(diffId))), tar);
   } finally {
@@ -268,8 +268,8 @@ test('consumer: hundreds of files in flight keep stream order; a late failure le
     const before = openFds();
     const r = await consumeLayerStream(dst, produceLayerStream(src, bigStream, 0), [ofd], { diffId: bigDiffId, zerocopy: true });
     assert.equal(r.streamId.toString('hex'), bigStream.toString('hex'), 'byte-identical split stream: ids in tar order');
-    assert.equal(r.objectsCopied, 0);
-    assert.equal(r.objectsHardlinked + r.objectsAlreadyPresent, 420);
+    assert.equal(r.objects.copied, 0);
+    assert.equal(r.objects.hardlinked + r.objects.present, 420);
     assert.equal(openFds(), before, 'every file fd closed');
 
     // The 400th file chunk lies about its length: placements before it are in flight when it fails.

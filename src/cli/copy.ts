@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { CfsError } from '../errors.js';
 import { openRepoFromCli } from './repo.js';
+import { objectsLine } from './oci.js';
 
 interface CopyCliOpts {
   from: string;
@@ -41,8 +42,9 @@ export function register(program: Command): void {
             `Config verity:   ${r.configVerity}`,
           ];
           if (r.imageId) lines.push(`Image ID:        ${r.imageId}`);
-          lines.push(`Layers: ${r.layersCopied} copied, ${r.layersSkipped} already present; objects: ${r.objectsReflinked} reflinked, ${r.objectsHardlinked} hardlinked, ${r.objectsCopied} copied, ${r.objectsAlreadyPresent} already present`);
-          process.stdout.write(`${lines.join('\n')}\n`);
+          lines.push(`Layers: ${r.layersCopied} copied, ${r.layersSkipped} already present`);
+          // The object line reads as `cfs oci pull`'s.
+          process.stdout.write(`${lines.join('\n')}\n${objectsLine(r.objects)}`);
         } finally {
           dst.close();
         }

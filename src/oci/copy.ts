@@ -16,7 +16,7 @@ import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import { existingLayer, layerContentId } from '../tar/split.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer.js';
-import { emptyPlaceStats, type PlaceStats } from '../splitdirfdstream/place.js';
+import { addObjects, noObjects, type ObjectCounts } from '../repository/object-counts.js';
 import { importImage, type ImageToImport } from './import.js';
 import { manifestContentId, configContentId, openStoredImage } from './stored.js';
 
@@ -30,7 +30,7 @@ export interface CopyOptions {
   parallel?: number;
 }
 
-export interface CopyResult extends PlaceStats {
+export interface CopyResult {
   manifestDigest: string;
   configDigest: string;
   manifestVerity: string;
@@ -38,6 +38,8 @@ export interface CopyResult extends PlaceStats {
   imageId: string | null;
   layersCopied: number;
   layersSkipped: number;
+  /** How the copied layers' file contents reached the destination's objects/. */
+  objects: ObjectCounts;
 }
 
 /** Refuse --zerocopy early when it cannot work (different algorithms or filesystems). */
@@ -56,7 +58,7 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
   const progress = opts.progress ?? NO_PROGRESS;
   if (opts.zerocopy) checkZerocopy(src, dst);
   const stored = await openStoredImage(src, image, src.erofsFormats.default);
-  const stats = emptyPlaceStats();
+  const objects = noObjects();
   const todo: string[] = [];
   let skipped = 0;
   for (const id of new Set(stored.diffIds)) {
@@ -73,7 +75,7 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
     const objectsFd = openObjectsDir(src);
     try {
       const limit = pLimit(Math.max(1, opts.parallel ?? os.availableParallelism()));
-      await Promise.all(todo.map((id) => limit(() => copyLayer(src, dst, stored.layerStreams.get(id), id, objectsFd, stored.artifact, opts, progress, stats))));
+      await Promise.all(todo.map((id) => limit(() => copyLayer(src, dst, stored.layerStreams.get(id), id, objectsFd, stored.artifact, opts, progress, objects))));
     } catch (e) {
       // The source's layer does not rebuild to its diff_id: its objects changed since they were stored.
       if (isCfsError(e) && e.code === 'EDIGEST' && e.context['actual'] !== undefined) {
@@ -119,13 +121,13 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
     imageId: r.imageId,
     layersCopied: todo.length,
     layersSkipped: skipped,
-    ...stats,
+    objects,
   };
 }
 
 async function copyLayer(
   src: Repository, dst: Repository, streamId: Buffer | undefined, id: string, objectsFd: number, artifact: boolean,
-  opts: CopyOptions, progress: ProgressSink, stats: PlaceStats,
+  opts: CopyOptions, progress: ProgressSink, objects: ObjectCounts,
 ): Promise<void> {
   if (!streamId) throw new CfsError('ECORRUPT', `layer ${id}: split stream missing from source repository ${src.path}`);
   progress.started(id, null);
@@ -135,6 +137,6 @@ async function copyLayer(
     zerocopy: opts.zerocopy,
     onProgress: (n) => progress.progress(id, n),
   });
-  for (const k of Object.keys(stats) as Array<keyof PlaceStats>) stats[k] += r[k];
+  addObjects(objects, r.objects);
   progress.done(id, r.size);
 }

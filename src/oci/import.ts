@@ -13,7 +13,8 @@ import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
-import { existingLayer, importTarLayer, layerContentId, noObjects, type ObjectCounts } from '../tar/split.js';
+import { existingLayer, importTarLayer, layerContentId } from '../tar/split.js';
+import { addObjects, noObjects, type ObjectCounts } from '../repository/object-counts.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import { buildImageFromLayers } from './image-build.js';
@@ -172,10 +173,7 @@ async function importLocal(
   const local = await openLocal();
   try {
     const r = await consumeLayerStream(repo, local.chunks, local.dirfds, { diffId: layer.id, zerocopy, localStore: true, onProgress: onRead });
-    objects.reflinked += r.objectsReflinked;
-    objects.hardlinked += r.objectsHardlinked;
-    objects.copied += r.objectsCopied;
-    objects.present += r.objectsAlreadyPresent;
+    addObjects(objects, r.objects);
     return r.streamId;
   } catch (e) {
     throw await local.explain(e);

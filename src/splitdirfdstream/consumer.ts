@@ -25,7 +25,8 @@ import { TarEntryParser, type ParsedEntry } from '../tar/parser.js';
 import { copyContent, existingLayer, layerContentId, splitTar, type TarInput } from '../tar/split.js';
 import { SplitdirfdReader } from './reader.js';
 import { checkDirSlot, openBeneath, type OpenedFile } from './open.js';
-import { emptyPlaceStats, ObjectPlacer, PLACEMENTS_IN_FLIGHT, type PlaceStats, type StreamTap } from './place.js';
+import { ObjectPlacer, PLACEMENTS_IN_FLIGHT, type StreamTap } from './place.js';
+import { countWritten, noObjects, type ObjectCounts } from '../repository/object-counts.js';
 
 const readFd = promisify(fsRead);
 const COPY_CHUNK = 1024 * 1024;
@@ -45,8 +46,10 @@ export interface ConsumeOptions {
   onProgress?: (bytes: number) => void;
 }
 
-export interface ConsumeResult extends PlaceStats {
+export interface ConsumeResult {
   streamId: Buffer;
+  /** How the layer's file contents reached objects/ (all zero when the layer was present). */
+  objects: ObjectCounts;
   alreadyPresent: boolean;
   /** Bytes of the reconstructed layer. */
   size: number;
@@ -219,7 +222,7 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   const existing = (await existingLayer(repo, opts.diffId))?.streamId;
   if (existing) {
     await drain(reader);
-    return { streamId: existing, alreadyPresent: true, size: 0, ...emptyPlaceStats() };
+    return { streamId: existing, alreadyPresent: true, size: 0, objects: noObjects() };
   }
   await repo.ensureWritable();
   const placer = new ObjectPlacer(repo, { zerocopy: !!opts.zerocopy, localStore: opts.localStore });
@@ -246,7 +249,7 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   if (actual !== opts.diffId) throw new CfsError('EDIGEST', `layer ${opts.diffId}: diff_id mismatch: reconstructed stream has ${actual}`, { expected: opts.diffId, actual });
   const streamId = await w.finish();
   await repo.linkStream(contentId, streamId);
-  return { streamId, alreadyPresent: false, size: src.total, ...placer.stats };
+  return { streamId, alreadyPresent: false, size: src.total, objects: placer.stats };
 }
 
 /** A file content (> 64 bytes) as an object: zero-copy for a matching whole file chunk. */
@@ -258,7 +261,7 @@ async function contentObject(src: LogicalSource, placer: ObjectPlacer, ordered: 
     src.takeWholeFile();
     return placer.place(whole.file, whole.length, src);
   }
-  return copyContent(repo, src, e, name, (present) => (present ? placer.stats.objectsAlreadyPresent++ : placer.stats.objectsCopied++));
+  return copyContent(repo, src, e, name, placer.stats);
 }
 
 /** An artifact blob: all bytes as one object. */
@@ -284,7 +287,6 @@ async function storeBlob(src: LogicalSource, w: SplitStreamWriter, placer: Objec
     throw e;
   }
   const id = await ow.commit();
-  if (ow.alreadyPresent) placer.stats.objectsAlreadyPresent++;
-  else placer.stats.objectsCopied++;
+  countWritten(placer.stats, ow.alreadyPresent);
   w.addExternal(id, size);
 }

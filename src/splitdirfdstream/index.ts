@@ -3,4 +3,4 @@ export { SplitdirfdReader } from './reader.js';
 export { openBeneath, checkDirSlot, type OpenedFile } from './open.js';
 export { produceLayerStream, openObjectsDir } from './producer.js';
 export { consumeLayerStream, type ConsumeOptions, type ConsumeResult } from './consumer.js';
-export { ObjectPlacer, type PlaceStats, type PlaceMethod } from './place.js';
+export { ObjectPlacer, type PlaceMethod } from './place.js';

@@ -41,6 +41,7 @@ import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
 import { MountBridge } from '../repository/mount-bridge.js';
 import { ASYNC_OBJECT_MAX, ObjectSink } from '../repository/object-sink.js';
+import { countWritten, noObjects, recountPresent, type ObjectCounts } from '../repository/object-counts.js';
 import type { OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
@@ -51,17 +52,6 @@ const SHARED_MODE_BITS = 0o4000 | 0o2000 | 0o022;
 const PERMANENT = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EXDEV', 'EINVAL', 'EPERM', 'EACCES', 'EMLINK', 'ENOSYS', 'EISDIR']);
 
 export type PlaceMethod = 'reflinked' | 'hardlinked' | 'copied' | 'present';
-
-export interface PlaceStats {
-  objectsReflinked: number;
-  objectsHardlinked: number;
-  objectsCopied: number;
-  objectsAlreadyPresent: number;
-}
-
-export function emptyPlaceStats(): PlaceStats {
-  return { objectsReflinked: 0, objectsHardlinked: 0, objectsCopied: 0, objectsAlreadyPresent: 0 };
-}
 
 /** The reconstructed stream a placed file's bytes belong to (the caller's diff_id digest). */
 export interface StreamTap {
@@ -124,7 +114,7 @@ function closeQuietly(fd: number): void {
 export const PLACEMENTS_IN_FLIGHT = 128;
 
 export class ObjectPlacer {
-  readonly stats = emptyPlaceStats();
+  readonly stats: ObjectCounts = noObjects();
   private readonly objectsDir: string;
   /** Why zero-copy methods are off, per `srcDev:dstDev` pair. */
   private readonly noReflink = new Map<string, string>();
@@ -259,23 +249,23 @@ export class ObjectPlacer {
         throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
       }
     } else {
-      if (this.repo.secure && this.exists(id)) this.stats.objectsAlreadyPresent++;
-      else if (this.linkClone(z.clone, z.dir, id)) this.stats.objectsReflinked++;
-      else this.stats.objectsAlreadyPresent++;
+      if (this.repo.secure && this.exists(id)) this.stats.present++;
+      else if (this.linkClone(z.clone, z.dir, id)) this.stats.reflinked++;
+      else this.stats.present++;
       return id;
     }
     const mayLink = z.canHardlink && (z.local || f.name === objectRelPath(id));
     // Insecure repositories learn that an object exists from linkat's EEXIST (one syscall
     // less per file); secure ones must not seal the source for an object already there.
     if ((this.repo.secure || !mayLink) && this.exists(id)) {
-      this.stats.objectsAlreadyPresent++;
+      this.stats.present++;
       return id;
     }
     // Another placement may have learnt meanwhile that hardlinks do not work here.
     const linked = mayLink && !this.noHardlink.has(z.pair) ? this.hardlink(f.fd, z.dir, id, z.pair) : false;
     if (linked) {
-      if (linked === 'linked') this.stats.objectsHardlinked++;
-      else this.stats.objectsAlreadyPresent++;
+      if (linked === 'linked') this.stats.hardlinked++;
+      else this.stats.present++;
       return id;
     }
     // The stream has the content already: copy without it, and require the same bytes.
@@ -305,7 +295,7 @@ export class ObjectPlacer {
       // readWhole hands over the whole content in one piece, in this buffer of its own.
       const data = Buffer.allocUnsafe(length);
       await readWhole(f, length, onData, data);
-      this.stats.objectsCopied++;
+      this.stats.copied++;
       return this.sink.store(data);
     }
     const w = this.repo.createObjectWriter();
@@ -320,8 +310,7 @@ export class ObjectPlacer {
       throw e;
     }
     const id = await w.commit();
-    if (w.alreadyPresent) this.stats.objectsAlreadyPresent++;
-    else this.stats.objectsCopied++;
+    countWritten(this.stats, w.alreadyPresent);
     return id;
   }
 
@@ -334,9 +323,7 @@ export class ObjectPlacer {
     tap?.flush();
     while (this.inFlight.size > 0) await Promise.all(this.inFlight);
     await this.sink.drain();
-    const present = this.sink.takePresent();
-    this.stats.objectsCopied -= present;
-    this.stats.objectsAlreadyPresent += present;
+    recountPresent(this.stats, this.sink.takePresent());
   }
 
   private exists(id: Buffer): boolean {

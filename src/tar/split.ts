@@ -10,6 +10,7 @@ import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
 import { ObjectSink, ASYNC_OBJECT_MAX } from '../repository/object-sink.js';
+import { countWritten, noObjects, recountPresent, type ObjectCounts } from '../repository/object-counts.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { SplitStreamReader } from '../splitstream/reader.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
@@ -28,19 +29,6 @@ export interface ImportTarOptions {
   layerName?: string;
   /** Incremented for every file content stored as an object. */
   counts?: ObjectCounts;
-}
-
-/** How the contents of files stored as objects reached objects/ (`present`: local files whose
- * object already existed; the tar importer counts every content it wrote as copied). */
-export interface ObjectCounts {
-  copied: number;
-  reflinked: number;
-  hardlinked: number;
-  present: number;
-}
-
-export function noObjects(): ObjectCounts {
-  return { copied: 0, reflinked: 0, hardlinked: 0, present: 0 };
 }
 
 export interface ImportTarResult {
@@ -104,16 +92,14 @@ export async function importTarLayer(repo: Repository, tar: AsyncIterable<Uint8A
         counts.copied++;
         return sink.store(await readContent(src, e, name));
       }
-      return copyContent(repo, src, e, name, (present) => (present ? counts.present++ : counts.copied++));
+      return copyContent(repo, src, e, name, counts);
     });
   } finally {
     // Never leave writes running past the import, also when it failed.
     await sink.drain().catch(() => undefined);
   }
   await sink.drain();
-  const present = sink.takePresent();
-  counts.copied -= present;
-  counts.present += present;
+  recountPresent(counts, sink.takePresent());
   return publishLayer(repo, w, `${expected?.alg ?? 'sha256'}:${src.digestHex()}`, { name, expectedDiffId: opts.expectedDiffId, size: src.total });
 }
 
@@ -171,8 +157,8 @@ async function readContent(src: TarInput, e: ParsedEntry, name: string): Promise
   return parts.length === 1 ? parts[0] : Buffer.concat(parts, e.dataSize);
 }
 
-/** Stream a file's content from the tar bytes into a new object; `counted(present)` says whether it was there already. */
-export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntry, name: string, counted: (present: boolean) => void): Promise<Buffer> {
+/** Stream a file's content from the tar bytes into a new object, counted in `counts`. */
+export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntry, name: string, counts: ObjectCounts): Promise<Buffer> {
   const ow = repo.createObjectWriter();
   try {
     for (let left = e.dataSize; left > 0;) {
@@ -186,7 +172,7 @@ export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntr
     throw err;
   }
   const id = await ow.commit();
-  counted(ow.alreadyPresent);
+  countWritten(counts, ow.alreadyPresent);
   return id;
 }
 

@@ -556,10 +556,10 @@ export class ComposefsService {
       return {
         layer_verity: r.streamId.toString('hex'),
         already_present: r.alreadyPresent,
-        objects_reflinked: r.objectsReflinked,
-        objects_hardlinked: r.objectsHardlinked,
-        objects_copied: r.objectsCopied,
-        objects_already_present: r.objectsAlreadyPresent,
+        objects_reflinked: r.objects.reflinked,
+        objects_hardlinked: r.objects.hardlinked,
+        objects_copied: r.objects.copied,
+        objects_already_present: r.objects.present,
       };
     } catch (e) {
       if (isCfsError(e) && e.code === 'EDIGEST') throw new VarlinkError(`${OCI}.DiffIdMismatch`, { expected: diffId, actual: String(e.context.actual ?? '') });
