@@ -49,7 +49,7 @@ function pull(repo: string, tag: string): void {
 }
 
 function gcCounts(out: string): { objects: number; bytes: number } {
-  const m = /^Objects: (\d+) removed \((\d+) bytes\)$/m.exec(out);
+  const m = /^Objects: (\d+) (?:would be )?removed \((\d+) bytes\)$/m.exec(out);
   assert.ok(m, out);
   return { objects: Number(m[1]), bytes: Number(m[2]) };
 }
@@ -73,7 +73,9 @@ test('gc after untagging one of two images sharing a layer frees exactly the uns
 
   const links = [...readdirSync(path.join(repo, 'streams')), ...readdirSync(path.join(repo, 'images'))];
   const dry = cfsOk(['--repo', repo, 'gc', '--dry-run']).stdout;
-  assert.match(dry, /^Dry run \(no files deleted\):$/m);
+  assert.match(dry, /^Dry run \(no files deleted\):\nObjects: \d+ would be removed \(\d+ bytes\)\nWould prune symlinks: 1 images, 4 streams\n$/);
+  const dryJson = JSON.parse(cfsOk(['--repo', repo, 'gc', '--dry-run', '--json']).stdout) as { dryRun: boolean; objectsRemoved: number; imagesPruned: number };
+  assert.deepEqual([dryJson.dryRun, dryJson.objectsRemoved, dryJson.imagesPruned], [true, unshared.length, 1]);
   assert.deepEqual(objects(repo), all, 'dry run deletes nothing');
   assert.deepEqual([...readdirSync(path.join(repo, 'streams')), ...readdirSync(path.join(repo, 'images'))], links, 'dry run keeps the links');
 

@@ -42,12 +42,13 @@ export function register(program: Command): void {
     .description('delete objects, streams and images no ref (or --root) reaches')
     .option('-n, --dry-run', 'only report what would be deleted')
     .option('-r, --root <name>', 'also keep this stream or image (first-level name); repeatable', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .action(async (opts: { dryRun?: boolean; root: string[] }) => {
+    .option('--json', 'print the counts as JSON')
+    .action(async (opts: { dryRun?: boolean; root: string[]; json?: boolean }) => {
       const { collectGarbage, formatGcResult } = await import('../repository/gc.js');
       const repo = await openRepoFromCli(program, { create: false });
       try {
         const r = await collectGarbage(repo, { dryRun: opts.dryRun, roots: opts.root, onWait: lockWait('gc') });
-        await writeOut(formatGcResult(r));
+        await writeOut(opts.json ? `${JSON.stringify(r, null, 2)}\n` : formatGcResult(r));
       } finally {
         repo.close();
       }

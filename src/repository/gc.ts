@@ -451,10 +451,12 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
 
 /** cfsctl's text form. */
 export function formatGcResult(r: GcResult): string {
+  // A dry run says what a real run would do, in the same lines.
+  const removed = r.dryRun ? 'would be removed' : 'removed';
   let out = r.dryRun ? 'Dry run (no files deleted):\n' : '';
-  out += `Objects: ${r.objectsRemoved} removed (${r.objectsBytes} bytes)\n`;
-  if (r.imagesPruned + r.streamsPruned > 0) out += `Pruned symlinks: ${r.imagesPruned} images, ${r.streamsPruned} streams\n`;
-  if (r.refsPruned > 0) out += `Pruned refs: ${r.refsPruned}\n`;
-  if (r.tempFilesRemoved > 0) out += `Temporary files: ${r.tempFilesRemoved} removed\n`;
+  out += `Objects: ${r.objectsRemoved} ${removed} (${r.objectsBytes} bytes)\n`;
+  if (r.imagesPruned + r.streamsPruned > 0) out += `${r.dryRun ? 'Would prune' : 'Pruned'} symlinks: ${r.imagesPruned} images, ${r.streamsPruned} streams\n`;
+  if (r.refsPruned > 0) out += `${r.dryRun ? 'Would prune' : 'Pruned'} refs: ${r.refsPruned}\n`;
+  if (r.tempFilesRemoved > 0) out += `Temporary files: ${r.tempFilesRemoved} ${removed}\n`;
   return out;
 }
