@@ -126,3 +126,8 @@ test('on a terminal, a pull that fails with progress bars up gives the terminal 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('progress ETA: from the average rate, in s, m+s or h+m', async () => {
+  const { formatEta } = await import('../src/cli/progress.js');
+  assert.deepEqual([0.2, 7, 59.4, 60, 65, 3599, 3600, 7385].map(formatEta), ['1s', '7s', '1m00s', '1m00s', '1m05s', '59m59s', '1h00m', '2h03m']);
+});

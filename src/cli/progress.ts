@@ -71,14 +71,20 @@ function showing(m: cliProgress.MultiBar, on: boolean): void {
   }
 }
 
+export function formatEta(seconds: number): string {
+  const s = Math.max(0, Math.ceil(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
 class BarProgress implements ProgressSink {
   private readonly multi = new cliProgress.MultiBar(
     {
-      format: '{id} [{bar}] {percentage}% | {value_h}/{total_h} | {rate} | ETA {eta_formatted}',
+      format: '{id} [{bar}] {percentage}% | {value_h}/{total_h} | {rate} | ETA {eta}',
       hideCursor: true,
       clearOnComplete: false,
       stopOnComplete: false,
-      etaBuffer: 50,
     },
     cliProgress.Presets.shades_classic,
   );
@@ -87,7 +93,10 @@ class BarProgress implements ProgressSink {
 
   private payload(id: string, value: number, total: number, start: number): Record<string, string> {
     const secs = Math.max((Date.now() - start) / 1000, 0.001);
-    return { id: shortId(id), value_h: humanBytes(value), total_h: total ? humanBytes(total) : '?', rate: `${humanBytes(value / secs)}/s` };
+    // From the average rate since the layer started: cli-progress's ETA, over its last few
+    // updates, jumps about with chunk-sized updates arriving in bursts.
+    const eta = total && value > 0 ? formatEta(((total - value) * secs) / value) : '?';
+    return { id: shortId(id), value_h: humanBytes(value), total_h: total ? humanBytes(total) : '?', rate: `${humanBytes(value / secs)}/s`, eta };
   }
   started(id: string, total: number | null): void {
     const t = total ?? 0;
