@@ -176,6 +176,7 @@ describe('containers-storage: store discovery errors', { skip: skip ?? false }, 
 });
 
 import { PROJECT_ROOT } from './helpers/cli.js';
+import { firstOutput } from './helpers/child.js';
 
 /** A child process that holds `lockPath` the way a writer would, until its stdin closes. */
 async function holdLock(lockPath: string, how: 'cfs-exclusive' | 'posix-write'): Promise<ChildProcess> {
@@ -198,8 +199,7 @@ async function holdLock(lockPath: string, how: 'cfs-exclusive' | 'posix-write'):
       : spawn('python3', ['-c', `import fcntl,sys\nf=open(${JSON.stringify(lockPath)},'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\nsys.stdin.read()`], {
           stdio: ['pipe', 'pipe', 'inherit'],
         });
-  const [data] = (await once(child.stdout!, 'data')) as [Buffer];
-  assert.equal(data.toString().trim(), 'locked');
+  assert.equal((await firstOutput(child, `the holder of ${lockPath}`)).trim(), 'locked');
   return child;
 }
 

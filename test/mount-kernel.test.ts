@@ -104,10 +104,15 @@ function fillFixture(dir: string): Fixture {
   };
 }
 
-/** Mounts present now but not in `before` (by mount id). */
+/**
+ * Mounts present now but not in `before` (by mount id) that we could have made: EROFS or overlay
+ * anywhere (a leaked helper mount), anything under the fixture; not the host's own comings and
+ * goings (systemd's credential tmpfs, a runner's mounts).
+ */
 function newMounts(beforeList: MountInfo[]): MountInfo[] {
   const ids = new Set(beforeList.map((m) => m.mountId));
-  return readMountinfo().filter((m) => !ids.has(m.mountId));
+  const ours = (m: MountInfo): boolean => m.fsType === 'erofs' || m.fsType === 'overlay' || m.mountpoint.startsWith(`${fx.dir}/`);
+  return readMountinfo().filter((m) => !ids.has(m.mountId) && ours(m));
 }
 
 function cleanupMount(mp: string): void {
@@ -357,7 +362,9 @@ test('forced strategies: EROFS on a loop device, layers as one lowerdir string',
       rmSync(upper, { recursive: true, force: true });
       rmSync(work, { recursive: true, force: true });
     }
-    // Autoclear released the loop device together with the last reference to the EROFS mount.
+    // Autoclear released the loop device together with the last reference to the EROFS mount
+    // (or with udev's probe, if udev still has it open: that takes a moment).
+    for (let i = 0; i < 100 && loopDevicesOf(fx.image).length > 0; i++) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
     assert.deepEqual(loopDevicesOf(fx.image), []);
     assert.deepEqual(newMounts(beforeList), []);
   }

@@ -10,6 +10,7 @@ import { Repository, initRepository, resolveRepositoryPath, ObjectWriter, SYSTEM
 import { fsverityDigest } from '../src/fsverity/digest.js';
 import { CfsError } from '../src/errors.js';
 import { ObjectSink } from '../src/repository/object-sink.js';
+import { firstOutput, stopChild } from './helpers/child.js';
 
 function tmp(): string {
   return mkdtempSync(path.join(tmpdir(), 'cfs-repo-'));
@@ -229,11 +230,11 @@ test('a writer killed with SIGKILL leaves only complete, correctly named objects
       }`;
     const args = [...(ext === 'ts' ? ['--import', 'tsx'] : []), '--input-type=module', '-e', script];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    await firstOutput(child, 'the writer');
     // Let it commit a few objects, then kill it in the middle of whatever it is doing.
-    while (objectFiles(repoPath).length < 3) await new Promise((r) => setTimeout(r, 20));
-    child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
+    while (objectFiles(repoPath).length < 3 && child.exitCode === null) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(child.exitCode, null, 'the writer runs until killed');
+    await stopChild(child, 'SIGKILL');
     const files = objectFiles(repoPath);
     assert.ok(files.length >= 3);
     for (const f of files) {

@@ -14,10 +14,10 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { once } from 'node:events';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
 import { cfsCommand, cfsOk, PROJECT_ROOT, runCfs } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
+import { firstOutput, stopChild as stop } from './helpers/child.js';
 import { parseVarlinkInterface, replyMismatches, type IdlInterface } from './helpers/varlink-idl.js';
 
 const run = promisify(execFile);
@@ -63,6 +63,16 @@ async function waitFor(p: string): Promise<void> {
   assert.ok(existsSync(p), `${p} did not appear; server log:\n${serverLog}`);
 }
 
+/** How often a service said it serves on unix:`p` (the socket exists a moment before). */
+function servingCount(p: string): number {
+  return serverLog.split(`serving on unix:${p}\n`).length - 1;
+}
+
+async function untilServing(p: string, times = 1): Promise<void> {
+  for (let i = 0; i < 600 && servingCount(p) < times; i++) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(servingCount(p), times, `no service announced unix:${p}; server log:\n${serverLog}`);
+}
+
 /** Run `prefix… cfs args…` with its stderr collected into serverLog. */
 function startServer(args: string[], prefix: string[] = []): ChildProcess {
   const argv = [...prefix, ...cfsCommand(), ...args];
@@ -97,12 +107,11 @@ before(async () => {
   cfsOk(['--repo', path.join(work, 'src'), 'oci', 'pull', '-q', `oci:${layout}:v1`, 'app']);
   sock = path.join(work, 'cfs.sock');
   server = startServer(['--insecure', 'varlink', '--address', `unix:${sock}`]);
-  await waitFor(sock);
+  await untilServing(sock);
 });
 
 after(async () => {
-  server.kill('SIGTERM');
-  await new Promise((r) => server.once('exit', r));
+  await stop(server);
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -189,26 +198,23 @@ test('--address: never deletes what is not a stale socket, never takes over a li
   // A socket left by a killed service is replaced; the one that exits removes only its own.
   const stale = path.join(work, 'stale.sock');
   const first = startServer(['--insecure', 'varlink', '--address', `unix:${stale}`]);
-  await waitFor(stale);
-  first.kill('SIGKILL');
-  await new Promise((r) => first.once('exit', r));
+  await untilServing(stale);
+  await stop(first, 'SIGKILL');
   assert.ok(existsSync(stale), 'SIGKILL leaves the socket file');
   // Replacing it happens under PATH.lock, so two services starting at once cannot both replace
   // it: while another holds that lock, the service waits.
   const holder = spawn('python3', ['-c', `import fcntl,sys\nf=open(${JSON.stringify(`${stale}.lock`)},'a')\nfcntl.flock(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\nsys.stdin.read()`], { stdio: ['pipe', 'pipe', 'inherit'] });
-  assert.equal(String((await once(holder.stdout!, 'data'))[0]).trim(), 'locked');
-  const serving = (): number => serverLog.split(`serving on unix:${stale}`).length - 1; // the first service said it once
+  assert.equal((await firstOutput(holder, 'the lock holder')).trim(), 'locked');
   const second = startServer(['--insecure', 'varlink', '--address', `unix:${stale}`]);
   try {
     await new Promise((r) => setTimeout(r, 1000));
-    assert.equal(serving(), 1, 'waits for the address lock');
+    assert.equal(servingCount(stale), 1, 'waits for the address lock (the first service said it once)');
     holder.stdin!.end();
-    for (let i = 0; i < 100 && serving() < 2; i++) await new Promise((r) => setTimeout(r, 50));
+    await untilServing(stale, 2);
     assert.deepEqual((await client<{ oci: { features: string[] } }>('info', stale)).oci.features, ['splitdirfdstream-v0']);
   } finally {
     holder.kill();
-    second.kill('SIGTERM');
-    await new Promise((r) => second.once('exit', r));
+    await stop(second);
   }
   assert.ok(!existsSync(stale), 'the service removes its socket when it stops');
 });
@@ -297,7 +303,7 @@ test('a Pull whose client hangs up is not tagged (its data stays for the next pu
   assert.ok(r.first.parameters, JSON.stringify(r.first));
   // The import goes on; once its manifest is stored the tag would follow at once.
   const manifest = path.join(dst, 'streams', `oci-manifest-${big.images[0].manifestDigest}`);
-  for (let i = 0; i < 200 && !existsSync(manifest); i++) await new Promise((res) => setTimeout(res, 50));
+  for (let i = 0; i < 1200 && !existsSync(manifest); i++) await new Promise((res) => setTimeout(res, 50));
   assert.ok(existsSync(manifest), `the pull finished; log:\n${serverLog}`);
   await new Promise((res) => setTimeout(res, 500));
   assert.equal(cfsOk(['--repo', dst, 'oci', 'images']).stdout, 'No images found\n');
@@ -339,8 +345,7 @@ test('socket activation: a listening fd, and one connected fd per process (--acc
       const g = await client<{ layers: LayerReport[] }>('getlayers', s, path.join(work, 'src'), 'app');
       assert.deepEqual(g.layers.map((l) => l.rebuilt), diffIds);
     } finally {
-      act.kill('SIGTERM');
-      await new Promise((r) => act.once('exit', r));
+      await stop(act);
     }
   }
 });

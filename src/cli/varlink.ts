@@ -25,6 +25,13 @@ async function serve(program: Command, address: string | undefined): Promise<voi
   const { native } = await import('../native.js');
   const g = program.opts<{ insecure?: boolean }>();
   const service = new ComposefsService({ insecure: !!g.insecure, version: program.version() });
+  // Before the socket exists: a service stopped right after creating it still removes it.
+  const stop = (): void => {
+    service.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
   const fds = activationFds();
   if (fds.length > 0) {
     for (const fd of fds) {
@@ -46,12 +53,6 @@ async function serve(program: Command, address: string | undefined): Promise<voi
   }
   // One client's failure must not take the others down: log anything that escaped a handler.
   process.on('uncaughtException', (e) => service.server.log(`internal error (still serving): ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`));
-  const stop = (): void => {
-    service.close();
-    process.exit(0);
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
   process.stderr.write(`cfs varlink: serving${address ? ` on ${address}` : ' socket-activated fds'}\n`);
 }
 
