@@ -94,7 +94,21 @@ test('copy a three-layer image: same image ID and dump; a second copy does no la
   const again = cfsOk(['--repo', dst, 'oci', 'copy', 'app', '--from', src, '--name', 'copied']);
   assert.match(again.stdout, /Layers: 0 copied, 3 already present\nobjects: 0 reflinked \+ 0 hardlinked \+ 0 copied\n$/);
   assert.doesNotMatch(again.stderr, /Copying/);
+  assert.doesNotMatch(again.stderr, /untagged/);
   assert.deepEqual(repoProblems(dst), []);
+});
+
+test('a copy without --name is untagged, as in cfsctl, and says so', () => {
+  const src = path.join(work, 'src');
+  const dst = path.join(work, 'untagged');
+  init(dst, 'sha256');
+  const r = cfsOk(['--repo', dst, 'oci', 'copy', 'app', '--from', src]);
+  assert.match(r.stdout, /^Copied image app from .* to destination repo\n/);
+  const manifest = /^Manifest digest: (sha256:[0-9a-f]{64})$/m.exec(r.stdout)![1];
+  assert.match(r.stderr, new RegExp(`^note: the copy is untagged: the next \`cfs gc\` removes it \\(tag it with --name, or \`cfs oci tag ${manifest} NAME\`\\)$`, 'm'));
+  cfsOk(['--repo', dst, 'oci', 'tag', manifest, 'named-later']);
+  assert.match(cfsOk(['--repo', dst, 'gc']).stdout, /^Objects: 0 removed/m);
+  assert.match(cfsOk(['--repo', dst, 'oci', 'images']).stdout, /^named-later /m);
 });
 
 test('sha256 → sha512 copy gives the image ID of a direct sha512 pull, and back', () => {
