@@ -31,7 +31,18 @@ export async function ensureUnprivUser(name = UNPRIV_USER): Promise<UnprivUser> 
   try {
     return await ids();
   } catch {
-    await execFileP('useradd', ['-M', '-s', '/usr/sbin/nologin', name]);
+    // Once more after a moment when /etc/passwd is locked (say, a package update on a fresh
+    // VM); status 9 means someone else created the user meanwhile.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await execFileP('useradd', ['-M', '-s', '/usr/sbin/nologin', name]);
+        break;
+      } catch (e) {
+        if ((e as { code?: number }).code === 9) break;
+        if (attempt === 2) throw e;
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+    }
     return ids();
   }
 }
