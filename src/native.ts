@@ -32,9 +32,9 @@ export interface NativeAddon {
    * Write objects on the threadpool, in order: O_TMPFILE in `dir`, write `datas[i]`, link it to
    * `names[i]` ("xx/yyyy…" in hex; names joined by '\n'), creating the fan-out directory; an
    * existing name wins. For insecure repositories (no fs-verity). The Buffers must not change
-   * until the promise settles; the first failure rejects, naming the object.
+   * until the promise settles; the first failure rejects, naming the object. Resolves with how
+   * many of the objects were there already.
    */
-  /** Resolves with how many of the objects were there already. */
   storeObjects(dir: string, names: string, datas: Buffer[]): Promise<number>;
   // hashing (OpenSSL from the node binary). Handles are single-use: after *Digest, further use throws EINVAL.
   /** Streaming fs-verity digest (4096-byte blocks, no salt); constant memory. */

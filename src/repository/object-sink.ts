@@ -33,14 +33,13 @@ export class ObjectSink {
   private datas: Buffer[] = [];
   private batchBytes = 0;
   private scheduled = false;
+  /** Objects stored that turned out to be there already, since the last takePresent(). */
+  private present = 0;
 
   constructor(repo: Repository) {
     this.repo = repo;
     this.objects = path.join(repo.path, 'objects');
   }
-
-  /** Objects stored that turned out to be there already, since the last takePresent(). */
-  private present = 0;
 
   /** How many stored objects were there already (since the last call); call after drain(). */
   takePresent(): number {

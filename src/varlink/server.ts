@@ -12,6 +12,9 @@ import { tryLock } from '../repository/lock.js';
 import { FdConnection, MAX_FDS_PER_MESSAGE, MAX_MESSAGE, closeQuietly, type Incoming } from './transport.js';
 import { Params, parseCall, SERVICE_INTERFACE, VarlinkError, type Call } from './protocol.js';
 
+/** What one connection's calls waiting behind its running call may hold. */
+const MAX_QUEUED_FDS = 2 * MAX_FDS_PER_MESSAGE;
+const MAX_QUEUED_BYTES = 2 * MAX_MESSAGE;
 const ADDRESS_LOCK_WAIT_MS = 5_000;
 
 /** Exclusive flock of the address's lock file, waiting at most ADDRESS_LOCK_WAIT_MS. */
@@ -23,10 +26,6 @@ function lockWithin(lockFd: number, path: string): void {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
   }
 }
-
-/** What one connection's calls waiting behind its running call may hold. */
-const MAX_QUEUED_FDS = 2 * MAX_FDS_PER_MESSAGE;
-const MAX_QUEUED_BYTES = 2 * MAX_MESSAGE;
 
 export interface ReplyOptions {
   continues?: boolean;
@@ -72,8 +71,8 @@ export interface ServiceInfo {
 export class VarlinkServer {
   private readonly interfaces = new Map<string, VarlinkInterface>();
   private readonly connections = new Set<FdConnection>();
-  /** `ino`: of the socket file made at `path`, so close() removes it only while it is still ours. */
-  private listeners: Array<{ fd: number; poll: PollHandle; path: string | null; ino?: number }> = [];
+  /** `socket`: the socket file listenPath made (its inode, so close() removes it only while it is still ours). */
+  private listeners: Array<{ fd: number; poll: PollHandle; socket: { path: string; ino: number } | null }> = [];
   private nextConn = 1;
   /** Called when a client's connection is gone (after its calls were aborted). */
   onDisconnect: (connectionId: number) => void = () => undefined;
@@ -119,15 +118,18 @@ export class VarlinkServer {
       unlinkSync(path);
     }
     const fd = native().listenUnix(path, 128);
-    this.listenFd(fd, path);
-    this.listeners[this.listeners.length - 1]!.ino = lstatSync(path).ino;
+    this.watch(fd, { path, ino: lstatSync(path).ino });
   }
 
   /** Accept connections on an already listening fd (socket activation). */
-  listenFd(fd: number, path: string | null = null): void {
+  listenFd(fd: number): void {
+    this.watch(fd, null);
+  }
+
+  private watch(fd: number, socket: { path: string; ino: number } | null): void {
     native().setNonBlocking(fd);
     const poll = native().pollStart(fd, native().constants.POLL_READABLE, () => this.acceptAll(fd));
-    this.listeners.push({ fd, poll, path });
+    this.listeners.push({ fd, poll, socket });
   }
 
   /** Serve one connected socket. */
@@ -171,9 +173,9 @@ export class VarlinkServer {
     for (const l of this.listeners.splice(0)) {
       native().pollStop(l.poll);
       closeQuietly(l.fd);
-      if (l.path && l.ino !== undefined) {
+      if (l.socket) {
         try {
-          if (lstatSync(l.path, { throwIfNoEntry: false })?.ino === l.ino) unlinkSync(l.path);
+          if (lstatSync(l.socket.path, { throwIfNoEntry: false })?.ino === l.socket.ino) unlinkSync(l.socket.path);
         } catch {
           // gone, or not ours to remove any more
         }
