@@ -52,6 +52,19 @@ async function umount(mp: string, extra: string[] = []): Promise<void> {
   assert.ok(!isMounted(mp), `${mp} still in /proc/self/mountinfo`);
 }
 
+let taggedPulled: Promise<void> | null = null;
+
+/**
+ * The name of the v1 image tagged 'tagged' in the shared repository, pulled by the first test
+ * that needs it (not in before(): the first test checks that `cfs mount oci:…` imports), so
+ * each test also runs alone (--test-name-pattern).
+ */
+async function tagged(): Promise<string> {
+  taggedPulled ??= cfsOkAsync(['--repo', repo, '--insecure', 'oci', 'pull', '-q', `oci:${layoutDir}:v1`, 'tagged']).then(() => undefined);
+  await taggedPulled;
+  return 'tagged';
+}
+
 /** A failing cfs run: non-zero exit, and stderr is exactly one `cfs: …` line matching re. */
 async function assertFails(args: string[], re: RegExp): Promise<void> {
   const r = await cfs(args);
@@ -134,8 +147,7 @@ test('FUSE (--fuse yes): the same tree by tag name; listed as fuse; umount stops
 });
 
 test('mount by image id and by tag; the same image twice at two places', { skip: SKIP }, async () => {
-  const source = `oci:${layoutDir}:v1`;
-  await cfsOkAsync(['--repo', repo, '--insecure', 'oci', 'pull', '-q', source, 'tagged']);
+  await tagged();
   const images = JSON.parse((await cfsOkAsync(['--repo', repo, 'oci', 'images', '--json'])).stdout) as { images: Array<{ name: string; imageId: string }> };
   const id = images.images.find((i) => i.name === 'tagged')!.imageId;
   const a = newMountpoint('twice-a');
@@ -176,7 +188,7 @@ test('mount while another import runs into the same repository', { skip: SKIP },
   void pulled.then(() => (running = false));
   const mp = newMountpoint('during-import');
   const mp2 = newMountpoint('during-import-ref');
-  await mount('tagged', mp);
+  await mount(await tagged(), mp);
   await mount(`oci:${layoutDir}:v1`, mp2);
   const overlapped = running;
   assert.deepEqual(compareTree(expected, snapshotTree(mp)), []);
@@ -192,7 +204,7 @@ test('mount while another import runs into the same repository', { skip: SKIP },
 test('busy unmount: clear EBUSY, mount stays; --lazy detaches and the open file stays readable', { skip: SKIP }, async () => {
   for (const mode of ['no', 'yes']) {
     const mp = newMountpoint(`busy-${mode}`);
-    await mount('tagged', mp, ['--fuse', mode]);
+    await mount(await tagged(), mp, ['--fuse', mode]);
     const fd = openSync(path.join(mp, 'usr/share/big'), 'r');
     try {
       await assertFails(['umount', mp], /busy.*--lazy|busy.*lazily/i);
@@ -213,6 +225,7 @@ test('errors: bad mount point, unknown image, bad options, not a mount point', {
   const file = path.join(work, 'a-file');
   writeFileSync(file, 'x');
   const base = ['--repo', repo, '--insecure', 'mount'];
+  await tagged();
   await assertFails([...base, 'tagged', path.join(work, 'no-such-dir')], /mount point .*no-such-dir does not exist/);
   await assertFails([...base, 'tagged', file], /mount point .*a-file is not a directory/);
   await assertFails([...base, 'no-such-image', mp], /image 'no-such-image' not found/);
