@@ -1,8 +1,8 @@
 /**
  * `cfs oci copy` through the real CLI: a multi-layer image lands with the same image ID and
  * dumpfile; sha256 → sha512 gives the ID of a direct pull into sha512 (and back); --zerocopy
- * hardlinks on one filesystem and fails clearly across filesystems and algorithms; a second
- * copy does no layer work.
+ * hardlinks on one filesystem, reflinks between btrfs subvolumes, and fails clearly across
+ * filesystems and algorithms; a second copy does no layer work.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -163,6 +163,36 @@ test('--zerocopy: hardlinks on one filesystem; different algorithm or filesystem
     assert.equal(imageId(other, 'z'), imageId(src, 'app'));
   } finally {
     execFileSync('umount', [mnt]);
+  }
+});
+
+test('btrfs: two subvolumes differ in st_dev and still reflink; --zerocopy copies between them by reflink', () => {
+  const img = path.join(work, 'btrfs.img');
+  const mnt = path.join(work, 'btrfs');
+  mkdirSync(mnt);
+  // Sparse; btrfs needs about 110 MiB at least.
+  closeSync(openSync(img, 'w'));
+  execFileSync('truncate', ['-s', '256M', img]);
+  execFileSync('mkfs.btrfs', ['-q', img]);
+  execFileSync('mount', ['-o', 'loop', img, mnt]);
+  try {
+    const [a, b] = ['a', 'b'].map((v) => {
+      execFileSync('btrfs', ['-q', 'subvolume', 'create', path.join(mnt, v)]);
+      return path.join(mnt, v, 'repo');
+    });
+    assert.notEqual(statSync(path.dirname(a!)).dev, statSync(path.dirname(b!)).dev, 'subvolumes have their own st_dev');
+    init(a!, 'sha256');
+    cfsOk(['--repo', a!, 'oci', 'pull', '-q', `oci:${layout}:v1`, 'app']);
+    init(b!, 'sha256');
+    const r = cfsOk(['--repo', b!, 'oci', 'copy', 'app', '--from', a!, '--zerocopy', '--name', 'z']);
+    const o = objects(r.stdout);
+    assert.equal(o.copied + o.hardlinked, 0, r.stdout);
+    assert.ok(o.reflinked >= 4, `reflinked: ${r.stdout}`);
+    assert.equal(imageId(b!, 'z'), imageId(a!, 'app'));
+    assert.deepEqual(repoProblems(b!), []);
+  } finally {
+    execFileSync('umount', [mnt]);
+    rmSync(img, { force: true });
   }
 });
 

@@ -230,6 +230,7 @@ test('misbehaving clients (incl. one piling fds behind a stalled call) get an er
     ['fdflood', (r) => assert.equal(r.hangup, true)],
     ['oversize', (r) => assert.equal(r.hangup, true)],
     ['fdcount', (r) => assert.equal(r.error?.error, 'org.composefs.Oci.InvalidRequest')],
+    ['devnull-stream', (r) => assert.match(r.error?.parameters.message ?? '', /fd 0 \(the stream\) must be a pipe, a socket or a regular file, not a character device/)],
     ['index', (r) => assert.match(r.error?.parameters.message ?? '', /dirfd index 77 out of range/)],
     ['dummy-slot', (r) => assert.match(r.error?.parameters.message ?? '', /slot 0 is not a directory/)],
     ['length', (r) => assert.match(r.error?.parameters.message ?? '', /declared length \d+ != actual size/)],
@@ -361,6 +362,51 @@ const last = <T>(r: CallResult<T>): T => {
   assert.ok(r.frames, `expected a reply, got ${JSON.stringify(r.error)}`);
   return r.frames[r.frames.length - 1];
 };
+
+test('GetLayer fds outlive the connection; a handle closed during PutLayer is released when the call ends', async () => {
+  const src = path.join(work, 'src');
+  const hung = await client<{ layers: Array<{ diff_id: string; rebuilt: string }> }>('getlayers-hangup', sock, src, 'app');
+  assert.deepEqual(hung.layers.map((l) => l.rebuilt), hung.layers.map((l) => l.diff_id));
+  const dst = repo('close-during-put');
+  const r = await client<{ put?: { layer_verity: string }; put_error?: unknown; close: unknown; gc: { dry_run: boolean } }>('close-during-put', sock, src, dst, 'app');
+  assert.deepEqual(r.close, {});
+  assert.ok(r.put, `PutLayer after its handle was closed: ${JSON.stringify(r.put_error)}`);
+  assert.equal(r.gc.dry_run, false);
+  // The Gc ran after the PutLayer (the untagged layer is garbage by then): a consistent repository.
+  assert.deepEqual(repoProblems(dst), []);
+});
+
+test('parameters as the IDL declares them: required fields, absolute paths, names beneath the repository, FinalizeImage\'s layers', async () => {
+  const src = path.join(work, 'src');
+  const REPO = 'org.composefs.Repository';
+  const manifest = cfsOk(['--repo', src, 'oci', 'inspect', '--manifest', 'app']).stdout;
+  const config = cfsOk(['--repo', src, 'oci', 'inspect', '--config', 'app']).stdout;
+  const has = await calls<{ layer_verity: string }>(src, diffIds.map((d): Call => [`${OCI}.HasLayer`, { diff_id: d }]));
+  const good = diffIds.map((d, i) => ({ diff_id: d, layer_verity: last(has[i]!).layer_verity }));
+  const r = await calls(src, [
+    [`${REPO}.Gc`, { roots: [] }],
+    [`${OCI}.PutLayer`, { diff_id: diffIds[0] }],
+    ['GetInfo', {}],
+    [`${REPO}.InitRepository`, { path: 'relative/repo', insecure: true }],
+    [`${REPO}.ImageObjects`, { name: '../../../../etc/passwd' }],
+    [`${OCI}.FinalizeImage`, { manifest_json: manifest, config_json: config, layers: good.slice(1) }],
+    [`${OCI}.FinalizeImage`, { manifest_json: manifest, config_json: config, layers: [good[1], good[0], ...good.slice(2)] }],
+    [`${OCI}.FinalizeImage`, { manifest_json: manifest, config_json: config, layers: good.map((l, i) => (i === 0 ? { ...l, layer_verity: 'deadbeef' } : l)) }],
+    [`${OCI}.FinalizeImage`, { manifest_json: manifest, config_json: config, layers: good, name: 'finalized' }],
+  ]);
+  assert.deepEqual(r[0]!.error, { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'dry_run' } });
+  assert.deepEqual(r[1]!.error, { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'zerocopy' } });
+  assert.deepEqual(r[2]!.error, { error: 'org.varlink.service.MethodNotFound', parameters: { method: 'GetInfo' } });
+  assert.equal(r[3]!.error?.error, `${REPO}.InvalidSpec`);
+  assert.match(String(r[3]!.error?.parameters.message), /'relative\/repo' is not an absolute path/);
+  assert.equal(r[4]!.error?.error, `${REPO}.InvalidSpec`);
+  assert.match(String(r[4]!.error?.parameters.message), /invalid image name/);
+  for (const bad of r.slice(5, 7)) assert.match(String(bad.error?.parameters.message), /layers must list the image's \d+ layers in order/);
+  assert.match(String(r[7]!.error?.parameters.message), /layer_verity deadbeef is not the stored layer's/);
+  assert.ok(last(r[8]!), 'the right layers are accepted');
+  assert.equal(cfsOk(['--repo', src, 'oci', 'inspect', 'finalized']).status, 0);
+  assert.deepEqual(repoProblems(src), []);
+});
 
 test('ComputeId equals `cfs oci compute-id`; xattrs mode and unknown images', async () => {
   const src = path.join(work, 'src');

@@ -8,7 +8,8 @@
  */
 import os from 'node:os';
 import path from 'node:path';
-import { closeSync, statSync } from 'node:fs';
+import { closeSync, constants as C, openSync, statSync } from 'node:fs';
+import { native } from '../native.js';
 import pLimit from 'p-limit';
 import { CfsError, isCfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
@@ -47,10 +48,32 @@ export function checkZerocopy(src: Repository, dst: Repository): void {
   if (src.alg !== dst.alg) {
     throw new CfsError('EINVAL', `--zerocopy requires matching hash algorithms; source uses ${src.alg} but destination uses ${dst.alg}`);
   }
-  const a = statSync(path.join(src.path, 'objects')).dev;
-  const b = statSync(path.join(dst.path, 'objects')).dev;
-  if (a !== b) {
+  if (!canShareData(src, dst)) {
     throw new CfsError('ENOTSUP', `--zerocopy requires both repositories on the same filesystem; ${src.path} and ${dst.path} are on different filesystems`);
+  }
+}
+
+/**
+ * Whether src's files can be reflinked or hardlinked into dst's objects/: the same st_dev, or,
+ * since btrfs subvolumes differ in st_dev yet reflink (hardlinks never cross st_dev), a clone of
+ * src's meta.json into an unnamed tmpfile in dst's objects/.
+ */
+function canShareData(src: Repository, dst: Repository): boolean {
+  const objects = path.join(dst.path, 'objects');
+  if (statSync(path.join(src.path, 'objects')).dev === statSync(objects).dev) return true;
+  const fd = openSync(path.join(src.path, 'meta.json'), C.O_RDONLY);
+  try {
+    const tmp = native().openTmpfile(objects, C.O_RDWR, 0o600);
+    try {
+      native().ficlone(tmp, fd);
+      return true;
+    } finally {
+      closeSync(tmp);
+    }
+  } catch {
+    return false;
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -498,6 +498,10 @@ export class Repository implements ObjectStore {
    * required only when the image object actually carries the matching digest.
    */
   async openImage(name: string): Promise<ImageHandle> {
+    // Names are resolved beneath images/: no absolute paths, no '.'/'..' components.
+    if (name === '' || name.includes('\0') || name.split('/').some((c) => c === '' || c === '.' || c === '..')) {
+      throw new CfsError('EINVAL', `invalid image name '${name}'`);
+    }
     let rel = `images/${name}`;
     let viaRef = name.includes('/');
     if (!(await lstat(path.join(this.path, rel)).then(() => true, () => false))) {

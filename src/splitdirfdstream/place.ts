@@ -177,17 +177,14 @@ export class ObjectPlacer {
     let background = false;
     try {
       const local = !!this.opts.localStore;
-      if (f.stat.dev !== this.dstDev) {
-        return this.copied(await this.copy(f, length, tap, `zero-copy import impossible: ${f.name} is on a different filesystem than repository ${this.repo.path}`));
-      }
+      // Not judged by st_dev: btrfs subvolumes differ in it and still reflink. A pair that
+      // cannot (EXDEV) is remembered after the first try.
       const pair = `${f.stat.dev}:${this.dstDev}`;
       const trusted = local || (f.stat.uid === this.euid && (f.stat.mode & 0o022) === 0);
       if (!trusted) return this.copied(await this.copy(f, length, tap, `${f.name} may be changed by another user`));
       const canReflink = !this.noReflink.has(pair) && !this.noReflink.has('*');
       const canHardlink = !this.noHardlink.has(pair) && (local ? this.mayShare(f) : this.objectNameRe.test(f.name));
-      if (!canReflink && !canHardlink) {
-        return this.copied(await this.copy(f, length, tap, `reflink (${this.why(this.noReflink, pair)}) and hardlink (${this.why(this.noHardlink, pair)}) both failed`));
-      }
+      if (!canReflink && !canHardlink) return this.copied(await this.copy(f, length, tap, this.bothFailed(f, pair, this.why(this.noHardlink, pair))));
       const fds = [f.fd];
       let clone: number | null;
       try {
@@ -271,13 +268,20 @@ export class ObjectPlacer {
     // The stream has the content already: copy without it, and require the same bytes.
     const misnamed = z.canHardlink && !z.local && f.name !== objectRelPath(id);
     const noLink = misnamed ? `impossible: the file is not named by its digest ${objectRelPath(id)}, a damaged object?` : this.why(this.noHardlink, z.pair);
-    const again = await this.copy(f, length, null, `reflink (${this.why(this.noReflink, z.pair)}) and hardlink (${noLink}) both failed`);
+    const again = await this.copy(f, length, null, this.bothFailed(f, z.pair, noLink));
     if (!again.equals(id)) throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
     return id;
   }
 
   private copied(id: Buffer): Placement {
     return { pending: Promise.resolve(id) };
+  }
+
+  /** Why a file is copied: both zero-copy methods failed (on different filesystems: that). */
+  private bothFailed(f: OpenedFile, pair: string, noLink: string): string {
+    const noReflink = this.why(this.noReflink, pair);
+    if (noReflink === 'EXDEV' && noLink === 'EXDEV') return `zero-copy import impossible: ${f.name} is on a different filesystem than repository ${this.repo.path}`;
+    return `reflink (${noReflink}) and hardlink (${noLink}) both failed`;
   }
 
   private why(m: Map<string, string>, pair: string): string {

@@ -20,11 +20,14 @@ export interface Call {
   oneway: boolean;
 }
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 /** Parse one message; null when it is not a varlink call object. */
 export function parseCall(text: Buffer): Call | null {
   let v: unknown;
   try {
-    v = JSON.parse(text.toString('utf8'));
+    // JSON is UTF-8: invalid sequences are refused, not replaced with U+FFFD.
+    v = JSON.parse(UTF8.decode(text));
   } catch {
     return null;
   }
@@ -36,9 +39,17 @@ export function parseCall(text: Buffer): Call | null {
   return { method: o.method, parameters: p as Record<string, unknown>, more: o.more === true, oneway: o.oneway === true };
 }
 
-/** Typed getters over a call's parameters; a wrong type is InvalidParameter. Null = absent. */
+/**
+ * Typed getters over a call's parameters, as the IDL declares them: a wrong type, or a missing
+ * required (non-nullable) field, is InvalidParameter. Null = absent.
+ */
 export class Params {
   constructor(private readonly p: Record<string, unknown>) {}
+
+  /** The parameter as sent (undefined when absent or null), unchecked. */
+  raw(name: string): unknown {
+    return this.get(name);
+  }
 
   private get(name: string): unknown {
     const v = this.p[name];
@@ -57,10 +68,16 @@ export class Params {
     return v;
   }
 
-  bool(name: string, dflt = false): boolean {
+  /** A required (non-nullable) bool: absent is InvalidParameter, as for every required field. */
+  bool(name: string): boolean {
+    const v = this.optBool(name);
+    if (v === undefined) throw invalidParameter(name);
+    return v;
+  }
+
+  optBool(name: string): boolean | undefined {
     const v = this.get(name);
-    if (v === undefined) return dflt;
-    if (typeof v !== 'boolean') throw invalidParameter(name);
+    if (v !== undefined && typeof v !== 'boolean') throw invalidParameter(name);
     return v;
   }
 
@@ -72,19 +89,19 @@ export class Params {
   }
 
   strArray(name: string): string[] {
-    const v = this.get(name) ?? [];
+    const v = this.get(name);
     if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw invalidParameter(name);
     return v as string[];
   }
 
   obj(name: string): Params {
-    const v = this.get(name) ?? {};
-    if (typeof v !== 'object' || Array.isArray(v)) throw invalidParameter(name);
+    const v = this.get(name);
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalidParameter(name);
     return new Params(v as Record<string, unknown>);
   }
 
   objArray(name: string): Params[] {
-    const v = this.get(name) ?? [];
+    const v = this.get(name);
     if (!Array.isArray(v) || v.some((x) => typeof x !== 'object' || x === null || Array.isArray(x))) throw invalidParameter(name);
     return (v as Array<Record<string, unknown>>).map((x) => new Params(x));
   }

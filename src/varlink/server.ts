@@ -252,6 +252,8 @@ export class VarlinkServer {
 
   private async dispatch(call: Call, ctx: CallContext): Promise<Record<string, unknown> | FinalReply> {
     const dot = call.method.lastIndexOf('.');
+    // A method name must be qualified by its interface.
+    if (dot <= 0) throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
     const ifaceName = call.method.slice(0, dot);
     const name = call.method.slice(dot + 1);
     const p = new Params(call.parameters);

@@ -3,7 +3,7 @@
  * over repository handles. Handles are per service, start at 1 and are never reused.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, statSync, fstatSync, createReadStream } from 'node:fs';
+import { readFileSync, statSync, fstatSync, createReadStream, type ReadStream, type Stats } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,8 +47,10 @@ function interfaceText(name: string): string {
   throw new Error(`varlink interface description ${name}.varlink not found`);
 }
 
-const errorFor = (iface: string) => (e: unknown): VarlinkError => {
+/** Errors a handler did not map: a bad argument (CfsError EINVAL) is the interface's `invalid` error, the rest InternalError. */
+const errorFor = (iface: string, invalid: string) => (e: unknown): VarlinkError => {
   if (e instanceof VarlinkError) return e;
+  if (isCfsError(e) && e.code === 'EINVAL') return new VarlinkError(`${iface}.${invalid}`, { message: e.message });
   return new VarlinkError(`${iface}.InternalError`, { message: e instanceof Error ? e.message : String(e) });
 };
 
@@ -91,28 +93,45 @@ function localFetchOf(v: string | undefined): LocalFetch {
   return 'disabled';
 }
 
+function fileKind(st: Stats): string {
+  if (st.isDirectory()) return 'directory';
+  if (st.isCharacterDevice()) return 'character device';
+  if (st.isBlockDevice()) return 'block device';
+  if (st.isSymbolicLink()) return 'symbolic link';
+  return 'file of unknown type';
+}
+
 function createdOf(config: Buffer): string | null {
   const v = (JSON.parse(config.toString('utf8')) as { created?: unknown }).created;
   return typeof v === 'string' ? v : null;
 }
 
+/**
+ * A repository handle. It holds the repository's shared lock (which blocks gc), so it lives until
+ * CloseRepository or until the connection that opened it goes away; other connections may use it
+ * meanwhile. A closed handle's repository is released once the calls still using it finish.
+ */
+interface OpenHandle {
+  repo: Repository;
+  owner: number;
+  /** Calls (and GetLayer producers) using the handle right now. */
+  busy: number;
+  closed: boolean;
+}
+
 export class ComposefsService {
   readonly server: VarlinkServer;
-  private readonly handles = new Map<number, { repo: Repository; owner: number }>();
+  private readonly handles = new Map<number, OpenHandle>();
   private nextHandle = 1;
 
   constructor(private readonly opts: ServiceOptions = {}) {
     const info: ServiceInfo = { vendor: 'org.composefs', product: 'cfs', version: opts.version ?? 'unknown', url: 'https://github.com/composefs/composefs' };
     this.server = new VarlinkServer(info);
-    this.server.add({ name: REPO, description: interfaceText(REPO), methods: this.repositoryMethods(), internalError: errorFor(REPO) });
-    this.server.add({ name: OCI, description: interfaceText(OCI), methods: this.ociMethods(), internalError: errorFor(OCI) });
+    this.server.add({ name: REPO, description: interfaceText(REPO), methods: this.holding(this.repositoryMethods()), internalError: errorFor(REPO, 'InvalidSpec') });
+    this.server.add({ name: OCI, description: interfaceText(OCI), methods: this.holding(this.ociMethods()), internalError: errorFor(OCI, 'InvalidRequest') });
     // Handles are shared by the service, but one left open by a vanished client only holds a lock.
     this.server.onDisconnect = (conn) => {
-      for (const [h, v] of this.handles) {
-        if (v.owner !== conn) continue;
-        this.handles.delete(h);
-        v.repo.close();
-      }
+      for (const [h, v] of this.handles) if (v.owner === conn) this.closeHandle(h, v);
     };
   }
 
@@ -123,10 +142,49 @@ export class ComposefsService {
   }
 
   private repo(iface: string, p: Params): Repository {
+    return this.entry(iface, p).repo;
+  }
+
+  private entry(iface: string, p: Params): OpenHandle {
     const handle = p.int('handle');
     const h = this.handles.get(handle);
     if (!h) throw new VarlinkError(`${iface}.InvalidHandle`, { handle });
-    return h.repo;
+    return h;
+  }
+
+  /** No new call gets the handle; its repository is released when the last one using it ends. */
+  private closeHandle(handle: number, h: OpenHandle): void {
+    this.handles.delete(handle);
+    h.closed = true;
+    if (h.busy === 0) h.repo.close();
+  }
+
+  private hold(h: OpenHandle): () => void {
+    h.busy++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--h.busy === 0 && h.closed) h.repo.close();
+    };
+  }
+
+  /** Every call naming an open handle holds it while it runs (see OpenHandle). */
+  private holding(methods: Record<string, Handler>): Record<string, Handler> {
+    const wrapped: Record<string, Handler> = {};
+    for (const [name, h] of Object.entries(methods)) {
+      wrapped[name] = async (p, ctx) => {
+        const raw = p.raw('handle');
+        const entry = typeof raw === 'number' ? this.handles.get(raw) : undefined;
+        const release = entry ? this.hold(entry) : () => undefined;
+        try {
+          return await h(p, ctx);
+        } finally {
+          release();
+        }
+      };
+    }
+    return wrapped;
   }
 
   private repositoryMethods(): Record<string, Handler> {
@@ -140,19 +198,25 @@ export class ComposefsService {
         throw E('InvalidSpec', { message: (e as Error).message });
       }
     };
+    /** Repository paths are absolute: the service's working directory means nothing to a client. */
+    const repoPath = (p: Params, name = 'path'): string => {
+      const v = p.str(name);
+      if (!path.isAbsolute(v)) throw E('InvalidSpec', { message: `${name} '${v}' is not an absolute path` });
+      return v;
+    };
     return {
       InitRepository: async (p) => {
-        const r = await initRepository(p.str('path'), { hashAlg: hashOf(p), insecure: p.bool('insecure') });
+        const r = await initRepository(repoPath(p), { hashAlg: hashOf(p), insecure: p.optBool('insecure') ?? false });
         return { created: r.created };
       },
       EnsureRepository: async (p) => {
-        const r = await initRepository(p.str('path'), { hashAlg: hashOf(p), insecure: p.bool('insecure') });
+        const r = await initRepository(repoPath(p), { hashAlg: hashOf(p), insecure: p.optBool('insecure') ?? false });
         return { status: r.created ? 'Created' : 'Opened' };
       },
       OpenRepository: async (p, ctx) => {
-        const sel = [p.optStr('path') !== undefined, p.bool('user'), p.bool('system')].filter(Boolean).length;
+        const sel = [p.optStr('path') !== undefined, p.optBool('user'), p.optBool('system')].filter(Boolean).length;
         if (sel !== 1) throw E('InvalidSpec', { message: 'exactly one of path, user, system must be given' });
-        const where = resolveRepositoryPath({ repo: p.optStr('path'), user: p.bool('user'), system: p.bool('system') });
+        const where = resolveRepositoryPath({ repo: p.optStr('path') === undefined ? undefined : repoPath(p), user: p.optBool('user'), system: p.optBool('system') });
         let repo: Repository;
         try {
           repo = await Repository.open(where, { insecure: this.opts.insecure });
@@ -160,19 +224,17 @@ export class ComposefsService {
           throw E('RepoNotFound', { message: (e as Error).message });
         }
         const handle = this.nextHandle++;
-        this.handles.set(handle, { repo, owner: ctx.connectionId });
+        this.handles.set(handle, { repo, owner: ctx.connectionId, busy: 0, closed: false });
         return { handle, hash_algorithm: repo.alg, objects_device_id: statSync(path.join(repo.path, 'objects')).dev };
       },
       CloseRepository: async (p) => {
-        const repo = this.repo(REPO, p);
-        this.handles.delete(p.int('handle'));
-        repo.close();
+        this.closeHandle(p.int('handle'), this.entry(REPO, p));
         return {};
       },
       Fsck: async (p) => {
         const repo = this.repo(REPO, p);
         const { fsck, fsckReportJson } = await import('../repository/fsck.js');
-        return fsckReportJson(await fsck(repo, { metadataOnly: p.bool('metadata_only') }));
+        return fsckReportJson(await fsck(repo, { metadataOnly: p.optBool('metadata_only') ?? false }));
       },
       Gc: async (p) => {
         const repo = this.repo(REPO, p);
@@ -223,7 +285,7 @@ export class ComposefsService {
   private async detachedMount(
     repo: Repository, image: ImageHandle, label: string, options: Params, ctx: CallContext, badFds: (message: string) => VarlinkError,
   ): Promise<FinalReply> {
-    const overlay = options.bool('overlay');
+    const overlay = options.optBool('overlay') ?? false;
     const want = overlay ? 2 : 0;
     if (ctx.fds.length !== want) throw badFds(`Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}`);
     const { openComposefsMount } = await import('../mount/kernel.js');
@@ -235,7 +297,7 @@ export class ComposefsService {
       expectedDigest: image.imageId,
       upperdir: overlay ? `/proc/self/fd/${ctx.fds[0]}` : undefined,
       workdir: overlay ? `/proc/self/fd/${ctx.fds[1]}` : undefined,
-      readWrite: overlay && options.bool('read_write'),
+      readWrite: overlay && (options.optBool('read_write') ?? false),
     });
     return new FinalReply({ fd_index: 0 }, [mnt], () => closeQuietly(mnt));
   }
@@ -356,7 +418,7 @@ export class ComposefsService {
     const repo = this.repo(OCI, p);
     const image = withStorageRoot(p.str('image'), p.optStr('storage_root'));
     const name = p.optStr('name');
-    const bootable = p.bool('bootable');
+    const bootable = p.optBool('bootable') ?? false;
     const mode = xattrMode(p);
     const expected = p.optStr('expected_digest');
     if (expected !== undefined) {
@@ -444,7 +506,8 @@ export class ComposefsService {
 
   /** Reply fds (brief 5.2): the producer writes into a socketpair, the client gets the other end. */
   private async getLayer(p: Params, ctx: CallContext): Promise<FinalReply> {
-    const repo = this.repo(OCI, p);
+    const entry = this.entry(OCI, p);
+    const repo = entry.repo;
     const lp = p.obj('params');
     const diffId = lp.optStr('diff_id');
     if (diffId === undefined) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: 'GetLayer on a repository needs params.diff_id' });
@@ -489,7 +552,7 @@ export class ComposefsService {
         await ctx.reply({ dir_count: region.total }, { continues: true, fds: fds.slice(off, off + n) });
         off += n;
       }
-      this.runProducer(repo, streamId, contentId, region.realSlots[0], dataW, keepR, ctx.signal);
+      this.runProducer(repo, streamId, contentId, region.realSlots[0], dataW, keepR, this.hold(entry));
       return new FinalReply({ dir_count: region.total }, fds.slice(off), () => ours.forEach(closeQuietly));
     } catch (e) {
       [dataW, keepR, ...ours].forEach(closeQuietly);
@@ -497,18 +560,17 @@ export class ComposefsService {
     }
   }
 
-  /** Phase 1: write the stream and close (EOF). Phase 2: hold until the client closes keepalive. */
-  private runProducer(repo: Repository, streamId: Buffer, contentId: string, slot: number, dataW: number, keepR: number, signal: AbortSignal): void {
+  /**
+   * Phase 1: write the stream and close (EOF). Phase 2: hold until the client closes keepalive.
+   * The fds may outlive the varlink connection (a client hands them to another process, or
+   * hangs up at once): the producer runs until the stream is written or its reader is gone
+   * (EPIPE), holding the repository handle (`release` when done), whatever the connection does.
+   */
+  private runProducer(repo: Repository, streamId: Buffer, contentId: string, slot: number, dataW: number, keepR: number, release: () => void): void {
     const out = new net.Socket({ fd: dataW, readable: false, writable: true });
     const keep = new net.Socket({ fd: keepR, readable: true, writable: false });
     keep.on('error', () => undefined);
     keep.resume();
-    const stop = (): void => {
-      out.destroy();
-      keep.destroy();
-    };
-    signal.addEventListener('abort', stop, { once: true });
-    keep.on('close', () => signal.removeEventListener('abort', stop));
     (async () => {
       for await (const b of produceLayerStream(repo, streamId, slot, contentId)) {
         if (out.destroyed) return;
@@ -525,10 +587,12 @@ export class ComposefsService {
         }
       }
       out.end();
-    })().catch((e: unknown) => {
-      this.server.log(`GetLayer ${contentId}: ${(e as Error).message}`);
-      out.destroy();
-    });
+    })()
+      .catch((e: unknown) => {
+        this.server.log(`GetLayer ${contentId}: ${(e as Error).message}`);
+        out.destroy();
+      })
+      .finally(release);
     out.on('error', (e) => this.server.log(`GetLayer ${contentId}: ${e.message}`));
   }
 
@@ -540,10 +604,18 @@ export class ComposefsService {
     if (ctx.fds.length < 2) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `PutLayer needs at least 2 fds (stream, directory…), got ${ctx.fds.length}` });
     const fds = ctx.takeFds();
     const [streamFd, ...dirfds] = fds;
-    const st = fstatSync(streamFd);
-    const input = st.isFile()
-      ? createReadStream('', { fd: streamFd, autoClose: true })
-      : new net.Socket({ fd: streamFd, readable: true, writable: false });
+    let input: net.Socket | ReadStream;
+    try {
+      const st = fstatSync(streamFd);
+      if (!st.isFile() && !st.isFIFO() && !st.isSocket()) {
+        throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `PutLayer: fd 0 (the stream) must be a pipe, a socket or a regular file, not a ${fileKind(st)}` });
+      }
+      input = st.isFile() ? createReadStream('', { fd: streamFd, autoClose: true }) : new net.Socket({ fd: streamFd, readable: true, writable: false });
+    } catch (e) {
+      // Taken fds are ours to close, whatever went wrong.
+      fds.forEach(closeQuietly);
+      throw e instanceof VarlinkError ? e : new VarlinkError(`${OCI}.InvalidRequest`, { message: `PutLayer: fd 0 (the stream) is unusable: ${(e as Error).message}` });
+    }
     // Read errors reach the consumer through its iterator; one after the iterator finished
     // (the client vanishing) must not become an uncaught 'error' event.
     input.on('error', () => undefined);
@@ -576,32 +648,47 @@ export class ComposefsService {
     const repo = this.repo(OCI, p);
     const manifestBytes = Buffer.from(p.str('manifest_json'), 'utf8');
     const configBytes = Buffer.from(p.str('config_json'), 'utf8');
-    const layers = p.objArray('layers').map((l) => l.str('diff_id'));
-    const { parseManifest } = await import('../oci/source.js');
+    const given = p.objArray('layers').map((l) => ({ diffId: l.str('diff_id'), verity: l.str('layer_verity') }));
+    const name = p.optStr('name');
+    const { parseManifest, parseConfig } = await import('../oci/source.js');
     const { isImageConfigMediaType } = await import('../oci/media-types.js');
     const { importImage } = await import('../oci/import.js');
     const { manifestContentId, configContentId } = await import('../oci/stored.js');
+    const invalid = (message: string): VarlinkError => new VarlinkError(`${OCI}.InvalidRequest`, { message });
+    if (name === '') throw invalid('FinalizeImage: name must not be empty');
     const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
     let manifest;
+    let layers: string[];
     try {
       manifest = parseManifest(manifestBytes, 'manifest_json');
+      const configDigest = sha(configBytes);
+      if (manifest.config.digest !== configDigest) throw invalid(`manifest names config ${manifest.config.digest}, config_json is ${configDigest}`);
+      // The image is what manifest and config say; the client's list must agree, layer by layer.
+      layers = isImageConfigMediaType(manifest.config.mediaType) ? parseConfig(configBytes, 'config_json', true).rootfs!.diff_ids : manifest.layers.map((l) => l.digest);
     } catch (e) {
-      throw new VarlinkError(`${OCI}.InvalidRequest`, { message: (e as Error).message });
+      throw e instanceof VarlinkError ? e : invalid((e as Error).message);
     }
-    const configDigest = sha(configBytes);
-    if (manifest.config.digest !== configDigest) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `manifest names config ${manifest.config.digest}, config_json is ${configDigest}` });
-    for (const d of layers) if (!(await existingLayer(repo, d))) throw new VarlinkError(`${OCI}.NoSuchLayer`, { diff_id: d });
+    if (layers.length !== manifest.layers.length) throw invalid(`config_json lists ${layers.length} diff_ids but manifest_json has ${manifest.layers.length} layers`);
+    if (given.length !== layers.length || given.some((g, i) => g.diffId !== layers[i])) {
+      throw invalid(`layers must list the image's ${layers.length} layer${layers.length === 1 ? '' : 's'} in order (${layers.join(', ')}), got ${given.map((g) => g.diffId).join(', ') || 'none'}`);
+    }
+    for (const g of given) {
+      const present = await existingLayer(repo, g.diffId);
+      if (!present) throw new VarlinkError(`${OCI}.NoSuchLayer`, { diff_id: g.diffId });
+      const verity = present.streamId.toString('hex');
+      if (g.verity !== verity) throw invalid(`layer ${g.diffId}: layer_verity ${g.verity} is not the stored layer's ${verity} (as HasLayer and PutLayer report it)`);
+    }
     const artifact = !isImageConfigMediaType(manifest.config.mediaType);
     const r = await importImage(repo, {
       description: 'FinalizeImage',
       manifestDigest: sha(manifestBytes),
       manifestBytes,
-      configDigest,
+      configDigest: manifest.config.digest,
       configBytes,
       layers: layers.map((id) => ({ id, size: null, kind: artifact ? 'blob' : 'tar', open: () => { throw new CfsError('ENOENT', `layer ${id} vanished`); } })),
       artifact,
       close: async () => undefined,
-    }, { name: p.optStr('name') });
+    }, { name });
     return {
       manifest_digest: r.manifestDigest,
       manifest_verity: (await repo.hasStream(manifestContentId(r.manifestDigest)))!.toString('hex'),

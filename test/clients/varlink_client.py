@@ -278,6 +278,71 @@ def cmd_getlayers(sock, repo, image):
     return {"layers": out}
 
 
+def cmd_getlayers_hangup(sock, repo, image):
+    """GetLayer on a connection of its own per layer, hung up as soon as the reply is in: the fds
+    must still carry the whole stream (brief 5.2: the keepalive, not the connection, holds it)."""
+    c = Conn(sock)
+    h = open_repo(c, repo)
+    _, diff_ids = layers_of(c, h, image)
+    out = []
+    for d in diff_ids:
+        g = Conn(sock)
+        hg = open_repo(g, repo)
+        data_fd, dirfds, fds, _ = get_layer(g, hg, d)
+        g.s.close()
+        try:
+            digest, size, _files = rebuild(data_fd, dirfds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        out.append({"diff_id": d, "rebuilt": digest, "size": size})
+    return {"layers": out}
+
+
+def cmd_close_during_put(sock, src, dst, image):
+    """Connection A stores a layer in dst, its stream held back half-way; meanwhile connection B
+    closes A's handle and runs a real Gc on dst. A's PutLayer must still succeed (the handle is
+    released only when it ends), and B's Gc must wait for it."""
+    a, b = Conn(sock), Conn(sock)
+    hs, hd = open_repo(a, src), open_repo(a, dst)
+    _, diff_ids = layers_of(a, hs, image)
+    d = diff_ids[0]
+    data_fd, dirfds, fds, _ = get_layer(a, hs, d)
+    chunks = list(reencode(data_fd, 2))
+    half = threading.Event()
+    go = threading.Event()
+
+    def held_back():
+        for i, ch in enumerate(chunks):
+            if i == len(chunks) // 2:
+                half.set()
+                go.wait()
+            yield ch
+
+    result = {}
+
+    def putter():
+        try:
+            result["put"] = put_layer(a, hd, d, held_back(), dirfds[real_dir_slot(dirfds)])
+        except VarlinkError as e:
+            result["put_error"] = e.reply
+
+    t = threading.Thread(target=putter)
+    t.start()
+    half.wait()
+    result["close"] = call1(b, "org.composefs.Repository.CloseRepository", {"handle": hd})
+    hb = open_repo(b, dst)
+    b.send({"method": "org.composefs.Repository.Gc", "parameters": {"handle": hb, "dry_run": False, "roots": []}})
+    time.sleep(0.3)
+    go.set()
+    t.join()
+    reply, _ = b.recv()
+    result["gc"] = reply.get("parameters") if "error" not in reply else reply
+    for fd in fds:
+        os.close(fd)
+    return result
+
+
 def cmd_transfer(sock, repo, image):
     """GetLayer for every layer, receiving the stream and fds without reading file contents:
     file-backed chunks are only checked to exist with their declared size (names, not bytes)."""
@@ -379,6 +444,14 @@ def cmd_bad(sock, src, dst, image, kind):
             return expect_hangup(c)
         finally:
             os.close(w)
+    if kind == "devnull-stream":
+        root = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        c.send({"method": "org.composefs.Oci.PutLayer", "parameters": {"handle": hd, "diff_id": d, "zerocopy": False}}, [devnull, root])
+        os.close(devnull)
+        os.close(root)
+        reply, _ = c.recv()
+        return {"error": reply if "error" in reply else None}
     if kind == "fdcount":
         try:
             put_layer(c, hd, d, iter([b""]), None, fd_list=["pipe"])
@@ -533,7 +606,7 @@ def read_all(fd):
         out += b
 
 
-COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
+COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
