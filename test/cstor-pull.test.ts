@@ -6,9 +6,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { appendFileSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { makeCstorStore, cstorSkipReason, patternBytes, type CstorFixture } from './helpers/cstor-fixture.js';
+import { makeCstorStore, cstorSkipReason, patternBytes, standardLayers, type CstorFixture } from './helpers/cstor-fixture.js';
+import { buildOciLayout } from './helpers/oci-fixture.js';
 import { cfsOk, runCfs } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
 
@@ -63,6 +65,34 @@ test('cfs mount --zerocopy containers-storage:NAME imports through the pull path
     if (mounted()) cfsOk(['umount', mp]);
   }
   assert.ok(!mounted());
+});
+
+test('an image whose base layers are in an additional image store, and a store that lost its overlay/l links', { skip: skip ?? false }, async () => {
+  const main = path.join(fx.dir, 'main-store');
+  mkdirSync(main);
+  const conf = path.join(main, 'storage.conf');
+  writeFileSync(conf, [
+    '[storage]', `driver = "${fx.driver}"`, `graphroot = "${main}/graph"`, `runroot = "${main}/run"`,
+    '[storage.options]', `additionalimagestores = ["${fx.graphroot}"]`,
+    '[storage.options.overlay]', 'skip_mount_home = "true"', '',
+  ].join('\n'));
+  const env = { ...fx.env, CONTAINERS_STORAGE_CONF: conf };
+  const layers = [...standardLayers(), [{ path: 'ext/' }, { path: 'ext/file', content: patternBytes(5000, 21) }]];
+  const layout = (await buildOciLayout(path.join(main, 'layout'), { images: [{ tag: 'ext', layers }] })).dir;
+  execFileSync('skopeo', ['--insecure-policy', 'copy', '--quiet', `oci:${layout}:ext`, 'containers-storage:localhost/ext:latest'], { env });
+  const own = JSON.parse(readFileSync(path.join(main, 'graph', `${fx.driver}-layers`, 'layers.json'), 'utf8')) as unknown[];
+  assert.equal(own.length, 1, 'skopeo reused the base layers of the additional store');
+  const viaOci = imageIdOf(cfsOk(['--repo', path.join(main, 'repo-oci'), 'oci', 'pull', '-q', `oci:${layout}:ext`, 'o']).stdout);
+  for (const fetch of ['auto', 'disabled']) {
+    const r = cfsOk(['--repo', path.join(main, `repo-${fetch}`), 'oci', 'pull', '-q', '--local-fetch', fetch, 'containers-storage:localhost/ext:latest', 'ext'], { env });
+    assert.equal(imageIdOf(r.stdout), viaOci, fetch);
+  }
+  // containers/storage recreates lost short links; a reader must not depend on them.
+  if (fx.driver === 'overlay') {
+    for (const l of [path.join(fx.graphroot, 'overlay/l'), path.join(main, 'graph/overlay/l')]) for (const n of readdirSync(l)) rmSync(path.join(l, n));
+    const r = cfsOk(['--repo', path.join(main, 'repo-nolinks'), 'oci', 'pull', '-q', 'containers-storage:localhost/ext:latest', 'ext'], { env });
+    assert.equal(imageIdOf(r.stdout), viaOci);
+  }
 });
 
 test('containers-storage: unknown image lists similar names; --platform, store spec and name errors; changed diff file is caught', { skip: skip ?? false }, async () => {

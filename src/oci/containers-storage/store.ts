@@ -134,6 +134,11 @@ function checkId(id: string, what: string): string {
 }
 
 export class ContainersStore {
+  /** Every store of the configuration, this one included (lower links may point into any of them). */
+  stores: readonly ContainersStore[] = [this];
+  /** Short link name → diff dir, from every store's overlay/<id>/link files (built on first need). */
+  private linkIndex: Promise<Map<string, string>> | null = null;
+
   constructor(
     /** Graph root (or image store root) of this store. */
     readonly root: string,
@@ -205,7 +210,9 @@ export class ContainersStore {
   /**
    * Directories to search for a layer's files, in order: its own, then (overlay) the diff dirs of
    * the layers in its `lower` file, as containers/storage's DiffGetter does for layers whose
-   * files may live in an ancestor.
+   * files may live in an ancestor. A lower may be in another store of the configuration (a base
+   * layer in an additional image store); one whose link is found nowhere is left out: lowers are
+   * only searched for files missing from the layer's own dir, and such a file is then reported.
    */
   async layerSearchDirs(layerId: string): Promise<string[]> {
     const own = this.layerDir(layerId);
@@ -218,17 +225,49 @@ export class ContainersStore {
       throw new CfsError('EIO', `${this.description}: layer ${layerId}: cannot read lower: ${(e as Error).message}`);
     }
     const dirs = [own];
-    const overlayDir = path.join(this.root, 'overlay');
     for (const l of lower.split(':').filter(Boolean)) {
-      const link = path.join(overlayDir, l);
-      try {
-        dirs.push(path.resolve(path.dirname(link), await readlink(link)));
-      } catch (e) {
-        throw new CfsError('ECORRUPT', `${this.description}: layer ${layerId}: lower link ${l}: ${(e as Error).message}`);
-      }
+      const dir = await this.resolveLowerLink(l);
+      if (dir) dirs.push(dir);
     }
     return dirs;
   }
+
+  /** `l/<short>` → the diff dir it names: the link in any store, else the layer whose `link` file says <short>. */
+  private async resolveLowerLink(l: string): Promise<string | null> {
+    const short = l.startsWith('l/') ? l.slice(2) : null;
+    if (short === null || !SAFE_ID.test(short)) throw new CfsError('ECORRUPT', `${this.description}: invalid lower entry "${l}"`);
+    for (const s of this.stores) {
+      const link = path.join(s.root, 'overlay', 'l', short);
+      try {
+        const dir = path.resolve(path.dirname(link), await readlink(link));
+        if (await isDir(dir)) return dir;
+      } catch (e) {
+        if (errnoCode(e) !== 'ENOENT' && errnoCode(e) !== 'EINVAL') throw new CfsError('EIO', `${link}: ${(e as Error).message}`);
+      }
+    }
+    this.linkIndex ??= buildLinkIndex(this.stores);
+    return (await this.linkIndex).get(short) ?? null;
+  }
+}
+
+/** Every overlay layer's short link name (its `link` file) → its diff dir, over all stores. */
+async function buildLinkIndex(stores: readonly ContainersStore[]): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const s of stores) {
+    const overlay = path.join(s.root, 'overlay');
+    let ids: string[];
+    try {
+      ids = await readdir(overlay);
+    } catch {
+      continue;
+    }
+    for (const id of ids) {
+      if (id === 'l' || !SAFE_ID.test(id)) continue;
+      const short = await readFile(path.join(overlay, id, 'link'), 'utf8').then((t) => t.trim(), () => null);
+      if (short && !out.has(short)) out.set(short, path.join(overlay, id, 'diff'));
+    }
+  }
+  return out;
 }
 
 async function isDir(p: string): Promise<boolean> {
@@ -275,5 +314,6 @@ export async function openStores(cfg: StorageConfig, lockOptions: LockOptions = 
     if (!(await isDir(extra))) throw new CfsError('ENOENT', `containers-storage additional image store ${extra} does not exist${from}`);
     stores.push(new ContainersStore(extra, driver, null, true, lockOptions));
   }
+  for (const s of stores) s.stores = stores;
   return stores;
 }
