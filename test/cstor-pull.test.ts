@@ -106,6 +106,14 @@ test('containers-storage: unknown image lists similar names; --platform, store s
   assert.notEqual(plat.status, 0);
   assert.match(plat.stderr, /^cfs: containers-storage:localhost\/arm:1: the image is linux\/arm64, not linux\/s390x\n$/m);
   cfsOk(['--repo', repo, 'oci', 'pull', '-q', '--platform', 'linux/arm64', `containers-storage:${arm.name}`], { env: fx.env });
+  // NAME@ID-PREFIX names one image: the ID must match too.
+  const images = JSON.parse(readFileSync(path.join(fx.graphroot, `${fx.driver}-images`, 'images.json'), 'utf8')) as Array<{ id: string; names: string[] }>;
+  const id = images.find((i) => i.names.includes(fx.images[0].name))!.id;
+  const other = id.startsWith('0') ? '1234567' : '0123456';
+  const byNameAndId = cfsOk(['--repo', path.join(fx.dir, 'repo-by-id'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}@${id.slice(0, 12)}`], { env: fx.env });
+  assert.match(byNameAndId.stdout, /image [0-9a-f]{64}/);
+  const wrongId = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}@${other}`], { env: fx.env });
+  assert.notEqual(wrongId.status, 0, 'NAME@ID-PREFIX with another ID');
   const given = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:[${path.join(fx.dir, 'nowhere')}]${fx.images[0].name}`], { env: fx.env });
   assert.match(given.stderr, /graph root \S+nowhere does not exist \(given in the reference\)/);
   const empty = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`, ''], { env: fx.env });

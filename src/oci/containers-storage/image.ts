@@ -104,11 +104,13 @@ function findInStore(store: ContainersStore, images: ImageRecord[], ref: Storage
     );
     return matches[0] ? hit(matches[0]) : null;
   }
+  // NAME@ID-PREFIX: the named image, and only if its ID starts so (a bare hex string is a name or a prefix).
+  const prefixOfName = ref.idPrefix !== null && ref.given !== null && ref.given !== ref.idPrefix ? ref.idPrefix : null;
   for (const c of nameCandidates(ref)) {
     const img = images.find((i) => i.names.includes(c));
-    if (img) return hit(img);
+    if (img) return prefixOfName === null || img.id.startsWith(prefixOfName) ? hit(img) : null;
   }
-  if (ref.idPrefix) {
+  if (ref.idPrefix && prefixOfName === null) {
     const byPrefix = images.filter((i) => i.id.startsWith(ref.idPrefix!));
     if (byPrefix.length > 1) throw new CfsError('EINVAL', `${text}: ID prefix "${ref.idPrefix}" matches ${byPrefix.length} images in ${store.description}`);
     if (byPrefix[0]) return hit(byPrefix[0]);
@@ -121,7 +123,7 @@ function findInStore(store: ContainersStore, images: ImageRecord[], ref: Storage
       const names = bySuffix.flatMap((i) => i.names.filter((n) => n.endsWith(suffix)));
       throw new CfsError('EINVAL', `${text}: short name matches several images: ${names.join(', ')}`);
     }
-    if (bySuffix[0]) return hit(bySuffix[0]);
+    if (bySuffix[0]) return prefixOfName === null || bySuffix[0].id.startsWith(prefixOfName) ? hit(bySuffix[0]) : null;
   }
   return null;
 }
