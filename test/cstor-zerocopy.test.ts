@@ -311,7 +311,7 @@ test('member names that are not UTF-8 or not normalized (./x, a//b) import the s
   assert.ok(layout);
   const ids = new Set<string>();
   ids.add(imageIdOf(cfsOk(['--repo', path.join(fx.dir, 'names-oci'), 'oci', 'pull', '-q', `oci:${layout}:img`], { env: fx.env }).stdout));
-  for (const [i, args] of [['--local-fetch', 'disabled'], [], ['--zerocopy']].entries()) {
+  for (const [i, args] of [['--local-fetch', 'disabled'], []].entries()) {
     const repo = path.join(fx.dir, `names-cs${i}`);
     const r = cfsOk(['--repo', repo, 'oci', 'pull', ...args, `containers-storage:${img.name}`], { env: fx.env });
     ids.add(imageIdOf(r.stdout));
@@ -326,6 +326,13 @@ test('member names that are not UTF-8 or not normalized (./x, a//b) import the s
     assert.deepEqual(repoProblems(repo), []);
   }
   assert.equal(ids.size, 1);
+  // …which --zerocopy forbids: a clear error, nothing published.
+  const zc = path.join(fx.dir, 'names-zc');
+  const r = runCfs(['--repo', zc, 'oci', 'pull', '--zerocopy', `containers-storage:${img.name}`], { env: fx.env });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^cfs: layer sha256:[0-9a-f]{64}: "usr\/caf\ufffd" \(500 bytes\) reaches the consumer as inline data, not as a file it could link; copy fallback is disabled \(zerocopy mode\)\n$/m);
+  assert.deepEqual(readdirSync(path.join(zc, 'streams')).filter((n) => n !== 'refs'), []);
+  assert.deepEqual(repoProblems(zc), []);
 });
 
 test('auto never gives another user\'s, a setuid/setgid or a group/other-writable store file a second name in objects/; --zerocopy does', { skip: skip ?? false }, async () => {

@@ -261,6 +261,10 @@ async function contentObject(src: LogicalSource, placer: ObjectPlacer, ordered: 
     src.takeWholeFile();
     return placer.place(whole.file, whole.length, src);
   }
+  if (placer.zerocopy) {
+    // Inline bytes (e.g. a containers-storage member whose name is not UTF-8, which the wire format cannot name) can only be copied.
+    throw new CfsError('ENOTSUP', `layer ${name}: ${JSON.stringify(Buffer.from(e.path, 'latin1').toString())} (${e.dataSize} bytes) reaches the consumer as inline data, not as a file it could link; copy fallback is disabled (zerocopy mode)`);
+  }
   return copyContent(repo, src, e, name, placer.stats);
 }
 

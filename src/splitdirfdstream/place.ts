@@ -130,6 +130,10 @@ export class ObjectPlacer {
   private readonly inFlight = new Set<Promise<void>>();
   private readonly euid = process.geteuid?.();
 
+  get zerocopy(): boolean {
+    return this.opts.zerocopy;
+  }
+
   constructor(private readonly repo: Repository, private readonly opts: PlacerOptions) {
     this.objectsDir = path.join(repo.path, 'objects');
     this.sink = new ObjectSink(repo);
