@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { isCfsError } from '../src/errors.js';
-import { applyStoreSpec, loadStorageConfig, storageConfigFromToml, type ConfigContext } from '../src/oci/containers-storage/config.js';
+import { applyStoreSpec, defaultContext, loadStorageConfig, storageConfigFromToml, type ConfigContext } from '../src/oci/containers-storage/config.js';
 import { crc64 } from '../src/oci/containers-storage/crc64.js';
 import { formatStorageReference, parseStorageReference, type StorageReference } from '../src/oci/containers-storage/reference.js';
 import { bigDataFileName } from '../src/oci/containers-storage/store.js';
@@ -88,6 +88,14 @@ test('storage.conf: resolution table', () => {
   const sys = storageConfigFromToml(null, '/home/u/.config/containers/storage.conf', user, '[storage]\ndriver = "vfs"\nrootless_storage_path = "/sys/$UID"');
   assert.equal(sys.driver, 'vfs');
   assert.equal(sys.graphRoot, '/sys/1000');
+});
+
+test('inside podman unshare (uid 0 in a user namespace) the store is the invoking user\'s', () => {
+  const ctx = defaultContext({ _CONTAINERS_USERNS_CONFIGURED: 'done', _CONTAINERS_ROOTLESS_UID: '4242', HOME: '/home/u' });
+  assert.deepEqual([ctx.uid, ctx.home], [4242, '/home/u']);
+  const cfg = storageConfigFromToml(null, '/home/u/.config/containers/storage.conf', ctx);
+  assert.equal(cfg.graphRoot, '/home/u/.local/share/containers/storage');
+  assert.equal(defaultContext({ _CONTAINERS_ROOTLESS_UID: '4242', HOME: '/root' }).uid, process.getuid?.() ?? 0, 'only inside the namespace podman configured');
 });
 
 test('storage.conf: bad types name the file and key', () => {

@@ -47,8 +47,15 @@ export const VENDOR_CONFIG = '/usr/share/containers/storage.conf';
 const ROOT_GRAPHROOT = '/var/lib/containers/storage';
 const ROOT_RUNROOT = '/run/containers/storage';
 
-export function defaultContext(): ConfigContext {
-  return { env: process.env, uid: process.getuid?.() ?? 0, home: process.env['HOME'] || homedir() };
+/**
+ * This process's context. Inside `podman unshare` (a user namespace where we are uid 0), podman
+ * sets _CONTAINERS_USERNS_CONFIGURED and _CONTAINERS_ROOTLESS_UID: the store is then the
+ * invoking user's rootless one, as containers/storage's GetRootlessUID decides.
+ */
+export function defaultContext(env: NodeJS.ProcessEnv = process.env): ConfigContext {
+  const rootlessUid = env['_CONTAINERS_USERNS_CONFIGURED'] ? Number(env['_CONTAINERS_ROOTLESS_UID']) : NaN;
+  const uid = Number.isSafeInteger(rootlessUid) && rootlessUid > 0 ? rootlessUid : process.getuid?.() ?? 0;
+  return { env, uid, home: env['HOME'] || homedir() };
 }
 
 function resolveContext(ctx: Partial<ConfigContext>): ConfigContext {
