@@ -335,7 +335,7 @@ test('member names that are not UTF-8 or not normalized (./x, a//b) import the s
   assert.deepEqual(repoProblems(zc), []);
 });
 
-test('auto never gives another user\'s, a setuid/setgid or a group/other-writable store file a second name in objects/; --zerocopy does', { skip: skip ?? false }, async () => {
+test('auto never gives another user\'s, a setuid/setgid or a group/other-writable store file a second name in objects/; --zerocopy does, in a private repository', { skip: skip ?? false }, async () => {
   const img = await fx.add('localhost/modes:latest', {
     layers: [[
       { path: 'usr/' },
@@ -375,4 +375,15 @@ test('auto never gives another user\'s, a setuid/setgid or a group/other-writabl
   assert.equal(sharedModes(path.join(fx.dir, 'modes-zc')).length, z.hardlinked === 5 ? 4 : 0);
   assert.equal(imageIdOf(auto.stdout), imageIdOf(zc.stdout));
   for (const repo of ['modes-auto', 'modes-zc']) assert.deepEqual(repoProblems(path.join(fx.dir, repo)), []);
+  // A repository other users can enter would expose the setuid file: --zerocopy refuses to link it there.
+  const open = path.join(fx.dir, 'modes-open');
+  cfsOk(['init', '--insecure', open]);
+  chmodSync(open, 0o755);
+  const exposed = runCfs(['--repo', open, 'oci', 'pull', '--zerocopy', `containers-storage:${img.name}`], { env: fx.env });
+  if (a.reflinked === 0) {
+    assert.equal(exposed.status, 1, exposed.stderr);
+    assert.match(exposed.stderr, /^cfs: usr\/bin\/(su|wall): .*hardlink \(not for usr\/bin\/\1: it is setuid or setgid, and other users can enter repository \S+modes-open \(mode 755\) to reach it \(chmod go-x the repository to allow it\)\) both failed; copy fallback is disabled \(zerocopy mode\)$/m);
+    assert.deepEqual(sharedModes(open), []);
+    assert.deepEqual(repoProblems(open), []);
+  } else assert.equal(exposed.status, 0, 'reflinks: private clones, nothing shared');
 });

@@ -15,8 +15,8 @@
  *     the store's directory is another mount of objects/'s filesystem (podman bind-mounts
  *     overlay/ onto itself), files are reached through a MountBridge. Since the inode is shared,
  *     files owned by another user than us or root, setuid/setgid files and files writable by
- *     group or others are hardlinked only in zerocopy mode (mayShare); otherwise they are
- *     reflinked or copied.
+ *     group or others are hardlinked only in zerocopy mode, and only into a repository other
+ *     users cannot enter (shareRefusal); otherwise they are reflinked or copied.
  *
  * A method that fails for a reason that will not change (EOPNOTSUPP, EXDEV, EPERM, …) is not
  * tried again for the same pair of filesystems.
@@ -129,6 +129,8 @@ export class ObjectPlacer {
   /** Zero-copy placements still holding fds (settle when the fds are closed; never reject). */
   private readonly inFlight = new Set<Promise<void>>();
   private readonly euid = process.geteuid?.();
+  /** The repository directory's mode, read when first needed (shareRefusal). */
+  private repoMode: number | undefined;
 
   get zerocopy(): boolean {
     return this.opts.zerocopy;
@@ -187,8 +189,9 @@ export class ObjectPlacer {
       const trusted = local || (f.stat.uid === this.euid && (f.stat.mode & 0o022) === 0);
       if (!trusted) return this.copied(await this.copy(f, length, tap, `${f.name} may be changed by another user`));
       const canReflink = !this.noReflink.has(pair) && !this.noReflink.has('*');
-      const canHardlink = !this.noHardlink.has(pair) && (local ? this.mayShare(f) : this.objectNameRe.test(f.name));
-      if (!canReflink && !canHardlink) return this.copied(await this.copy(f, length, tap, this.bothFailed(f, pair, this.why(this.noHardlink, pair))));
+      const refusal = local ? this.shareRefusal(f) : null;
+      const canHardlink = !this.noHardlink.has(pair) && (local ? refusal === null : this.objectNameRe.test(f.name));
+      if (!canReflink && !canHardlink) return this.copied(await this.copy(f, length, tap, this.bothFailed(f, pair, refusal ?? this.why(this.noHardlink, pair))));
       const fds = [f.fd];
       let clone: number | null;
       try {
@@ -200,7 +203,7 @@ export class ObjectPlacer {
         // The stream and the object digest read the same fd: the clone, or the file itself.
         const hashed = clone ?? f.fd;
         const streamDone = tap.file(hashed, length, f.name);
-        const id = this.zeroCopy(f, length, streamDone, { hashed, clone, dir, pair, canHardlink, local });
+        const id = this.zeroCopy(f, length, streamDone, { hashed, clone, dir, pair, canHardlink, local, refusal });
         const settled = Promise.allSettled([streamDone, id]).then(() => {
           this.inFlight.delete(settled);
           for (const fd of fds) closeQuietly(fd);
@@ -217,15 +220,21 @@ export class ObjectPlacer {
   }
 
   /**
-   * Whether a local store file may become an object by hardlink. A hardlinked object is the
-   * store's inode: outside zerocopy mode (where nothing may be copied), it must be owned by us
-   * or root (no one else can rewrite or chmod it later: a rootless store imported by root is
-   * copied) and be neither setuid/setgid nor writable by group or others, so no such inode is
-   * reachable through the repository. Other files are reflinked or copied.
+   * Why a local store file may not become an object by hardlink; null when it may. A hardlinked
+   * object is the store's inode: outside zerocopy mode it must be owned by us or root (no one else
+   * can rewrite or chmod it later: a rootless store imported by root is copied) and be neither
+   * setuid/setgid nor writable by group or others. Zerocopy mode (nothing may be copied) links
+   * such files too, but only into a repository other users cannot enter: a setuid binary the
+   * store keeps behind its 0700 directories must not become reachable through objects/.
    */
-  private mayShare(f: OpenedFile): boolean {
-    if (this.opts.zerocopy) return true;
-    return (f.stat.uid === this.euid || f.stat.uid === 0) && (f.stat.mode & SHARED_MODE_BITS) === 0;
+  private shareRefusal(f: OpenedFile): string | null {
+    const owned = f.stat.uid === this.euid || f.stat.uid === 0;
+    if (owned && (f.stat.mode & SHARED_MODE_BITS) === 0) return null;
+    const what = !owned ? `owned by uid ${f.stat.uid}` : f.stat.mode & 0o6000 ? 'setuid or setgid' : 'writable by group or others';
+    if (!this.opts.zerocopy) return `not for ${f.name}: it is ${what}`;
+    this.repoMode ??= statSync(this.repo.path).mode;
+    if ((this.repoMode & 0o011) === 0) return null;
+    return `not for ${f.name}: it is ${what}, and other users can enter repository ${this.repo.path} (mode ${(this.repoMode & 0o7777).toString(8)}) to reach it (chmod go-x the repository to allow it)`;
   }
 
   /** Wait until fewer than `n` placements hold fds (bounds open fds and queued work). */
@@ -239,7 +248,7 @@ export class ObjectPlacer {
   /** The background part of a zero-copy placement: digest, then name it. */
   private async zeroCopy(
     f: OpenedFile, length: number, streamDone: Promise<void>,
-    z: { hashed: number; clone: number | null; dir: string; pair: string; canHardlink: boolean; local: boolean },
+    z: { hashed: number; clone: number | null; dir: string; pair: string; canHardlink: boolean; local: boolean; refusal: string | null },
   ): Promise<Buffer> {
     const id = await this.verity.digest(z.hashed, length, f.name);
     if (z.clone === null) {
@@ -271,7 +280,7 @@ export class ObjectPlacer {
     }
     // The stream has the content already: copy without it, and require the same bytes.
     const misnamed = z.canHardlink && !z.local && f.name !== objectRelPath(id);
-    const noLink = misnamed ? `impossible: the file is not named by its digest ${objectRelPath(id)}, a damaged object?` : this.why(this.noHardlink, z.pair);
+    const noLink = misnamed ? `impossible: the file is not named by its digest ${objectRelPath(id)}, a damaged object?` : z.refusal ?? this.why(this.noHardlink, z.pair);
     const again = await this.copy(f, length, null, this.bothFailed(f, z.pair, noLink));
     if (!again.equals(id)) throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
     return id;
