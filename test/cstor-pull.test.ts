@@ -119,6 +119,20 @@ test('containers-storage: unknown image lists similar names; --platform, store s
   const empty = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`, ''], { env: fx.env });
   assert.match(empty.stderr, /^cfs: the name to tag the image with is empty$/m);
 
+  // A layer in composefs form (use_composefs) cannot be read from diff/: said so, before any work.
+  if (fx.driver === 'overlay') {
+    const layerIds = (JSON.parse(readFileSync(path.join(fx.graphroot, 'overlay-layers', 'layers.json'), 'utf8')) as Array<{ id: string }>).map((l) => l.id);
+    const cfsData = path.join(fx.graphroot, 'overlay', layerIds[0]!, 'composefs-data');
+    mkdirSync(cfsData);
+    try {
+      const r = runCfs(['--repo', path.join(fx.dir, 'repo-composefs'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`], { env: fx.env });
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, /layer [0-9a-f]{64} is stored in composefs form \(use_composefs in containers-storage overlay@\S+\); cfs cannot read such layers/);
+    } finally {
+      rmSync(cfsData, { recursive: true });
+    }
+  }
+
   // Append to the largest regular file of a layer's diff directory (what podman would never do).
   const overlay = path.join(fx.graphroot, fx.driver === 'overlay' ? 'overlay' : 'vfs/dir');
   let victim: string | null = null;

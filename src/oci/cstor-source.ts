@@ -45,6 +45,11 @@ function checkPlatform(img: StorageImage, platform: string): void {
 export async function openContainersStorageImage(spec: string, opts: SourceOptions): Promise<ImageToImport> {
   const img = await openStorageImage(spec);
   if (opts.platform !== undefined) checkPlatform(img, opts.platform);
+  for (const l of img.layers) {
+    if (await l.store.isComposefsLayer(l.layerId)) {
+      throw new CfsError('ENOTSUP', `${img.reference}: layer ${l.layerId} is stored in composefs form (use_composefs in ${l.store.description}); cfs cannot read such layers: export the image (skopeo copy … oci:DIR) and pull that`);
+    }
+  }
   return {
     description: img.reference,
     manifestDigest: img.manifestDigest,

@@ -208,6 +208,15 @@ export class ContainersStore {
   }
 
   /**
+   * Whether the layer is stored in composefs form (`use_composefs = "true"`): its diff/ holds
+   * content-addressed files and composefs-data/ the EROFS image that names them, so the layer's
+   * paths cannot be read from diff/.
+   */
+  async isComposefsLayer(layerId: string): Promise<boolean> {
+    return this.driver === 'overlay' && (await isDir(path.join(this.root, 'overlay', checkId(layerId, 'layer'), 'composefs-data')));
+  }
+
+  /**
    * Directories to search for a layer's files, in order: its own, then (overlay) the diff dirs of
    * the layers in its `lower` file, as containers/storage's DiffGetter does for layers whose
    * files may live in an ancestor. A lower may be in another store of the configuration (a base
