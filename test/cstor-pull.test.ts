@@ -106,6 +106,9 @@ test('containers-storage: unknown image lists similar names; --platform, store s
   assert.notEqual(plat.status, 0);
   assert.match(plat.stderr, /^cfs: containers-storage:localhost\/arm:1: the image is linux\/arm64, not linux\/s390x\n$/m);
   cfsOk(['--repo', repo, 'oci', 'pull', '-q', '--platform', 'linux/arm64', `containers-storage:${arm.name}`], { env: fx.env });
+  // A short name is reported as the name the store gave the image, not as its docker.io expansion.
+  const short = cfsOk(['--repo', path.join(fx.dir, 'repo-short'), 'oci', 'pull', 'containers-storage:x'], { env: fx.env });
+  assert.match(short.stderr, /^Importing \d+ layers? from containers-storage:localhost\/x:latest$/m);
   // NAME@ID-PREFIX names one image: the ID must match too.
   const images = JSON.parse(readFileSync(path.join(fx.graphroot, `${fx.driver}-images`, 'images.json'), 'utf8')) as Array<{ id: string; names: string[] }>;
   const id = images.find((i) => i.names.includes(fx.images[0].name))!.id;

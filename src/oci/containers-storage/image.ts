@@ -217,6 +217,16 @@ function layerChain(image: ImageRecord, stores: Array<{ store: ContainersStore; 
   return chain.reverse();
 }
 
+/** The image's own name a name reference matched by (null when it is the reference's, or there is no name). */
+function storedName(image: ImageRecord, ref: StorageReference): string | null {
+  if (ref.name === null || ref.digest !== null || image.names.includes(ref.name)) return null;
+  const byCandidate = nameCandidates(ref).find((c) => image.names.includes(c));
+  if (byCandidate) return byCandidate;
+  if (!ref.given || !ref.tag) return null;
+  const given = ref.given.includes(':') ? ref.given.slice(0, ref.given.lastIndexOf(':')) : ref.given;
+  return image.names.find((n) => n.endsWith(`/${given}:${ref.tag}`)) ?? null;
+}
+
 /** Resolves a containers-storage reference (with or without the transport prefix). */
 export async function openStorageImage(refIn: string | StorageReference, opts: OpenStorageOptions = {}): Promise<StorageImage> {
   const ref = typeof refIn === 'string' ? parseStorageReference(refIn) : refIn;
@@ -241,7 +251,10 @@ export async function openStorageImage(refIn: string | StorageReference, opts: O
     throw new CfsError('ENOENT', `${text}: no such image in ${stores.map((s) => s.description).join(', ')}${hint}`, { missingImage: text });
   }
   const { store, image } = found;
-  const where = `${text}: image ${image.id}`;
+  // Messages name the image as the store does (`x` is found as localhost/x:latest, not docker.io/library/x).
+  const stored = storedName(image, ref);
+  const shownRef = stored ? formatStorageReference({ ...ref, name: stored }) : text;
+  const where = `${shownRef}: image ${image.id}`;
 
   // Big data is read under images.lock so a concurrent removal cannot tear it.
   const imgLock = await store.lockImages();
@@ -275,7 +288,7 @@ export async function openStorageImage(refIn: string | StorageReference, opts: O
     return { layerId: rec.id, diffId: diffIds[i]!, uncompressedSize: rec.diffSize, store: s };
   });
   return {
-    reference: text,
+    reference: shownRef,
     imageId: image.id,
     names: image.names,
     store,
