@@ -235,7 +235,7 @@ test('corrupt layers.json is reported, not guessed around', { skip: skip ?? fals
   }
 });
 
-test('rootless store: a file the invoking user cannot read is named, with the reason', { skip: skip ?? false }, async (t) => {
+test('rootless store: a file the invoking user cannot read is named, with the reason; a store of another user is said to be one', { skip: skip ?? false }, async (t) => {
   const why = checkoutUnreadableReason(PROJECT_ROOT);
   if (why) return void t.skip(why);
   const user = await ensureUnprivUser();
@@ -266,6 +266,12 @@ test('rootless store: a file the invoking user cannot read is named, with the re
       assert.match(r.stderr, /rootless or belongs to another user/, r.stderr);
     }
     assert.equal(statSync(secret).mode & 0o777, 0o600);
+    // Someone else's store as a whole (its lock files): said so, with what to do.
+    execFileSync('chown', ['-R', '0:0', graph]);
+    execFileSync('chmod', ['-R', 'go-rwx', graph]);
+    const other = await runAsUser(user, [...cfsCommand(), '--repo', path.join(dir, 'repo'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`], { cwd: PROJECT_ROOT, env: { CONTAINERS_STORAGE_CONF: conf } });
+    assert.notEqual(other.code, 0);
+    assert.match(other.stderr, /^cfs: .*permission denied.*; the store belongs to another user \(rootless stores are read as their owner, e\.g\. inside `podman unshare`; the system store as root\)$/m);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

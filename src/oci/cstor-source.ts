@@ -43,7 +43,12 @@ function checkPlatform(img: StorageImage, platform: string): void {
 }
 
 export async function openContainersStorageImage(spec: string, opts: SourceOptions): Promise<ImageToImport> {
-  const img = await openStorageImage(spec);
+  const img = await openStorageImage(spec).catch((e: unknown) => {
+    // A store (or its lock files) the invoking user may not read: say whose it is and what to do.
+    if (!isDenied(e)) throw e;
+    const where = (e as NodeJS.ErrnoException).path ?? '';
+    throw new CfsError('EPERM', `${isCfsError(e) ? e.message : `${where}: permission denied`}; the store belongs to another user (rootless stores are read as their owner, e.g. inside \`podman unshare\`; the system store as root)`);
+  });
   if (opts.platform !== undefined) checkPlatform(img, opts.platform);
   for (const l of img.layers) {
     if (await l.store.isComposefsLayer(l.layerId)) {
