@@ -15,6 +15,7 @@ export type CfsErrorCode =
   | 'EBUSY'
   | 'EDIGEST' // content digest mismatch
   | 'EPLATFORM' // no manifest for this platform
+  | 'ECANCELED' // stopped because whoever asked for it went away
   | 'ECORRUPT'; // repository or image structure is damaged
 
 export class CfsError extends Error {
