@@ -313,6 +313,34 @@ test('a Pull whose client hangs up stops: nothing tagged, the repository consist
   assert.match(cfsOk(['--repo', dst, 'oci', 'images']).stdout, /^kept /m);
 });
 
+test('at most MAX_CONNECTIONS clients at once: the next one waits in the backlog until one leaves', async () => {
+  const { MAX_CONNECTIONS } = await import('../src/varlink/server.js');
+  const r = await client<{ answered_while_full: boolean; answered_after: boolean }>('connflood', sock, String(MAX_CONNECTIONS));
+  assert.deepEqual(r, { answered_while_full: false, answered_after: true });
+  assert.match(serverLog, new RegExp(`not accepting new clients for now: ${MAX_CONNECTIONS} clients connected`));
+});
+
+test('out of fds (EMFILE on accept): the service pauses instead of spinning, and serves again', async () => {
+  const low = path.join(work, 'low-fds.sock');
+  const child = startServer(['--insecure', 'varlink', '--address', `unix:${low}`], ['prlimit', '--nofile=64:64', '--']);
+  try {
+    await untilServing(low);
+    const cpu = (): number => {
+      const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, clock ticks → s
+    };
+    const before = cpu();
+    const r = await client<{ answered_while_full: boolean; answered_after: boolean }>('connflood', low, '80');
+    const used = cpu() - before;
+    assert.deepEqual(r, { answered_while_full: false, answered_after: true });
+    assert.match(serverLog, /not accepting new clients for now: accept: EMFILE/);
+    // A spinning accept loop would burn the whole second the flood lasts (and more).
+    assert.ok(used < 0.5, `server used ${used} s of CPU while out of fds`);
+  } finally {
+    await stop(child);
+  }
+});
+
 test('Mount returns a detached composefs mount fd (plain and with an overlay upper layer)', async () => {
   const src = path.join(work, 'src');
   const id = (JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout) as { imageId: string }).imageId;

@@ -16,6 +16,12 @@ import { Params, parseCall, SERVICE_INTERFACE, VarlinkError, type Call } from '.
 const MAX_QUEUED_FDS = 2 * MAX_FDS_PER_MESSAGE;
 const MAX_QUEUED_BYTES = 2 * MAX_MESSAGE;
 const ADDRESS_LOCK_WAIT_MS = 5_000;
+/**
+ * Clients served at once. Beyond it, and when accept(2) runs out of fds, the listeners pause:
+ * new clients wait in the kernel's backlog until a connection closes (or, out of fds, a moment).
+ */
+export const MAX_CONNECTIONS = 256;
+const FD_EXHAUSTED_RETRY_MS = 100;
 
 /** Exclusive flock of the address's lock file, waiting at most ADDRESS_LOCK_WAIT_MS. */
 function lockWithin(lockFd: number, path: string): void {
@@ -74,6 +80,8 @@ export class VarlinkServer {
   /** `socket`: the socket file listenPath made (its inode, so close() removes it only while it is still ours). */
   private listeners: Array<{ fd: number; poll: PollHandle; socket: { path: string; ino: number } | null }> = [];
   private nextConn = 1;
+  private acceptPaused = false;
+  private retryTimer: NodeJS.Timeout | null = null;
   /** Called when a client's connection is gone (after its calls were aborted). */
   onDisconnect: (connectionId: number) => void = () => undefined;
   /** Receives one line per dropped client or failed background task. */
@@ -160,6 +168,7 @@ export class VarlinkServer {
       },
       (why) => {
         this.connections.delete(conn);
+        this.resumeAccepting();
         abort.abort();
         if (why) this.log(`client ${id} dropped: ${why.message}`);
         // After the client's queued calls settle, so none of them sees its handles vanish.
@@ -170,6 +179,8 @@ export class VarlinkServer {
   }
 
   close(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     for (const l of this.listeners.splice(0)) {
       native().pollStop(l.poll);
       closeQuietly(l.fd);
@@ -190,16 +201,42 @@ export class VarlinkServer {
 
   private acceptAll(fd: number): void {
     for (;;) {
+      if (this.connections.size >= MAX_CONNECTIONS) return this.pauseAccepting(`${MAX_CONNECTIONS} clients connected`);
       let c: number | null;
       try {
         c = native().accept(fd);
       } catch (e) {
+        const code = errnoCode(e);
+        // Out of fds: the listener stays readable, so polling on would spin.
+        if (code === 'EMFILE' || code === 'ENFILE') return this.pauseAccepting(`accept: ${code}`, FD_EXHAUSTED_RETRY_MS);
         this.log(`accept: ${(e as Error).message}`);
         return;
       }
       if (c === null) return;
       this.serveFd(c);
     }
+  }
+
+  /** Stop polling the listeners until a connection closes (or `retryMs` passes). */
+  private pauseAccepting(why: string, retryMs?: number): void {
+    if (!this.acceptPaused) {
+      this.acceptPaused = true;
+      this.log(`not accepting new clients for now: ${why}`);
+      for (const l of this.listeners) native().pollUpdate(l.poll, 0);
+    }
+    if (retryMs !== undefined && !this.retryTimer) {
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = null;
+        this.resumeAccepting();
+      }, retryMs);
+      this.retryTimer.unref();
+    }
+  }
+
+  private resumeAccepting(): void {
+    if (!this.acceptPaused) return;
+    this.acceptPaused = false;
+    for (const l of this.listeners) native().pollUpdate(l.poll, native().constants.POLL_READABLE);
   }
 
   private async handle(conn: FdConnection, id: number, signal: AbortSignal, m: Incoming): Promise<void> {

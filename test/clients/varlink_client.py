@@ -343,6 +343,25 @@ def cmd_close_during_put(sock, src, dst, image):
     return result
 
 
+def cmd_connflood(sock, n):
+    """Holds n idle connections, then asks GetInfo on one more: is it answered while the n stay
+    (within a second), and once they have closed?"""
+    idle = [Conn(sock) for _ in range(int(n))]
+    extra = Conn(sock)
+    extra.send({"method": "org.varlink.service.GetInfo", "parameters": {}})
+    extra.s.settimeout(1.0)
+    try:
+        extra.recv()
+        while_full = True
+    except socket.timeout:
+        while_full = False
+    for c in idle:
+        c.s.close()
+    extra.s.settimeout(30.0)
+    reply, _ = extra.recv()
+    return {"answered_while_full": while_full, "answered_after": "parameters" in reply}
+
+
 def cmd_transfer(sock, repo, image):
     """GetLayer for every layer, receiving the stream and fds without reading file contents:
     file-backed chunks are only checked to exist with their declared size (names, not bytes)."""
@@ -606,7 +625,7 @@ def read_all(fd):
         out += b
 
 
-COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
+COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
