@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { appendFileSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { makeCstorStore, cstorSkipReason, patternBytes, standardLayers, type CstorFixture } from './helpers/cstor-fixture.js';
-import { buildOciLayout } from './helpers/oci-fixture.js';
+import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
 import { cfsOk, runCfs } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
 
@@ -93,6 +93,27 @@ test('an image whose base layers are in an additional image store, and a store t
     const r = cfsOk(['--repo', path.join(main, 'repo-nolinks'), 'oci', 'pull', '-q', 'containers-storage:localhost/ext:latest', 'ext'], { env });
     assert.equal(imageIdOf(r.stdout), viaOci);
   }
+});
+
+test('@LIST-DIGEST with --platform picks that platform\'s image among those podman keeps under one manifest list', { skip: skip ?? false }, async () => {
+  const dir = path.join(fx.dir, 'multi');
+  const files = (tag: string): EntrySpec[] => [{ path: 'usr/' }, { path: 'usr/arch', content: `${tag} bits, more than sixty-four bytes of them, to be stored as an object` }];
+  const layout = await buildOciLayout(dir, {
+    images: [{ tag: 'amd', platform: 'linux/amd64', layers: [files('amd64')] }, { tag: 'arm', platform: 'linux/arm64', layers: [files('arm64')] }],
+    index: 'manifest-list',
+    indexTag: 'multi',
+  });
+  for (const [arch, name] of [['amd64', 'localhost/multi:amd'], ['arm64', 'localhost/multi:arm']]) {
+    execFileSync('skopeo', ['--insecure-policy', '--override-arch', arch!, '--override-os', 'linux', 'copy', '--quiet', `oci:${dir}:multi`, `containers-storage:${name}`], { env: fx.env });
+  }
+  const ids = new Map<string, string>();
+  for (const [arch, i] of [['amd64', 0], ['arm64', 1]] as const) {
+    const viaOci = cfsOk(['--repo', path.join(dir, `repo-oci-${arch}`), 'oci', 'pull', '-q', '--platform', `linux/${arch}`, `oci:${dir}:multi`], { env: fx.env });
+    ids.set(arch, imageIdOf(viaOci.stdout));
+    const r = cfsOk(['--repo', path.join(dir, `repo-${arch}`), 'oci', 'pull', '-q', '--platform', `linux/${arch}`, `containers-storage:@${layout.indexDigest}`], { env: fx.env });
+    assert.equal(imageIdOf(r.stdout), ids.get(arch), `${arch}: ${layout.images[i].manifestDigest}`);
+  }
+  assert.notEqual(ids.get('amd64'), ids.get('arm64'));
 });
 
 test('containers-storage: unknown image lists similar names; --platform, store spec and name errors; changed diff file is caught', { skip: skip ?? false }, async () => {

@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { CfsError, errnoCode } from '../../errors.js';
 import { isIndexMediaType } from '../media-types.js';
+import { parsePlatform, platformMatches, type Platform } from '../platform.js';
 import { parseConfig, parseManifest, parseJson } from '../source.js';
 import { applyStoreSpec, loadStorageConfig, type ConfigContext, type StorageConfig } from './config.js';
 import type { LockOptions } from './lock.js';
@@ -47,6 +48,11 @@ export interface StorageImage {
 }
 
 export interface OpenStorageOptions extends LockOptions {
+  /**
+   * `os/arch[/variant]`: of several images recorded under one manifest-list digest (podman keeps
+   * one per platform pulled), the one of this platform; the first one when none matches.
+   */
+  platform?: string;
   /** Environment, uid and home for storage.conf discovery (default: this process). */
   context?: Partial<ConfigContext>;
   /** Use this configuration instead of reading storage.conf. */
@@ -77,6 +83,8 @@ function repoOf(name: string): string {
 interface Found {
   store: ContainersStore;
   image: ImageRecord;
+  /** Further images of the same manifest-list digest (one per platform), in store order. */
+  others?: ImageRecord[];
 }
 
 function nameCandidates(ref: StorageReference): string[] {
@@ -102,7 +110,7 @@ function findInStore(store: ContainersStore, images: ImageRecord[], ref: Storage
     const matches = images.filter(
       (i) => imageDigests(i).includes(ref.digest!) && (ref.repository === null || i.names.some((n) => repoOf(n) === ref.repository || repoOf(n) === `localhost/${ref.given}`)),
     );
-    return matches[0] ? hit(matches[0]) : null;
+    return matches[0] ? { store, image: matches[0], others: matches.slice(1) } : null;
   }
   // NAME@ID-PREFIX: the named image, and only if its ID starts so (a bare hex string is a name or a prefix).
   const prefixOfName = ref.idPrefix !== null && ref.given !== null && ref.given !== ref.idPrefix ? ref.idPrefix : null;
@@ -217,6 +225,41 @@ function layerChain(image: ImageRecord, stores: Array<{ store: ContainersStore; 
   return chain.reverse();
 }
 
+/** An image's manifest and config (checked against its digest), read under the images lock. */
+async function loadImageData(
+  store: ContainersStore, image: ImageRecord, ref: StorageReference, where: string,
+): Promise<{ manifest: { bytes: Buffer; digest: string }; configBytes: Buffer; configDigest: string }> {
+  // Big data is read under images.lock so a concurrent removal cannot tear it.
+  const imgLock = await store.lockImages();
+  let manifest: { bytes: Buffer; digest: string };
+  let configBytes: Buffer;
+  let configDigest: string;
+  try {
+    manifest = await readManifest(store, image, ref);
+    const m = parseManifest(manifest.bytes, `${where}: manifest`);
+    configDigest = m.config.digest;
+    const cb = await readBigData(store, image, configDigest);
+    if (!cb) throw new CfsError('ECORRUPT', `${where}: config ${configDigest} is missing (${store.bigDataPath(image.id, configDigest)})`);
+    configBytes = cb;
+  } finally {
+    imgLock.release();
+  }
+  if (sha256(configBytes) !== configDigest) throw new CfsError('EDIGEST', `${where}: config does not match its digest ${configDigest}`);
+  return { manifest, configBytes, configDigest };
+}
+
+/** The platform a config records, if it records one. */
+function configPlatform(configBytes: Buffer): Platform | null {
+  let c: { os?: unknown; architecture?: unknown; variant?: unknown };
+  try {
+    c = JSON.parse(configBytes.toString('utf8')) as typeof c;
+  } catch {
+    return null;
+  }
+  if (typeof c.os !== 'string' || typeof c.architecture !== 'string') return null;
+  return { os: c.os, architecture: c.architecture, ...(typeof c.variant === 'string' ? { variant: c.variant } : {}) };
+}
+
 /** The image's own name a name reference matched by (null when it is the reference's, or there is no name). */
 function storedName(image: ImageRecord, ref: StorageReference): string | null {
   if (ref.name === null || ref.digest !== null || image.names.includes(ref.name)) return null;
@@ -250,28 +293,27 @@ export async function openStorageImage(refIn: string | StorageReference, opts: O
     const hint = similar.length ? `; similar: ${similar.join(', ')}` : names.length ? `; none is similar; the store has ${shown}` : ' (the store has no named images)';
     throw new CfsError('ENOENT', `${text}: no such image in ${stores.map((s) => s.description).join(', ')}${hint}`, { missingImage: text });
   }
-  const { store, image } = found;
+  const { store } = found;
   // Messages name the image as the store does (`x` is found as localhost/x:latest, not docker.io/library/x).
-  const stored = storedName(image, ref);
+  const stored = storedName(found.image, ref);
   const shownRef = stored ? formatStorageReference({ ...ref, name: stored }) : text;
-  const where = `${shownRef}: image ${image.id}`;
-
-  // Big data is read under images.lock so a concurrent removal cannot tear it.
-  const imgLock = await store.lockImages();
-  let manifest: { bytes: Buffer; digest: string };
-  let configBytes: Buffer;
-  let configDigest: string;
-  try {
-    manifest = await readManifest(store, image, ref);
-    const m = parseManifest(manifest.bytes, `${where}: manifest`);
-    configDigest = m.config.digest;
-    const cb = await readBigData(store, image, configDigest);
-    if (!cb) throw new CfsError('ECORRUPT', `${where}: config ${configDigest} is missing (${store.bigDataPath(image.id, configDigest)})`);
-    configBytes = cb;
-  } finally {
-    imgLock.release();
+  let image = found.image;
+  let loaded = await loadImageData(store, image, ref, `${shownRef}: image ${image.id}`);
+  // One manifest-list digest, several platforms' images: the one --platform names.
+  if (opts.platform !== undefined && found.others?.length) {
+    const want = parsePlatform(opts.platform);
+    for (const candidate of [image, ...found.others]) {
+      const data = candidate === image ? loaded : await loadImageData(store, candidate, ref, `${shownRef}: image ${candidate.id}`);
+      const have = configPlatform(data.configBytes);
+      if (have && platformMatches(want, have)) {
+        image = candidate;
+        loaded = data;
+        break;
+      }
+    }
   }
-  if (sha256(configBytes) !== configDigest) throw new CfsError('EDIGEST', `${where}: config does not match its digest ${configDigest}`);
+  const where = `${shownRef}: image ${image.id}`;
+  const { manifest, configBytes, configDigest } = loaded;
   const diffIds = parseConfig(configBytes, `${where}: config`, true).rootfs?.diff_ids ?? [];
 
   const layerMaps = [];
