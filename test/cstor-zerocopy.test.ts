@@ -146,7 +146,7 @@ test('--zerocopy fails clearly for a repository on another filesystem and for oc
     const repo = path.join(mnt, 'repo');
     const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', '--zerocopy', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr, /zero-copy import impossible: .* is on a different filesystem than repository/);
+    assert.match(r.stderr, /zero-copy import impossible: \/\S+ is on a different filesystem than repository/);
     assert.deepEqual(readdirSync(path.join(repo, 'streams')), []);
     // auto falls back to copying.
     const auto = cfsOk(['--repo', repo, 'oci', 'pull', '--local-fetch', 'auto', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
@@ -211,7 +211,7 @@ test('a store directory swapped for a symlink leading outside the layer is refus
       const repo = path.join(fx.dir, `zc-symlinked-${args[1]}`);
       const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', ...args, `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env });
       assert.notEqual(r.status, 0, args.join(' '));
-      assert.match(r.stderr, /usr\/(big|attr|link|hard)\b.*(leads out of the layer's directory|Invalid cross-device link)/, r.stderr);
+      assert.match(r.stderr, /usr\/(big|attr|link|hard)\b.*(leads out of the layer's directory|leads outside its directory)/, r.stderr);
       assert.equal(r.stderr.trim().split('\n').filter((l) => !l.startsWith('cfs: note:')).length, 1, r.stderr);
       assert.deepEqual(repoProblems(repo), []);
     }

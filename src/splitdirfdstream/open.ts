@@ -53,6 +53,10 @@ export function openBeneath(dirfd: number, rawName: Buffer, where: string): Open
     if (fd < 0) fd = openSync(`/proc/self/fd/${dirfd}/${name}`, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
   } catch (e) {
     const code = errnoCode(e);
+    // RESOLVE_BENEATH/NO_XDEV/NO_MAGICLINKS refusals: the name leads out of its directory.
+    if (code === 'EXDEV' || code === 'ELOOP') {
+      throw new CfsError('EINVAL', `${where}: ${JSON.stringify(name)} leads outside its directory (through a symlink or a mount point); refused`, { name });
+    }
     const cfsCode = code === 'ENOENT' ? 'ENOENT' : code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EINVAL';
     throw new CfsError(cfsCode, `${where}: cannot open ${JSON.stringify(name)}: ${(e as Error).message}`, { name });
   }

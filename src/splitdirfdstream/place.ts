@@ -30,7 +30,7 @@
  * seals it, a later change being refused by the kernel.
  * Copies read the file once, for the object and the stream, and finish before place() returns.
  */
-import { closeSync, constants as C, fstatSync, lstatSync, mkdirSync, openSync, read as fsRead, readSync, statSync } from 'node:fs';
+import { closeSync, constants as C, fstatSync, lstatSync, mkdirSync, openSync, read as fsRead, readlinkSync, readSync, statSync } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { native } from '../native.js';
@@ -98,6 +98,15 @@ async function readWhole(f: OpenedFile, length: number, onData: (b: Buffer) => v
     if (bytesRead === 0) throw short(pos);
     await onData(b.subarray(0, bytesRead));
     pos += bytesRead;
+  }
+}
+
+/** Where a source file is, for messages: its directory (as the kernel names the fd) and name. */
+function sourcePath(f: OpenedFile): string {
+  try {
+    return path.join(readlinkSync(`/proc/self/fd/${f.dirfd}`), f.name);
+  } catch {
+    return f.name;
   }
 }
 
@@ -293,7 +302,7 @@ export class ObjectPlacer {
   /** Why a file is copied: both zero-copy methods failed (on different filesystems: that). */
   private bothFailed(f: OpenedFile, pair: string, noLink: string): string {
     const noReflink = this.why(this.noReflink, pair);
-    if (noReflink === 'EXDEV' && noLink === 'EXDEV') return `zero-copy import impossible: ${f.name} is on a different filesystem than repository ${this.repo.path}`;
+    if (noReflink === 'EXDEV' && noLink === 'EXDEV') return `zero-copy import impossible: ${sourcePath(f)} is on a different filesystem than repository ${this.repo.path}`;
     return `reflink (${noReflink}) and hardlink (${noLink}) both failed`;
   }
 

@@ -279,6 +279,10 @@ async function buildLinkIndex(stores: readonly ContainersStore[]): Promise<Map<s
   return out;
 }
 
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(() => true, () => false);
+}
+
 async function isDir(p: string): Promise<boolean> {
   try {
     return (await stat(p)).isDirectory();
@@ -313,7 +317,8 @@ async function detectDriver(root: string, configured: string | null): Promise<St
 export async function openStores(cfg: StorageConfig, lockOptions: LockOptions = {}): Promise<ContainersStore[]> {
   const from = cfg.configFile ? ` (configured in ${cfg.configFile})` : '';
   if (!(await isDir(cfg.graphRoot))) {
-    throw new CfsError('ENOENT', `containers-storage graph root ${cfg.graphRoot} does not exist${cfg.graphRootFromReference ? ' (given in the reference)' : from}`);
+    const what = (await exists(cfg.graphRoot)) ? 'is not a directory' : 'does not exist';
+    throw new CfsError('ENOENT', `containers-storage graph root ${cfg.graphRoot} ${what}${cfg.graphRootFromReference ? ' (given in the reference)' : from}`);
   }
   const driver = await detectDriver(cfg.graphRoot, cfg.driver);
   const stores: ContainersStore[] = [];
