@@ -826,19 +826,30 @@ typedef struct {
   napi_async_context ctx;
   int stopped;   /* uv_close requested */
   int closed;    /* uv_close completed */
-  int finalized; /* the JS handle was garbage-collected */
+  int finalized; /* the JS handle was garbage-collected (or the environment torn down) */
+  int released;  /* cb and ctx given back to N-API */
 } fd_poll_t;
+
+/* While the environment is alive: from pollStop's close callback, or from the finalizer (which
+ * also runs when the environment is torn down, before libuv's last close callbacks, which then
+ * must not touch it). */
+static void poll_release(fd_poll_t *p) {
+  if (p->released) return;
+  p->released = 1;
+  napi_delete_reference(p->env, p->cb);
+  napi_async_destroy(p->env, p->ctx);
+}
 
 static void poll_closed(uv_handle_t *h) {
   fd_poll_t *p = h->data;
-  napi_delete_reference(p->env, p->cb);
-  napi_async_destroy(p->env, p->ctx);
+  if (!p->finalized) poll_release(p);
   p->closed = 1;
   if (p->finalized) free(p);
 }
 
 static void poll_fired(uv_poll_t *h, int status, int events) {
   fd_poll_t *p = h->data;
+  if (p->released) return;
   napi_env env = p->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
@@ -857,6 +868,7 @@ static void poll_fired(uv_poll_t *h, int status, int events) {
 
 static void poll_finalize(napi_env env, void *data, void *hint) {
   fd_poll_t *p = data;
+  poll_release(p);
   p->finalized = 1;
   if (p->closed) {
     free(p);
@@ -908,6 +920,7 @@ static napi_value js_poll_start(napi_env env, napi_callback_info info) {
   rc = uv_poll_start(&p->handle, events, poll_fired);
   if (rc < 0) {
     p->stopped = 1;
+    poll_release(p);
     p->finalized = 1; /* no JS handle will exist */
     uv_close((uv_handle_t *)&p->handle, poll_closed);
     return throw_errno(env, -rc, "uv_poll_start", NULL);

@@ -138,6 +138,7 @@ test('containers-storage: unknown image lists similar names; --platform, store s
   assert.match(byNameAndId.stdout, /image [0-9a-f]{64}/);
   const wrongId = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}@${other}`], { env: fx.env });
   assert.notEqual(wrongId.status, 0, 'NAME@ID-PREFIX with another ID');
+  assert.match(wrongId.stderr, /no such image/);
   const given = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:[${path.join(fx.dir, 'nowhere')}]${fx.images[0].name}`], { env: fx.env });
   assert.match(given.stderr, /graph root \S+nowhere does not exist \(given in the reference\)/);
   const empty = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`, ''], { env: fx.env });

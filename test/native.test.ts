@@ -321,3 +321,22 @@ test(
     assert.equal(existsSync(path.join(objects, 'ee')), false);
   }),
 );
+
+test('a process that exits with a paused or a stopped poll exits cleanly (no crash in teardown)', () => {
+  const addon = ['../../native/build/Release/cfs_native.node', '../native/build/Release/cfs_native.node']
+    .map((p) => path.resolve(path.dirname(new URL(import.meta.url).pathname), p))
+    .find((p) => existsSync(p))!;
+  for (const how of ['pause', 'stop', 'leave']) {
+    const script = `
+      const n = require(${JSON.stringify(addon)});
+      const [a] = n.socketpair();
+      const h = n.pollStart(a, n.constants.POLL_READABLE, () => {});
+      if (${JSON.stringify(how)} === 'pause') n.pollUpdate(h, 0);
+      if (${JSON.stringify(how)} === 'stop') n.pollStop(h);
+      globalThis.keep = h;
+      // 'leave': an active poll keeps the loop alive; exit explicitly.
+      if (${JSON.stringify(how)} === 'leave') setTimeout(() => process.exit(0), 10);`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    assert.deepEqual([r.status, r.signal], [0, null], `${how}: ${r.stderr}`);
+  }
+});

@@ -8,7 +8,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -336,6 +336,15 @@ test('out of fds (EMFILE on accept): the service pauses instead of spinning, and
     assert.match(serverLog, /not accepting new clients for now: accept: EMFILE/);
     // A spinning accept loop would burn the whole second the flood lasts (and more).
     assert.ok(used < 0.5, `server used ${used} s of CPU while out of fds`);
+    // Out of fds with no client connected: the retry timer keeps the service alive until fds are back.
+    await new Promise((res) => setTimeout(res, 300));
+    const open = readdirSync(`/proc/${child.pid}/fd`).length;
+    execFileSync('prlimit', ['--pid', String(child.pid), `--nofile=${open}:64`]);
+    const waiting = client<{ answered_while_full: boolean; answered_after: boolean }>('connflood', low, '0');
+    await new Promise((res) => setTimeout(res, 500));
+    assert.equal(child.exitCode, null, `the service exited while out of fds; log:\n${serverLog}`);
+    execFileSync('prlimit', ['--pid', String(child.pid), '--nofile=64:64']);
+    assert.equal((await waiting).answered_after, true);
   } finally {
     await stop(child);
   }

@@ -10,7 +10,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { closeSync, constants as C, openSync, statSync } from 'node:fs';
 import { native } from '../native.js';
-import pLimit from 'p-limit';
 import { CfsError, isCfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
@@ -19,6 +18,7 @@ import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer.js';
 import { addObjects, noObjects, type ObjectCounts } from '../repository/object-counts.js';
 import { importImage, type ImageToImport } from './import.js';
+import { runLayerTasks } from './layer-tasks.js';
 import { manifestContentId, configContentId, openStoredImage } from './stored.js';
 
 export interface CopyOptions {
@@ -97,8 +97,7 @@ export async function copyImage(src: Repository, dst: Repository, image: string,
     progress.message(`Copying ${todo.length} layer${todo.length === 1 ? '' : 's'} from ${src.path}`);
     const objectsFd = openObjectsDir(src);
     try {
-      const limit = pLimit(Math.max(1, opts.parallel ?? os.availableParallelism()));
-      await Promise.all(todo.map((id) => limit(() => copyLayer(src, dst, stored.layerStreams.get(id), id, objectsFd, stored.artifact, opts, progress, objects))));
+      await runLayerTasks(todo, opts.parallel ?? os.availableParallelism(), (id) => copyLayer(src, dst, stored.layerStreams.get(id), id, objectsFd, stored.artifact, opts, progress, objects));
     } catch (e) {
       // The source's layer does not rebuild to its diff_id: its objects changed since they were stored.
       if (isCfsError(e) && e.code === 'EDIGEST' && e.context['actual'] !== undefined) {

@@ -8,7 +8,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { access } from 'node:fs/promises';
-import pLimit from 'p-limit';
+import { runLayerTasks } from './layer-tasks.js';
 import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
@@ -137,32 +137,27 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
   }
   const objects = noObjects();
   todo.sort((a, b) => (b.size ?? 0) - (a.size ?? 0));
-  const limit = pLimit(Math.max(1, opts.parallel ?? os.availableParallelism()));
-  await Promise.all(
-    todo.map((layer) =>
-      limit(async () => {
-        progress.started(layer.id, layer.size);
-        let read = 0;
-        const onRead = (n: number): void => {
-          read = n;
-          progress.progress(layer.id, n);
-        };
-        let streamId: Buffer;
-        const tarOpts = { expectedDiffId: layer.id, layerName: layer.id, counts: objects };
-        if (layer.kind === 'tar' && layer.openLocal && localFetch !== 'disabled') {
-          streamId = await importLocal(repo, layer, layer.openLocal, localFetch === 'zerocopy', onRead, objects);
-        } else if (layer.kind === 'tar') {
-          streamId = (await importTarLayer(repo, layer.open(onRead), tarOpts).catch(async (e: unknown) => {
-            throw layer.explain ? await layer.explain(e) : e;
-          })).streamId;
-        } else {
-          streamId = await importBlob(repo, layer);
-        }
-        streams.set(layer.id, streamId);
-        progress.done(layer.id, read || layer.size || 0);
-      }),
-    ),
-  );
+  await runLayerTasks(todo, opts.parallel ?? os.availableParallelism(), async (layer) => {
+    progress.started(layer.id, layer.size);
+    let read = 0;
+    const onRead = (n: number): void => {
+      read = n;
+      progress.progress(layer.id, n);
+    };
+    let streamId: Buffer;
+    const tarOpts = { expectedDiffId: layer.id, layerName: layer.id, counts: objects };
+    if (layer.kind === 'tar' && layer.openLocal && localFetch !== 'disabled') {
+      streamId = await importLocal(repo, layer, layer.openLocal, localFetch === 'zerocopy', onRead, objects);
+    } else if (layer.kind === 'tar') {
+      streamId = (await importTarLayer(repo, layer.open(onRead), tarOpts).catch(async (e: unknown) => {
+        throw layer.explain ? await layer.explain(e) : e;
+      })).streamId;
+    } else {
+      streamId = await importBlob(repo, layer);
+    }
+    streams.set(layer.id, streamId);
+    progress.done(layer.id, read || layer.size || 0);
+  });
   return { streams, imported: todo.length, skipped, objects };
 }
 

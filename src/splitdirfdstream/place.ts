@@ -192,9 +192,11 @@ export class ObjectPlacer {
     let background = false;
     try {
       const local = !!this.opts.localStore;
-      // Not judged by st_dev: btrfs subvolumes differ in it and still reflink. A pair that
-      // cannot (EXDEV) is remembered after the first try.
+      // Reflink is tried whatever st_dev says (btrfs subvolumes differ in it and still reflink; a
+      // pair that cannot, EXDEV, is remembered). Hardlinks never cross st_dev: not tried then, so a
+      // secure repository never seals a file it cannot link.
       const pair = `${f.stat.dev}:${this.dstDev}`;
+      if (f.stat.dev !== this.dstDev && !this.noHardlink.has(pair)) this.noHardlink.set(pair, 'EXDEV');
       const trusted = local || (f.stat.uid === this.euid && (f.stat.mode & 0o022) === 0);
       if (!trusted) return this.copied(await this.copy(f, length, tap, `${f.name} may be changed by another user`));
       const canReflink = !this.noReflink.has(pair) && !this.noReflink.has('*');
@@ -302,7 +304,7 @@ export class ObjectPlacer {
   /** Why a file is copied: both zero-copy methods failed (on different filesystems: that). */
   private bothFailed(f: OpenedFile, pair: string, noLink: string): string {
     const noReflink = this.why(this.noReflink, pair);
-    if (noReflink === 'EXDEV' && noLink === 'EXDEV') return `zero-copy import impossible: ${sourcePath(f)} is on a different filesystem than repository ${this.repo.path}`;
+    if (noReflink === 'EXDEV' && f.stat.dev !== this.dstDev) return `zero-copy import impossible: ${sourcePath(f)} is on a different filesystem than repository ${this.repo.path}`;
     return `reflink (${noReflink}) and hardlink (${noLink}) both failed`;
   }
 

@@ -81,6 +81,8 @@ export class VarlinkServer {
   private listeners: Array<{ fd: number; poll: PollHandle; socket: { path: string; ino: number } | null }> = [];
   private nextConn = 1;
   private acceptPaused = false;
+  /** The reason last logged for a pause; cleared by the next accepted client (one line per episode, not per retry). */
+  private pauseLogged: string | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
   /** Called when a client's connection is gone (after its calls were aborted). */
   onDisconnect: (connectionId: number) => void = () => undefined;
@@ -213,6 +215,7 @@ export class VarlinkServer {
         return;
       }
       if (c === null) return;
+      this.pauseLogged = null;
       this.serveFd(c);
     }
   }
@@ -221,15 +224,18 @@ export class VarlinkServer {
   private pauseAccepting(why: string, retryMs?: number): void {
     if (!this.acceptPaused) {
       this.acceptPaused = true;
-      this.log(`not accepting new clients for now: ${why}`);
       for (const l of this.listeners) native().pollUpdate(l.poll, 0);
     }
+    if (this.pauseLogged !== why) {
+      this.pauseLogged = why;
+      this.log(`not accepting new clients for now: ${why}`);
+    }
+    // Not unref'd: with no client connected, this timer is what keeps the service alive.
     if (retryMs !== undefined && !this.retryTimer) {
       this.retryTimer = setTimeout(() => {
         this.retryTimer = null;
         this.resumeAccepting();
       }, retryMs);
-      this.retryTimer.unref();
     }
   }
 

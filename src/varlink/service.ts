@@ -590,14 +590,18 @@ export class ComposefsService {
    * Phase 1: write the stream and close (EOF). Phase 2: hold until the client closes keepalive.
    * The fds may outlive the varlink connection (a client hands them to another process, or
    * hangs up at once): the producer runs until the stream is written or its reader is gone
-   * (EPIPE), holding the repository handle (`release` when done), whatever the connection does.
+   * (EPIPE), whatever the connection does; the repository handle is held (`release`) until then
+   * and until the keepalive is closed.
    */
   private runProducer(repo: Repository, streamId: Buffer, contentId: string, slot: number, dataW: number, keepR: number, release: () => void): void {
     const out = new net.Socket({ fd: dataW, readable: false, writable: true });
     const keep = new net.Socket({ fd: keepR, readable: true, writable: false });
     keep.on('error', () => undefined);
     keep.resume();
-    (async () => {
+    // The client may open objects by name until it closes the keepalive: the handle (and so the
+    // repository's lock, which keeps gc away) is held until then, and until the stream is written.
+    const keepClosed = new Promise<void>((resolve) => keep.once('close', () => resolve()));
+    const written = (async () => {
       for await (const b of produceLayerStream(repo, streamId, slot, contentId)) {
         if (out.destroyed) return;
         if (!out.write(b)) {
@@ -617,8 +621,8 @@ export class ComposefsService {
       .catch((e: unknown) => {
         this.server.log(`GetLayer ${contentId}: ${(e as Error).message}`);
         out.destroy();
-      })
-      .finally(release);
+      });
+    void Promise.all([written, keepClosed]).finally(release);
     out.on('error', (e) => this.server.log(`GetLayer ${contentId}: ${e.message}`));
   }
 

@@ -59,7 +59,7 @@ export function defaultContext(env: NodeJS.ProcessEnv = process.env): ConfigCont
 }
 
 function resolveContext(ctx: Partial<ConfigContext>): ConfigContext {
-  const d = defaultContext();
+  const d = defaultContext(ctx.env ?? process.env);
   const env = ctx.env ?? d.env;
   return { env, uid: ctx.uid ?? d.uid, home: ctx.home ?? (env['HOME'] || d.home) };
 }

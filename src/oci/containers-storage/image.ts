@@ -113,7 +113,7 @@ function findInStore(store: ContainersStore, images: ImageRecord[], ref: Storage
     return matches[0] ? { store, image: matches[0], others: matches.slice(1) } : null;
   }
   // NAME@ID-PREFIX: the named image, and only if its ID starts so (a bare hex string is a name or a prefix).
-  const prefixOfName = ref.idPrefix !== null && ref.given !== null && ref.given !== ref.idPrefix ? ref.idPrefix : null;
+  const prefixOfName = ref.idPrefixOfName && ref.given !== null ? ref.idPrefix : null;
   for (const c of nameCandidates(ref)) {
     const img = images.find((i) => i.names.includes(c));
     if (img) return prefixOfName === null || img.id.startsWith(prefixOfName) ? hit(img) : null;

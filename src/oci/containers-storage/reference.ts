@@ -39,6 +39,8 @@ export interface StorageReference {
   id: string | null;
   /** Hex that may be an image ID prefix (or a name when no ID matches). */
   idPrefix: string | null;
+  /** `NAME@ID-PREFIX`: the prefix constrains the named image (it is not an alternative to the name). */
+  idPrefixOfName?: boolean;
 }
 
 export const MIN_ID_PREFIX = 3;
@@ -139,6 +141,7 @@ export function parseStorageReference(input: string): StorageReference {
     else throw invalid(input, `"${after}" is neither a digest nor an image ID`);
     s = s.slice(0, at);
     if (s === '') return out; // `@ID`, or `@sha256:…`: whichever image has that manifest digest
+    if (out.idPrefix) out.idPrefixOfName = true;
   } else if (/^sha256:[0-9a-f]{64}$/.test(s)) {
     out.id = s.slice(7);
     return out;
