@@ -350,6 +350,25 @@ test('out of fds (EMFILE on accept): the service pauses instead of spinning, and
   }
 });
 
+test('a PutLayer whose client never writes fails after --idle-timeout, and lets go of the repository', async () => {
+  const idle = path.join(work, 'idle.sock');
+  const child = startServer(['--insecure', 'varlink', '--address', `unix:${idle}`, '--idle-timeout', '1']);
+  try {
+    await untilServing(idle);
+    const dst = repo('stalled-put');
+    const reply = await client<VarlinkErrorReply>('stalled-put', idle, dst, diffIds[0]!);
+    assert.equal(reply.error, 'org.composefs.Oci.InvalidRequest');
+    assert.match(reply.parameters.message, /the client sent nothing on the stream for 1 s; giving up/);
+    // The handle closed with the connection: gc gets the repository's lock.
+    await run(cfsCommand()[0]!, [...cfsCommand().slice(1), '--repo', dst, 'gc'], { env: process.env });
+    assert.deepEqual(repoProblems(dst), []);
+  } finally {
+    await stop(child);
+  }
+  const bad = runCfs(['varlink', '--address', `unix:${path.join(work, 'never.sock')}`, '--idle-timeout', '0']);
+  assert.match(bad.stderr, /^cfs: --idle-timeout must be a positive number of seconds, not '0'$/m);
+});
+
 test('Mount returns a detached composefs mount fd (plain and with an overlay upper layer)', async () => {
   const src = path.join(work, 'src');
   const id = (JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout) as { imageId: string }).imageId;

@@ -20,11 +20,13 @@ function parseAddress(a: string): string {
   return p;
 }
 
-async function serve(program: Command, address: string | undefined): Promise<void> {
+async function serve(program: Command, address: string | undefined, idleTimeout: string): Promise<void> {
+  const idle = Number(idleTimeout);
+  if (!Number.isFinite(idle) || idle <= 0) throw new CfsError('EINVAL', `--idle-timeout must be a positive number of seconds, not '${idleTimeout}'`);
   const { ComposefsService } = await import('../varlink/service.js');
   const { native } = await import('../native.js');
   const g = program.opts<{ insecure?: boolean }>();
-  const service = new ComposefsService({ insecure: !!g.insecure, version: program.version() });
+  const service = new ComposefsService({ insecure: !!g.insecure, version: program.version(), streamIdleMs: idle * 1000 });
   // Before the socket exists: a service stopped right after creating it still removes it.
   const stop = (): void => {
     service.close();
@@ -62,7 +64,8 @@ export function register(program: Command): void {
       .command('varlink')
       .description('serve org.composefs.Repository and org.composefs.Oci over varlink')
       .option('--address <unix:PATH>', 'listen on this unix socket (not needed under socket activation)')
-      .action(async (opts: { address?: string }) => serve(program, opts.address));
+      .option('--idle-timeout <SECONDS>', 'a PutLayer whose client sends nothing for this long fails (it holds the repository lock)', '300')
+      .action(async (opts: { address?: string; idleTimeout: string }) => serve(program, opts.address, opts.idleTimeout));
   };
   add(program);
   const oci = program.commands.find((c) => c.name() === 'oci');

@@ -32,6 +32,8 @@ export interface ServiceOptions {
   /** Open repositories in insecure mode (missing fs-verity tolerated). */
   insecure?: boolean;
   version?: string;
+  /** A PutLayer stream that delivers nothing for this long fails (default 300 s). */
+  streamIdleMs?: number;
 }
 
 function interfaceText(name: string): string {
@@ -99,6 +101,31 @@ function fileKind(st: Stats): string {
   if (st.isBlockDevice()) return 'block device';
   if (st.isSymbolicLink()) return 'symbolic link';
   return 'file of unknown type';
+}
+
+const DEFAULT_STREAM_IDLE_MS = 300_000;
+
+/**
+ * `src`, failing with `stalled()` when one read waits longer than `ms` for the client (time the
+ * consumer spends elsewhere does not count). A PutLayer holds the repository's shared lock, so a
+ * client that opens the stream and never writes must not hold it (and keep gc out) forever.
+ */
+async function* withIdleLimit<T>(src: AsyncIterable<T>, ms: number, stalled: () => Error): AsyncGenerator<T> {
+  const it = src[Symbol.asyncIterator]();
+  for (;;) {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(stalled()), ms);
+    });
+    let r: IteratorResult<T>;
+    try {
+      r = await Promise.race([it.next(), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (r.done) return;
+    yield r.value;
+  }
 }
 
 /** The image with every layer's bytes cut off once `signal` aborts (a Pull whose client hung up stops). */
@@ -654,7 +681,9 @@ export class ComposefsService {
     };
     ctx.signal.addEventListener('abort', abort, { once: true });
     try {
-      const r = await consumeLayerStream(repo, input, dirfds, { diffId, zerocopy });
+      const idleMs = this.opts.streamIdleMs ?? DEFAULT_STREAM_IDLE_MS;
+      const stalled = (): CfsError => new CfsError('EINVAL', `PutLayer ${diffId}: the client sent nothing on the stream for ${idleMs / 1000} s; giving up`);
+      const r = await consumeLayerStream(repo, withIdleLimit(input, idleMs, stalled), dirfds, { diffId, zerocopy });
       return {
         layer_verity: r.streamId.toString('hex'),
         already_present: r.alreadyPresent,

@@ -363,6 +363,23 @@ def cmd_connflood(sock, n):
     return {"answered_while_full": while_full, "answered_after": "parameters" in reply}
 
 
+def cmd_stalled_put(sock, repo, diff_id):
+    """A PutLayer whose stream is held open and never written: returns the service's answer."""
+    c = Conn(sock)
+    h = open_repo(c, repo)
+    r, w = os.pipe()
+    root = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    c.send({"method": "org.composefs.Oci.PutLayer", "parameters": {"handle": h, "diff_id": diff_id, "zerocopy": False}}, [r, root])
+    os.close(r)
+    os.close(root)
+    c.s.settimeout(60.0)
+    try:
+        reply, _ = c.recv()
+    finally:
+        os.close(w)
+    return reply
+
+
 def cmd_transfer(sock, repo, image):
     """GetLayer for every layer, receiving the stream and fds without reading file contents:
     file-backed chunks are only checked to exist with their declared size (names, not bytes)."""
@@ -626,7 +643,7 @@ def read_all(fd):
         out += b
 
 
-COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
+COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "stalled-put": cmd_stalled_put, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
