@@ -123,6 +123,7 @@ test('GetInfo, interface description, unknown method, bad parameter, stray fds',
     descriptions: Record<string, string>;
     unknown_method: VarlinkErrorReply;
     bad_param: VarlinkErrorReply;
+    upgrade: VarlinkErrorReply;
     with_stray_fds: { features: string[] };
   }>('info', sock);
   assert.equal(r.service.vendor, 'org.composefs');
@@ -139,6 +140,7 @@ test('GetInfo, interface description, unknown method, bad parameter, stray fds',
   }
   assert.equal(r.unknown_method.error, 'org.varlink.service.MethodNotFound');
   assert.deepEqual(r.bad_param, { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'handle' } });
+  assert.deepEqual(r.upgrade, { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'upgrade' } });
   assert.deepEqual(r.with_stray_fds.features, ['splitdirfdstream-v0']);
 });
 

@@ -18,6 +18,8 @@ export interface Call {
   parameters: Record<string, unknown>;
   more: boolean;
   oneway: boolean;
+  /** The client asks to switch the connection to another protocol after the reply. */
+  upgrade: boolean;
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
@@ -36,7 +38,7 @@ export function parseCall(text: Buffer): Call | null {
   if (typeof o.method !== 'string') return null;
   const p = o.parameters ?? {};
   if (typeof p !== 'object' || p === null || Array.isArray(p)) return null;
-  return { method: o.method, parameters: p as Record<string, unknown>, more: o.more === true, oneway: o.oneway === true };
+  return { method: o.method, parameters: p as Record<string, unknown>, more: o.more === true, oneway: o.oneway === true, upgrade: o.upgrade === true };
 }
 
 /**

@@ -10,7 +10,7 @@ import { native, type PollHandle } from '../native.js';
 import { CfsError, errnoCode } from '../errors.js';
 import { tryLock } from '../repository/lock.js';
 import { FdConnection, MAX_FDS_PER_MESSAGE, MAX_MESSAGE, closeQuietly, type Incoming } from './transport.js';
-import { Params, parseCall, SERVICE_INTERFACE, VarlinkError, type Call } from './protocol.js';
+import { invalidParameter, Params, parseCall, SERVICE_INTERFACE, VarlinkError, type Call } from './protocol.js';
 
 /** What one connection's calls waiting behind its running call may hold. */
 const MAX_QUEUED_FDS = 2 * MAX_FDS_PER_MESSAGE;
@@ -301,6 +301,7 @@ export class VarlinkServer {
     const name = call.method.slice(dot + 1);
     const p = new Params(call.parameters);
     if (ifaceName === SERVICE_INTERFACE) {
+      if (call.upgrade && (name === 'GetInfo' || name === 'GetInterfaceDescription')) throw invalidParameter('upgrade');
       if (name === 'GetInfo') return { ...this.info, interfaces: [SERVICE_INTERFACE, ...this.interfaces.keys()] };
       if (name === 'GetInterfaceDescription') {
         const want = p.str('interface');
@@ -315,6 +316,8 @@ export class VarlinkServer {
     if (!iface) throw new VarlinkError(`${SERVICE_INTERFACE}.InterfaceNotFound`, { interface: ifaceName });
     const h = Object.prototype.hasOwnProperty.call(iface.methods, name) ? iface.methods[name] : undefined;
     if (!h) throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
+    // No method here hands the connection over to another protocol (as sd-varlink answers).
+    if (call.upgrade) throw invalidParameter('upgrade');
     return h(p, ctx);
   }
 }

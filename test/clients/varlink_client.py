@@ -241,6 +241,9 @@ def cmd_info(sock):
         call1(c, "org.composefs.Oci.Tag", {"handle": "x", "manifest_digest": 1, "name": "n"})
     except VarlinkError as e:
         out["bad_param"] = e.reply
+    # No method here can switch the connection to another protocol.
+    c.send({"method": "org.composefs.Oci.GetInfo", "parameters": {}, "upgrade": True})
+    out["upgrade"], _ = c.recv()
     # A call that carries fds it does not need: the server closes them and answers.
     frames = c.call("org.composefs.Oci.GetInfo", {}, fds=[dummy_fd(0), dummy_fd(1)])
     out["with_stray_fds"] = frames[0][0]
