@@ -105,7 +105,7 @@ test('setup-root mounts the image with writable /etc, persistent /var and /sysro
   }
   assert.deepEqual(ourMounts(), []);
   // /var persisted across boots; the image is untouched
-  const again = await setupRoot({ cmdline: formatKarg(good, 'sha256', { insecure: true }), sysroot, target });
+  await setupRoot({ cmdline: formatKarg(good, 'sha256', { insecure: true }), sysroot, target });
   try {
     assert.equal(readFileSync(path.join(target, 'var/log'), 'utf8'), 'persistent\n');
     assert.equal(readFileSync(path.join(target, 'etc/hostname'), 'utf8'), 'changed\n');

@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { appendFileSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { makeCstorStore, cstorSkipReason, patternBytes, standardLayers, type CstorFixture } from './helpers/cstor-fixture.js';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
@@ -155,6 +155,21 @@ test('containers-storage: unknown image lists similar names; --platform, store s
       assert.match(r.stderr, /layer [0-9a-f]{64} is stored in composefs form \(use_composefs in containers-storage overlay@\S+\); cfs cannot read such layers/);
     } finally {
       rmSync(cfsData, { recursive: true });
+    }
+  }
+  // A layer whose files are gone (a store damaged, or a layer being removed): named, in both fetch modes.
+  {
+    const layerIds = (JSON.parse(readFileSync(path.join(fx.graphroot, `${fx.driver}-layers`, 'layers.json'), 'utf8')) as Array<{ id: string }>).map((l) => l.id);
+    const dir = path.join(fx.graphroot, fx.driver === 'overlay' ? path.join('overlay', layerIds[0]!, 'diff') : path.join('vfs', 'dir', layerIds[0]!));
+    renameSync(dir, `${dir}.gone`);
+    try {
+      for (const fetch of ['disabled', 'auto']) {
+        const r = runCfs(['--repo', path.join(fx.dir, `repo-gone-${fetch}`), 'oci', 'pull', '-q', '--local-fetch', fetch, `containers-storage:${fx.images[0].name}`], { env: fx.env });
+        assert.equal(r.status, 1, fetch);
+        assert.match(r.stderr, new RegExp(`^cfs: containers-storage ${fx.driver}@\\S+: layer ${layerIds[0]}: cannot open its files: ENOENT`, 'm'), fetch);
+      }
+    } finally {
+      renameSync(`${dir}.gone`, dir);
     }
   }
 

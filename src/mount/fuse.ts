@@ -128,7 +128,6 @@ const ENOENT = -2;
 const EIO = -5;
 const EISDIR = -21;
 const EROFS = -30;
-const ENODATA = -61;
 
 const O_ACCMODE = 3;
 const W_OK = 2;

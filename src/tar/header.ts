@@ -2,7 +2,6 @@
  * One 512-byte tar header block: field table, numeric fields (octal or GNU base-256),
  * checksum, and the ustar / GNU / v7 variants.
  */
-import { CfsError } from '../errors.js';
 
 export const BLOCK_SIZE = 512;
 

@@ -16,7 +16,7 @@ import type { ImageToImport, LocalFetch, LocalLayer } from '../oci/import.js';
 import { existingLayer, layerContentId } from '../tar/split.js';
 import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
-import { FinalReply, type CallContext, type Handler, type ServiceInfo, type VarlinkInterface, VarlinkServer } from './server.js';
+import { FinalReply, type CallContext, type Handler, type ServiceInfo, VarlinkServer } from './server.js';
 import { VarlinkError, type Params } from './protocol.js';
 import { closeQuietly } from './transport.js';
 import { dirRegion, FDS_PER_FRAME, frameSizes, layoutSeed, lifetimeDummies, openDummy } from './fdlayout.js';

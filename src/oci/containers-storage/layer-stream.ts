@@ -9,8 +9,8 @@
  * Contents sent by name are not CRC-checked here: the consumer verifies the whole layer against
  * its diff_id, and `findChangedFile` names the culprit when that fails.
  */
-import { closeSync, constants as C, openSync } from 'node:fs';
-import { CfsError, errnoCode } from '../../errors.js';
+import { closeSync } from 'node:fs';
+import { CfsError } from '../../errors.js';
 import { ChunkBatch } from '../../splitdirfdstream/batch.js';
 import { fileHeader, LIMITS, metadataHeader } from '../../splitdirfdstream/format.js';
 import type { ContainersStore } from './store.js';
@@ -69,15 +69,7 @@ async function* batched(store: ContainersStore, layerId: string): AsyncGenerator
 
 /** The layer's splitdirfdstream and directory fds; the caller closes it. */
 export async function openStoreLayerStream(store: ContainersStore, layerId: string): Promise<StoreLayerStream> {
-  const dirs = await store.layerSearchDirs(layerId);
-  const dirfds: number[] = [];
-  try {
-    for (const d of dirs) dirfds.push(openSync(d, C.O_RDONLY | C.O_DIRECTORY));
-  } catch (e) {
-    for (const fd of dirfds) closeSync(fd);
-    const code = errnoCode(e);
-    throw new CfsError(code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EIO', `${store.description}: layer ${layerId}: cannot open its files: ${(e as Error).message}`);
-  }
+  const { dirfds } = await store.openLayerDirs(layerId);
   const chunks = layerChunks(store, layerId);
   return {
     dirfds,

@@ -15,6 +15,7 @@
  *   overlay/l/<short> -> ../<layer-id>/diff
  *   vfs/dir/<layer-id>/                   the full tree up to that layer (vfs)
  */
+import { closeSync, constants as fsc, openSync } from 'node:fs';
 import { readFile, readlink, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { CfsError, errnoCode } from '../../errors.js';
@@ -239,6 +240,21 @@ export class ContainersStore {
       if (dir) dirs.push(dir);
     }
     return dirs;
+  }
+
+  /** The layer's search directories (layerSearchDirs) and an O_DIRECTORY fd of each; the caller closes the fds. */
+  async openLayerDirs(layerId: string): Promise<{ dirs: string[]; dirfds: number[] }> {
+    const dirs = (await this.layerSearchDirs(layerId)).map((d) => path.resolve(d));
+    const dirfds: number[] = [];
+    try {
+      for (const d of dirs) dirfds.push(openSync(d, fsc.O_RDONLY | fsc.O_DIRECTORY));
+    } catch (e) {
+      for (const fd of dirfds) closeSync(fd);
+      const code = errnoCode(e);
+      const cfsCode = code === 'EACCES' || code === 'EPERM' ? 'EPERM' : code === 'ENOENT' || code === 'ENOTDIR' ? 'ECORRUPT' : 'EIO';
+      throw new CfsError(cfsCode, `${this.description}: layer ${layerId}: cannot open its files: ${(e as Error).message}`);
+    }
+    return { dirs, dirfds };
   }
 
   /** `l/<short>` → the diff dir it names: the link in any store, else the layer whose `link` file says <short>. */

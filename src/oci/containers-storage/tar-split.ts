@@ -15,7 +15,6 @@
 import { createGunzip } from 'node:zlib';
 import { closeSync, constants as fsc, createReadStream, fstatSync, openSync, read as fsRead, readSync } from 'node:fs';
 import { promisify } from 'node:util';
-import path from 'node:path';
 import { CfsError, errnoCode } from '../../errors.js';
 import { native } from '../../native.js';
 import { Crc64 } from './crc64.js';
@@ -223,10 +222,11 @@ function findFile(dirs: string[], dirfds: number[], rel: Buffer, size: number, l
 export async function* layerSegments(store: ContainersStore, layerId: string): AsyncGenerator<LayerSegment> {
   const tarSplit = store.tarSplitPath(layerId);
   const lock = await store.lockLayers();
-  const dirfds: number[] = [];
+  let dirfds: number[] = [];
   try {
-    const dirs = (await store.layerSearchDirs(layerId)).map((d) => path.resolve(d));
-    for (const d of dirs) dirfds.push(openSync(d, fsc.O_RDONLY | fsc.O_DIRECTORY));
+    const opened = await store.openLayerDirs(layerId);
+    const dirs = opened.dirs;
+    dirfds = opened.dirfds;
     for await (const e of readTarSplit(tarSplit)) {
       if (e.type === 'segment') {
         if (e.payload.length) yield { kind: 'raw', data: e.payload };
