@@ -85,6 +85,8 @@ export interface ImportOptions {
    * between repositories of one hash algorithm); null: build it. Its digest must be `imageId`.
    */
   prebuiltImage?: () => Promise<{ erofs: Buffer; imageId: string } | null>;
+  /** Stops the import (ECANCELED) at the next piece of layer data once aborted. */
+  signal?: AbortSignal;
 }
 
 export interface ImportResult {
@@ -137,7 +139,16 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
   }
   const objects = noObjects();
   todo.sort((a, b) => (b.size ?? 0) - (a.size ?? 0));
+  const signal = opts.signal;
+  /** The layer's data, cut off once `signal` aborts. */
+  async function* untilAborted<T>(src: AsyncIterable<T>): AsyncGenerator<T> {
+    for await (const b of src) {
+      if (signal?.aborted) throw new CfsError('ECANCELED', `${img.description}: import stopped`);
+      yield b;
+    }
+  }
   await runLayerTasks(todo, opts.parallel ?? os.availableParallelism(), async (layer) => {
+    if (signal?.aborted) throw new CfsError('ECANCELED', `${img.description}: import stopped`);
     progress.started(layer.id, layer.size);
     let read = 0;
     const onRead = (n: number): void => {
@@ -147,13 +158,13 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
     let streamId: Buffer;
     const tarOpts = { expectedDiffId: layer.id, layerName: layer.id, counts: objects };
     if (layer.kind === 'tar' && layer.openLocal && localFetch !== 'disabled') {
-      streamId = await importLocal(repo, layer, layer.openLocal, localFetch === 'zerocopy', onRead, objects);
+      streamId = await importLocal(repo, layer, layer.openLocal, localFetch === 'zerocopy', onRead, objects, untilAborted);
     } else if (layer.kind === 'tar') {
-      streamId = (await importTarLayer(repo, layer.open(onRead), tarOpts).catch(async (e: unknown) => {
+      streamId = (await importTarLayer(repo, untilAborted(layer.open(onRead)), tarOpts).catch(async (e: unknown) => {
         throw layer.explain ? await layer.explain(e) : e;
       })).streamId;
     } else {
-      streamId = await importBlob(repo, layer);
+      streamId = await importBlob(repo, untilAborted(layer.open(() => undefined)), layer.id);
     }
     streams.set(layer.id, streamId);
     progress.done(layer.id, read || layer.size || 0);
@@ -164,10 +175,11 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
 /** A layer whose contents are local files: through the splitdirfdstream consumer. */
 async function importLocal(
   repo: Repository, layer: LayerToImport, openLocal: () => Promise<LocalLayer>, zerocopy: boolean, onRead: (n: number) => void, objects: ObjectCounts,
+  chunks: (src: AsyncIterable<Buffer>) => AsyncIterable<Buffer>,
 ): Promise<Buffer> {
   const local = await openLocal();
   try {
-    const r = await consumeLayerStream(repo, local.chunks, local.dirfds, { diffId: layer.id, zerocopy, localStore: true, onProgress: onRead });
+    const r = await consumeLayerStream(repo, chunks(local.chunks), local.dirfds, { diffId: layer.id, zerocopy, localStore: true, onProgress: onRead });
     addObjects(objects, r.objects);
     return r.streamId;
   } catch (e) {
@@ -178,11 +190,11 @@ async function importLocal(
 }
 
 /** A non-tar blob: one object, referenced by a single external chunk (brief 3.6). */
-async function importBlob(repo: Repository, layer: LayerToImport): Promise<Buffer> {
+async function importBlob(repo: Repository, data: AsyncIterable<Uint8Array>, id: string): Promise<Buffer> {
   const w = repo.createObjectWriter();
   let size = 0;
   try {
-    for await (const chunk of layer.open(() => undefined)) {
+    for await (const chunk of data) {
       await w.write(chunk);
       size += chunk.length;
     }
@@ -194,7 +206,7 @@ async function importBlob(repo: Repository, layer: LayerToImport): Promise<Buffe
   const s = new SplitStreamWriter(repo, { contentType: CONTENT_TYPES.blob });
   s.addExternal(objectId, size);
   const streamId = await s.finish();
-  await repo.linkStream(layerContentId(layer.id), streamId);
+  await repo.linkStream(layerContentId(id), streamId);
   return streamId;
 }
 

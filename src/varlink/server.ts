@@ -316,7 +316,7 @@ export class VarlinkServer {
     if (!iface) throw new VarlinkError(`${SERVICE_INTERFACE}.InterfaceNotFound`, { interface: ifaceName });
     const h = Object.prototype.hasOwnProperty.call(iface.methods, name) ? iface.methods[name] : undefined;
     if (!h) throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
-    // No method here hands the connection over to another protocol (as sd-varlink answers).
+    // No method here hands the connection over to another protocol.
     if (call.upgrade) throw invalidParameter('upgrade');
     return h(p, ctx);
   }

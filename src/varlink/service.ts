@@ -12,7 +12,7 @@ import { Repository, initRepository, type ImageHandle } from '../repository/repo
 import { resolveRepositoryPath } from '../repository/location.js';
 import { parseAlgorithm } from '../repository/meta.js';
 import type { ProgressSink } from '../progress/events.js';
-import type { ImageToImport, LocalFetch, LocalLayer } from '../oci/import.js';
+import type { LocalFetch } from '../oci/import.js';
 import { existingLayer, layerContentId } from '../tar/split.js';
 import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
@@ -126,32 +126,6 @@ async function* withIdleLimit<T>(src: AsyncIterable<T>, ms: number, stalled: () 
     if (r.done) return;
     yield r.value;
   }
-}
-
-/** The image with every layer's bytes cut off once `signal` aborts (a Pull whose client hung up stops). */
-function abortable(img: ImageToImport, signal: AbortSignal): ImageToImport {
-  const gone = (): CfsError => new CfsError('ECANCELED', `${img.description}: the client disconnected; pull stopped`);
-  async function* cut<T>(src: AsyncIterable<T>): AsyncGenerator<T> {
-    for await (const b of src) {
-      if (signal.aborted) throw gone();
-      yield b;
-    }
-  }
-  return {
-    ...img,
-    layers: img.layers.map((l) => ({
-      ...l,
-      open: (progress: (n: number) => void) => {
-        if (signal.aborted) throw gone();
-        return cut(l.open(progress));
-      },
-      openLocal: l.openLocal && (async (): Promise<LocalLayer> => {
-        if (signal.aborted) throw gone();
-        const local = await l.openLocal!();
-        return { ...local, chunks: cut(local.chunks) };
-      }),
-    })),
-  };
 }
 
 function createdOf(config: Buffer): string | null {
@@ -505,7 +479,7 @@ export class ComposefsService {
       try {
         // Tagged last, and only for a client still there to hear of it: a pull whose caller
         // hung up leaves its data for the next pull (or gc), not a name nobody asked to keep.
-        const r = await importImage(repo, abortable(src, ctx.signal), { progress, localFetch: localFetchOf(p.optStr('local_fetch')) });
+        const r = await importImage(repo, src, { progress, localFetch: localFetchOf(p.optStr('local_fetch')), signal: ctx.signal });
         completed = {
           manifest_digest: r.manifestDigest,
           config_digest: r.configDigest,
