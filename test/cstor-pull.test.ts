@@ -6,12 +6,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { appendFileSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { makeCstorStore, cstorSkipReason, patternBytes, standardLayers, type CstorFixture } from './helpers/cstor-fixture.js';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
 import { cfsOk, runCfs } from './helpers/cli.js';
+import { firstOutput } from './helpers/child.js';
 import { repoProblems } from './helpers/repo-check.js';
 
 const skip = await cstorSkipReason();
@@ -114,6 +115,22 @@ test('@LIST-DIGEST with --platform picks that platform\'s image among those podm
     assert.equal(imageIdOf(r.stdout), ids.get(arch), `${arch}: ${layout.images[i].manifestDigest}`);
   }
   assert.notEqual(ids.get('amd64'), ids.get('arm64'));
+});
+
+test('a pull waits for a containers/storage writer\'s lock as long as it is held, and says so', { skip: skip ?? false }, async () => {
+  // A POSIX write lock on layers.lock, as podman holds while it applies a layer, let go after 2.5 s.
+  const lock = path.join(fx.graphroot, `${fx.driver}-layers`, 'layers.lock');
+  const holder = spawn('python3', ['-c', `import fcntl,time\nf=open(${JSON.stringify(lock)},'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(2.5)`], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  try {
+    assert.equal((await firstOutput(holder, 'the lock holder')).trim(), 'locked');
+    const r = cfsOk(['--repo', path.join(fx.dir, 'repo-wait'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`], { env: fx.env });
+    assert.match(r.stderr, new RegExp(`^cfs: waiting for ${lock.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: another process \\(podman\\?\\) is writing to the store$`, 'm'));
+    assert.match(r.stdout, /^image [0-9a-f]{64}$/m);
+  } finally {
+    holder.kill();
+  }
 });
 
 test('containers-storage: unknown image lists similar names; --platform, store spec and name errors; changed diff file is caught', { skip: skip ?? false }, async () => {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isCfsError } from '../src/errors.js';
 import { openStorageImage, type OpenStorageOptions, type StorageImage } from '../src/oci/containers-storage/image.js';
-import { lockMechanism } from '../src/oci/containers-storage/lock.js';
+import { lockMechanism, WAIT_NOTICE_MS } from '../src/oci/containers-storage/lock.js';
 import { layerSegments, layerTarStream } from '../src/oci/containers-storage/tar-split.js';
 import { findChangedFile } from '../src/oci/containers-storage/layer-stream.js';
 import { cstorSkipReason, makeCstorStore, type CstorDriver, type CstorFixture } from './helpers/cstor-fixture.js';
@@ -218,18 +218,27 @@ describe('containers-storage: read locks', { skip: skip ?? false }, () => {
   });
   after(() => f?.cleanup());
 
-  test('an exclusive holder of layers.lock makes us wait, then fail with EBUSY naming the lock', async () => {
+  test('an exclusive holder of layers.lock makes us wait (up to a timeout, if given: EBUSY naming the lock)', async () => {
     const lockPath = join(f.graphroot, 'vfs-layers', 'layers.lock');
     const child = await holdLock(lockPath, 'cfs-exclusive');
     try {
       await assert.rejects(openStorageImage('localhost/l:1', opts(f, { timeoutMs: 300 })), isErr('EBUSY', /vfs-layers\/layers\.lock: locked by another process/));
       // Streaming a layer takes the same lock (img's store was opened with timeoutMs 300).
       await assert.rejects(sha256Of(layerTarStream(img.layers[0]!.store, img.layers[0]!.layerId)), isErr('EBUSY', /layers\.lock/));
-      // A waiting reader proceeds once the writer lets go.
-      const waiting = openStorageImage('localhost/l:1', opts(f));
-      await new Promise((r) => setTimeout(r, 200));
+      // A stopped wait ends with ECANCELED.
+      const stop = new AbortController();
+      const stopped = openStorageImage('localhost/l:1', opts(f, { signal: stop.signal }));
+      setTimeout(() => stop.abort(), 100);
+      await assert.rejects(stopped, isErr('ECANCELED', /layers\.lock: stopped waiting/));
+      // By default a reader waits as long as the writer holds on (saying so after WAIT_NOTICE_MS),
+      // and proceeds once it lets go.
+      const waits: string[] = [];
+      const waiting = openStorageImage('localhost/l:1', opts(f, { onWait: (p) => waits.push(p) }));
+      await new Promise((r) => setTimeout(r, WAIT_NOTICE_MS + 300));
+      assert.deepEqual(waits, [lockPath]);
       await release(child);
       assert.equal((await waiting).imageId, img.imageId);
+      assert.equal(waits.length, 1);
     } finally {
       child.kill();
     }

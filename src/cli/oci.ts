@@ -42,7 +42,10 @@ export async function pullReference(repo: Repository, reference: string, name: s
     throw new CfsError('EINVAL', `--zerocopy contradicts --local-fetch ${opts.localFetch}`);
   }
   if (name !== null && name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
-  const img = await openImageSource(reference, { platform: opts.platform });
+  const onWait = (lock: string): void => {
+    process.stderr.write(`cfs: waiting for ${lock}: another process (podman?) is writing to the store\n`);
+  };
+  const img = await openImageSource(reference, { platform: opts.platform, onWait });
   try {
     return await importImage(repo, img, { name, progress: progressFor({ quiet: opts.quiet }), localFetch });
   } finally {

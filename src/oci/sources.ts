@@ -11,6 +11,10 @@ import { parseImageReference } from './reference.js';
 export interface SourceOptions {
   /** `os/arch[/variant]`; default: the running machine. */
   platform?: string;
+  /** A source waiting for another process's lock (containers-storage: podman writing), once the wait is noticeable. */
+  onWait?: (what: string) => void;
+  /** Stops waiting for such locks. */
+  signal?: AbortSignal;
 }
 
 /** True when `s` names a transport (`oci:`, `oci-archive:`, `containers-storage:`). */

@@ -15,8 +15,9 @@
  *     the store's directory is another mount of objects/'s filesystem (podman bind-mounts
  *     overlay/ onto itself), files are reached through a MountBridge. Since the inode is shared,
  *     files owned by another user than us or root, setuid/setgid files and files writable by
- *     group or others are hardlinked only in zerocopy mode, and only into a repository other
- *     users cannot enter (shareRefusal); otherwise they are reflinked or copied.
+ *     group or others are hardlinked only in zerocopy mode, only into a repository other users
+ *     cannot enter, and those others may write only into a secure one (shareRefusal);
+ *     otherwise they are reflinked or copied.
  *
  * A method that fails for a reason that will not change (EOPNOTSUPP, EXDEV, EPERM, …) is not
  * tried again for the same pair of filesystems.
@@ -40,14 +41,15 @@ import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
 import { MountBridge } from '../repository/mount-bridge.js';
+import { inInitialUserNamespace } from '../mount/caps.js';
 import { ASYNC_OBJECT_MAX, ObjectSink } from '../repository/object-sink.js';
 import { countWritten, noObjects, recountPresent, type ObjectCounts } from '../repository/object-counts.js';
 import type { OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
 const READ_SIZE = 1024 * 1024;
-/** Mode bits (setuid, setgid, group/other write) that keep a local store file from being hardlinked outside zerocopy mode. */
-const SHARED_MODE_BITS = 0o4000 | 0o2000 | 0o022;
+/** The id files owned by ids not mapped into our user namespace show. */
+const OVERFLOW_UID = 65534;
 /** errnos after which a zero-copy method is given up for a pair of filesystems. */
 const PERMANENT = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EXDEV', 'EINVAL', 'EPERM', 'EACCES', 'EMLINK', 'ENOSYS', 'EISDIR']);
 
@@ -138,6 +140,8 @@ export class ObjectPlacer {
   /** Zero-copy placements still holding fds (settle when the fds are closed; never reject). */
   private readonly inFlight = new Set<Promise<void>>();
   private readonly euid = process.geteuid?.();
+  /** Whether we run in the initial user namespace, learnt when first needed (shareRefusal). */
+  private initialUserNs: boolean | undefined;
   /** The repository directory's mode, read when first needed (shareRefusal). */
   private repoMode: number | undefined;
 
@@ -232,17 +236,25 @@ export class ObjectPlacer {
 
   /**
    * Why a local store file may not become an object by hardlink; null when it may. A hardlinked
-   * object is the store's inode: outside zerocopy mode it must be owned by us or root (no one else
-   * can rewrite or chmod it later: a rootless store imported by root is copied) and be neither
-   * setuid/setgid nor writable by group or others. Zerocopy mode (nothing may be copied) links
-   * such files too, but only into a repository other users cannot enter: a setuid binary the
-   * store keeps behind its 0700 directories must not become reachable through objects/.
+   * object is the store's inode: outside zerocopy mode it must be ours (owned by us or root, or,
+   * as root of a user namespace such as `podman unshare`, by any id mapped into it: those belong
+   * to the namespace's owner) and be neither setuid/setgid nor writable by group or others.
+   * Zerocopy mode (nothing may be copied) links such files too, but only where that is safe:
+   *   - a file someone else may write (another owner, group/other write bits) only into a secure
+   *     repository: fs-verity then seals the shared inode, so its owner cannot change what the
+   *     repository's images show; an insecure one has nothing to stop that;
+   *   - and only into a repository other users cannot enter: a setuid binary the store keeps
+   *     behind its 0700 directories must not become reachable through objects/.
    */
   private shareRefusal(f: OpenedFile): string | null {
-    const owned = f.stat.uid === this.euid || f.stat.uid === 0;
-    if (owned && (f.stat.mode & SHARED_MODE_BITS) === 0) return null;
-    const what = !owned ? `owned by uid ${f.stat.uid}` : f.stat.mode & 0o6000 ? 'setuid or setgid' : 'writable by group or others';
+    const owned = f.stat.uid === this.euid || f.stat.uid === 0 || (this.euid === 0 && f.stat.uid !== OVERFLOW_UID && !(this.initialUserNs ??= inInitialUserNamespace()));
+    const othersWrite = !owned || (f.stat.mode & 0o022) !== 0;
+    if (!othersWrite && (f.stat.mode & 0o6000) === 0) return null;
+    const what = !owned ? `owned by uid ${f.stat.uid}` : othersWrite ? 'writable by group or others' : 'setuid or setgid';
     if (!this.opts.zerocopy) return `not for ${f.name}: it is ${what}`;
+    if (othersWrite && !this.repo.secure) {
+      return `not for ${f.name}: it is ${what}, who could then change the object behind repository ${this.repo.path}'s back (an insecure repository has no fs-verity to prevent it; import without --zerocopy to copy it)`;
+    }
     this.repoMode ??= statSync(this.repo.path).mode;
     if ((this.repoMode & 0o011) === 0) return null;
     return `not for ${f.name}: it is ${what}, and other users can enter repository ${this.repo.path} (mode ${(this.repoMode & 0o7777).toString(8)}) to reach it (chmod go-x the repository to allow it)`;

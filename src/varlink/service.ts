@@ -470,7 +470,8 @@ export class ComposefsService {
     const { manifestContentId, configContentId, tagImage } = await import('../oci/stored.js');
     let completed: Record<string, unknown>;
     try {
-      const src = await openImageSource(image).catch((e: unknown) => {
+      const onWait = (lock: string): void => progress.message(`waiting for ${lock}: another process (podman?) is writing to the store`);
+      const src = await openImageSource(image, { onWait, signal: ctx.signal }).catch((e: unknown) => {
         // The reference names nothing (NoSuchImage) or is not one cfs can read (InvalidRequest).
         if (isCfsError(e) && e.context['missingImage'] !== undefined) throw new VarlinkError(`${OCI}.NoSuchImage`, { image });
         if (isCfsError(e) && (e.code === 'EINVAL' || e.code === 'ENOTSUP' || e.code === 'EPLATFORM')) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: e.message });

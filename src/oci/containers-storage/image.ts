@@ -275,7 +275,7 @@ export async function openStorageImage(refIn: string | StorageReference, opts: O
   const ref = typeof refIn === 'string' ? parseStorageReference(refIn) : refIn;
   const text = formatStorageReference(ref);
   const cfg = applyStoreSpec(opts.config ?? (await loadStorageConfig(opts.context)), ref.store);
-  const lockOptions: LockOptions = opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs };
+  const lockOptions: LockOptions = { timeoutMs: opts.timeoutMs, onWait: opts.onWait, signal: opts.signal };
   const stores = await openStores(cfg, lockOptions);
 
   let found: Found | null = null;

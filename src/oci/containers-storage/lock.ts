@@ -10,7 +10,9 @@
  *
  * POSIX locks belong to the process and vanish when any fd of the file is closed, so one fd per
  * lock file is kept open and shared by all holders in this process (reference counted).
- * Waiting is done by polling the non-blocking call, which keeps the event loop free.
+ * Waiting is done by polling the non-blocking call, which keeps the event loop free. By default
+ * it lasts as long as the writer holds the lock, as in containers/storage (podman applies a
+ * large layer under layers.lock for minutes); `onWait` says so once the wait gets noticeable.
  */
 import { closeSync, constants as fsc, openSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -20,8 +22,12 @@ import { native, type NativeAddon } from '../../native.js';
 export type LockMode = 'shared' | 'exclusive';
 
 export interface LockOptions {
-  /** How long to wait for a conflicting holder; 0 = fail at once. Default 60 s. */
+  /** How long to wait for a conflicting holder; 0 = fail at once. Default: as long as it takes. */
   timeoutMs?: number;
+  /** Called once per lock (its path) when a conflicting holder has kept us waiting WAIT_NOTICE_MS. */
+  onWait?: (path: string) => void;
+  /** Stops waiting (ECANCELED). */
+  signal?: AbortSignal;
 }
 
 export interface HeldLock {
@@ -31,7 +37,8 @@ export interface HeldLock {
 /** `fcntlLock(fd, op)`: POSIX whole-file lock, op as for flock (LOCK_SH/EX/UN, | LOCK_NB). */
 type FcntlAddon = NativeAddon & { fcntlLock?: (fd: number, op: number) => void };
 
-export const DEFAULT_LOCK_TIMEOUT_MS = 60_000;
+/** How long a wait lasts before `onWait` hears of it. */
+export const WAIT_NOTICE_MS = 1000;
 const CONFLICT = new Set(['EWOULDBLOCK', 'EAGAIN', 'EACCES']);
 
 export function lockMechanism(): 'fcntl' | 'flock' {
@@ -63,17 +70,26 @@ function tryLock(fd: number, mode: LockMode): boolean {
   }
 }
 
-async function lockFd(path: string, fd: number, mode: LockMode, timeout: number): Promise<Entry> {
-  const deadline = Date.now() + timeout;
+async function lockFd(path: string, fd: number, mode: LockMode, opts: LockOptions): Promise<Entry> {
+  const start = Date.now();
+  const timeout = opts.timeoutMs ?? Infinity;
+  const deadline = start + timeout;
+  let noticed = false;
   try {
     for (let delay = 10; !tryLock(fd, mode); delay = Math.min(delay * 2, 250)) {
-      if (Date.now() >= deadline) {
+      if (opts.signal?.aborted) throw new CfsError('ECANCELED', `${path}: stopped waiting for the lock`);
+      const now = Date.now();
+      if (now >= deadline) {
         throw new CfsError(
           'EBUSY',
           `${path}: locked by another process (a containers-storage writer?); gave up after ${Math.round(timeout / 1000)} s`,
         );
       }
-      await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
+      if (!noticed && now - start >= WAIT_NOTICE_MS) {
+        noticed = true;
+        opts.onWait?.(path);
+      }
+      await sleep(Math.min(delay, Math.max(1, deadline - now)));
     }
   } catch (e) {
     closeSync(fd);
@@ -97,7 +113,7 @@ function handle(path: string, entry: Entry): HeldLock {
 }
 
 /**
- * Takes a lock on one lock file, waiting up to the timeout for a conflicting holder.
+ * Takes a lock on one lock file, waiting (up to the timeout, if any) for a conflicting holder.
  * A missing lock file means no containers/storage process uses that store part: no lock.
  */
 export async function acquireLock(path: string, mode: LockMode, opts: LockOptions = {}): Promise<HeldLock> {
@@ -116,7 +132,7 @@ export async function acquireLock(path: string, mode: LockMode, opts: LockOption
     if (errnoCode(e) === 'ENOENT') return { release: () => undefined };
     throw new CfsError('EIO', `${path}: cannot open lock file: ${(e as Error).message}`);
   }
-  const p = lockFd(path, fd, mode, opts.timeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS);
+  const p = lockFd(path, fd, mode, opts);
   entries.set(path, p);
   try {
     return handle(path, await p);
