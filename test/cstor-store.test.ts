@@ -1,16 +1,19 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
 import { isCfsError } from '../src/errors.js';
 import { openStorageImage, type OpenStorageOptions, type StorageImage } from '../src/oci/containers-storage/image.js';
 import { lockMechanism, WAIT_NOTICE_MS } from '../src/oci/containers-storage/lock.js';
 import { layerSegments, layerTarStream } from '../src/oci/containers-storage/tar-split.js';
-import { findChangedFile } from '../src/oci/containers-storage/layer-stream.js';
+import { findChangedFile, openStoreLayerStream } from '../src/oci/containers-storage/layer-stream.js';
 import { cstorSkipReason, makeCstorStore, type CstorDriver, type CstorFixture } from './helpers/cstor-fixture.js';
+
+const run = promisify(execFile);
 
 const skip = await cstorSkipReason();
 if (skip) console.log(`# skipping containers-storage store tests: ${skip}`);
@@ -162,6 +165,14 @@ for (const driver of ['overlay', 'vfs'] as CstorDriver[]) {
       } finally {
         await rename(`${ts}.away`, ts);
       }
+    });
+
+    test('an image deleted while it is read: its layer is said to have been removed', async () => {
+      const added = await f.add('localhost/doomed:1', { layers: [[{ path: 'doomed', content: 'a layer that goes away, more than sixty-four bytes of content!' }]] });
+      const img = await openStorageImage(added.name, opts(f));
+      const l = img.layers[0]!;
+      await run('skopeo', ['delete', `containers-storage:${added.name}`], { env: f.env });
+      await assert.rejects(openStoreLayerStream(l.store, l.layerId), isErr('ENOENT', new RegExp(`layer ${l.layerId} was removed from the store while the image was being read`)));
     });
   });
 }

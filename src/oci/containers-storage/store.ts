@@ -184,6 +184,15 @@ export class ContainersStore {
     });
   }
 
+  /** Whether layers.json still records the layer (true when that cannot be told). */
+  private async hasLayer(layerId: string): Promise<boolean> {
+    try {
+      return (await this.readLayers()).has(layerId);
+    } catch {
+      return true;
+    }
+  }
+
   /** Shared lock on layers.lock, to hold while a layer's files are read. */
   lockLayers(): Promise<HeldLock> {
     return acquireShared([this.layersLock], this.lockOptions);
@@ -251,6 +260,10 @@ export class ContainersStore {
     } catch (e) {
       for (const fd of dirfds) closeSync(fd);
       const code = errnoCode(e);
+      if (code === 'ENOENT' && !(await this.hasLayer(layerId))) {
+        // Locks are taken per layer (as c/image does), so an image can be deleted between two of its layers.
+        throw new CfsError('ENOENT', `${this.description}: layer ${layerId} was removed from the store while the image was being read (podman rmi or skopeo delete?)`);
+      }
       const cfsCode = code === 'EACCES' || code === 'EPERM' ? 'EPERM' : code === 'ENOENT' || code === 'ENOTDIR' ? 'ECORRUPT' : 'EIO';
       throw new CfsError(cfsCode, `${this.description}: layer ${layerId}: cannot open its files: ${(e as Error).message}`);
     }
