@@ -11,6 +11,7 @@
  * Rootless stores: files are read as the invoking user. Files owned by mapped IDs that the user
  * cannot read fail with a message saying so (never skipped).
  */
+import { statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
@@ -74,8 +75,14 @@ export async function openContainersStorageImage(spec: string, opts: SourceOptio
   };
 }
 
+/** What to do about a store file we may not read: depends on whose store it is. */
 function unreadableHint(store: ContainersStore): string {
-  return `the store ${store.root} is rootless or belongs to another user; run as its owner inside \`podman unshare\`, or as root`;
+  const owner = statSync(store.root, { throwIfNoEntry: false })?.uid;
+  if (owner !== undefined && owner === process.geteuid?.() && owner !== 0) {
+    return `the store ${store.root} is your rootless store, whose files belong to ids of its user namespace: run cfs inside \`podman unshare\``;
+  }
+  const whose = owner === undefined ? '' : ` (uid ${owner})`;
+  return `the store ${store.root}${whose} is rootless or belongs to another user; run as its owner inside \`podman unshare\`, or as root`;
 }
 
 function isDenied(e: unknown): boolean {
