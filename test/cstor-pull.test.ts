@@ -147,6 +147,11 @@ test('containers-storage: unknown image lists similar names; --platform, store s
   // A short name is reported as the name the store gave the image, not as its docker.io expansion.
   const short = cfsOk(['--repo', path.join(fx.dir, 'repo-short'), 'oci', 'pull', 'containers-storage:x'], { env: fx.env });
   assert.match(short.stderr, /^Importing \d+ layers? from containers-storage:localhost\/x:latest$/m);
+  // …and tagged so by default: `x`, `localhost/x` and `localhost/x:latest` are one image, one tag.
+  assert.match(short.stdout, /^tagged containers-storage:localhost\/x:latest$/m);
+  cfsOk(['--repo', path.join(fx.dir, 'repo-short'), 'oci', 'pull', '-q', 'containers-storage:localhost/x'], { env: fx.env });
+  const tags = (JSON.parse(cfsOk(['--repo', path.join(fx.dir, 'repo-short'), 'oci', 'images', '--json']).stdout) as { images: Array<{ name: string }> }).images;
+  assert.deepEqual(tags.map((t) => t.name), ['containers-storage:localhost/x:latest']);
   // NAME@ID-PREFIX names one image: the ID must match too.
   const images = JSON.parse(readFileSync(path.join(fx.graphroot, `${fx.driver}-images`, 'images.json'), 'utf8')) as Array<{ id: string; names: string[] }>;
   const id = images.find((i) => i.names.includes(fx.images[0].name))!.id;

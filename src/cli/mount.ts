@@ -138,7 +138,7 @@ export function register(program: Command): void {
           // Loaded only for transport references: the import machinery is heavy for a plain mount.
           pull: async (ref) => {
             const { pullReference, objectsLine } = await import('./oci.js');
-            const r = await pullReference(repo, ref, ref, { platform: opts.platform, quiet: opts.quiet, localFetch: opts.localFetch, zerocopy: opts.zerocopy });
+            const r = await pullReference(repo, ref, undefined, { platform: opts.platform, quiet: opts.quiet, localFetch: opts.localFetch, zerocopy: opts.zerocopy });
             if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
             return r.imageId;
           },

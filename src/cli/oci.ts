@@ -29,8 +29,12 @@ async function writeOut(data: Buffer | string): Promise<void> {
   await new Promise<void>((resolve, reject) => process.stdout.write(data, (e) => (e ? reject(e) : resolve())));
 }
 
-/** Pull (import) a transport reference; shared with `cfs mount`. */
-export async function pullReference(repo: Repository, reference: string, name: string | null, opts: PullOpts) {
+/**
+ * Pull (import) a transport reference and tag it `name`; shared with `cfs mount`. The default tag
+ * is the reference, a containers-storage one as the store names the image (`x` and `x:latest`
+ * are one tag, `localhost/x:latest`).
+ */
+export async function pullReference(repo: Repository, reference: string, name: string | undefined, opts: PullOpts) {
   const { openImageSource } = await import('../oci/sources.js');
   const { importImage } = await import('../oci/import.js');
   const { progressFor } = await import('./progress.js');
@@ -41,13 +45,14 @@ export async function pullReference(repo: Repository, reference: string, name: s
   if (opts.zerocopy && opts.localFetch !== undefined && opts.localFetch !== 'zerocopy') {
     throw new CfsError('EINVAL', `--zerocopy contradicts --local-fetch ${opts.localFetch}`);
   }
-  if (name !== null && name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
+  if (name !== undefined && name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
   const onWait = (lock: string): void => {
     process.stderr.write(`cfs: waiting for ${lock}: another process (podman?) is writing to the store\n`);
   };
   const img = await openImageSource(reference, { platform: opts.platform, onWait });
   try {
-    return await importImage(repo, img, { name, progress: progressFor({ quiet: opts.quiet }), localFetch });
+    const tag = name ?? (reference.startsWith('containers-storage:') ? img.description : reference);
+    return { ...(await importImage(repo, img, { name: tag, progress: progressFor({ quiet: opts.quiet }), localFetch })), tag };
   } finally {
     await img.close();
   }
@@ -65,7 +70,7 @@ export function register(program: Command): void {
     .command('pull')
     .description('import an image from oci:DIR[:TAG], oci-archive:FILE[:TAG] or containers-storage:[STORE]NAME[:TAG|@DIGEST]')
     .argument('<source>', 'transport reference')
-    .argument('[name]', 'tag to give the image (default: the source reference)')
+    .argument('[name]', 'tag to give the image (default: the source reference; a containers-storage: one as the store names the image)')
     .option('--platform <os/arch[/variant]>', 'platform to select from a multi-platform index (default: this machine)')
     .option('-q, --quiet', 'no progress output')
     .option(...LOCAL_FETCH_OPTIONS[0])
@@ -73,10 +78,10 @@ export function register(program: Command): void {
     .action(async (source: string, name: string | undefined, opts: PullOpts) => {
       const repo = await openRepoFromCli(program);
       try {
-        const r = await pullReference(repo, source, name ?? source, opts);
+        const r = await pullReference(repo, source, name, opts);
         let out = `manifest ${r.manifestDigest}\nconfig ${r.configDigest}\n`;
         if (r.imageId) out += `image ${r.imageId}\n`;
-        out += `tagged ${name ?? source}\n`;
+        out += `tagged ${r.tag}\n`;
         await writeOut(out);
         if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
       } finally {
