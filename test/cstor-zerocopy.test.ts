@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -134,6 +134,12 @@ test('--zerocopy links through a store whose overlay/ is bind-mounted onto itsel
     const counts = objectCounts(r.stderr);
     assert.ok(counts.hardlinked + counts.reflinked > 0, r.stderr);
     assert.deepEqual(repoProblems(repo), []);
+    // In a user namespace (podman unshare) the inherited mounts are locked: no bridge, and the error says why.
+    const inNs = path.join(fx.dir, 'zc-bind-userns');
+    const [node, ...cfs] = cfsCommand();
+    const ns = spawnSync('unshare', ['--user', '--map-root-user', '--mount', node!, ...cfs, '--repo', inNs, 'oci', 'pull', '-q', '--zerocopy', `containers-storage:${fx.images[0].name}`, 'cs'], { env: fx.env, encoding: 'utf8', cwd: PROJECT_ROOT });
+    assert.equal(ns.status, 1, ns.stderr);
+    assert.match(ns.stderr, /hardlink \(EXDEV: \S+ is on another mount of the repository's filesystem, and no bridge to it: cloning mount \/\S* failed: EINVAL \(mounts a user namespace inherits are locked \(as inside podman unshare\)\)\) both failed; copy fallback is disabled \(zerocopy mode\)$/m);
   } finally {
     execFileSync('umount', [overlay]);
   }

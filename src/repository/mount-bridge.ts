@@ -2,8 +2,9 @@
  * link(2) and FICLONE refuse to cross mounts even within one filesystem, and podman's overlay
  * driver bind-mounts its overlay/ directory onto itself. When a store's file and objects/ are on
  * different mounts of one filesystem, both are reached through a private, non-recursive clone of
- * that filesystem's root mount (open_tree OPEN_TREE_CLONE, which needs CAP_SYS_ADMIN; without it
- * there is no bridge and the zero-copy methods fail with EXDEV). A store's files are then opened
+ * that filesystem's root mount (open_tree OPEN_TREE_CLONE, which needs CAP_SYS_ADMIN and fails on
+ * the locked mounts a user namespace inherits; without it there is no bridge and the zero-copy
+ * methods fail with EXDEV, explained by why there is none). A store's files are then opened
  * beneath their directory as seen through the clone, which holds no other mounts: a mount inside
  * a layer directory is not crossed, the store's own files under it are read.
  */
@@ -11,6 +12,8 @@ import { closeSync, fstatSync, readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../native.js';
 import { readMountinfo, type MountInfo } from '../mount/mountinfo.js';
+import { inInitialUserNamespace } from '../mount/caps.js';
+import { errnoCode } from '../errors.js';
 
 /** The mount a canonical path is on: the longest mount point prefix, topmost when stacked. */
 function mountOf(p: string, mounts: MountInfo[]): MountInfo | undefined {
@@ -37,26 +40,28 @@ export class MountBridge {
     this.objectsDir = `/proc/self/fd/${objectsFd}`;
   }
 
-  /** Null when objects/'s filesystem has no mount of its root or the clone is not permitted. */
-  static open(objectsDir: string): MountBridge | null {
+  /** The bridge, or why there is none: objects/'s filesystem has no mount of its root, or the clone is not permitted. */
+  static open(objectsDir: string): MountBridge | string {
     const mounts = readMountinfo();
     const real = realpathSync.native(objectsDir);
     const objects = mountOf(real, mounts);
     const root = objects && mounts.filter((m) => m.device === objects.device && m.root === '/').pop();
-    if (!objects || !root) return null;
+    if (!objects || !root) return `no mount of the root of ${real}'s filesystem is visible here`;
     const n = native();
     let tree: number;
     try {
       tree = n.openTree(n.constants.AT_FDCWD, root.mountpoint, n.constants.OPEN_TREE_CLONE);
-    } catch {
-      return null;
+    } catch (e) {
+      const code = errnoCode(e) ?? (e as Error).message;
+      const why = code === 'EPERM' ? 'it needs CAP_SYS_ADMIN' : code === 'EINVAL' && !inInitialUserNamespace() ? 'mounts a user namespace inherits are locked (as inside podman unshare)' : null;
+      return `cloning mount ${root.mountpoint} failed: ${code}${why ? ` (${why})` : ''}`;
     }
     try {
       const fd = n.openat2(tree, fsRelative(real, objects), n.constants.O_PATH | n.constants.O_DIRECTORY, 0, n.constants.RESOLVE_NO_MAGICLINKS);
       return new MountBridge(tree, fd, mounts, objects);
-    } catch {
+    } catch (e) {
       closeSync(tree);
-      return null;
+      return `${real} is not reachable through a clone of mount ${root.mountpoint}: ${errnoCode(e) ?? (e as Error).message}`;
     }
   }
 

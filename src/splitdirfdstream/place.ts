@@ -133,6 +133,8 @@ export class ObjectPlacer {
   private readonly dstDev: number;
   private readonly objectNameRe: RegExp;
   private bridge: MountBridge | null | undefined;
+  /** Why there is no bridge, when one was needed and could not be made. */
+  private noBridge: string | undefined;
   /** Directories handed out by sourceDir that are on the bridge's mount. */
   private readonly bridgedDirs = new Set<number>();
   private readonly sink: ObjectSink;
@@ -169,11 +171,16 @@ export class ObjectPlacer {
     let dir: number | null = null;
     try {
       if (fstatSync(dirfd).dev !== this.dstDev) return dirfd;
-      if (this.bridge === undefined) this.bridge = MountBridge.open(this.objectsDir);
+      if (this.bridge === undefined) {
+        const b = MountBridge.open(this.objectsDir);
+        this.bridge = typeof b === 'string' ? null : b;
+        if (typeof b === 'string') this.noBridge = b;
+      }
       dir = this.bridge?.dir(dirfd) ?? null;
-    } catch {
+    } catch (e) {
       // No bridge: linking then fails with EXDEV, which place() reports or falls back from.
       this.bridge ??= null;
+      this.noBridge ??= (e as Error).message;
     }
     if (dir === null) return dirfd;
     this.bridgedDirs.add(dir);
@@ -317,7 +324,9 @@ export class ObjectPlacer {
   private bothFailed(f: OpenedFile, pair: string, noLink: string): string {
     const noReflink = this.why(this.noReflink, pair);
     if (noReflink === 'EXDEV' && f.stat.dev !== this.dstDev) return `zero-copy import impossible: ${sourcePath(f)} is on a different filesystem than repository ${this.repo.path}`;
-    return `reflink (${noReflink}) and hardlink (${noLink}) both failed`;
+    // One filesystem, two mounts (podman bind-mounts overlay/ onto itself) and no bridge between them.
+    const link = noLink === 'EXDEV' && f.stat.dev === this.dstDev && this.noBridge ? `EXDEV: ${path.dirname(sourcePath(f))} is on another mount of the repository's filesystem, and no bridge to it: ${this.noBridge}` : noLink;
+    return `reflink (${noReflink}) and hardlink (${link}) both failed`;
   }
 
   private why(m: Map<string, string>, pair: string): string {
