@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -801,6 +802,23 @@ static napi_value js_accept(napi_env env, napi_callback_info info) {
   int conn = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (conn < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return null_value(env);
   RETURN_INT(&c, conn, "accept4", NULL);
+}
+
+/* peerHungUp(fd) -> boolean: the socket's peer closed it entirely (POLLHUP), not just its write
+ * side (which only makes the socket readable at EOF); poll(2) with no wait. */
+static napi_value js_peer_hung_up(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "peerHungUp");
+  int fd = (int)arg_int(&c, 0);
+  BAIL_IF_FAILED(&c);
+  call_free(&c);
+  struct pollfd p = {.fd = fd, .events = 0};
+  int rc;
+  do rc = poll(&p, 1, 0); while (rc < 0 && errno == EINTR);
+  if (rc < 0) return throw_errno(env, errno, "poll", NULL);
+  napi_value v;
+  napi_get_boolean(env, rc > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0, &v);
+  return v;
 }
 
 /* setNonBlocking(fd): O_NONBLOCK on (socket-activated fds and socketpairs arrive blocking). */
@@ -1850,6 +1868,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("listenUnix", js_listen_unix),
       FN("connectUnix", js_connect_unix),
       FN("accept", js_accept),
+      FN("peerHungUp", js_peer_hung_up),
       FN("setNonBlocking", js_set_nonblocking),
       FN("pollStart", js_poll_start),
       FN("pollUpdate", js_poll_update),

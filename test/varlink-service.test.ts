@@ -315,6 +315,19 @@ test('a Pull whose client hangs up stops: nothing tagged, the repository consist
   assert.match(cfsOk(['--repo', dst, 'oci', 'images']).stdout, /^kept /m);
 });
 
+test('a client that stops writing (or leaves right after its last call) is still answered: pipelined calls, a Pull with more, a oneway Tag', async () => {
+  const dst = repo('halfclose');
+  const src = await buildOciLayout(path.join(work, 'img-halfclose'), { images: [{ tag: 'h', layers: [[{ path: 'usr/' }, { path: 'usr/h', content: randomBytes(1 << 20) }]] }] });
+  const r = await client<{ pipelined: Array<Record<string, unknown>>; pulled: Array<{ parameters?: Record<string, unknown> }>; names: string[] }>(
+    'halfclose', sock, dst, `oci:${src.dir}:h`, src.images[0].manifestDigest, 'fired',
+  );
+  assert.equal(r.pipelined.length, 2, JSON.stringify(r.pipelined));
+  assert.ok(r.pipelined.every((m) => !('error' in m)), JSON.stringify(r.pipelined));
+  assert.ok(r.pulled.some((f) => f.parameters && 'completed' in f.parameters), JSON.stringify(r.pulled));
+  assert.deepEqual(r.names, ['fired']);
+  assert.deepEqual(repoProblems(dst), []);
+});
+
 test('at most MAX_CONNECTIONS clients at once: the next one waits in the backlog until one leaves', async () => {
   const { MAX_CONNECTIONS } = await import('../src/varlink/server.js');
   const r = await client<{ answered_while_full: boolean; answered_after: boolean }>('connflood', sock, String(MAX_CONNECTIONS));

@@ -22,6 +22,8 @@ const ADDRESS_LOCK_WAIT_MS = 5_000;
  */
 export const MAX_CONNECTIONS = 256;
 const FD_EXHAUSTED_RETRY_MS = 100;
+/** How often a client that stopped writing is checked for having closed its socket. */
+const HANGUP_CHECK_MS = 200;
 
 /** Exclusive flock of the address's lock file, waiting at most ADDRESS_LOCK_WAIT_MS. */
 function lockWithin(lockFd: number, path: string): void {
@@ -152,6 +154,7 @@ export class VarlinkServer {
     // pipelines without reading cannot exhaust the service's fds or memory.
     let queuedFds = 0;
     let queuedBytes = 0;
+    let hangupWatch: NodeJS.Timeout | null = null;
     this.connections.add(conn);
     conn.listen(
       (m) => {
@@ -169,12 +172,21 @@ export class VarlinkServer {
         });
       },
       (why) => {
+        if (hangupWatch) clearInterval(hangupWatch);
         this.connections.delete(conn);
         this.resumeAccepting();
         abort.abort();
         if (why) this.log(`client ${id} dropped: ${why.message}`);
         // After the client's queued calls settle, so none of them sees its handles vanish.
         void chain.then(() => this.onDisconnect(id));
+      },
+      () => {
+        // The client stopped writing: its calls are answered (oneway ones run), then the
+        // connection closes; a client gone altogether meanwhile stops them like a disconnect.
+        hangupWatch = setInterval(() => {
+          if (conn.peerHungUp()) conn.close(null);
+        }, HANGUP_CHECK_MS);
+        void chain.then(() => conn.close(null));
       },
     );
     return conn;

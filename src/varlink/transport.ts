@@ -9,6 +9,11 @@
  * passes them with the sendmsg that carries the message's first bytes. Linux never merges the
  * data of a later sendmsg into a recvmsg after fds were received, so the fds a recvmsg returns
  * belong to the message holding the last byte that recvmsg returned.
+ *
+ * End of input (the client shut down its write side, as `printf … | socat` does, or closed the
+ * socket) ends reading only: calls already received are answered while the socket takes
+ * writes (`onReadEnd`; the owner closes the connection when they are done). `peerHungUp` tells
+ * a client that is gone from one that only stopped writing.
  */
 import { closeSync } from 'node:fs';
 import { native, type PollHandle } from '../native.js';
@@ -43,9 +48,11 @@ export class FdConnection {
   private pendingFds: number[] = [];
   private readonly queue: Outgoing[] = [];
   private closed = false;
+  private readEnded = false;
   private wantWrite = false;
   private onMessage: (m: Incoming) => void = () => undefined;
   private onClose: (why: Error | null) => void = () => undefined;
+  private onReadEnd: () => void = () => this.close(null);
 
   constructor(fd: number) {
     this.fd = fd;
@@ -53,14 +60,23 @@ export class FdConnection {
     this.poll = native().pollStart(fd, native().constants.POLL_READABLE | native().constants.POLL_DISCONNECT, (status, events) => this.ready(status, events));
   }
 
-  /** Start delivering messages (each with the fds that came with it; the receiver owns them). */
-  listen(onMessage: (m: Incoming) => void, onClose: (why: Error | null) => void): void {
+  /**
+   * Start delivering messages (each with the fds that came with it; the receiver owns them).
+   * `onReadEnd`: no more messages will come (default: close at once).
+   */
+  listen(onMessage: (m: Incoming) => void, onClose: (why: Error | null) => void, onReadEnd?: () => void): void {
     this.onMessage = onMessage;
     this.onClose = onClose;
+    if (onReadEnd) this.onReadEnd = onReadEnd;
   }
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** The client closed its socket (not just its write side): nothing sent will be read. */
+  peerHungUp(): boolean {
+    return !this.closed && native().peerHungUp(this.fd);
   }
 
   /** Queue one message; `fds` are duplicated into the peer by the kernel (the caller keeps its own). */
@@ -91,12 +107,22 @@ export class FdConnection {
     if (status < 0) return this.close(new Error(`connection error (uv status ${status})`));
     const c = native().constants;
     if (events & c.POLL_WRITABLE) this.flush();
-    if (events & (c.POLL_READABLE | c.POLL_DISCONNECT)) this.readAll();
+    if (events & (c.POLL_READABLE | c.POLL_DISCONNECT) && !this.readEnded) this.readAll();
+  }
+
+  /** End of input: a message cut short is dropped with its fds; writing goes on. */
+  private endRead(): void {
+    this.readEnded = true;
+    this.parts = [];
+    this.partsLen = 0;
+    for (const fd of this.pendingFds.splice(0)) closeQuietly(fd);
+    this.updatePoll();
+    this.onReadEnd();
   }
 
   private readAll(): void {
     try {
-      while (!this.closed) {
+      while (!this.closed && !this.readEnded) {
         const r = native().recvFds(this.fd, RECV_SIZE, MAX_FDS_PER_MESSAGE);
         if (r === null) return;
         if (r.truncated) {
@@ -105,7 +131,7 @@ export class FdConnection {
         }
         if (r.data.length === 0) {
           for (const fd of r.fds) closeQuietly(fd);
-          return this.close(null);
+          return this.endRead();
         }
         this.take(r.data, r.fds);
       }
@@ -172,10 +198,16 @@ export class FdConnection {
   }
 
   private setWriteWanted(on: boolean): void {
-    if (this.wantWrite === on || !this.poll) return;
+    if (this.wantWrite === on) return;
     this.wantWrite = on;
+    this.updatePoll();
+  }
+
+  /** A socket at end of input stays readable: polled then for writability only, when wanted. */
+  private updatePoll(): void {
+    if (!this.poll) return;
     const c = native().constants;
-    native().pollUpdate(this.poll, c.POLL_READABLE | c.POLL_DISCONNECT | (on ? c.POLL_WRITABLE : 0));
+    native().pollUpdate(this.poll, (this.readEnded ? 0 : c.POLL_READABLE | c.POLL_DISCONNECT) | (this.wantWrite ? c.POLL_WRITABLE : 0));
   }
 }
 

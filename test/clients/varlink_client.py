@@ -12,8 +12,8 @@ import json
 import os
 import socket
 import struct
-import time
 import sys
+import time
 import threading
 
 META, INLINE, FILE = 0, 1, 2
@@ -588,6 +588,46 @@ def cmd_pullhangup(sock, repo, image, name):
     return {"first": first}
 
 
+def replies_until_eof(c):
+    """Every reply on the connection until the server closes it."""
+    out = []
+    try:
+        while True:
+            reply, fds = c.recv()
+            for fd in fds:
+                os.close(fd)
+            out.append(reply)
+    except EOFError:
+        return out
+
+
+def cmd_halfclose(sock, repo, image, manifest_digest, name):
+    """Clients that stop writing (shutdown(SHUT_WR), as `printf … | socat` does) or leave right
+    after their last call: pipelined calls are still answered, a Pull with `more` runs to its end,
+    and a oneway Tag sent just before close() still happens."""
+    a = Conn(sock)
+    h = open_repo(a, repo)
+    b = Conn(sock)
+    b.s.sendall(json.dumps({"method": "org.varlink.service.GetInfo"}).encode() + b"\0"
+                + json.dumps({"method": "org.composefs.Oci.ListImages", "parameters": {"handle": h}}).encode() + b"\0")
+    b.s.shutdown(socket.SHUT_WR)
+    pipelined = replies_until_eof(b)
+    c = Conn(sock)
+    c.send({"method": "org.composefs.Oci.Pull", "parameters": {"handle": h, "image": image}, "more": True})
+    c.s.shutdown(socket.SHUT_WR)
+    pulled = replies_until_eof(c)
+    d = Conn(sock)
+    d.send({"method": "org.composefs.Oci.Tag", "oneway": True, "parameters": {"handle": h, "manifest_digest": manifest_digest, "name": name}})
+    d.close()
+    names = []
+    for _ in range(50):
+        names = [i["name"] for i in call1(a, "org.composefs.Oci.ListImages", {"handle": h})["images"]]
+        if name in names:
+            break
+        time.sleep(0.1)
+    return {"pipelined": pipelined, "pulled": pulled, "names": names}
+
+
 def cmd_pull(sock, repo, image, name):
     """Pull with progress frames, then Fsck (full and metadata-only), Oci.Check and a dry-run Gc."""
     c = Conn(sock)
@@ -646,7 +686,7 @@ def read_all(fd):
         out += b
 
 
-COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "stalled-put": cmd_stalled_put, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount}
+COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "stalled-put": cmd_stalled_put, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount, "halfclose": cmd_halfclose}
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
