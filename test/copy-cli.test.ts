@@ -72,7 +72,7 @@ test('copy a three-layer image: same image ID and dump; a second copy does no la
   const dst = path.join(work, 'dst');
   init(dst, 'sha256');
   const r = cfsOk(['--repo', dst, 'oci', 'copy', 'app', '--from', src, '--name', 'copied']);
-  assert.match(r.stdout, new RegExp(`^Copied image app from ${src} to destination repo, tagged as copied\nManifest digest: sha256:[0-9a-f]{64}\nManifest verity: [0-9a-f]{64}\nConfig digest:   sha256:[0-9a-f]{64}\nConfig verity:   [0-9a-f]{64}\n`));
+  assert.match(r.stdout, new RegExp(`^Copied image app from ${src} to ${dst}, tagged as copied\nManifest digest: sha256:[0-9a-f]{64}\nManifest verity: [0-9a-f]{64}\nConfig digest:   sha256:[0-9a-f]{64}\nConfig verity:   [0-9a-f]{64}\n`));
   assert.match(r.stdout, /Layers: 3 copied, 0 already present/);
   const o = objects(r.stdout);
   assert.equal(o.copied, 0);
@@ -103,7 +103,11 @@ test('a copy without --name is untagged, as in cfsctl, and says so', () => {
   const dst = path.join(work, 'untagged');
   init(dst, 'sha256');
   const r = cfsOk(['--repo', dst, 'oci', 'copy', 'app', '--from', src]);
-  assert.match(r.stdout, /^Copied image app from .* to destination repo\n/);
+  assert.match(r.stdout, new RegExp(`^Copied image app from ${src} to ${dst}\n`));
+  // An empty --name is refused, not taken for "untagged".
+  const empty = runCfs(['--repo', dst, 'oci', 'copy', 'app', '--from', src, '--name', '']);
+  assert.equal(empty.status, 1);
+  assert.equal(empty.stderr, 'cfs: --name: the name to tag the copy with is empty\n');
   const manifest = /^Manifest digest: (sha256:[0-9a-f]{64})$/m.exec(r.stdout)![1];
   assert.match(r.stderr, new RegExp(`^note: the copy is untagged: the next \`cfs gc\` removes it \\(tag it with --name, or \`cfs oci tag ${manifest} NAME\`\\)$`, 'm'));
   cfsOk(['--repo', dst, 'oci', 'tag', manifest, 'named-later']);

@@ -127,6 +127,29 @@ test('on a terminal, a pull that fails with progress bars up gives the terminal 
   }
 });
 
+test('on a short terminal, a pull of more layers than rows leaves one line per layer and no bar behind', { skip: spawnSync('script', ['--version']).status === 0 ? false : 'no script(1)' }, async () => {
+  const { buildOciLayout } = await import('./helpers/oci-fixture.js');
+  const { renderTerminal } = await import('./helpers/vt.js');
+  const dir = mkdtempSync(path.join(tmpdir(), 'cfs-tty-'));
+  try {
+    const n = 12;
+    const layerSpecs = Array.from({ length: n }, (_, i) => [{ path: `f${i}`, content: Buffer.alloc(64 << 10, i) }]);
+    const built = await buildOciLayout(path.join(dir, 'layout'), { images: [{ tag: 'x', layers: [[{ path: 'usr/' }], ...layerSpecs] }] });
+    const cli = [...cfsCommand(), '--repo', path.join(dir, 'repo'), 'oci', 'pull', `oci:${built.dir}:x`].map((a) => `'${a}'`).join(' ');
+    const r = spawnSync('script', ['-qec', `stty rows 6 cols 100; ${cli} >/dev/null`, '/dev/null'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, TERM: 'xterm' } });
+    assert.equal(r.status, 0, r.stdout);
+    const lines = renderTerminal(r.stdout, 6, 100).filter((l) => l !== '');
+    for (const l of built.images[0]!.layers) {
+      const short = l.diffId.slice('sha256:'.length, 'sha256:'.length + 12);
+      assert.equal(lines.filter((x) => new RegExp(`^${short}: \\d+(\\.\\d)? [KM]?i?B in \\d+\\.\\d\\d s$`).test(x)).length, 1, `${short} once:\n${lines.join('\n')}`);
+    }
+    assert.deepEqual(lines.filter((x) => x.includes('[') || x.includes('%')), [], lines.join('\n'));
+    assert.ok(r.stdout.lastIndexOf('\x1b[?25h') > r.stdout.lastIndexOf('\x1b[?25l'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('progress ETA: from the average rate, in s, m+s or h+m', async () => {
   const { formatEta } = await import('../src/cli/progress.js');
   assert.deepEqual([0.2, 7, 59.4, 60, 65, 3599, 3600, 7385].map(formatEta), ['1s', '7s', '1m00s', '1m00s', '1m05s', '59m59s', '1h00m', '2h03m']);

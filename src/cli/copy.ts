@@ -27,6 +27,7 @@ export function register(program: Command): void {
       const { copyImage } = await import('../oci/copy.js');
       const { progressFor } = await import('./progress.js');
       const insecure = !!program.opts<{ insecure?: boolean }>().insecure;
+      if (opts.name !== undefined && opts.name.trim() === '') throw new CfsError('EINVAL', '--name: the name to tag the copy with is empty');
       const src = await Repository.open(opts.from, { insecure }).catch((e: unknown) => {
         throw e instanceof CfsError ? new CfsError(e.code, `source repository: ${e.message}`) : e;
       });
@@ -35,7 +36,7 @@ export function register(program: Command): void {
         try {
           const r = await copyImage(src, dst, image, { name: opts.name, zerocopy: opts.zerocopy, progress: progressFor({ quiet: opts.quiet }) });
           const lines = [
-            `Copied image ${image} from ${opts.from} to destination repo${opts.name ? `, tagged as ${opts.name}` : ''}`,
+            `Copied image ${image} from ${src.path} to ${dst.path}${opts.name ? `, tagged as ${opts.name}` : ''}`,
             `Manifest digest: ${r.manifestDigest}`,
             `Manifest verity: ${r.manifestVerity}`,
             `Config digest:   ${r.configDigest}`,
