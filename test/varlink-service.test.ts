@@ -477,6 +477,32 @@ test('parameters as the IDL declares them: required fields, absolute paths, name
   assert.deepEqual(repoProblems(src), []);
 });
 
+test('what the client asked for and cannot have is its error (InvalidRequest, InvalidSpec, NoSuchImage), not InternalError', async () => {
+  const src = path.join(work, 'src');
+  const REPO = 'org.composefs.Repository';
+  const imageId = JSON.parse(cfsOk(['--repo', src, 'oci', 'inspect', 'app']).stdout).imageId as string;
+  const r = await calls(src, [
+    [`${REPO}.Mount`, { name: imageId, options: { read_write: true } }],
+    [`${OCI}.OciMount`, { image: 'app', bootable: false, options: { read_write: true } }],
+    [`${OCI}.OciMount`, { image: 'app', bootable: true, options: {} }],
+    [`${OCI}.Pull`, { image: `oci:${path.join(work, 'no-such-layout')}:x` }],
+    [`${OCI}.Pull`, { image: `oci:${layout}:v1`, bootable: true }],
+    [`${OCI}.ComputeId`, { image: 'app', bootable: false, verity: 'md5' }],
+    [`${REPO}.InitRepository`, { path: path.join(work, 'wants-verity') }],
+  ]);
+  assert.deepEqual(r.map((x) => x.error?.error), [
+    // (No boot image is InternalError, as composefs-rs answers it.)
+    `${REPO}.InvalidSpec`, `${OCI}.InvalidRequest`, `${OCI}.InternalError`, `${OCI}.NoSuchImage`, `${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`,
+    // This machine's kernel has no fs-verity; where it has, the repository is simply created.
+    ...(r[6]!.error ? [`${REPO}.InvalidSpec`] : [undefined]),
+  ], JSON.stringify(r));
+  assert.match(String(r[0]!.error?.parameters.message), /read_write needs overlay/);
+  assert.match(String(r[2]!.error?.parameters.message), /boot image: pull with bootable first/);
+  assert.match(String(r[4]!.error?.parameters.message), /bootable image needs a \/\w+ directory/);
+  assert.equal(r[5]!.error?.parameters.message, "verity 'md5' is not sha256 or sha512 (or fsverity-sha256-12, fsverity-sha512-12)");
+  if (r[6]!.error) assert.match(String(r[6]!.error.parameters.message), /does not support fs-verity \(use --insecure\)/);
+});
+
 test('ComputeId equals `cfs oci compute-id`; xattrs mode and unknown images', async () => {
   const src = path.join(work, 'src');
   const cli = cfsOk(['--repo', src, 'oci', 'compute-id', 'app']).stdout.trim();

@@ -107,9 +107,13 @@ export function register(program: Command): void {
       try {
         const { listTags, openStoredImage } = await import('../oci/stored.js');
         const rows: Array<Record<string, string | number | null>> = [];
+        // Many tags may name one image: each is opened (and checked) once.
+        const opened = new Map<string, ReturnType<typeof openStoredImage>>();
         for (const t of await listTags(repo)) {
           try {
-            const img = await openStoredImage(repo, `@${t.manifestDigest}`, repo.erofsFormats.default);
+            let pending = opened.get(t.manifestDigest);
+            if (!pending) opened.set(t.manifestDigest, (pending = openStoredImage(repo, `@${t.manifestDigest}`, repo.erofsFormats.default)));
+            const img = await pending;
             rows.push({
               name: t.name,
               manifestDigest: t.manifestDigest,

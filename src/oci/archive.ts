@@ -108,7 +108,7 @@ export class OciArchive implements OciRead {
     try {
       fh = await open(path, 'r');
     } catch (e) {
-      if (errnoCode(e) === 'ENOENT') throw new CfsError('ENOENT', `oci archive ${path}: no such file`);
+      if (errnoCode(e) === 'ENOENT') throw new CfsError('ENOENT', `oci archive ${path}: no such file`, { missingImage: path });
       throw e;
     }
     try {

@@ -35,7 +35,7 @@ export class OciLayout implements OciRead {
         const exists = await stat(dir).then((s) => s.isDirectory(), () => false);
         throw exists
           ? new CfsError('ECORRUPT', `${layout.description}: not an OCI layout (no oci-layout file)`)
-          : new CfsError('ENOENT', `${layout.description}: no such directory`);
+          : new CfsError('ENOENT', `${layout.description}: no such directory`, { missingImage: layout.description });
       }
       throw e;
     }

@@ -231,15 +231,18 @@ export class ComposefsService {
       if (!path.isAbsolute(v)) throw E('InvalidSpec', { message: `${name} '${v}' is not an absolute path` });
       return v;
     };
+    /** A repository that cannot be created as asked (no fs-verity there, a file in the way) is the client's to fix. */
+    const init = async (p: Params): Promise<{ created: boolean }> => {
+      try {
+        return await initRepository(repoPath(p), { hashAlg: hashOf(p), insecure: p.optBool('insecure') ?? false });
+      } catch (e) {
+        if (isCfsError(e) && ['ENOTSUP', 'EEXIST', 'ENOTDIR', 'EINVAL'].includes(e.code)) throw E('InvalidSpec', { message: e.message });
+        throw e;
+      }
+    };
     return {
-      InitRepository: async (p) => {
-        const r = await initRepository(repoPath(p), { hashAlg: hashOf(p), insecure: p.optBool('insecure') ?? false });
-        return { created: r.created };
-      },
-      EnsureRepository: async (p) => {
-        const r = await initRepository(repoPath(p), { hashAlg: hashOf(p), insecure: p.optBool('insecure') ?? false });
-        return { status: r.created ? 'Created' : 'Opened' };
-      },
+      InitRepository: async (p) => ({ created: (await init(p)).created }),
+      EnsureRepository: async (p) => ({ status: (await init(p)).created ? 'Created' : 'Opened' }),
       OpenRepository: async (p, ctx) => {
         const sel = [p.optStr('path') !== undefined, p.optBool('user'), p.optBool('system')].filter(Boolean).length;
         if (sel !== 1) throw E('InvalidSpec', { message: 'exactly one of path, user, system must be given' });
@@ -310,11 +313,13 @@ export class ComposefsService {
 
   /** Mount and Oci.OciMount: the detached composefs mount of an image, returned as fd 0. */
   private async detachedMount(
-    repo: Repository, image: ImageHandle, label: string, options: Params, ctx: CallContext, badFds: (message: string) => VarlinkError,
+    repo: Repository, image: ImageHandle, label: string, options: Params, ctx: CallContext, invalid: (message: string) => VarlinkError,
   ): Promise<FinalReply> {
     const overlay = options.optBool('overlay') ?? false;
+    // The composefs mount itself is read-only: only an overlay upper layer takes writes.
+    if (!overlay && options.optBool('read_write')) throw invalid('read_write needs overlay (an upper layer to write to); the composefs mount itself is read-only');
     const want = overlay ? 2 : 0;
-    if (ctx.fds.length !== want) throw badFds(`Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}`);
+    if (ctx.fds.length !== want) throw invalid(`Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}`);
     const { openComposefsMount } = await import('../mount/kernel.js');
     const mnt = openComposefsMount({
       image: image.path,
@@ -351,9 +356,13 @@ export class ComposefsService {
         const filter = p.optStr('filter');
         const { listTags } = await import('../oci/stored.js');
         const images: Array<Record<string, unknown>> = [];
+        // Many tags may name one image: each is opened (and checked) once.
+        const opened = new Map<string, ReturnType<typeof openImage>>();
         for (const t of await listTags(repo)) {
           if (filter !== undefined && !t.name.includes(filter)) continue;
-          const img = await openImage(repo, `@${t.manifestDigest}`);
+          let pending = opened.get(t.manifestDigest);
+          if (!pending) opened.set(t.manifestDigest, (pending = openImage(repo, `@${t.manifestDigest}`)));
+          const img = await pending;
           images.push({
             name: t.name,
             manifest_digest: t.manifestDigest,
@@ -407,8 +416,8 @@ export class ComposefsService {
         if (verity !== undefined) {
           try {
             alg = verity === 'sha256' || verity === 'sha512' ? verity : parseAlgorithm(verity);
-          } catch (e) {
-            throw E('InvalidRequest', { message: (e as Error).message });
+          } catch {
+            throw E('InvalidRequest', { message: `verity '${verity}' is not sha256 or sha512 (or fsverity-sha256-12, fsverity-sha512-12)` });
           }
         }
         if (img.artifact) throw E('InvalidRequest', { message: `image '${p.str('image')}' is an OCI artifact, not a container image` });
@@ -420,6 +429,7 @@ export class ComposefsService {
         const name = p.str('image');
         const img = await openImage(repo, name);
         const hex = p.bool('bootable') ? await recordedBootImage(repo, img, bootRef(repo.erofsFormats.default, 'AllowlistOnly')) : img.imageId;
+        // InternalError, as composefs-rs answers it (clients may rely on it).
         if (hex === null) throw E('InternalError', { message: `No composefs EROFS image linked${p.bool('bootable') ? ' (boot image: pull with bootable first)' : ''} for '${name}'` });
         return this.detachedMount(repo, await repo.openImage(hex), name, p.obj('options'), ctx, (message) => E('InvalidRequest', { message }));
       },
@@ -498,8 +508,8 @@ export class ComposefsService {
         await tagImage(repo, name, String(completed.manifest_digest));
       }
     } catch (e) {
-      if (e instanceof VarlinkError) throw e;
-      throw new VarlinkError(`${OCI}.InternalError`, { message: (e as Error).message });
+      // What the client asked for cannot be done (EINVAL: e.g. a bootable image without /sysroot): InvalidRequest.
+      throw errorFor(OCI, 'InvalidRequest')(e);
     }
     return { completed };
   }
