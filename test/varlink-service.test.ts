@@ -489,13 +489,17 @@ test('what the client asked for and cannot have is its error (InvalidRequest, In
     [`${OCI}.Pull`, { image: `oci:${layout}:v1`, bootable: true }],
     [`${OCI}.ComputeId`, { image: 'app', bootable: false, verity: 'md5' }],
     [`${REPO}.InitRepository`, { path: path.join(work, 'wants-verity') }],
+    // parameters that are not an object: InvalidParameter, the connection kept.
+    [`${OCI}.GetInfo`, ['not', 'an', 'object'] as unknown as Record<string, unknown>],
   ]);
   assert.deepEqual(r.map((x) => x.error?.error), [
     // (No boot image is InternalError, as composefs-rs answers it.)
     `${REPO}.InvalidSpec`, `${OCI}.InvalidRequest`, `${OCI}.InternalError`, `${OCI}.NoSuchImage`, `${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`,
     // This machine's kernel has no fs-verity; where it has, the repository is simply created.
     ...(r[6]!.error ? [`${REPO}.InvalidSpec`] : [undefined]),
+    'org.varlink.service.InvalidParameter',
   ], JSON.stringify(r));
+  assert.deepEqual(r[7]!.error?.parameters, { parameter: 'parameters' });
   assert.match(String(r[0]!.error?.parameters.message), /read_write needs overlay/);
   assert.match(String(r[2]!.error?.parameters.message), /boot image: pull with bootable first/);
   assert.match(String(r[4]!.error?.parameters.message), /bootable image needs a \/\w+ directory/);

@@ -20,6 +20,8 @@ export interface Call {
   oneway: boolean;
   /** The client asks to switch the connection to another protocol after the reply. */
   upgrade: boolean;
+  /** `parameters` was sent but is not an object: the call is answered InvalidParameter 'parameters'. */
+  badParameters: boolean;
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
@@ -37,8 +39,10 @@ export function parseCall(text: Buffer): Call | null {
   const o = v as Record<string, unknown>;
   if (typeof o.method !== 'string') return null;
   const p = o.parameters ?? {};
-  if (typeof p !== 'object' || p === null || Array.isArray(p)) return null;
-  return { method: o.method, parameters: p as Record<string, unknown>, more: o.more === true, oneway: o.oneway === true, upgrade: o.upgrade === true };
+  const badParameters = typeof p !== 'object' || p === null || Array.isArray(p);
+  return {
+    method: o.method, parameters: badParameters ? {} : (p as Record<string, unknown>), more: o.more === true, oneway: o.oneway === true, upgrade: o.upgrade === true, badParameters,
+  };
 }
 
 /**

@@ -311,6 +311,7 @@ export class VarlinkServer {
     if (dot <= 0) throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
     const ifaceName = call.method.slice(0, dot);
     const name = call.method.slice(dot + 1);
+    if (call.badParameters) throw invalidParameter('parameters');
     const p = new Params(call.parameters);
     if (ifaceName === SERVICE_INTERFACE) {
       if (call.upgrade && (name === 'GetInfo' || name === 'GetInterfaceDescription')) throw invalidParameter('upgrade');

@@ -644,13 +644,14 @@ def cmd_pull(sock, repo, image, name):
 
 def cmd_calls(sock, repo, calls):
     """Run a JSON list of [method, parameters, more?] on one connection with the repository's
-    handle put in as "handle"; each result is {"frames": [...]} or {"error": reply}."""
+    handle put in as "handle" (parameters that are not an object are sent as they are); each
+    result is {"frames": [...]} or {"error": reply}."""
     c = Conn(sock)
     h = open_repo(c, repo)
     out = []
     for method, params, *more in json.loads(calls):
         try:
-            frames = c.call(method, dict(params, handle=h), more=bool(more and more[0]))
+            frames = c.call(method, dict(params, handle=h) if isinstance(params, dict) else params, more=bool(more and more[0]))
             for _, fl in frames:
                 for fd in fl:
                     os.close(fd)
