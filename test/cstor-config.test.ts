@@ -52,8 +52,13 @@ test('toml: errors name the file and line', () => {
     ['a = tru', /invalid value "tru"/],
     ['= 1', /unexpected "=" where a key was expected/],
     ['a = 1\na.b = 2', /key "a" is not a table/],
+    // Invisible characters are named by code point.
+    ['a = 1\n\u00a0b = 2', /f\.conf:2: unexpected U\+00A0 where a key was expected/],
+    ['a = 1\n\uFEFFb = 2', /f\.conf:2: unexpected U\+FEFF where a key was expected/],
   ];
   for (const [src, re] of table) rejects(() => parseToml(src, 'f.conf'), 'EINVAL', re);
+  // A byte-order mark at the start is skipped.
+  assert.deepEqual(parseToml('\uFEFF[storage]\ndriver = "vfs"\n', 'f.conf'), { storage: { driver: 'vfs' } });
 });
 
 const root: ConfigContext = { env: {}, uid: 0, home: '/root' };

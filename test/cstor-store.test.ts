@@ -107,6 +107,12 @@ for (const driver of ['overlay', 'vfs'] as CstorDriver[]) {
       // Nothing similar: the message lists what the store has.
       await assert.rejects(openStorageImage('zzzzzzzzzzzz', opts(f)), isErr('ENOENT', /none is similar; the store has localhost\/x:latest, quay\.io\/acme\/other:v1$/));
       await assert.rejects(openStorageImage(`@sha256:${'0'.repeat(64)}`, opts(f)), isErr('ENOENT', /no such image/));
+      // A store spec naming the other driver: the store's own driver is named.
+      const wrong = driver === 'overlay' ? 'vfs' : 'overlay';
+      await assert.rejects(
+        openStorageImage(`[${wrong}@${f.graphroot}]localhost/x`, opts(f)),
+        isErr('ENOENT', new RegExp(`no such image .*; ${f.graphroot.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} holds ${driver}-images, not ${wrong}-images: name the driver, e\\.g\\. \\[${driver}@`)),
+      );
     });
 
     // containers/storage falls back to overlay, so only an overlay store can be found this way.

@@ -244,7 +244,8 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
     return;
   }
   const why = line.startsWith('error ') ? line.slice('error '.length) : `FUSE server ${await exited}`;
-  throw new CfsError('EIO', `${config.mountpoint}: ${why}`, { path: config.mountpoint });
+  // The server's errors name the mount point already.
+  throw new CfsError('EIO', why.startsWith(`${config.mountpoint}: `) ? why : `${config.mountpoint}: ${why}`, { path: config.mountpoint });
 }
 
 /**

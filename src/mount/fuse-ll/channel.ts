@@ -64,7 +64,8 @@ async function mountWithFusermount(opts: ChannelOptions): Promise<number> {
     const got = code === 0 ? native().recvFds(ours, 16, 1) : null;
     const fd = got?.fds[0];
     if (fd === undefined) {
-      const why = stderr.trim().split('\n')[0] || (code === 0 ? 'no /dev/fuse fd received' : `exit code ${code}`);
+      // fusermount3 names itself in its messages.
+      const why = stderr.trim().split('\n')[0]?.replace(/^fusermount3: /, '') || (code === 0 ? 'no /dev/fuse fd received' : `exit code ${code}`);
       throw new CfsError('EIO', `${opts.mountpoint}: FUSE mount failed: fusermount3: ${why}`, { path: opts.mountpoint });
     }
     for (const extra of got!.fds.slice(1)) closeSync(extra);

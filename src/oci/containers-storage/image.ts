@@ -290,7 +290,9 @@ export async function openStorageImage(refIn: string | StorageReference, opts: O
     const similar = similarNames(allNames, ref);
     const names = [...new Set(allNames)].sort();
     const shown = names.slice(0, MAX_LISTED_NAMES).join(', ') + (names.length > MAX_LISTED_NAMES ? `, … (${names.length} names)` : '');
-    const hint = similar.length ? `; similar: ${similar.join(', ')}` : names.length ? `; none is similar; the store has ${shown}` : ' (the store has no named images)';
+    const other = stores.map((s) => ({ s, drivers: s.otherDrivers() })).find((x) => x.drivers.length > 0);
+    const wrongDriver = other ? `; ${other.s.root} holds ${other.drivers.map((d) => `${d}-images`).join(', ')}, not ${other.s.driver}-images: name the driver, e.g. [${other.drivers[0]}@${other.s.root}]` : '';
+    const hint = similar.length ? `; similar: ${similar.join(', ')}` : names.length ? `; none is similar; the store has ${shown}` : wrongDriver || ' (the store has no named images)';
     throw new CfsError('ENOENT', `${text}: no such image in ${stores.map((s) => s.description).join(', ')}${hint}`, { missingImage: text });
   }
   const { store } = found;

@@ -15,7 +15,7 @@
  *   overlay/l/<short> -> ../<layer-id>/diff
  *   vfs/dir/<layer-id>/                   the full tree up to that layer (vfs)
  */
-import { closeSync, constants as fsc, openSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, openSync, readdirSync } from 'node:fs';
 import { readFile, readlink, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { CfsError, errnoCode } from '../../errors.js';
@@ -156,6 +156,16 @@ export class ContainersStore {
   }
   get imagesDir(): string {
     return path.join(this.root, `${this.driver}-images`);
+  }
+
+  /** Drivers whose images are in this root when this store's driver has none there (a store spec or config naming the wrong driver). */
+  otherDrivers(): string[] {
+    if (existsSync(this.imagesDir)) return [];
+    try {
+      return readdirSync(this.root).filter((n) => n.endsWith('-images') && n !== `${this.driver}-images`).map((n) => n.slice(0, -'-images'.length));
+    } catch {
+      return [];
+    }
   }
   get layersDir(): string {
     return path.join(this.root, `${this.driver}-layers`);

@@ -69,7 +69,7 @@ class Parser {
     if (this.pos >= this.src.length) return;
     if (this.peek() === '\n') this.pos++;
     else if (this.startsWith('\r\n')) this.pos += 2;
-    else this.fail(`unexpected "${this.peek()}" after value`);
+    else this.fail(`unexpected ${shown(this.peek())} after value`);
   }
 
   parse(): TomlTable {
@@ -144,7 +144,7 @@ class Parser {
     if (c === "'") return this.literalString();
     const start = this.pos;
     while (BARE_KEY.test(this.peek())) this.pos++;
-    if (this.pos === start) this.fail(c === '' ? 'expected a key' : `unexpected "${c}" where a key was expected`);
+    if (this.pos === start) this.fail(c === '' ? 'expected a key' : `unexpected ${shown(c)} where a key was expected`);
     return this.src.slice(start, this.pos);
   }
 
@@ -171,7 +171,7 @@ class Parser {
     const start = this.pos;
     while (/[0-9A-Za-z_.+:-]/.test(this.peek())) this.pos++;
     const text = this.src.slice(start, this.pos);
-    if (text === '') this.fail(this.peek() === '' ? 'expected a value' : `unexpected "${this.peek()}" where a value was expected`);
+    if (text === '') this.fail(this.peek() === '' ? 'expected a value' : `unexpected ${shown(this.peek())} where a value was expected`);
     if (/^\d{4}-\d{2}-\d{2}/.test(text) || /^\d{2}:\d{2}/.test(text)) this.fail(`dates and times are not supported ("${text}")`);
     const ok = (re: RegExp): boolean => re.test(text) && !/__|_$|^[+-]?_|_\./.test(text);
     let n: number;
@@ -307,7 +307,12 @@ class Parser {
   }
 }
 
-/** Parses TOML text; errors name `where` and the line. */
+/** A character for a message: quoted when printable, as U+XXXX otherwise (a stray BOM or NBSP is invisible). */
+function shown(c: string): string {
+  return /^[\x21-\x7e]$|^\p{L}$|^\p{N}$/u.test(c) ? `"${c}"` : `U+${(c.codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0')}`;
+}
+
+/** Parses TOML text (a leading byte-order mark, as some editors write, is skipped); errors name `where` and the line. */
 export function parseToml(text: string, where: string): TomlTable {
-  return new Parser(text, where).parse();
+  return new Parser(text.startsWith('\uFEFF') ? text.slice(1) : text, where).parse();
 }
