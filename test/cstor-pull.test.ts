@@ -118,16 +118,22 @@ test('@LIST-DIGEST with --platform picks that platform\'s image among those podm
 });
 
 test('a pull waits for a containers/storage writer\'s lock as long as it is held, and says so', { skip: skip ?? false }, async () => {
-  // A POSIX write lock on layers.lock, as podman holds while it applies a layer, let go after 2.5 s.
+  // A POSIX write lock on layers.lock, as podman holds while it applies a layer, let go after 4 s.
   const lock = path.join(fx.graphroot, `${fx.driver}-layers`, 'layers.lock');
-  const holder = spawn('python3', ['-c', `import fcntl,time\nf=open(${JSON.stringify(lock)},'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(2.5)`], {
+  const holder = spawn('python3', ['-c', `import fcntl,time\nf=open(${JSON.stringify(lock)},'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(4)`], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   try {
     assert.equal((await firstOutput(holder, 'the lock holder')).trim(), 'locked');
-    const r = cfsOk(['--repo', path.join(fx.dir, 'repo-wait'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}`], { env: fx.env });
-    assert.match(r.stderr, new RegExp(`^cfs: waiting for ${lock.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: another process \\(podman\\?\\) is writing to the store$`, 'm'));
+    // With a timeout shorter than the writer's hold: a clear failure, nothing tagged.
+    const impatient = runCfs(['--repo', path.join(fx.dir, 'repo-wait'), 'oci', 'pull', '-q', '--lock-timeout', '0.5', `containers-storage:${fx.images[0].name}`], { env: fx.env });
+    assert.equal(impatient.status, 1, impatient.stderr);
+    assert.match(impatient.stderr, /^cfs: \S+layers\.lock: locked by another process \(a containers-storage writer\?\); gave up after 0\.5 s$/m);
+    assert.equal(runCfs(['--repo', path.join(fx.dir, 'repo-wait'), 'oci', 'pull', '--lock-timeout', 'soon', 'containers-storage:x']).stderr, "cfs: --lock-timeout: 'soon' is not a number of seconds\n");
+    const r = cfsOk(['--repo', path.join(fx.dir, 'repo-wait'), 'oci', 'pull', `containers-storage:${fx.images[0].name}`], { env: fx.env });
+    assert.match(r.stderr, new RegExp(`^waiting for ${lock.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: another process \\(podman\\?\\) is writing to the store$`, 'm'));
     assert.match(r.stdout, /^image [0-9a-f]{64}$/m);
+    assert.equal(r.stderr.split('waiting for').length - 1, 1, 'said once, not once per layer');
   } finally {
     holder.kill();
   }
@@ -158,6 +164,11 @@ test('containers-storage: unknown image lists similar names; --platform, store s
   const other = id.startsWith('0') ? '1234567' : '0123456';
   const byNameAndId = cfsOk(['--repo', path.join(fx.dir, 'repo-by-id'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}@${id.slice(0, 12)}`], { env: fx.env });
   assert.match(byNameAndId.stdout, /image [0-9a-f]{64}/);
+  // A reference by ID (or digest) is its own default tag; a store spec's path is normalised.
+  const byId = cfsOk(['--repo', path.join(fx.dir, 'repo-by-id'), 'oci', 'pull', '-q', `containers-storage:${id.slice(0, 12)}`], { env: fx.env });
+  assert.match(byId.stdout, new RegExp(`^tagged containers-storage:${id.slice(0, 12)}$`, 'm'));
+  const bySpec = cfsOk(['--repo', path.join(fx.dir, 'repo-by-id'), 'oci', 'pull', '-q', `containers-storage:[${fx.graphroot}/./]x`], { env: fx.env });
+  assert.match(bySpec.stdout, new RegExp(`^tagged containers-storage:\\[${fx.graphroot.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\]localhost/x:latest$`, 'm'));
   const wrongId = runCfs(['--repo', repo, 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}@${other}`], { env: fx.env });
   assert.notEqual(wrongId.status, 0, 'NAME@ID-PREFIX with another ID');
   assert.match(wrongId.stderr, /no such image/);

@@ -261,6 +261,20 @@ describe('containers-storage: read locks', { skip: skip ?? false }, () => {
       await release(child);
       assert.equal((await waiting).imageId, img.imageId);
       assert.equal(waits.length, 1);
+      // Two callers waiting at once: one giving up leaves the other waiting, with its own notice.
+      const again = await holdLock(lockPath, 'cfs-exclusive');
+      const quitter = new AbortController();
+      const quitterWaits: string[] = [];
+      const stayerWaits: string[] = [];
+      const gaveUp = openStorageImage('localhost/l:1', opts(f, { signal: quitter.signal, onWait: (p) => quitterWaits.push(p) }));
+      const stays = openStorageImage('localhost/l:1', opts(f, { onWait: (p) => stayerWaits.push(p) }));
+      await new Promise((r) => setTimeout(r, 200));
+      quitter.abort();
+      await assert.rejects(gaveUp, isErr('ECANCELED', /stopped waiting/));
+      await new Promise((r) => setTimeout(r, WAIT_NOTICE_MS + 200));
+      assert.deepEqual([quitterWaits, stayerWaits], [[], [lockPath]]);
+      await release(again);
+      assert.equal((await stays).imageId, img.imageId);
     } finally {
       child.kill();
     }

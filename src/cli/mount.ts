@@ -16,6 +16,7 @@ interface MountOpts {
   quiet?: boolean;
   localFetch?: string;
   zerocopy?: boolean;
+  lockTimeout?: string;
 }
 
 function checkMountpoint(mp: string): string {
@@ -124,6 +125,7 @@ export function register(program: Command): void {
     .option('-q, --quiet', 'no progress output while importing')
     .option(...LOCAL_FETCH_OPTIONS[0])
     .option(...LOCAL_FETCH_OPTIONS[1])
+    .option(...LOCAL_FETCH_OPTIONS[2])
     .action(async (source: string, mountpoint: string, opts: MountOpts) => {
       const mp = checkMountpoint(mountpoint);
       await refuseStacking(mp);
@@ -138,7 +140,7 @@ export function register(program: Command): void {
           // Loaded only for transport references: the import machinery is heavy for a plain mount.
           pull: async (ref) => {
             const { pullReference, objectsLine } = await import('./oci.js');
-            const r = await pullReference(repo, ref, undefined, { platform: opts.platform, quiet: opts.quiet, localFetch: opts.localFetch, zerocopy: opts.zerocopy });
+            const r = await pullReference(repo, ref, undefined, { platform: opts.platform, quiet: opts.quiet, localFetch: opts.localFetch, zerocopy: opts.zerocopy, lockTimeout: opts.lockTimeout });
             if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
             return r.imageId;
           },

@@ -1,5 +1,6 @@
 /** `cfs oci …`: pull, images, inspect, tag, untag, dump, compute-id. */
 import type { Command } from 'commander';
+import { CfsError } from '../errors.js';
 import { openRepoFromCli } from './repo.js';
 import type { Repository } from '../repository/repository.js';
 import type { StoredImage } from '../oci/stored.js';
@@ -10,6 +11,8 @@ interface PullOpts {
   /** containers-storage: local fetch (disabled|auto|zerocopy); default auto. */
   localFetch?: string;
   zerocopy?: boolean;
+  /** Seconds to wait for a containers-storage lock a writer holds (default: as long as it takes). */
+  lockTimeout?: string;
 }
 
 const LOCAL_FETCH = ['disabled', 'auto', 'zerocopy'] as const;
@@ -18,7 +21,25 @@ const LOCAL_FETCH = ['disabled', 'auto', 'zerocopy'] as const;
 export const LOCAL_FETCH_OPTIONS = [
   ['--local-fetch <mode>', 'containers-storage: reflink/hardlink file contents into the repository: auto (default: when on the same filesystem, else copy), zerocopy (required), disabled (always copy)'],
   ['--zerocopy', 'same as --local-fetch zerocopy'],
+  ['--lock-timeout <seconds>', 'containers-storage: how long to wait for a lock podman holds while writing (default: as long as it takes)'],
 ] as const;
+
+function lockTimeoutMs(v: string): number {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new CfsError('EINVAL', `--lock-timeout: '${v}' is not a number of seconds`);
+  return n * 1000;
+}
+
+/**
+ * The default tag of a containers-storage pull: the reference as the store names the image
+ * (`x`, `localhost/x` and `localhost/x:latest` are one tag) when it names the image by name; a
+ * reference by digest or image ID is kept as given.
+ */
+async function storageTag(reference: string, described: string): Promise<string> {
+  const { parseStorageReference } = await import('../oci/containers-storage/reference.js');
+  const ref = parseStorageReference(reference);
+  return ref.name !== null && !ref.digest && !ref.id && !ref.idPrefix ? described : reference;
+}
 
 /** The summary of where a pull's objects came from (stderr, unless quiet). */
 export function objectsLine(o: { reflinked: number; hardlinked: number; copied: number; present: number }): string {
@@ -38,7 +59,6 @@ export async function pullReference(repo: Repository, reference: string, name: s
   const { openImageSource } = await import('../oci/sources.js');
   const { importImage } = await import('../oci/import.js');
   const { progressFor } = await import('./progress.js');
-  const { CfsError } = await import('../errors.js');
   const mode = opts.zerocopy ? 'zerocopy' : (opts.localFetch ?? 'auto');
   const localFetch = LOCAL_FETCH.find((m) => m === mode);
   if (!localFetch) throw new CfsError('EINVAL', `--local-fetch: '${mode}' is not one of ${LOCAL_FETCH.join(', ')}`);
@@ -46,13 +66,18 @@ export async function pullReference(repo: Repository, reference: string, name: s
     throw new CfsError('EINVAL', `--zerocopy contradicts --local-fetch ${opts.localFetch}`);
   }
   if (name !== undefined && name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
+  const progress = progressFor({ quiet: opts.quiet });
+  // Said once per lock file (each layer takes the layers lock again), above any progress bars.
+  const waitedFor = new Set<string>();
   const onWait = (lock: string): void => {
-    process.stderr.write(`cfs: waiting for ${lock}: another process (podman?) is writing to the store\n`);
+    if (!waitedFor.has(lock)) progress.message(`waiting for ${lock}: another process (podman?) is writing to the store`);
+    waitedFor.add(lock);
   };
-  const img = await openImageSource(reference, { platform: opts.platform, onWait });
+  const timeoutMs = opts.lockTimeout === undefined ? undefined : lockTimeoutMs(opts.lockTimeout);
+  const img = await openImageSource(reference, { platform: opts.platform, onWait, timeoutMs });
   try {
-    const tag = name ?? (reference.startsWith('containers-storage:') ? img.description : reference);
-    return { ...(await importImage(repo, img, { name: tag, progress: progressFor({ quiet: opts.quiet }), localFetch })), tag };
+    const tag = name ?? (reference.startsWith('containers-storage:') ? await storageTag(reference, img.description) : reference);
+    return { ...(await importImage(repo, img, { name: tag, progress, localFetch })), tag };
   } finally {
     await img.close();
   }
@@ -75,6 +100,7 @@ export function register(program: Command): void {
     .option('-q, --quiet', 'no progress output')
     .option(...LOCAL_FETCH_OPTIONS[0])
     .option(...LOCAL_FETCH_OPTIONS[1])
+    .option(...LOCAL_FETCH_OPTIONS[2])
     .action(async (source: string, name: string | undefined, opts: PullOpts) => {
       const repo = await openRepoFromCli(program);
       try {
@@ -152,7 +178,6 @@ export function register(program: Command): void {
     .option('--config', 'print the raw config, byte for byte')
     .option('--json', 'JSON output (the default)')
     .action(async (name: string, opts: { manifest?: boolean; config?: boolean; json?: boolean }) => {
-      const { CfsError } = await import('../errors.js');
       if (opts.manifest && opts.config) throw new CfsError('EINVAL', '--manifest and --config: choose one');
       if (opts.json && (opts.manifest || opts.config)) throw new CfsError('EINVAL', '--json prints the summary; --manifest/--config print raw bytes: choose one');
       const repo = await openRepoFromCli(program, { create: false });

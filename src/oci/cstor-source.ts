@@ -44,7 +44,7 @@ function checkPlatform(img: StorageImage, platform: string): void {
 }
 
 export async function openContainersStorageImage(spec: string, opts: SourceOptions): Promise<ImageToImport> {
-  const img = await openStorageImage(spec, { platform: opts.platform, onWait: opts.onWait, signal: opts.signal }).catch((e: unknown) => {
+  const img = await openStorageImage(spec, { platform: opts.platform, onWait: opts.onWait, signal: opts.signal, timeoutMs: opts.timeoutMs }).catch((e: unknown) => {
     // A store (or its lock files) the invoking user may not read: say whose it is and what to do.
     if (!isDenied(e)) throw e;
     const where = (e as NodeJS.ErrnoException).path ?? '';

@@ -15,6 +15,8 @@ export interface SourceOptions {
   onWait?: (what: string) => void;
   /** Stops waiting for such locks. */
   signal?: AbortSignal;
+  /** Gives up waiting for such locks after this long (default: as long as it takes). */
+  timeoutMs?: number;
 }
 
 /** True when `s` names a transport (`oci:`, `oci-archive:`, `containers-storage:`). */

@@ -13,6 +13,8 @@
  * Waiting is done by polling the non-blocking call, which keeps the event loop free. By default
  * it lasts as long as the writer holds the lock, as in containers/storage (podman applies a
  * large layer under layers.lock for minutes); `onWait` says so once the wait gets noticeable.
+ * Callers waiting at once (two varlink clients' pulls) share the polling fd but each has its own
+ * notice, timeout and signal: one giving up does not fail the others.
  */
 import { closeSync, constants as fsc, openSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -51,13 +53,25 @@ function lockCall(fd: number, op: number): void {
   else n.flock(fd, op);
 }
 
-interface Entry {
+/** Someone waiting for a lock file's slot to be taken. */
+interface Waiter {
+  grant(): void;
+  fail(e: unknown): void;
+}
+
+/**
+ * One per lock file and process, while waited for or held (see the module comment). Waiting is
+ * shared: one fd polls, and every caller waits on it with its own notice, timeout and signal; when
+ * the last waiter gives up, polling stops.
+ */
+interface Slot {
   fd: number;
   mode: LockMode;
+  held: boolean;
   holders: number;
+  waiters: Set<Waiter>;
 }
-/** One acquisition per lock file and process, in flight or held (see the module comment). */
-const entries = new Map<string, Promise<Entry>>();
+const slots = new Map<string, Slot>();
 
 function tryLock(fd: number, mode: LockMode): boolean {
   const c = native().constants;
@@ -70,46 +84,71 @@ function tryLock(fd: number, mode: LockMode): boolean {
   }
 }
 
-async function lockFd(path: string, fd: number, mode: LockMode, opts: LockOptions): Promise<Entry> {
-  const start = Date.now();
-  const timeout = opts.timeoutMs ?? Infinity;
-  const deadline = start + timeout;
-  let noticed = false;
-  try {
-    for (let delay = 10; !tryLock(fd, mode); delay = Math.min(delay * 2, 250)) {
-      if (opts.signal?.aborted) throw new CfsError('ECANCELED', `${path}: stopped waiting for the lock`);
-      const now = Date.now();
-      if (now >= deadline) {
-        throw new CfsError(
-          'EBUSY',
-          `${path}: locked by another process (a containers-storage writer?); gave up after ${Math.round(timeout / 1000)} s`,
-        );
-      }
-      if (!noticed && now - start >= WAIT_NOTICE_MS) {
-        noticed = true;
-        opts.onWait?.(path);
-      }
-      await sleep(Math.min(delay, Math.max(1, deadline - now)));
-    }
-  } catch (e) {
-    closeSync(fd);
-    throw e;
-  }
-  return { fd, mode, holders: 0 };
+function drop(path: string, slot: Slot): void {
+  if (slots.get(path) === slot) slots.delete(path);
+  closeSync(slot.fd); // closing drops both kinds of lock
 }
 
-function handle(path: string, entry: Entry): HeldLock {
-  entry.holders++;
+/** Polls until the lock is taken (granting every waiter), fails (failing them), or nobody waits any more. */
+async function poll(path: string, slot: Slot): Promise<void> {
+  try {
+    for (let delay = 10; !tryLock(slot.fd, slot.mode); delay = Math.min(delay * 2, 250)) {
+      await sleep(delay);
+      if (slot.waiters.size === 0) return drop(path, slot);
+    }
+  } catch (e) {
+    drop(path, slot);
+    for (const w of [...slot.waiters]) w.fail(e);
+    return;
+  }
+  slot.held = true;
+  const waiters = [...slot.waiters];
+  slot.waiters.clear();
+  for (const w of waiters) w.grant();
+  if (slot.holders === 0) drop(path, slot);
+}
+
+function handle(path: string, slot: Slot): HeldLock {
+  slot.holders++;
   let done = false;
   return {
     release: () => {
       if (done) return;
       done = true;
-      if (--entry.holders > 0) return;
-      entries.delete(path);
-      closeSync(entry.fd); // closing drops both kinds of lock
+      if (--slot.holders === 0) drop(path, slot);
     },
   };
+}
+
+/** This caller's wait for `slot`: its own notice, timeout and signal. */
+function waitFor(path: string, slot: Slot, opts: LockOptions): Promise<HeldLock> {
+  return new Promise((resolve, reject) => {
+    const timers: NodeJS.Timeout[] = [];
+    const leave = (): void => {
+      for (const t of timers) clearTimeout(t);
+      opts.signal?.removeEventListener('abort', onAbort);
+      slot.waiters.delete(w);
+    };
+    const w: Waiter = {
+      grant: () => {
+        leave();
+        resolve(handle(path, slot));
+      },
+      fail: (e) => {
+        leave();
+        reject(e);
+      },
+    };
+    const onAbort = (): void => w.fail(new CfsError('ECANCELED', `${path}: stopped waiting for the lock`));
+    if (opts.signal?.aborted) return onAbort();
+    slot.waiters.add(w);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    if (opts.onWait) timers.push(setTimeout(() => opts.onWait?.(path), WAIT_NOTICE_MS));
+    if (opts.timeoutMs !== undefined && Number.isFinite(opts.timeoutMs)) {
+      const seconds = Number((opts.timeoutMs / 1000).toFixed(1));
+      timers.push(setTimeout(() => w.fail(new CfsError('EBUSY', `${path}: locked by another process (a containers-storage writer?); gave up after ${seconds} s`)), opts.timeoutMs));
+    }
+  });
 }
 
 /**
@@ -117,13 +156,10 @@ function handle(path: string, entry: Entry): HeldLock {
  * A missing lock file means no containers/storage process uses that store part: no lock.
  */
 export async function acquireLock(path: string, mode: LockMode, opts: LockOptions = {}): Promise<HeldLock> {
-  const pending = entries.get(path);
-  if (pending) {
-    const entry = await pending;
-    // Released by its last holder while we waited for the promise: start over.
-    if (entries.get(path) !== pending) return acquireLock(path, mode, opts);
-    if (entry.mode === 'exclusive' || mode === 'exclusive') throw new CfsError('EBUSY', `${path}: already locked by this process`);
-    return handle(path, entry);
+  const slot = slots.get(path);
+  if (slot) {
+    if (slot.mode === 'exclusive' || mode === 'exclusive') throw new CfsError('EBUSY', `${path}: already locked by this process`);
+    return slot.held ? handle(path, slot) : waitFor(path, slot, opts);
   }
   let fd: number;
   try {
@@ -132,14 +168,26 @@ export async function acquireLock(path: string, mode: LockMode, opts: LockOption
     if (errnoCode(e) === 'ENOENT') return { release: () => undefined };
     throw new CfsError('EIO', `${path}: cannot open lock file: ${(e as Error).message}`);
   }
-  const p = lockFd(path, fd, mode, opts);
-  entries.set(path, p);
+  const fresh: Slot = { fd, mode, held: false, holders: 0, waiters: new Set() };
+  slots.set(path, fresh);
+  let taken: boolean;
   try {
-    return handle(path, await p);
+    taken = tryLock(fd, mode);
   } catch (e) {
-    entries.delete(path);
+    drop(path, fresh);
     throw e;
   }
+  if (taken) {
+    fresh.held = true;
+    return handle(path, fresh);
+  }
+  if (opts.timeoutMs === 0) {
+    drop(path, fresh);
+    throw new CfsError('EBUSY', `${path}: locked by another process (a containers-storage writer?); gave up after 0 s`);
+  }
+  const mine = waitFor(path, fresh, opts);
+  void poll(path, fresh);
+  return mine;
 }
 
 /** Takes shared locks on all `paths` in order; releases what it took if one fails. */

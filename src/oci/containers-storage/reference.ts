@@ -11,6 +11,7 @@
  * accepts it). A bare hex string of 3–63 characters may be an ID prefix or a name; lookup
  * decides (containers/image does the same against the store).
  */
+import path from 'node:path';
 import { CfsError } from '../../errors.js';
 
 export interface StoreSpec {
@@ -76,7 +77,9 @@ function parseStoreSpec(spec: string, ref: string): StoreSpec {
   if (graphRoot === '' && driver === null && runRoot === '') throw invalid(ref, 'empty store specification "[]"');
   if (graphRoot === '' && driver !== null) throw invalid(ref, 'empty graph root after "@"');
   for (const p of [graphRoot, runRoot]) if (p !== '' && !p.startsWith('/')) throw invalid(ref, `store path "${p}" is not absolute`);
-  return { driver, graphRoot: graphRoot || null, runRoot: runRoot || null, options };
+  // `/g/`, `/g/.` and `/g` name one store (and one default tag).
+  const norm = (p: string): string | null => (p === '' ? null : path.posix.normalize(p).replace(/(.)\/+$/, '$1'));
+  return { driver, graphRoot: norm(graphRoot), runRoot: norm(runRoot), options };
 }
 
 interface ParsedName {
