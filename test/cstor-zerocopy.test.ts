@@ -8,8 +8,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { makeCstorStore, cstorSkipReason, patternBytes, type CstorFixture } from './helpers/cstor-fixture.js';
@@ -346,6 +346,44 @@ test('member names that are not UTF-8 or not normalized (./x, a//b) import the s
   assert.match(r.stderr, /^cfs: layer sha256:[0-9a-f]{64}: "usr\/caf\ufffd" \(500 bytes\) reaches the consumer as inline data, not as a file it could link; copy fallback is disabled \(zerocopy mode\)\n$/m);
   assert.deepEqual(readdirSync(path.join(zc, 'streams')).filter((n) => n !== 'refs'), []);
   assert.deepEqual(repoProblems(zc), []);
+});
+
+test('ownership in a user namespace: the owner\'s own and subordinate ids (podman unshare) are its; a namespace root made maps other users\' ids, which stay theirs', async () => {
+  const { parseIdMap, subordinateRanges, ownerControls } = await import('../src/userns.js');
+  // podman unshare as uid 1002: 0 → 1002, 1.. → subordinate ids.
+  const rootless = parseIdMap('         0       1002          1\n         1     100000      65536\n');
+  const sub = subordinateRanges('alice:200000:65536\nrl:100000:65536\n', 'rl', 1002);
+  assert.deepEqual(sub, [{ start: 100000, count: 65536 }]);
+  assert.deepEqual([0, 1, 1000, 65536].map((u) => ownerControls(u, 0, rootless, sub)), [true, true, true, true]);
+  assert.equal(ownerControls(70000, 0, rootless, sub), false, 'not mapped');
+  assert.equal(ownerControls(1000, 0, rootless, subordinateRanges('rl:300000:65536\n', 'rl', 1002)), false, 'mapped to ids not granted to the owner');
+  assert.deepEqual(subordinateRanges('1002:5:10\n', null, 1002), [{ start: 5, count: 10 }]);
+  // A namespace root made with an identity map: uid 1000 is the real uid 1000.
+  const identity = parseIdMap('0 0 65536');
+  assert.deepEqual([0, 1000].map((u) => ownerControls(u, 0, identity, [])), [true, false]);
+});
+
+test('in a user namespace root made (identity map), another user\'s store file is not hardlinked into an insecure repository', { skip: skip ?? false }, async () => {
+  const img = await fx.add('localhost/alice:latest', { layers: [[{ path: 'usr/' }, { path: 'usr/alice', content: patternBytes(700, 31), mode: 0o644, uid: 1000, gid: 1000 }]] });
+  const holder = spawn('unshare', ['--user', 'sleep', '120'], { stdio: 'ignore' });
+  try {
+    // Once the child is in its own namespace, map it from here, as root.
+    for (let i = 0; i < 100 && readlinkSync(`/proc/${holder.pid}/ns/user`) === readlinkSync('/proc/self/ns/user'); i++) await new Promise((r) => setTimeout(r, 20));
+    writeFileSync(`/proc/${holder.pid}/uid_map`, '0 0 65536');
+    writeFileSync(`/proc/${holder.pid}/gid_map`, '0 0 65536');
+    const inNs = (args: string[]) => spawnSync('nsenter', ['-t', String(holder.pid), '--user', '--', ...cfsCommand(), ...args], { env: fx.env, encoding: 'utf8', cwd: PROJECT_ROOT });
+    const auto = inNs(['--repo', path.join(fx.dir, 'ns-auto'), 'oci', 'pull', `containers-storage:${img.name}`]);
+    assert.equal(auto.status, 0, auto.stderr);
+    const a = objectCounts(auto.stderr);
+    assert.equal(a.hardlinked, 0, auto.stderr);
+    const zc = inNs(['--repo', path.join(fx.dir, 'ns-zc'), 'oci', 'pull', '--zerocopy', `containers-storage:${img.name}`]);
+    if (a.reflinked === 0) {
+      assert.equal(zc.status, 1, zc.stderr);
+      assert.match(zc.stderr, /not for usr\/alice: it is owned by uid 1000, who could then change the object/);
+    }
+  } finally {
+    holder.kill();
+  }
 });
 
 test('auto never gives another user\'s, a setuid/setgid or a group/other-writable store file a second name in objects/; --zerocopy links setuid files only into a private repository, and files others may write into none that lacks fs-verity', { skip: skip ?? false }, async () => {

@@ -42,14 +42,13 @@ import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
 import { MountBridge } from '../repository/mount-bridge.js';
 import { inInitialUserNamespace } from '../mount/caps.js';
+import { namespaceOwnerControls } from '../userns.js';
 import { ASYNC_OBJECT_MAX, ObjectSink } from '../repository/object-sink.js';
 import { countWritten, noObjects, recountPresent, type ObjectCounts } from '../repository/object-counts.js';
 import type { OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
 const READ_SIZE = 1024 * 1024;
-/** The id files owned by ids not mapped into our user namespace show. */
-const OVERFLOW_UID = 65534;
 /** errnos after which a zero-copy method is given up for a pair of filesystems. */
 const PERMANENT = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EXDEV', 'EINVAL', 'EPERM', 'EACCES', 'EMLINK', 'ENOSYS', 'EISDIR']);
 
@@ -244,8 +243,8 @@ export class ObjectPlacer {
   /**
    * Why a local store file may not become an object by hardlink; null when it may. A hardlinked
    * object is the store's inode: outside zerocopy mode it must be ours (owned by us or root, or,
-   * as root of a user namespace such as `podman unshare`, by any id mapped into it: those belong
-   * to the namespace's owner) and be neither setuid/setgid nor writable by group or others.
+   * as root of a user namespace such as `podman unshare`, by the owner's own or subordinate ids:
+   * see userns.ts) and be neither setuid/setgid nor writable by group or others.
    * Zerocopy mode (nothing may be copied) links such files too, but only where that is safe:
    *   - a file someone else may write (another owner, group/other write bits) only into a secure
    *     repository: fs-verity then seals the shared inode, so its owner cannot change what the
@@ -254,7 +253,7 @@ export class ObjectPlacer {
    *     behind its 0700 directories must not become reachable through objects/.
    */
   private shareRefusal(f: OpenedFile): string | null {
-    const owned = f.stat.uid === this.euid || f.stat.uid === 0 || (this.euid === 0 && f.stat.uid !== OVERFLOW_UID && !(this.initialUserNs ??= inInitialUserNamespace()));
+    const owned = f.stat.uid === this.euid || f.stat.uid === 0 || (this.euid === 0 && !(this.initialUserNs ??= inInitialUserNamespace()) && namespaceOwnerControls(f.stat.uid, 0));
     const othersWrite = !owned || (f.stat.mode & 0o022) !== 0;
     if (!othersWrite && (f.stat.mode & 0o6000) === 0) return null;
     const what = !owned ? `owned by uid ${f.stat.uid}` : othersWrite ? 'writable by group or others' : 'setuid or setgid';

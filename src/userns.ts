@@ -1,0 +1,88 @@
+/**
+ * Whose ids a user namespace's ids are. Inside `podman unshare` we are uid 0 of a namespace
+ * whose other ids map onto the invoking user's subordinate ids (/etc/subuid): only that user can
+ * act as them, so files they own are as good as ours. A namespace root made (an identity map,
+ * `systemd-nspawn --private-users=identity`) maps real users' ids: theirs stay theirs.
+ */
+import { readFileSync } from 'node:fs';
+
+export interface IdRange {
+  inside: number;
+  outside: number;
+  count: number;
+}
+
+/** /proc/PID/uid_map text → ranges. */
+export function parseIdMap(text: string): IdRange[] {
+  return text
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/).map(Number))
+    .filter((f) => f.length === 3 && f.every(Number.isInteger))
+    .map(([inside, outside, count]) => ({ inside: inside!, outside: outside!, count: count! }));
+}
+
+/** The parent namespace's id of `id`, or null when it is not mapped. */
+export function outsideId(map: IdRange[], id: number): number | null {
+  const r = map.find((m) => id >= m.inside && id < m.inside + m.count);
+  return r ? r.outside + (id - r.inside) : null;
+}
+
+/** /etc/subuid text → the ranges granted to a user (named by login name or uid). */
+export function subordinateRanges(text: string, name: string | null, uid: number): Array<{ start: number; count: number }> {
+  const out: Array<{ start: number; count: number }> = [];
+  for (const line of text.split('\n')) {
+    const [who, start, count] = line.trim().split(':');
+    if (start === undefined || count === undefined || !(who === name || who === String(uid))) continue;
+    if (/^\d+$/.test(start) && /^\d+$/.test(count)) out.push({ start: Number(start), count: Number(count) });
+  }
+  return out;
+}
+
+/**
+ * Whether `uid` (of our namespace) belongs to the namespace's owner, given our uid in it: the
+ * owner's own id, or one of its subordinate ids. Never for a namespace root owns (other users' ids).
+ */
+export function ownerControls(uid: number, ourUid: number, map: IdRange[], subRanges: Array<{ start: number; count: number }>): boolean {
+  const me = outsideId(map, ourUid);
+  const it = outsideId(map, uid);
+  if (me === null || it === null) return false;
+  if (it === me) return true;
+  if (me === 0) return false;
+  return subRanges.some((r) => it >= r.start && it < r.start + r.count);
+}
+
+function loginName(uid: number): string | null {
+  try {
+    for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
+      const f = line.split(':');
+      if (f[2] === String(uid)) return f[0] ?? null;
+    }
+  } catch {
+    // no passwd: ranges keyed by uid still match
+  }
+  return null;
+}
+
+let cached: ((uid: number) => boolean) | null = null;
+
+/** ownerControls for this process (its namespace read once). */
+export function namespaceOwnerControls(uid: number, ourUid: number): boolean {
+  if (!cached) {
+    let map: IdRange[] = [];
+    let sub = '';
+    try {
+      map = parseIdMap(readFileSync('/proc/self/uid_map', 'utf8'));
+    } catch {
+      // no map: nothing is the owner's but what is ours
+    }
+    const me = outsideId(map, ourUid);
+    try {
+      sub = me === null || me === 0 ? '' : readFileSync('/etc/subuid', 'utf8');
+    } catch {
+      // no subordinate ids
+    }
+    const ranges = me === null || me === 0 ? [] : subordinateRanges(sub, loginName(me), me);
+    cached = (u) => ownerControls(u, ourUid, map, ranges);
+  }
+  return cached(uid);
+}
