@@ -315,16 +315,18 @@ test('a Pull whose client hangs up stops: nothing tagged, the repository consist
   assert.match(cfsOk(['--repo', dst, 'oci', 'images']).stdout, /^kept /m);
 });
 
-test('a client that stops writing (or leaves right after its last call) is still answered: pipelined calls, a Pull with more, a oneway Tag', async () => {
+test('a client that stops writing is still answered (pipelined calls, a Pull with more); oneway calls run even when it closes right after sending them', async () => {
   const dst = repo('halfclose');
   const src = await buildOciLayout(path.join(work, 'img-halfclose'), { images: [{ tag: 'h', layers: [[{ path: 'usr/' }, { path: 'usr/h', content: randomBytes(1 << 20) }]] }] });
+  // Big enough that the client is long gone (and seen gone) while it is pulled.
+  const big = await buildOciLayout(path.join(work, 'img-halfclose-big'), { images: [{ tag: 'b', layers: [[{ path: 'usr/' }, { path: 'usr/b', content: randomBytes(48 << 20) }]] }] });
   const r = await client<{ pipelined: Array<Record<string, unknown>>; pulled: Array<{ parameters?: Record<string, unknown> }>; names: string[] }>(
-    'halfclose', sock, dst, `oci:${src.dir}:h`, src.images[0].manifestDigest, 'fired',
+    'halfclose', sock, dst, `oci:${src.dir}:h`, src.images[0].manifestDigest, 'fired', `oci:${big.dir}:b`, big.images[0].manifestDigest, 'fired-big',
   );
   assert.equal(r.pipelined.length, 2, JSON.stringify(r.pipelined));
   assert.ok(r.pipelined.every((m) => !('error' in m)), JSON.stringify(r.pipelined));
   assert.ok(r.pulled.some((f) => f.parameters && 'completed' in f.parameters), JSON.stringify(r.pulled));
-  assert.deepEqual(r.names, ['fired']);
+  assert.deepEqual(r.names, ['fired', 'fired-big']);
   assert.deepEqual(repoProblems(dst), []);
 });
 

@@ -24,6 +24,7 @@ export const MAX_CONNECTIONS = 256;
 const FD_EXHAUSTED_RETRY_MS = 100;
 /** How often a client that stopped writing is checked for having closed its socket. */
 const HANGUP_CHECK_MS = 200;
+const NEVER_ABORTED = new AbortController().signal;
 
 /** Exclusive flock of the address's lock file, waiting at most ADDRESS_LOCK_WAIT_MS. */
 function lockWithin(lockFd: number, path: string): void {
@@ -257,17 +258,21 @@ export class VarlinkServer {
     for (const l of this.listeners) native().pollUpdate(l.poll, native().constants.POLL_READABLE);
   }
 
-  private async handle(conn: FdConnection, id: number, signal: AbortSignal, m: Incoming): Promise<void> {
+  private async handle(conn: FdConnection, id: number, connectionSignal: AbortSignal, m: Incoming): Promise<void> {
+    let signal = connectionSignal;
     let fds = m.fds;
     const closeFds = (): void => {
       for (const fd of fds.splice(0)) closeQuietly(fd);
     };
-    if (conn.isClosed) return closeFds();
     const call = parseCall(m.data);
     if (!call) {
       closeFds();
       return conn.close(new Error('message is not a varlink call'));
     }
+    // A client that is gone cannot be answered, but a oneway call it sent is still made (and
+    // is not stopped by its leaving: nobody waits for it to stop).
+    if (conn.isClosed && !call.oneway) return closeFds();
+    if (call.oneway) signal = NEVER_ABORTED;
     const send = (body: Record<string, unknown>, replyFds: number[] = []): Promise<void> =>
       call.oneway ? Promise.resolve() : conn.send(body, replyFds).catch(() => undefined);
     try {

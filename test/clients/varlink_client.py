@@ -601,10 +601,11 @@ def replies_until_eof(c):
         return out
 
 
-def cmd_halfclose(sock, repo, image, manifest_digest, name):
+def cmd_halfclose(sock, repo, image, manifest_digest, name, image2, manifest2, name2):
     """Clients that stop writing (shutdown(SHUT_WR), as `printf … | socat` does) or leave right
     after their last call: pipelined calls are still answered, a Pull with `more` runs to its end,
-    and a oneway Tag sent just before close() still happens."""
+    a oneway Tag sent just before close() still happens, and so do a oneway Pull of a bigger image
+    and a oneway Tag of it, both sent just before close()."""
     a = Conn(sock)
     h = open_repo(a, repo)
     b = Conn(sock)
@@ -619,13 +620,17 @@ def cmd_halfclose(sock, repo, image, manifest_digest, name):
     d = Conn(sock)
     d.send({"method": "org.composefs.Oci.Tag", "oneway": True, "parameters": {"handle": h, "manifest_digest": manifest_digest, "name": name}})
     d.close()
+    e = Conn(sock)
+    e.send({"method": "org.composefs.Oci.Pull", "oneway": True, "parameters": {"handle": h, "image": image2}})
+    e.send({"method": "org.composefs.Oci.Tag", "oneway": True, "parameters": {"handle": h, "manifest_digest": manifest2, "name": name2}})
+    e.close()
     names = []
-    for _ in range(50):
+    for _ in range(300):
         names = [i["name"] for i in call1(a, "org.composefs.Oci.ListImages", {"handle": h})["images"]]
-        if name in names:
+        if name in names and name2 in names:
             break
         time.sleep(0.1)
-    return {"pipelined": pipelined, "pulled": pulled, "names": names}
+    return {"pipelined": pipelined, "pulled": pulled, "names": sorted(names)}
 
 
 def cmd_pull(sock, repo, image, name):
