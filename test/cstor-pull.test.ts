@@ -68,6 +68,28 @@ test('cfs mount --zerocopy containers-storage:NAME imports through the pull path
   assert.ok(!mounted());
 });
 
+test('cfs mount of a containers-storage reference podman no longer has mounts the image imported under that name before', { skip: skip ?? false }, async () => {
+  const img = await fx.add('localhost/gone:1', { layers: [[{ path: 'usr/' }, { path: 'usr/kept', content: patternBytes(5000, 41) }]] });
+  const repo = path.join(fx.dir, 'repo-gone');
+  const ref = `containers-storage:${img.name}`;
+  const mp = path.join(fx.dir, 'mnt-gone');
+  mkdirSync(mp);
+  cfsOk(['--repo', repo, 'mount', '--fuse', 'no', ref, mp], { env: fx.env });
+  cfsOk(['umount', mp]);
+  execFileSync('skopeo', ['delete', ref], { env: fx.env });
+  try {
+    const r = cfsOk(['--repo', repo, 'mount', '--fuse', 'no', ref, mp], { env: fx.env });
+    assert.match(r.stderr, new RegExp(`^cfs: note: ${ref.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is no longer in its source; mounting the image imported under that name before$`, 'm'));
+    assert.ok(readFileSync(path.join(mp, 'usr/kept')).equals(patternBytes(5000, 41)));
+  } finally {
+    runCfs(['umount', mp]);
+  }
+  // Never imported here: the source's error stands.
+  const never = runCfs(['--repo', path.join(fx.dir, 'repo-gone-2'), 'mount', '--fuse', 'no', ref, mp], { env: fx.env });
+  assert.equal(never.status, 1);
+  assert.match(never.stderr, /no such image/);
+});
+
 test('an image whose base layers are in an additional image store, and a store that lost its overlay/l links', { skip: skip ?? false }, async () => {
   const main = path.join(fx.dir, 'main-store');
   mkdirSync(main);

@@ -144,6 +144,9 @@ export function register(program: Command): void {
             if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
             return r.imageId;
           },
+          note: (text) => {
+            if (!opts.quiet) process.stderr.write(`cfs: note: ${text}\n`);
+          },
         });
         const objectsDir = path.join(repo.path, 'objects');
         if (kernel) {

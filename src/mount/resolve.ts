@@ -2,7 +2,7 @@
  * What `cfs mount SOURCE` mounts: a transport reference (imported first when needed), an OCI
  * image name known to the repository, an image id (hex) or `ref/NAME` (brief 1.8).
  */
-import { CfsError } from '../errors.js';
+import { CfsError, isCfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import type { ImageHandle } from '../repository/repository.js';
 
@@ -17,16 +17,24 @@ export interface ResolveMountOptions {
   quiet?: boolean;
   /** Imports a transport reference into the repository; returns the composefs image id. */
   pull: (reference: string) => Promise<string | null>;
+  /** Told when a reference its source no longer has is mounted from an earlier import. */
+  note?: (text: string) => void;
 }
 
 export async function resolveMountSource(repo: Repository, source: string, opts: ResolveMountOptions): Promise<ResolvedMountSource> {
   const { isTransportReference } = await import('../oci/sources.js');
-  if (isTransportReference(source)) {
-    const imageId = await opts.pull(source);
-    if (!imageId) throw new CfsError('EINVAL', `${source}: an artifact has no filesystem to mount`);
-    return { image: await repo.openImage(imageId), label: source };
-  }
   const { resolveTag, openStoredImage } = await import('./../oci/stored.js');
+  if (isTransportReference(source)) {
+    try {
+      const imageId = await opts.pull(source);
+      if (!imageId) throw new CfsError('EINVAL', `${source}: an artifact has no filesystem to mount`);
+      return { image: await repo.openImage(imageId), label: source };
+    } catch (e) {
+      // Gone from its source (podman rmi'd it) but imported before under this very name: that one.
+      if (!(isCfsError(e) && e.context['missingImage'] !== undefined) || (await resolveTag(repo, source)) === null) throw e;
+      opts.note?.(`${source} is no longer in its source; mounting the image imported under that name before`);
+    }
+  }
   if (!/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(source) && !source.startsWith('ref/') && !source.startsWith('refs/')) {
     if ((await resolveTag(repo, source)) !== null || source.startsWith('@')) {
       const img = await openStoredImage(repo, source, repo.erofsFormats.default);
