@@ -151,7 +151,7 @@ class BarProgress implements ProgressSink {
   }
 
   private draw(): void {
-    const width = Math.max(20, (process.stderr.columns || 80) - 1);
+    const width = Math.max(1, (process.stderr.columns || 80) - 1);
     const room = Math.max(1, (process.stderr.rows || 24) - 2);
     let out = this.drawn > 0 ? ESC.up(this.drawn) + ESC.clearDown : '';
     for (const line of this.above.splice(0)) out += `${line}\n`;
