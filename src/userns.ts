@@ -63,26 +63,31 @@ function loginName(uid: number): string | null {
   return null;
 }
 
-let cached: ((uid: number) => boolean) | null = null;
+/** Per uid of ours: its test (the namespace is read once per process; it does not change). */
+const cached = new Map<number, (uid: number) => boolean>();
 
-/** ownerControls for this process (its namespace read once). */
+/** ownerControls for this process's namespace. */
 export function namespaceOwnerControls(uid: number, ourUid: number): boolean {
-  if (!cached) {
+  let test = cached.get(ourUid);
+  if (!test) {
     let map: IdRange[] = [];
-    let sub = '';
     try {
       map = parseIdMap(readFileSync('/proc/self/uid_map', 'utf8'));
     } catch {
-      // no map: nothing is the owner's but what is ours
+      // no map: nothing is the owner's
     }
     const me = outsideId(map, ourUid);
-    try {
-      sub = me === null || me === 0 ? '' : readFileSync('/etc/subuid', 'utf8');
-    } catch {
-      // no subordinate ids
+    let ranges: Array<{ start: number; count: number }> = [];
+    if (me !== null && me !== 0) {
+      try {
+        ranges = subordinateRanges(readFileSync('/etc/subuid', 'utf8'), loginName(me), me);
+      } catch {
+        // no subordinate ids
+      }
     }
-    const ranges = me === null || me === 0 ? [] : subordinateRanges(sub, loginName(me), me);
-    cached = (u) => ownerControls(u, ourUid, map, ranges);
+    const found = (u: number): boolean => ownerControls(u, ourUid, map, ranges);
+    cached.set(ourUid, found);
+    test = found;
   }
-  return cached(uid);
+  return test(uid);
 }

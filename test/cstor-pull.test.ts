@@ -77,13 +77,20 @@ test('cfs mount of a containers-storage reference podman no longer has mounts th
   cfsOk(['--repo', repo, 'mount', '--fuse', 'no', ref, mp], { env: fx.env });
   cfsOk(['umount', mp]);
   execFileSync('skopeo', ['delete', ref], { env: fx.env });
-  try {
-    const r = cfsOk(['--repo', repo, 'mount', '--fuse', 'no', ref, mp], { env: fx.env });
-    assert.match(r.stderr, new RegExp(`^cfs: note: ${ref.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is no longer in its source; mounting the image imported under that name before$`, 'm'));
-    assert.ok(readFileSync(path.join(mp, 'usr/kept')).equals(patternBytes(5000, 41)));
-  } finally {
-    runCfs(['umount', mp]);
+  // However the reference is spelled: the tag the pull gave is found.
+  for (const spelling of [ref, 'containers-storage:gone:1']) {
+    try {
+      const r = cfsOk(['--repo', repo, 'mount', '--fuse', 'no', spelling, mp], { env: fx.env });
+      assert.match(r.stderr, /^cfs: note: \S+ is no longer in its source; mounting the image imported as 'containers-storage:localhost\/gone:1' before$/m, spelling);
+      assert.ok(readFileSync(path.join(mp, 'usr/kept')).equals(patternBytes(5000, 41)));
+    } finally {
+      runCfs(['umount', mp]);
+    }
   }
+  // With --platform, never (tags do not say which platform they are).
+  const plat = runCfs(['--repo', repo, 'mount', '--fuse', 'no', '--platform', 'linux/amd64', ref, mp], { env: fx.env });
+  assert.equal(plat.status, 1);
+  assert.match(plat.stderr, /no such image/);
   // Never imported here: the source's error stands.
   const never = runCfs(['--repo', path.join(fx.dir, 'repo-gone-2'), 'mount', '--fuse', 'no', ref, mp], { env: fx.env });
   assert.equal(never.status, 1);

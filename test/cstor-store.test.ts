@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -303,5 +303,36 @@ describe('containers-storage: read locks', { skip: skip ?? false }, () => {
     const [a, b] = await Promise.all([sha256Of(layerTarStream(l.store, l.layerId)), sha256Of(layerTarStream(l.store, l.layerId))]);
     assert.equal(a, l.diffId);
     assert.equal(b, l.diffId);
+  });
+
+  test('two names of one lock file share its lock (releasing one keeps the other); a timeout beyond what timers hold is none', { skip: lockMechanism() === 'flock' ? 'no fcntlLock' : false }, async () => {
+    const { acquireLock } = await import('../src/oci/containers-storage/lock.js');
+    const lockPath = join(f.graphroot, 'vfs-layers', 'layers.lock');
+    const alias = join(f.dir, 'layers-alias.lock');
+    await rm(alias, { force: true });
+    await symlink(lockPath, alias);
+    /** Whether another process could take the lock exclusively right now. */
+    const writerBlocked = async (): Promise<boolean> => {
+      const { stdout } = await run('python3', ['-c', `import fcntl\nf=open(${JSON.stringify(lockPath)},'r+')\ntry:\n  fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB); print('free')\nexcept OSError: print('busy')`]);
+      return stdout.trim() === 'busy';
+    };
+    const a = await acquireLock(lockPath, 'shared');
+    const b = await acquireLock(alias, 'shared');
+    b.release();
+    assert.equal(await writerBlocked(), true, 'the first holder still holds it');
+    a.release();
+    assert.equal(await writerBlocked(), false);
+    // A timeout too long for a timer (2^31 ms) waits like none; it used to fire at once.
+    const child = await holdLock(lockPath, 'cfs-exclusive');
+    try {
+      const stop = new AbortController();
+      const long = acquireLock(lockPath, 'shared', { timeoutMs: 3e9, signal: stop.signal });
+      const settled = await Promise.race([long.then(() => 'settled', () => 'settled'), new Promise((r) => setTimeout(() => r('waiting'), 300))]);
+      assert.equal(settled, 'waiting');
+      stop.abort();
+      await assert.rejects(long, isErr('ECANCELED', /stopped waiting/));
+    } finally {
+      await release(child);
+    }
   });
 });

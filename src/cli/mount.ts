@@ -137,6 +137,7 @@ export function register(program: Command): void {
       try {
         const { resolveMountSource } = await import('../mount/resolve.js');
         const { image, label } = await resolveMountSource(repo, source, {
+          platform: opts.platform,
           // Loaded only for transport references: the import machinery is heavy for a plain mount.
           pull: async (ref) => {
             const { pullReference, objectsLine } = await import('./oci.js');

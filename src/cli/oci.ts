@@ -25,9 +25,8 @@ export const LOCAL_FETCH_OPTIONS = [
 ] as const;
 
 function lockTimeoutMs(v: string): number {
-  const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new CfsError('EINVAL', `--lock-timeout: '${v}' is not a number of seconds`);
-  return n * 1000;
+  if (!/^\d+(\.\d+)?$/.test(v)) throw new CfsError('EINVAL', `--lock-timeout: '${v}' is not a number of seconds`);
+  return Number(v) * 1000;
 }
 
 /**

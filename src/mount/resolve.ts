@@ -21,26 +21,46 @@ export interface ResolveMountOptions {
   note?: (text: string) => void;
 }
 
+/** The composefs image of a tagged (or `@digest`) OCI image. */
+async function mountableTag(repo: Repository, tag: string): Promise<ImageHandle> {
+  const { openStoredImage } = await import('../oci/stored.js');
+  const img = await openStoredImage(repo, tag, repo.erofsFormats.default);
+  if (!img.imageId) throw new CfsError('ENOENT', `image '${tag}' has no composefs image for EROFS format ${repo.erofsFormats.default}; pull it again`);
+  return repo.openImage(img.imageId);
+}
+
+/** The tag an earlier pull of `reference` gave its image, if the repository has one. */
+async function earlierImport(repo: Repository, reference: string): Promise<string | null> {
+  const { resolveTag } = await import('../oci/stored.js');
+  let candidates = [reference];
+  if (reference.startsWith('containers-storage:')) {
+    const { defaultTagCandidates } = await import('../oci/containers-storage/image.js');
+    candidates = defaultTagCandidates(reference);
+  }
+  for (const c of candidates) if ((await resolveTag(repo, c)) !== null) return c;
+  return null;
+}
+
 export async function resolveMountSource(repo: Repository, source: string, opts: ResolveMountOptions): Promise<ResolvedMountSource> {
   const { isTransportReference } = await import('../oci/sources.js');
-  const { resolveTag, openStoredImage } = await import('./../oci/stored.js');
+  const { resolveTag } = await import('./../oci/stored.js');
   if (isTransportReference(source)) {
     try {
       const imageId = await opts.pull(source);
       if (!imageId) throw new CfsError('EINVAL', `${source}: an artifact has no filesystem to mount`);
       return { image: await repo.openImage(imageId), label: source };
     } catch (e) {
-      // Gone from its source (podman rmi'd it) but imported before under this very name: that one.
-      if (!(isCfsError(e) && e.context['missingImage'] !== undefined) || (await resolveTag(repo, source)) === null) throw e;
-      opts.note?.(`${source} is no longer in its source; mounting the image imported under that name before`);
+      // Gone from its source (podman rmi'd it) but imported before under the tag a pull gave it:
+      // that one (not when a platform was asked for: tags do not say which they are).
+      if (!(isCfsError(e) && e.context['missingImage'] !== undefined) || opts.platform !== undefined) throw e;
+      const earlier = await earlierImport(repo, source);
+      if (earlier === null) throw e;
+      opts.note?.(`${source} is no longer in its source; mounting the image imported as '${earlier}' before`);
+      return { image: await mountableTag(repo, earlier), label: source };
     }
   }
   if (!/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(source) && !source.startsWith('ref/') && !source.startsWith('refs/')) {
-    if ((await resolveTag(repo, source)) !== null || source.startsWith('@')) {
-      const img = await openStoredImage(repo, source, repo.erofsFormats.default);
-      if (!img.imageId) throw new CfsError('ENOENT', `image '${source}' has no composefs image for EROFS format ${repo.erofsFormats.default}; pull it again`);
-      return { image: await repo.openImage(img.imageId), label: source };
-    }
+    if ((await resolveTag(repo, source)) !== null || source.startsWith('@')) return { image: await mountableTag(repo, source), label: source };
   }
   const name = source.startsWith('ref/') ? `refs/${source.slice(4)}` : source;
   try {

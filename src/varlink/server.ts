@@ -24,7 +24,6 @@ export const MAX_CONNECTIONS = 256;
 const FD_EXHAUSTED_RETRY_MS = 100;
 /** How often a client that stopped writing is checked for having closed its socket. */
 const HANGUP_CHECK_MS = 200;
-const NEVER_ABORTED = new AbortController().signal;
 
 /** Exclusive flock of the address's lock file, waiting at most ADDRESS_LOCK_WAIT_MS. */
 function lockWithin(lockFd: number, path: string): void {
@@ -79,7 +78,8 @@ export interface ServiceInfo {
 
 export class VarlinkServer {
   private readonly interfaces = new Map<string, VarlinkInterface>();
-  private readonly connections = new Set<FdConnection>();
+  /** Connections, until their last call settles, with what stops their oneway calls. */
+  private readonly connections = new Map<FdConnection, AbortController>();
   /** `socket`: the socket file listenPath made (its inode, so close() removes it only while it is still ours). */
   private listeners: Array<{ fd: number; poll: PollHandle; socket: { path: string; ino: number } | null }> = [];
   private nextConn = 1;
@@ -150,13 +150,15 @@ export class VarlinkServer {
     const conn = new FdConnection(fd);
     const id = this.nextConn++;
     const abort = new AbortController();
+    // Oneway calls outlive their client, not the service.
+    const onewayStop = new AbortController();
     let chain: Promise<void> = Promise.resolve();
     // Calls wait behind the running one with their fds and bytes: bounded, so a client that
     // pipelines without reading cannot exhaust the service's fds or memory.
     let queuedFds = 0;
     let queuedBytes = 0;
     let hangupWatch: NodeJS.Timeout | null = null;
-    this.connections.add(conn);
+    this.connections.set(conn, onewayStop);
     conn.listen(
       (m) => {
         queuedFds += m.fds.length;
@@ -169,17 +171,21 @@ export class VarlinkServer {
         chain = chain.then(() => {
           queuedFds -= m.fds.length;
           queuedBytes -= m.data.length;
-          return this.handle(conn, id, abort.signal, m);
+          return this.handle(conn, id, { client: abort.signal, oneway: onewayStop.signal }, m);
         });
       },
       (why) => {
         if (hangupWatch) clearInterval(hangupWatch);
-        this.connections.delete(conn);
-        this.resumeAccepting();
         abort.abort();
         if (why) this.log(`client ${id} dropped: ${why.message}`);
-        // After the client's queued calls settle, so none of them sees its handles vanish.
-        void chain.then(() => this.onDisconnect(id));
+        // After the client's queued calls settle (oneway ones still run): none of them sees its
+        // handles vanish, and until then the client counts against MAX_CONNECTIONS, so clients
+        // leaving oneway work behind cannot pile it up without bound.
+        void chain.then(() => {
+          this.connections.delete(conn);
+          this.resumeAccepting();
+          this.onDisconnect(id);
+        });
       },
       () => {
         // The client stopped writing: its calls are answered (oneway ones run), then the
@@ -207,7 +213,10 @@ export class VarlinkServer {
         }
       }
     }
-    for (const c of [...this.connections]) c.close();
+    for (const [c, onewayStop] of [...this.connections]) {
+      onewayStop.abort();
+      c.close();
+    }
   }
 
   get connectionCount(): number {
@@ -258,8 +267,7 @@ export class VarlinkServer {
     for (const l of this.listeners) native().pollUpdate(l.poll, native().constants.POLL_READABLE);
   }
 
-  private async handle(conn: FdConnection, id: number, connectionSignal: AbortSignal, m: Incoming): Promise<void> {
-    let signal = connectionSignal;
+  private async handle(conn: FdConnection, id: number, signals: { client: AbortSignal; oneway: AbortSignal }, m: Incoming): Promise<void> {
     let fds = m.fds;
     const closeFds = (): void => {
       for (const fd of fds.splice(0)) closeQuietly(fd);
@@ -270,9 +278,9 @@ export class VarlinkServer {
       return conn.close(new Error('message is not a varlink call'));
     }
     // A client that is gone cannot be answered, but a oneway call it sent is still made (and
-    // is not stopped by its leaving: nobody waits for it to stop).
+    // is stopped only when the service stops: nobody waits for it).
     if (conn.isClosed && !call.oneway) return closeFds();
-    if (call.oneway) signal = NEVER_ABORTED;
+    const signal = call.oneway ? signals.oneway : signals.client;
     const send = (body: Record<string, unknown>, replyFds: number[] = []): Promise<void> =>
       call.oneway ? Promise.resolve() : conn.send(body, replyFds).catch(() => undefined);
     try {

@@ -480,7 +480,12 @@ export class ComposefsService {
     const { manifestContentId, configContentId, tagImage } = await import('../oci/stored.js');
     let completed: Record<string, unknown>;
     try {
-      const onWait = (lock: string): void => progress.message(`waiting for ${lock}: another process (podman?) is writing to the store`);
+      const waitedFor = new Set<string>();
+      const onWait = (lock: string): void => {
+        // Once per lock file (each layer takes the layers lock again).
+        if (!waitedFor.has(lock)) progress.message(`waiting for ${lock}: another process (podman?) is writing to the store`);
+        waitedFor.add(lock);
+      };
       const src = await openImageSource(image, { onWait, signal: ctx.signal }).catch((e: unknown) => {
         // The reference names nothing (NoSuchImage) or is not one cfs can read (InvalidRequest).
         if (isCfsError(e) && e.context['missingImage'] !== undefined) throw new VarlinkError(`${OCI}.NoSuchImage`, { image });

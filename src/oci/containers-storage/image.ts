@@ -98,6 +98,18 @@ function nameCandidates(ref: StorageReference): string[] {
   return [...new Set(out)];
 }
 
+/**
+ * The tags a pull of `reference` may have given the image by default (`cfs oci pull` tags a
+ * named reference as the store names the image): the reference itself, and its name spelled
+ * each way the store may have recorded it.
+ */
+export function defaultTagCandidates(reference: string): string[] {
+  const ref = parseStorageReference(reference);
+  const out = [reference.startsWith('containers-storage:') ? reference : `containers-storage:${reference}`];
+  if (ref.name !== null && !ref.digest && !ref.id && !ref.idPrefix) for (const n of nameCandidates(ref)) out.push(formatStorageReference({ ...ref, name: n }));
+  return [...new Set(out)];
+}
+
 function findInStore(store: ContainersStore, images: ImageRecord[], ref: StorageReference, text: string): Found | null {
   const hit = (image: ImageRecord): Found => ({ store, image });
   if (ref.id) {

@@ -16,7 +16,7 @@
  * Callers waiting at once (two varlink clients' pulls) share the polling fd but each has its own
  * notice, timeout and signal: one giving up does not fail the others.
  */
-import { closeSync, constants as fsc, openSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CfsError, errnoCode } from '../../errors.js';
 import { native, type NativeAddon } from '../../native.js';
@@ -60,18 +60,29 @@ interface Waiter {
 }
 
 /**
- * One per lock file and process, while waited for or held (see the module comment). Waiting is
- * shared: one fd polls, and every caller waits on it with its own notice, timeout and signal; when
- * the last waiter gives up, polling stops.
+ * One per lock file (inode) and process, while waited for or held (see the module comment): two
+ * spellings of one file must share it, since closing either fd would drop the process's lock.
+ * Waiting is shared: one fd polls, and every caller waits on it with its own notice, timeout and
+ * signal; when the last waiter gives up, the slot goes at once.
  */
 interface Slot {
+  key: string;
   fd: number;
+  /** More fds of the same file (opened under another name in a race): closed with the slot, never before. */
+  extraFds: number[];
   mode: LockMode;
   held: boolean;
+  dropped: boolean;
   holders: number;
   waiters: Set<Waiter>;
 }
 const slots = new Map<string, Slot>();
+/** Longest timer Node runs (ms); a longer timeout is no timeout. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function inodeKey(st: { dev: number; ino: number }): string {
+  return `${st.dev}:${st.ino}`;
+}
 
 function tryLock(fd: number, mode: LockMode): boolean {
   const c = native().constants;
@@ -84,20 +95,24 @@ function tryLock(fd: number, mode: LockMode): boolean {
   }
 }
 
-function drop(path: string, slot: Slot): void {
-  if (slots.get(path) === slot) slots.delete(path);
+function drop(slot: Slot): void {
+  if (slot.dropped) return;
+  slot.dropped = true;
+  if (slots.get(slot.key) === slot) slots.delete(slot.key);
   closeSync(slot.fd); // closing drops both kinds of lock
+  for (const fd of slot.extraFds) closeSync(fd);
 }
 
 /** Polls until the lock is taken (granting every waiter), fails (failing them), or nobody waits any more. */
-async function poll(path: string, slot: Slot): Promise<void> {
+async function poll(slot: Slot): Promise<void> {
   try {
-    for (let delay = 10; !tryLock(slot.fd, slot.mode); delay = Math.min(delay * 2, 250)) {
+    for (let delay = 10; ; delay = Math.min(delay * 2, 250)) {
       await sleep(delay);
-      if (slot.waiters.size === 0) return drop(path, slot);
+      if (slot.dropped) return;
+      if (tryLock(slot.fd, slot.mode)) break;
     }
   } catch (e) {
-    drop(path, slot);
+    drop(slot);
     for (const w of [...slot.waiters]) w.fail(e);
     return;
   }
@@ -105,17 +120,17 @@ async function poll(path: string, slot: Slot): Promise<void> {
   const waiters = [...slot.waiters];
   slot.waiters.clear();
   for (const w of waiters) w.grant();
-  if (slot.holders === 0) drop(path, slot);
+  if (slot.holders === 0) drop(slot);
 }
 
-function handle(path: string, slot: Slot): HeldLock {
+function handle(slot: Slot): HeldLock {
   slot.holders++;
   let done = false;
   return {
     release: () => {
       if (done) return;
       done = true;
-      if (--slot.holders === 0) drop(path, slot);
+      if (--slot.holders === 0) drop(slot);
     },
   };
 }
@@ -128,11 +143,13 @@ function waitFor(path: string, slot: Slot, opts: LockOptions): Promise<HeldLock>
       for (const t of timers) clearTimeout(t);
       opts.signal?.removeEventListener('abort', onAbort);
       slot.waiters.delete(w);
+      // Nobody else waiting: the slot goes now (a later caller starts afresh).
+      if (!slot.held && slot.waiters.size === 0) drop(slot);
     };
     const w: Waiter = {
       grant: () => {
         leave();
-        resolve(handle(path, slot));
+        resolve(handle(slot));
       },
       fail: (e) => {
         leave();
@@ -140,15 +157,31 @@ function waitFor(path: string, slot: Slot, opts: LockOptions): Promise<HeldLock>
       },
     };
     const onAbort = (): void => w.fail(new CfsError('ECANCELED', `${path}: stopped waiting for the lock`));
-    if (opts.signal?.aborted) return onAbort();
     slot.waiters.add(w);
+    if (opts.signal?.aborted) return onAbort();
     opts.signal?.addEventListener('abort', onAbort, { once: true });
-    if (opts.onWait) timers.push(setTimeout(() => opts.onWait?.(path), WAIT_NOTICE_MS));
-    if (opts.timeoutMs !== undefined && Number.isFinite(opts.timeoutMs)) {
-      const seconds = Number((opts.timeoutMs / 1000).toFixed(1));
-      timers.push(setTimeout(() => w.fail(new CfsError('EBUSY', `${path}: locked by another process (a containers-storage writer?); gave up after ${seconds} s`)), opts.timeoutMs));
+    const onWait = opts.onWait;
+    if (onWait) {
+      timers.push(setTimeout(() => {
+        try {
+          onWait(path);
+        } catch {
+          // A notice that cannot be given changes nothing about the wait.
+        }
+      }, WAIT_NOTICE_MS));
+    }
+    const timeout = opts.timeoutMs;
+    if (timeout !== undefined && timeout <= MAX_TIMER_MS) {
+      const seconds = Number((timeout / 1000).toFixed(1));
+      timers.push(setTimeout(() => w.fail(new CfsError('EBUSY', `${path}: locked by another process (a containers-storage writer?); gave up after ${seconds} s`)), timeout));
     }
   });
+}
+
+/** A caller joining a slot this process has: shared with shared only. */
+function join(path: string, slot: Slot, mode: LockMode, opts: LockOptions): Promise<HeldLock> {
+  if (slot.mode === 'exclusive' || mode === 'exclusive') return Promise.reject(new CfsError('EBUSY', `${path}: already locked by this process`));
+  return slot.held ? Promise.resolve(handle(slot)) : waitFor(path, slot, opts);
 }
 
 /**
@@ -156,11 +189,10 @@ function waitFor(path: string, slot: Slot, opts: LockOptions): Promise<HeldLock>
  * A missing lock file means no containers/storage process uses that store part: no lock.
  */
 export async function acquireLock(path: string, mode: LockMode, opts: LockOptions = {}): Promise<HeldLock> {
-  const slot = slots.get(path);
-  if (slot) {
-    if (slot.mode === 'exclusive' || mode === 'exclusive') throw new CfsError('EBUSY', `${path}: already locked by this process`);
-    return slot.held ? handle(path, slot) : waitFor(path, slot, opts);
-  }
+  // The slot is found by stat, never by opening: closing a second fd would drop a held lock.
+  const st = statSync(path, { throwIfNoEntry: false });
+  const slot = st ? slots.get(inodeKey(st)) : undefined;
+  if (slot) return join(path, slot, mode, opts);
   let fd: number;
   try {
     fd = openSync(path, mode === 'shared' ? fsc.O_RDONLY : fsc.O_RDWR);
@@ -168,25 +200,39 @@ export async function acquireLock(path: string, mode: LockMode, opts: LockOption
     if (errnoCode(e) === 'ENOENT') return { release: () => undefined };
     throw new CfsError('EIO', `${path}: cannot open lock file: ${(e as Error).message}`);
   }
-  const fresh: Slot = { fd, mode, held: false, holders: 0, waiters: new Set() };
-  slots.set(path, fresh);
+  let key: string;
+  try {
+    key = inodeKey(fstatSync(fd));
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  const raced = slots.get(key);
+  if (raced) {
+    // The name now leads to a file a slot has (replaced since the stat): closing this fd now
+    // would drop that slot's lock, so it lives as long as the slot.
+    raced.extraFds.push(fd);
+    return join(path, raced, mode, opts);
+  }
+  const fresh: Slot = { key, fd, extraFds: [], mode, held: false, dropped: false, holders: 0, waiters: new Set() };
+  slots.set(fresh.key, fresh);
   let taken: boolean;
   try {
     taken = tryLock(fd, mode);
   } catch (e) {
-    drop(path, fresh);
+    drop(fresh);
     throw e;
   }
   if (taken) {
     fresh.held = true;
-    return handle(path, fresh);
+    return handle(fresh);
   }
   if (opts.timeoutMs === 0) {
-    drop(path, fresh);
+    drop(fresh);
     throw new CfsError('EBUSY', `${path}: locked by another process (a containers-storage writer?); gave up after 0 s`);
   }
   const mine = waitFor(path, fresh, opts);
-  void poll(path, fresh);
+  void poll(fresh);
   return mine;
 }
 
