@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -745,15 +746,20 @@ static napi_value js_recv_fds(napi_env env, napi_callback_info info) {
 #include <sys/un.h>
 #include <uv.h>
 
-static int fill_sockaddr_un(struct sockaddr_un *sa, const char *path) {
+/* A path, or "@name" for the abstract namespace (whose name is exactly its bytes: the address
+ * length counts no trailing NULs). Returns the address length, -1 (errno) when too long. */
+static socklen_t fill_sockaddr_un(struct sockaddr_un *sa, const char *path) {
   memset(sa, 0, sizeof *sa);
   sa->sun_family = AF_UNIX;
-  if (strlen(path) >= sizeof sa->sun_path) {
+  size_t len = strlen(path);
+  if (len >= sizeof sa->sun_path) {
     errno = ENAMETOOLONG;
-    return -1;
+    return (socklen_t)-1;
   }
-  strcpy(sa->sun_path, path);
-  return 0;
+  memcpy(sa->sun_path, path, len);
+  if (path[0] != '@') return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+  sa->sun_path[0] = '\0';
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
 }
 
 /* listenUnix(path, backlog) -> listening fd (non-blocking). */
@@ -765,8 +771,9 @@ static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
   BAIL_IF_FAILED(&c);
   struct sockaddr_un sa;
   int fd = -1;
-  if (fill_sockaddr_un(&sa, path) == 0) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd >= 0 && (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, backlog) < 0)) {
+  socklen_t len = fill_sockaddr_un(&sa, path);
+  if (len != (socklen_t)-1) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd >= 0 && (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, backlog) < 0)) {
     int e = errno;
     close(fd);
     errno = e;
@@ -783,8 +790,9 @@ static napi_value js_connect_unix(napi_env env, napi_callback_info info) {
   BAIL_IF_FAILED(&c);
   struct sockaddr_un sa;
   int fd = -1;
-  if (fill_sockaddr_un(&sa, path) == 0) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd >= 0 && (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || fcntl(fd, F_SETFL, O_NONBLOCK) < 0)) {
+  socklen_t len = fill_sockaddr_un(&sa, path);
+  if (len != (socklen_t)-1) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && (connect(fd, (struct sockaddr *)&sa, len) < 0 || fcntl(fd, F_SETFL, O_NONBLOCK) < 0)) {
     int e = errno;
     close(fd);
     errno = e;

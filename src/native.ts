@@ -87,8 +87,8 @@ export interface NativeAddon {
   sendFds(sockFd: number, data: Buffer, fds: number[]): number; // empty data is sent as one 0 byte
   recvFds(sockFd: number, maxData: number, maxFds: number): RecvFdsResult | null; // MSG_DONTWAIT; null on EAGAIN
   // unix stream sockets (non-blocking, close-on-exec) and fd readiness on Node's event loop (uv_poll)
-  listenUnix(path: string, backlog: number): number; // socket + bind + listen
-  connectUnix(path: string): number;
+  listenUnix(path: string, backlog: number): number; // socket + bind + listen; "@name": abstract namespace
+  connectUnix(path: string): number; // "@name": abstract namespace
   accept(listenFd: number): number | null; // accept4; null on EAGAIN
   setNonBlocking(fd: number): void;
   peerHungUp(sockFd: number): boolean; // poll(2) POLLHUP now: the peer closed the socket, not just its write side

@@ -181,7 +181,7 @@ test('PutLayer (with injected dummy fds) + FinalizeImage build the same image in
   assert.ok(r2.layers.every((l) => l.layer_verity.length === 128));
 });
 
-test('--address: never deletes what is not a stale socket, never takes over a live one, only unix:', async () => {
+test('--address: never deletes what is not a stale socket, never takes over a live one, only unix: (paths and @abstract names)', async () => {
   const regular = path.join(work, 'regular-file');
   writeFileSync(regular, 'keep me');
   const notSocket = runCfs(['varlink', '--address', `unix:${regular}`]);
@@ -192,10 +192,22 @@ test('--address: never deletes what is not a stale socket, never takes over a li
   assert.notEqual(live.status, 0);
   assert.match(live.stderr, /^cfs: varlink address .*cfs\.sock is in use: another service is listening there\n$/);
   assert.deepEqual((await client<{ oci: { features: string[] } }>('info', sock)).oci.features, ['splitdirfdstream-v0'], 'the first service still answers');
-  for (const bad of ['tcp:127.0.0.1:1234', 'unix:@abstract', path.join(work, 'bare.sock')]) {
+  for (const bad of ['tcp:127.0.0.1:1234', 'unix:@', path.join(work, 'bare.sock')]) {
     const r = runCfs(['varlink', '--address', bad]);
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /unsupported varlink address/);
+  }
+  // The abstract namespace: no file anywhere; a second service on the name is refused.
+  const abstract = `@cfs-test-${process.pid}-${Date.now()}`;
+  const inAbstract = startServer(['--insecure', 'varlink', '--address', `unix:${abstract}`]);
+  try {
+    for (let i = 0; i < 600 && !serverLog.includes(`serving on unix:${abstract}\n`); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual((await client<{ oci: { features: string[] } }>('info', abstract)).oci.features, ['splitdirfdstream-v0']);
+    const taken = runCfs(['varlink', '--address', `unix:${abstract}`]);
+    assert.equal(taken.status, 1);
+    assert.equal(taken.stderr, `cfs: varlink address unix:${abstract} is in use: another service is listening there\n`);
+  } finally {
+    await stop(inAbstract);
   }
   // A socket left by a killed service is replaced; the one that exits removes only its own.
   const stale = path.join(work, 'stale.sock');

@@ -13,10 +13,10 @@ function activationFds(): number[] {
   return Array.from({ length: n }, (_, i) => 3 + i);
 }
 
-/** `unix:PATH[;parameters]`: the only transport served (no TCP, no abstract sockets). */
+/** `unix:PATH[;parameters]` or `unix:@NAME` (abstract namespace): the transports served (no TCP). */
 function parseAddress(a: string): string {
   const p = a.startsWith('unix:') ? a.slice('unix:'.length).split(';')[0]! : '';
-  if (p === '' || p.startsWith('@')) throw new CfsError('EINVAL', `unsupported varlink address '${a}' (expected unix:/path/to/socket)`);
+  if (p === '' || p === '@') throw new CfsError('EINVAL', `unsupported varlink address '${a}' (expected unix:/path/to/socket or unix:@name)`);
   return p;
 }
 
@@ -51,7 +51,9 @@ async function serve(program: Command, address: string | undefined, idleTimeout:
     }
   } else {
     if (address === undefined) throw new CfsError('EINVAL', 'no --address given and not socket-activated');
-    service.server.listenPath(parseAddress(address));
+    const where = parseAddress(address);
+    if (where.startsWith('@')) service.server.listenAbstract(where.slice(1));
+    else service.server.listenPath(where);
   }
   // One client's failure must not take the others down: log anything that escaped a handler.
   process.on('uncaughtException', (e) => service.server.log(`internal error (still serving): ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`));
@@ -63,7 +65,7 @@ export function register(program: Command): void {
     parent
       .command('varlink')
       .description('serve org.composefs.Repository and org.composefs.Oci over varlink')
-      .option('--address <unix:PATH>', 'listen on this unix socket (not needed under socket activation)')
+      .option('--address <unix:PATH>', 'listen on this unix socket, or unix:@NAME in the abstract namespace (not needed under socket activation)')
       .option('--idle-timeout <SECONDS>', 'a PutLayer whose client sends nothing for this long fails (it holds the repository lock)', '300')
       .action(async (opts: { address?: string; idleTimeout: string }) => serve(program, opts.address, opts.idleTimeout));
   };

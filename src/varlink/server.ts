@@ -134,6 +134,18 @@ export class VarlinkServer {
     this.watch(fd, { path, ino: lstatSync(path).ino });
   }
 
+  /** Listen on a unix socket in the abstract namespace (no file: nothing to replace or remove). */
+  listenAbstract(name: string): void {
+    let fd: number;
+    try {
+      fd = native().listenUnix(`@${name}`, 128);
+    } catch (e) {
+      if (errnoCode(e) === 'EADDRINUSE') throw new CfsError('EBUSY', `varlink address unix:@${name} is in use: another service is listening there`);
+      throw e;
+    }
+    this.watch(fd, null);
+  }
+
   /** Accept connections on an already listening fd (socket activation). */
   listenFd(fd: number): void {
     this.watch(fd, null);

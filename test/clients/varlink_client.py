@@ -36,7 +36,8 @@ def log_reply(method, reply):
 class Conn:
     def __init__(self, path):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.connect(path)
+        # "@name": the abstract namespace, as varlink addresses write it.
+        self.s.connect("\0" + path[1:] if path.startswith("@") else path)
         self.buf = b""
         self.pending_fds = []  # fds of the incomplete message at the end of buf
         self.ready = []  # (message bytes, fds)
