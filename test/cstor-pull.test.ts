@@ -11,7 +11,7 @@ import { appendFileSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSyn
 import path from 'node:path';
 import { makeCstorStore, cstorSkipReason, patternBytes, standardLayers, type CstorFixture } from './helpers/cstor-fixture.js';
 import { buildOciLayout, type EntrySpec } from './helpers/oci-fixture.js';
-import { cfsOk, runCfs } from './helpers/cli.js';
+import { cfsCommand, cfsOk, PROJECT_ROOT, runCfs } from './helpers/cli.js';
 import { firstOutput } from './helpers/child.js';
 import { repoProblems } from './helpers/repo-check.js';
 
@@ -147,10 +147,10 @@ test('@LIST-DIGEST with --platform picks that platform\'s image among those podm
 });
 
 test('a pull waits for a containers/storage writer\'s lock as long as it is held, and says so', { skip: skip ?? false }, async () => {
-  // A POSIX write lock on layers.lock, as podman holds while it applies a layer, let go after 4 s.
+  // A POSIX write lock on layers.lock, as podman holds while it applies a layer, until stdin closes.
   const lock = path.join(fx.graphroot, `${fx.driver}-layers`, 'layers.lock');
-  const holder = spawn('python3', ['-c', `import fcntl,time\nf=open(${JSON.stringify(lock)},'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(4)`], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+  const holder = spawn('python3', ['-c', `import fcntl,sys\nf=open(${JSON.stringify(lock)},'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\nsys.stdin.read()`], {
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
   try {
     assert.equal((await firstOutput(holder, 'the lock holder')).trim(), 'locked');
@@ -159,10 +159,25 @@ test('a pull waits for a containers/storage writer\'s lock as long as it is held
     assert.equal(impatient.status, 1, impatient.stderr);
     assert.match(impatient.stderr, /^cfs: \S+layers\.lock: locked by another process \(a containers-storage writer\?\); gave up after 0\.5 s$/m);
     assert.equal(runCfs(['--repo', path.join(fx.dir, 'repo-wait'), 'oci', 'pull', '--lock-timeout', 'soon', 'containers-storage:x']).stderr, "cfs: --lock-timeout: 'soon' is not a number of seconds\n");
-    const r = cfsOk(['--repo', path.join(fx.dir, 'repo-wait'), 'oci', 'pull', `containers-storage:${fx.images[0].name}`], { env: fx.env });
-    assert.match(r.stderr, new RegExp(`^waiting for ${lock.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: another process \\(podman\\?\\) is writing to the store$`, 'm'));
-    assert.match(r.stdout, /^image [0-9a-f]{64}$/m);
-    assert.equal(r.stderr.split('waiting for').length - 1, 1, 'said once, not once per layer');
+    // Without a timeout: it waits, says so, and goes on once the writer lets go (released when it said so).
+    const [node, ...cli] = cfsCommand();
+    const patient = spawn(node!, [...cli, '--repo', path.join(fx.dir, 'repo-wait'), 'oci', 'pull', `containers-storage:${fx.images[0].name}`], { env: fx.env, cwd: PROJECT_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    patient.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    const said = new Promise<void>((resolve) => {
+      patient.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (/waiting for .*\n/.test(stderr)) resolve();
+      });
+    });
+    const exited = new Promise<number | null>((resolve) => patient.on('exit', (code) => resolve(code)));
+    await Promise.race([said, exited]);
+    assert.match(stderr, new RegExp(`^waiting for ${lock.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: another process \\(podman\\?\\) is writing to the store$`, 'm'));
+    holder.stdin!.end();
+    assert.equal(await exited, 0, stderr);
+    assert.match(stdout, /^image [0-9a-f]{64}$/m);
+    assert.equal(stderr.split('waiting for').length - 1, 1, 'said once, not once per layer');
   } finally {
     holder.kill();
   }

@@ -15,6 +15,15 @@ import { cstorSkipReason, makeCstorStore, type CstorDriver, type CstorFixture } 
 
 const run = promisify(execFile);
 
+/** Wait until `cond` holds, polling; fails after `ms`. */
+async function until(cond: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) assert.fail(`condition not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 const skip = await cstorSkipReason();
 if (skip) console.log(`# skipping containers-storage store tests: ${skip}`);
 
@@ -256,7 +265,7 @@ describe('containers-storage: read locks', { skip: skip ?? false }, () => {
       // and proceeds once it lets go.
       const waits: string[] = [];
       const waiting = openStorageImage('localhost/l:1', opts(f, { onWait: (p) => waits.push(p) }));
-      await new Promise((r) => setTimeout(r, WAIT_NOTICE_MS + 300));
+      await until(() => waits.length > 0, WAIT_NOTICE_MS + 10_000);
       assert.deepEqual(waits, [lockPath]);
       await release(child);
       assert.equal((await waiting).imageId, img.imageId);
@@ -271,7 +280,7 @@ describe('containers-storage: read locks', { skip: skip ?? false }, () => {
       await new Promise((r) => setTimeout(r, 200));
       quitter.abort();
       await assert.rejects(gaveUp, isErr('ECANCELED', /stopped waiting/));
-      await new Promise((r) => setTimeout(r, WAIT_NOTICE_MS + 200));
+      await until(() => stayerWaits.length > 0, WAIT_NOTICE_MS + 10_000);
       assert.deepEqual([quitterWaits, stayerWaits], [[], [lockPath]]);
       await release(again);
       assert.equal((await stays).imageId, img.imageId);
