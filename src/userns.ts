@@ -2,7 +2,8 @@
  * Whose ids a user namespace's ids are. Inside `podman unshare` we are uid 0 of a namespace
  * whose other ids map onto the invoking user's subordinate ids (/etc/subuid): only that user can
  * act as them, so files they own are as good as ours. A namespace root made (an identity map,
- * `systemd-nspawn --private-users=identity`) maps real users' ids: theirs stay theirs.
+ * `systemd-nspawn --private-users=identity`) maps real users' ids: theirs stay theirs. So does
+ * the initial namespace, whose map is the identity over every id.
  */
 import { readFileSync } from 'node:fs';
 

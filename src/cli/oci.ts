@@ -29,17 +29,6 @@ function lockTimeoutMs(v: string): number {
   return Number(v) * 1000;
 }
 
-/**
- * The default tag of a containers-storage pull: the reference as the store names the image
- * (`x`, `localhost/x` and `localhost/x:latest` are one tag) when it names the image by name; a
- * reference by digest or image ID is kept as given.
- */
-async function storageTag(reference: string, described: string): Promise<string> {
-  const { parseStorageReference } = await import('../oci/containers-storage/reference.js');
-  const ref = parseStorageReference(reference);
-  return ref.name !== null && !ref.digest && !ref.id && !ref.idPrefix ? described : reference;
-}
-
 /** The summary of where a pull's objects came from (stderr, unless quiet). */
 export function objectsLine(o: { reflinked: number; hardlinked: number; copied: number; present: number }): string {
   return `objects: ${o.reflinked} reflinked + ${o.hardlinked} hardlinked + ${o.copied} copied${o.present ? ` (+ ${o.present} already present)` : ''}\n`;
@@ -66,16 +55,11 @@ export async function pullReference(repo: Repository, reference: string, name: s
   }
   if (name !== undefined && name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
   const progress = progressFor({ quiet: opts.quiet });
-  // Said once per lock file (each layer takes the layers lock again), above any progress bars.
-  const waitedFor = new Set<string>();
-  const onWait = (lock: string): void => {
-    if (!waitedFor.has(lock)) progress.message(`waiting for ${lock}: another process (podman?) is writing to the store`);
-    waitedFor.add(lock);
-  };
   const timeoutMs = opts.lockTimeout === undefined ? undefined : lockTimeoutMs(opts.lockTimeout);
-  const img = await openImageSource(reference, { platform: opts.platform, onWait, timeoutMs });
+  // Above any progress bars.
+  const img = await openImageSource(reference, { platform: opts.platform, onWait: (text) => progress.message(text), timeoutMs });
   try {
-    const tag = name ?? (reference.startsWith('containers-storage:') ? await storageTag(reference, img.description) : reference);
+    const tag = name ?? (reference.startsWith('containers-storage:') ? (await import('../oci/containers-storage/image.js')).defaultStorageTag(reference, img.description) : reference);
     return { ...(await importImage(repo, img, { name: tag, progress, localFetch })), tag };
   } finally {
     await img.close();

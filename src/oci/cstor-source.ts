@@ -15,7 +15,7 @@ import { statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
-import { openStorageImage, type StorageImage } from './containers-storage/image.js';
+import { configPlatform, openStorageImage, type StorageImage } from './containers-storage/image.js';
 import { findChangedFile, openStoreLayerStream } from './containers-storage/layer-stream.js';
 import type { ContainersStore } from './containers-storage/store.js';
 import { layerTarStream } from './containers-storage/tar-split.js';
@@ -29,22 +29,21 @@ import type { SourceOptions } from './sources.js';
  */
 function checkPlatform(img: StorageImage, platform: string): void {
   const want = parsePlatform(platform);
-  let config: { os?: unknown; architecture?: unknown; variant?: unknown };
-  try {
-    config = JSON.parse(img.configBytes.toString('utf8')) as typeof config;
-  } catch {
-    config = {};
-  }
+  const have = configPlatform(img.configBytes);
   // No platform in the config: nothing to check against (as for a lone oci: manifest).
-  if (typeof config.os !== 'string' || typeof config.architecture !== 'string') return;
-  const have = { os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' ? { variant: config.variant } : {}) };
-  if (!platformMatches(want, have)) {
+  if (have && !platformMatches(want, have)) {
     throw new CfsError('EPLATFORM', `${img.reference}: the image is ${formatPlatform(have)}, not ${formatPlatform(want)}`);
   }
 }
 
 export async function openContainersStorageImage(spec: string, opts: SourceOptions): Promise<ImageToImport> {
-  const img = await openStorageImage(spec, { platform: opts.platform, onWait: opts.onWait, signal: opts.signal, timeoutMs: opts.timeoutMs }).catch((e: unknown) => {
+  // Said once per lock file: each layer takes the layers lock again.
+  const waitedFor = new Set<string>();
+  const onWait = (lock: string): void => {
+    if (!waitedFor.has(lock)) opts.onWait?.(`waiting for ${lock}: another process (podman?) is writing to the store`);
+    waitedFor.add(lock);
+  };
+  const img = await openStorageImage(spec, { platform: opts.platform, onWait, signal: opts.signal, timeoutMs: opts.timeoutMs }).catch((e: unknown) => {
     // A store (or its lock files) the invoking user may not read: say whose it is and what to do.
     if (!isDenied(e)) throw e;
     const where = (e as NodeJS.ErrnoException).path ?? '';

@@ -11,8 +11,8 @@ import { parseImageReference } from './reference.js';
 export interface SourceOptions {
   /** `os/arch[/variant]`; default: the running machine. */
   platform?: string;
-  /** A source waiting for another process's lock (containers-storage: podman writing), once the wait is noticeable. */
-  onWait?: (what: string) => void;
+  /** Told (a line to show) when a source waits noticeably for another process's lock (containers-storage: podman writing); once per lock. */
+  onWait?: (text: string) => void;
   /** Stops waiting for such locks. */
   signal?: AbortSignal;
   /** Gives up waiting for such locks after this long (default: as long as it takes). */

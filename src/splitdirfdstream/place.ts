@@ -41,7 +41,6 @@ import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
 import { MountBridge } from '../repository/mount-bridge.js';
-import { inInitialUserNamespace } from '../mount/caps.js';
 import { namespaceOwnerControls } from '../userns.js';
 import { ASYNC_OBJECT_MAX, ObjectSink } from '../repository/object-sink.js';
 import { countWritten, noObjects, recountPresent, type ObjectCounts } from '../repository/object-counts.js';
@@ -141,8 +140,6 @@ export class ObjectPlacer {
   /** Zero-copy placements still holding fds (settle when the fds are closed; never reject). */
   private readonly inFlight = new Set<Promise<void>>();
   private readonly euid = process.geteuid?.();
-  /** Whether we run in the initial user namespace, learnt when first needed (shareRefusal). */
-  private initialUserNs: boolean | undefined;
   /** The repository directory's mode, read when first needed (shareRefusal). */
   private repoMode: number | undefined;
 
@@ -253,7 +250,7 @@ export class ObjectPlacer {
    *     behind its 0700 directories must not become reachable through objects/.
    */
   private shareRefusal(f: OpenedFile): string | null {
-    const owned = f.stat.uid === this.euid || f.stat.uid === 0 || (this.euid === 0 && !(this.initialUserNs ??= inInitialUserNamespace()) && namespaceOwnerControls(f.stat.uid, 0));
+    const owned = f.stat.uid === this.euid || f.stat.uid === 0 || (this.euid === 0 && namespaceOwnerControls(f.stat.uid, 0));
     const othersWrite = !owned || (f.stat.mode & 0o022) !== 0;
     if (!othersWrite && (f.stat.mode & 0o6000) === 0) return null;
     const what = !owned ? `owned by uid ${f.stat.uid}` : othersWrite ? 'writable by group or others' : 'setuid or setgid';

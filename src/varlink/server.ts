@@ -330,36 +330,34 @@ export class VarlinkServer {
     return this.interfaces.get(method.slice(0, method.lastIndexOf('.')));
   }
 
+  /** org.varlink.service, served like any interface's methods. */
+  private readonly serviceMethods: Record<string, Handler> = {
+    GetInfo: async () => ({ ...this.info, interfaces: [SERVICE_INTERFACE, ...this.interfaces.keys()] }),
+    GetInterfaceDescription: async (p) => {
+      const want = p.str('interface');
+      if (want === SERVICE_INTERFACE) return { description: SERVICE_DESCRIPTION };
+      const iface = this.interfaces.get(want);
+      if (!iface) throw new VarlinkError(`${SERVICE_INTERFACE}.InterfaceNotFound`, { interface: want });
+      return { description: iface.description };
+    },
+  };
+
   private async dispatch(call: Call, ctx: CallContext): Promise<Record<string, unknown> | FinalReply> {
     const dot = call.method.lastIndexOf('.');
     // A method name must be qualified by its interface.
     if (dot <= 0) throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
     const ifaceName = call.method.slice(0, dot);
     const name = call.method.slice(dot + 1);
-    if (call.badParameters) throw invalidParameter('parameters');
-    const p = new Params(call.parameters);
-    if (ifaceName === SERVICE_INTERFACE) {
-      if (call.upgrade && (name === 'GetInfo' || name === 'GetInterfaceDescription')) throw invalidParameter('upgrade');
-      if (name === 'GetInfo') return { ...this.info, interfaces: [SERVICE_INTERFACE, ...this.interfaces.keys()] };
-      if (name === 'GetInterfaceDescription') {
-        const want = p.str('interface');
-        if (want === SERVICE_INTERFACE) return { description: SERVICE_DESCRIPTION };
-        const iface = this.interfaces.get(want);
-        if (!iface) throw new VarlinkError(`${SERVICE_INTERFACE}.InterfaceNotFound`, { interface: want });
-        return { description: iface.description };
-      }
-      throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
-    }
-    const iface = this.interfaces.get(ifaceName);
-    if (!iface) throw new VarlinkError(`${SERVICE_INTERFACE}.InterfaceNotFound`, { interface: ifaceName });
-    const h = Object.prototype.hasOwnProperty.call(iface.methods, name) ? iface.methods[name] : undefined;
+    const methods = ifaceName === SERVICE_INTERFACE ? this.serviceMethods : this.interfaces.get(ifaceName)?.methods;
+    if (!methods) throw new VarlinkError(`${SERVICE_INTERFACE}.InterfaceNotFound`, { interface: ifaceName });
+    const h = Object.prototype.hasOwnProperty.call(methods, name) ? methods[name] : undefined;
     if (!h) throw new VarlinkError(`${SERVICE_INTERFACE}.MethodNotFound`, { method: call.method });
+    if (call.badParameters) throw invalidParameter('parameters');
     // No method here hands the connection over to another protocol.
     if (call.upgrade) throw invalidParameter('upgrade');
-    return h(p, ctx);
+    return h(new Params(call.parameters), ctx);
   }
 }
-
 
 const SERVICE_DESCRIPTION = `# The Varlink Service Interface is provided by every varlink service.
 interface org.varlink.service

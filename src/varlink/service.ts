@@ -236,7 +236,7 @@ export class ComposefsService {
       try {
         return await initRepository(repoPath(p), { hashAlg: hashOf(p), insecure: p.optBool('insecure') ?? false });
       } catch (e) {
-        if (isCfsError(e) && ['ENOTSUP', 'EEXIST', 'ENOTDIR', 'EINVAL'].includes(e.code)) throw E('InvalidSpec', { message: e.message });
+        if (isCfsError(e) && ['ENOTSUP', 'EEXIST', 'ENOTDIR'].includes(e.code)) throw E('InvalidSpec', { message: e.message });
         throw e;
       }
     };
@@ -480,13 +480,7 @@ export class ComposefsService {
     const { manifestContentId, configContentId, tagImage } = await import('../oci/stored.js');
     let completed: Record<string, unknown>;
     try {
-      const waitedFor = new Set<string>();
-      const onWait = (lock: string): void => {
-        // Once per lock file (each layer takes the layers lock again).
-        if (!waitedFor.has(lock)) progress.message(`waiting for ${lock}: another process (podman?) is writing to the store`);
-        waitedFor.add(lock);
-      };
-      const src = await openImageSource(image, { onWait, signal: ctx.signal }).catch((e: unknown) => {
+      const src = await openImageSource(image, { onWait: (text) => progress.message(text), signal: ctx.signal }).catch((e: unknown) => {
         // The reference names nothing (NoSuchImage) or is not one cfs can read (InvalidRequest).
         if (isCfsError(e) && e.context['missingImage'] !== undefined) throw new VarlinkError(`${OCI}.NoSuchImage`, { image });
         if (isCfsError(e) && (e.code === 'EINVAL' || e.code === 'ENOTSUP' || e.code === 'EPLATFORM')) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: e.message });

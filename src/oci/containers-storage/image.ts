@@ -98,15 +98,28 @@ function nameCandidates(ref: StorageReference): string[] {
   return [...new Set(out)];
 }
 
+/** A reference that names the image by name alone (not by digest or ID). */
+function byNameOnly(ref: StorageReference): boolean {
+  return ref.name !== null && !ref.digest && !ref.id && !ref.idPrefix;
+}
+
 /**
- * The tags a pull of `reference` may have given the image by default (`cfs oci pull` tags a
- * named reference as the store names the image): the reference itself, and its name spelled
- * each way the store may have recorded it.
+ * The default tag of a pull of `reference`, whose image `described` (StorageImage.reference)
+ * names as the store does: that, for a reference by name (`x`, `localhost/x` and
+ * `localhost/x:latest` are one tag); a reference by digest or ID is kept as given.
+ */
+export function defaultStorageTag(reference: string, described: string): string {
+  return byNameOnly(parseStorageReference(reference)) ? described : reference;
+}
+
+/**
+ * The tags a pull of `reference` may have given the image by default (defaultStorageTag): the
+ * reference itself, and its name spelled each way the store may have recorded it.
  */
 export function defaultTagCandidates(reference: string): string[] {
   const ref = parseStorageReference(reference);
   const out = [reference.startsWith('containers-storage:') ? reference : `containers-storage:${reference}`];
-  if (ref.name !== null && !ref.digest && !ref.id && !ref.idPrefix) for (const n of nameCandidates(ref)) out.push(formatStorageReference({ ...ref, name: n }));
+  if (byNameOnly(ref)) for (const n of nameCandidates(ref)) out.push(formatStorageReference({ ...ref, name: n }));
   return [...new Set(out)];
 }
 
@@ -261,7 +274,7 @@ async function loadImageData(
 }
 
 /** The platform a config records, if it records one. */
-function configPlatform(configBytes: Buffer): Platform | null {
+export function configPlatform(configBytes: Buffer): Platform | null {
   let c: { os?: unknown; architecture?: unknown; variant?: unknown };
   try {
     c = JSON.parse(configBytes.toString('utf8')) as typeof c;
