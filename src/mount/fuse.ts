@@ -20,8 +20,8 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { CfsError } from '../errors.js';
-import { FsVerityHasher, type HashAlg } from '../fsverity/digest.js';
-import { measureVerityFd } from '../fsverity/kernel.js';
+import type { HashAlg } from '../fsverity/digest.js';
+import { objectProblem } from './object-check.js';
 import { S_IFCHR, S_IFMT, isDir, isReg, isSymlink, sortedEntries, type ByteString, type Inode } from '../tree/inode.js';
 
 const execFileP = promisify(execFile);
@@ -135,7 +135,6 @@ const ST_RDONLY = 1;
 const BLOCK_SIZE = 4096;
 const NAME_MAX = 255;
 const ENTRY_TTL_SECONDS = 86400;
-const HASH_CHUNK = 1 << 20;
 const CHANNEL_POLL_MS = 200;
 
 // ---- public API --------------------------------------------------------------------------------
@@ -412,9 +411,10 @@ export class FuseImageServer {
         return EIO;
       }
       if (this.opts.verify && !this.verified.has(payload)) {
-        const ok = this.verifyObject(fd, file, n, p);
-        this.verified.set(payload, ok);
-        if (!ok) {
+        const problem = objectProblem(fd, file, payload, n.digest, this.opts.verify.alg);
+        this.verified.set(payload, problem === null);
+        if (problem !== null) {
+          this.log(`cfs fuse: ${p}: ${problem}`);
           closeSync(fd);
           return EIO;
         }
@@ -424,30 +424,6 @@ export class FuseImageServer {
     }
     obj.refs++;
     return { inode: n, object: obj, payload };
-  }
-
-  private verifyObject(fd: number, file: string, n: Inode, p: string): boolean {
-    const alg = this.opts.verify!.alg;
-    if (!n.digest) {
-      this.log(`cfs fuse: ${p}: no fs-verity digest recorded for object ${n.payload}`);
-      return false;
-    }
-    let digest: Buffer | null = null;
-    try {
-      const m = measureVerityFd(fd, file);
-      if (m.alg === alg) digest = m.digest;
-    } catch {
-      // No kernel fs-verity on this file, filesystem or kernel: hash it ourselves below.
-    }
-    try {
-      digest ??= hashFdSync(fd, alg);
-    } catch (e) {
-      this.log(`cfs fuse: ${p}: cannot read object ${n.payload}: ${(e as Error).message}`);
-      return false;
-    }
-    if (digest.equals(n.digest)) return true;
-    this.log(`cfs fuse: ${p}: object ${n.payload} has fs-verity digest ${digest.toString('hex')}, expected ${n.digest.toString('hex')}`);
-    return false;
   }
 
   /** Bytes read into buf, or a negative errno. */
@@ -485,18 +461,6 @@ export class FuseImageServer {
       closeSync(f.object.fd);
     }
   }
-}
-
-function hashFdSync(fd: number, alg: HashAlg): Buffer {
-  const h = new FsVerityHasher(alg);
-  const buf = Buffer.allocUnsafe(HASH_CHUNK);
-  for (let pos = 0; ; ) {
-    const got = readSync(fd, buf, 0, HASH_CHUNK, pos);
-    if (got === 0) break;
-    h.update(buf.subarray(0, got));
-    pos += got;
-  }
-  return h.digest();
 }
 
 /** This process's fds open on /dev/fuse. */

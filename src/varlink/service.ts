@@ -103,6 +103,16 @@ function fileKind(st: Stats): string {
   return 'file of unknown type';
 }
 
+/** The image `name` names in `repo` (a ref, an ID); NoSuchRef when there is none. */
+async function openImageRef(repo: Repository, name: string): Promise<ImageHandle> {
+  try {
+    return await repo.openImage(name);
+  } catch (e) {
+    if (isCfsError(e) && e.code === 'ENOENT') throw new VarlinkError(`${REPO}.NoSuchRef`, { reference: name });
+    throw e;
+  }
+}
+
 const DEFAULT_STREAM_IDLE_MS = 300_000;
 
 /**
@@ -283,13 +293,7 @@ export class ComposefsService {
       ImageObjects: async (p) => {
         const repo = this.repo(REPO, p);
         const name = p.str('name');
-        let image;
-        try {
-          image = await repo.openImage(name);
-        } catch (e) {
-          if (isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchRef', { reference: name });
-          throw e;
-        }
+        const image = await openImageRef(repo, name);
         const { readErofs } = await import('../erofs/reader.js');
         const { imageObjectRefs } = await import('../repository/gc.js');
         const ids = new Set<string>();
@@ -299,13 +303,7 @@ export class ComposefsService {
       Mount: async (p, ctx) => {
         const repo = this.repo(REPO, p);
         const name = p.str('name');
-        let image;
-        try {
-          image = await repo.openImage(name);
-        } catch (e) {
-          if (isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchRef', { reference: name });
-          throw e;
-        }
+        const image = await openImageRef(repo, name);
         return this.detachedMount(repo, image, name, p.obj('options'), ctx, (message) => E('InvalidSpec', { message }));
       },
     };

@@ -4,13 +4,12 @@
  * fs-verity check on first use (kernel measurement when the object has fs-verity, else a
  * userspace digest), with the verdict remembered so a bad object fails fast.
  */
-import { closeSync, openSync, readSync, constants as fsc } from 'node:fs';
+import { closeSync, openSync, constants as fsc } from 'node:fs';
 import path from 'node:path';
-import { FsVerityHasher, type HashAlg } from '../../fsverity/digest.js';
-import { measureVerityFd } from '../../fsverity/kernel.js';
+import type { HashAlg } from '../../fsverity/digest.js';
+import { objectProblem } from '../object-check.js';
 import type { ByteString } from '../../tree/inode.js';
 
-const HASH_CHUNK = 1 << 20;
 /** Unused objects whose fd stays open. */
 const IDLE_FDS = 128;
 
@@ -57,9 +56,10 @@ export class ObjectCache {
       return null;
     }
     if (this.verify && !this.verified.has(payload)) {
-      const ok = this.check(fd, file, payload, digest, what, this.verify.alg);
-      this.verified.set(payload, ok);
-      if (!ok) {
+      const problem = objectProblem(fd, file, payload, digest, this.verify.alg);
+      this.verified.set(payload, problem === null);
+      if (problem !== null) {
+        this.log(`cfs fuse: ${what}: ${problem}`);
         closeSync(fd);
         return null;
       }
@@ -86,39 +86,4 @@ export class ObjectCache {
     this.onDrop(obj);
     closeSync(obj.fd);
   }
-
-  private check(fd: number, file: string, payload: ByteString, want: Buffer | null, what: string, alg: HashAlg): boolean {
-    if (!want) {
-      this.log(`cfs fuse: ${what}: no fs-verity digest recorded for object ${payload}`);
-      return false;
-    }
-    let digest: Buffer | null = null;
-    try {
-      const m = measureVerityFd(fd, file);
-      if (m.alg === alg) digest = m.digest;
-    } catch {
-      // No kernel fs-verity on this file, filesystem or kernel: hash it ourselves below.
-    }
-    try {
-      digest ??= hashFd(fd, alg);
-    } catch (e) {
-      this.log(`cfs fuse: ${what}: cannot read object ${payload}: ${(e as Error).message}`);
-      return false;
-    }
-    if (digest.equals(want)) return true;
-    this.log(`cfs fuse: ${what}: object ${payload} has fs-verity digest ${digest.toString('hex')}, expected ${want.toString('hex')}`);
-    return false;
-  }
-}
-
-function hashFd(fd: number, alg: HashAlg): Buffer {
-  const h = new FsVerityHasher(alg);
-  const buf = Buffer.allocUnsafe(HASH_CHUNK);
-  for (let pos = 0; ; ) {
-    const got = readSync(fd, buf, 0, HASH_CHUNK, pos);
-    if (got === 0) break;
-    h.update(buf.subarray(0, got));
-    pos += got;
-  }
-  return h.digest();
 }
