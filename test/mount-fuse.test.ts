@@ -76,9 +76,9 @@ async function buildTree(): Promise<Fixture> {
   return { root, hard };
 }
 
-async function mountTree(root: Inode, name: string, verify?: { alg: 'sha256' }): Promise<FuseHandle> {
+async function mountTree(root: Inode, name: string, verify?: { alg: 'sha256' }, log: (line: string) => void = () => undefined): Promise<FuseHandle> {
   const mp = await fs.mkdtemp(path.join(tmp, 'mnt-'));
-  const h = await startFuse({ root, objectsDir: objects, mountpoint: mp, name, verify, log: () => undefined });
+  const h = await startFuse({ root, objectsDir: objects, mountpoint: mp, name, verify, log });
   mounts.push(h);
   return h;
 }
@@ -228,8 +228,12 @@ test('FUSE: verify=sha256 serves good objects and fails a tampered one with EIO'
   const obj = await putObject(bad);
   await fs.writeFile(path.join(objects, obj.payload), 'tampered content'); // same size, other digest
   root.children!.set('tampered', newInode(S_IFREG | 0o644, { size: bad.length, ...obj }));
-  const h = await mountTree(root, 'verify', { alg: 'sha256' });
+  const logged: string[] = [];
+  const h = await mountTree(root, 'verify', { alg: 'sha256' }, (line) => logged.push(line));
   await assert.rejects(fs.readFile(path.join(h.mountpoint, 'tampered')), { code: 'EIO' });
+  // The log names the file, the object and both digests.
+  const want = obj.digest.toString('hex');
+  assert.ok(logged.some((l) => l.includes('tampered') && l.includes(`object ${obj.payload} has fs-verity digest`) && l.endsWith(`expected ${want}`)), logged.join('\n'));
   assert.ok((await fs.readFile(path.join(h.mountpoint, 'big'))).equals(big));
   assert.equal(await fs.readFile(path.join(h.mountpoint, 'inline'), 'utf8'), 'inline data');
 });

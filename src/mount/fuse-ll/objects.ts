@@ -38,8 +38,11 @@ export class ObjectCache {
     private readonly onDrop: (obj: BackingObject) => void,
   ) {}
 
-  /** A referenced object, or null (missing, unreadable or failed verification: logged). */
-  acquire(payload: ByteString, digest: Buffer | null, what: string): BackingObject | null {
+  /**
+   * A referenced object, or null (missing, unreadable or failed verification: logged, naming
+   * the file by `where`, called only then).
+   */
+  acquire(payload: ByteString, digest: Buffer | null, where: () => string): BackingObject | null {
     const cached = this.open.get(payload);
     if (cached) {
       if (cached.refs++ === 0) this.idle.delete(payload);
@@ -51,7 +54,7 @@ export class ObjectCache {
     try {
       fd = openSync(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
     } catch (e) {
-      if (!this.reported.has(payload)) this.log(`cfs fuse: ${what}: cannot open object ${payload}: ${(e as Error).message}`);
+      if (!this.reported.has(payload)) this.log(`cfs fuse: ${where()}: cannot open object ${payload}: ${(e as Error).message}`);
       this.reported.add(payload);
       return null;
     }
@@ -59,7 +62,7 @@ export class ObjectCache {
       const problem = objectProblem(fd, file, payload, digest, this.verify.alg);
       this.verified.set(payload, problem === null);
       if (problem !== null) {
-        this.log(`cfs fuse: ${what}: ${problem}`);
+        this.log(`cfs fuse: ${where()}: ${problem}`);
         closeSync(fd);
         return null;
       }

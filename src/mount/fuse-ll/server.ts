@@ -250,7 +250,7 @@ export class FuseLlServer {
     if (isDir(n)) return this.error(EISDIR);
     if (!this.passthrough) return this.error(ENOSYS);
     if (!isReg(n) || n.content !== null || n.payload === null) return this.opened(0, FOPEN_KEEP_CACHE | FOPEN_NOFLUSH, 0);
-    const obj = this.objects.acquire(n.payload, n.digest, `inode ${id}`);
+    const obj = this.objects.acquire(n.payload, n.digest, () => this.table.pathOf(id));
     if (!obj) return this.error(EIO);
     try {
       if (obj.backingId === 0) this.openBacking(obj);
@@ -272,7 +272,7 @@ export class FuseLlServer {
       this.out.fill(0, o, o + want); // sized, but neither inline data nor an object: a hole
       return this.reply(want);
     }
-    const obj = this.objects.acquire(n.payload, n.digest, `inode ${id}`);
+    const obj = this.objects.acquire(n.payload, n.digest, () => this.table.pathOf(id));
     if (!obj) return this.error(EIO);
     let done = 0;
     try {

@@ -9,6 +9,8 @@ import { S_IFCHR, S_IFMT, isDir, isSymlink, sortedEntries, type Inode } from '..
 import { Attr, Size, writeU64 } from './protocol.js';
 
 const BLOCK_SIZE = 4096;
+/** FUSE_ROOT_ID. */
+const FUSE_ROOT = 1;
 
 /** One visible directory entry. */
 export interface DirEntry {
@@ -84,6 +86,24 @@ export class NodeTable {
   /** Entries of a directory node ("." and ".." first), or undefined if not a directory. */
   listing(id: number): DirEntry[] | undefined {
     return this.listings.get(id);
+  }
+
+  /**
+   * A path of node `id` inside the mount, for messages (found by a walk: only errors ask).
+   * Names are shown as UTF-8 (invalid bytes as U+FFFD).
+   */
+  pathOf(id: number): string {
+    const queue: Array<[number, string]> = [[FUSE_ROOT, '']];
+    for (let i = 0; i < queue.length; i++) {
+      const [dir, prefix] = queue[i];
+      if (dir === id) return prefix || '/';
+      for (const e of this.listings.get(dir)!.slice(2)) {
+        const p = `${prefix}/${e.name.toString('utf8')}`;
+        if (e.ino === id) return p;
+        if (this.listings.has(e.ino)) queue.push([e.ino, p]);
+      }
+    }
+    return `inode ${id}`;
   }
 
   private encodeAttr(id: number, n: Inode, nlink: number): void {
