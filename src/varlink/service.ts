@@ -19,8 +19,7 @@ import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { FinalReply, type CallContext, type Handler, type ServiceInfo, VarlinkServer } from './server.js';
 import { VarlinkError, type Params } from './protocol.js';
 import { closeQuietly } from './transport.js';
-import { dirRegion, FDS_PER_FRAME, frameSizes, layoutSeed, lifetimeDummies, openDummy } from './fdlayout.js';
-import { native } from '../native.js';
+import { replyWithLayer } from './layer-reply.js';
 import { formatStorageReference, parseStorageReference } from '../oci/containers-storage/reference.js';
 import { bootRef, buildStoredErofs, formatVersionName, imageIdOf, parseXattrMode, recordedBootImage, XATTR_MODES, type XattrMode } from './oci-images.js';
 
@@ -539,7 +538,7 @@ export class ComposefsService {
     throw new VarlinkError(`${OCI}.BootImageMismatch`, { expected, tried });
   }
 
-  /** Reply fds (brief 5.2): the producer writes into a socketpair, the client gets the other end. */
+  /** Reply fds (brief 5.2): the repository's objects/ as the one real directory. */
   private async getLayer(p: Params, ctx: CallContext): Promise<FinalReply> {
     const entry = this.entry(OCI, p);
     const repo = entry.repo;
@@ -550,89 +549,15 @@ export class ComposefsService {
     const contentId = layerContentId(diffId);
     const streamId = await repo.hasStream(contentId);
     if (!streamId) throw new VarlinkError(`${OCI}.NoSuchLayer`, { diff_id: diffId });
-
-    const seed = layoutSeed(contentId);
-    const region = dirRegion(seed, 1);
-    const extra = lifetimeDummies(seed);
-    const total = 1 + region.total + 1 + extra;
-    const sizes = frameSizes(seed, total, ctx.more);
-    if (!ctx.more && total > FDS_PER_FRAME) throw new VarlinkError(`${OCI}.FdLimitExceeded`, { fd_count: total, max_per_frame: FDS_PER_FRAME });
-
-    const ours: number[] = []; // every fd opened here; the client gets kernel duplicates
-    const [dataW, dataR] = native().socketpair();
-    const [keepR, keepW] = native().socketpair();
-    ours.push(dataR, keepW);
-    try {
-      const objectsFd = openObjectsDir(repo);
-      ours.push(objectsFd);
-      const fds = [dataR];
-      let dummy = 0;
-      for (let slot = 0; slot < region.total; slot++) {
-        if (region.realSlots.includes(slot)) fds.push(objectsFd);
-        else {
-          const d = openDummy(dummy++);
-          ours.push(d);
-          fds.push(d);
-        }
-      }
-      fds.push(keepW);
-      for (let i = 0; i < extra; i++) {
-        const d = openDummy(dummy++);
-        ours.push(d);
-        fds.push(d);
-      }
-      // Frames: all but the last as intermediate replies.
-      let off = 0;
-      for (const n of sizes.slice(0, -1)) {
-        await ctx.reply({ dir_count: region.total }, { continues: true, fds: fds.slice(off, off + n) });
-        off += n;
-      }
-      this.runProducer(repo, streamId, contentId, region.realSlots[0], dataW, keepR, this.hold(entry));
-      return new FinalReply({ dir_count: region.total }, fds.slice(off), () => ours.forEach(closeQuietly));
-    } catch (e) {
-      [dataW, keepR, ...ours].forEach(closeQuietly);
-      throw e;
-    }
-  }
-
-  /**
-   * Phase 1: write the stream and close (EOF). Phase 2: hold until the client closes keepalive.
-   * The fds may outlive the varlink connection (a client hands them to another process, or
-   * hangs up at once): the producer runs until the stream is written or its reader is gone
-   * (EPIPE), whatever the connection does; the repository handle is held (`release`) until then
-   * and until the keepalive is closed.
-   */
-  private runProducer(repo: Repository, streamId: Buffer, contentId: string, slot: number, dataW: number, keepR: number, release: () => void): void {
-    const out = new net.Socket({ fd: dataW, readable: false, writable: true });
-    const keep = new net.Socket({ fd: keepR, readable: true, writable: false });
-    keep.on('error', () => undefined);
-    keep.resume();
-    // The client may open objects by name until it closes the keepalive: the handle (and so the
-    // repository's lock, which keeps gc away) is held until then, and until the stream is written.
-    const keepClosed = new Promise<void>((resolve) => keep.once('close', () => resolve()));
-    const written = (async () => {
-      for await (const b of produceLayerStream(repo, streamId, slot, contentId)) {
-        if (out.destroyed) return;
-        if (!out.write(b)) {
-          await new Promise<void>((resolve) => {
-            const done = (): void => {
-              out.off('drain', done);
-              out.off('close', done);
-              resolve();
-            };
-            out.on('drain', done);
-            out.on('close', done);
-          });
-        }
-      }
-      out.end();
-    })()
-      .catch((e: unknown) => {
-        this.server.log(`GetLayer ${contentId}: ${(e as Error).message}`);
-        out.destroy();
-      });
-    void Promise.all([written, keepClosed]).finally(release);
-    out.on('error', (e) => this.server.log(`GetLayer ${contentId}: ${e.message}`));
+    // The handle (and so the repository's lock, which keeps gc away) is held until the client
+    // closed the keepalive: it may open objects by name until then.
+    return replyWithLayer(ctx, OCI, {
+      id: contentId,
+      dirfds: [openObjectsDir(repo)],
+      stream: ([slot]) => produceLayerStream(repo, streamId, slot!, contentId),
+      release: this.hold(entry),
+      log: (m) => this.server.log(m),
+    });
   }
 
   private async putLayer(p: Params, ctx: CallContext): Promise<Record<string, unknown>> {

@@ -9,12 +9,15 @@
  * Contents sent by name are not CRC-checked here: the consumer verifies the whole layer against
  * its diff_id, and `findChangedFile` names the culprit when that fails.
  */
-import { closeSync } from 'node:fs';
+import { closeSync, lstatSync, constants as fsc } from 'node:fs';
+import path from 'node:path';
 import { CfsError } from '../../errors.js';
 import { ChunkBatch } from '../../splitdirfdstream/batch.js';
 import { fileHeader, LIMITS, metadataHeader } from '../../splitdirfdstream/format.js';
 import type { ContainersStore } from './store.js';
 import { fileContent, layerSegments, type LayerSegment } from './tar-split.js';
+
+const { S_IROTH, S_IXOTH } = fsc;
 
 export interface StoreLayerStream {
   /** The layer's search directories, in the order the stream's dirfd indexes name them. */
@@ -24,8 +27,10 @@ export interface StoreLayerStream {
   close(): Promise<void>;
 }
 
+type FileSegment = Extract<LayerSegment, { kind: 'file' }>;
+
 /** The wire format's names are UTF-8 (a memberPath is UTF-8 exactly when its member name is). */
-function isWireName(seg: Extract<LayerSegment, { kind: 'file' }>): boolean {
+function isWireName(seg: FileSegment): boolean {
   return seg.rel.length <= LIMITS.name && seg.utf8;
 }
 
@@ -34,27 +39,57 @@ function* pieces(b: Buffer, max: number): Generator<Buffer> {
   for (let off = 0; off < b.length; off += max) yield b.subarray(off, off + max);
 }
 
-async function* layerChunks(store: ContainersStore, layerId: string): AsyncGenerator<Buffer> {
+export interface StoreStreamOptions {
+  /** The dirfd slot of each search directory in the consumer's fd array (default: its index). */
+  slots?: readonly number[];
+  /**
+   * The consumer cannot bypass file permissions (it runs as another user, outside the user
+   * namespace that owns the store): only files everyone may read, beneath directories everyone
+   * may search, go by name; the others' bytes are read here and sent inline.
+   */
+  consumerLacksDacOverride?: boolean;
+}
+
+async function* layerChunks(store: ContainersStore, layerId: string, opts: StoreStreamOptions): AsyncGenerator<Buffer> {
   // layerSegments holds the store's layer lock only while it iterates; the last batch is
   // consumed (its files opened and linked) after that, so hold a lock of our own until the end.
   const lock = await store.lockLayers();
   try {
-    yield* batched(store, layerId);
+    yield* batched(store, layerId, opts);
   } finally {
     lock.release();
   }
 }
 
-async function* batched(store: ContainersStore, layerId: string): AsyncGenerator<Buffer> {
+/** Whether anyone may open the file at `dirs[seg.dirIndex]/seg.rel` (mode bits of the file and every directory on the way). */
+function openToAll(seg: FileSegment, dirs: readonly string[], searchable: Map<string, boolean>): boolean {
+  const st = lstatSync(seg.path, { throwIfNoEntry: false });
+  if (!st?.isFile() || (st.mode & S_IROTH) === 0) return false;
+  const parts = seg.rel.toString('utf8').split('/').slice(0, -1);
+  for (let i = 0, dir = dirs[seg.dirIndex]!; ; dir = `${dir}/${parts[i++]}`) {
+    let ok = searchable.get(dir);
+    if (ok === undefined) {
+      const d = lstatSync(dir, { throwIfNoEntry: false });
+      ok = !!d?.isDirectory() && (d.mode & S_IXOTH) !== 0;
+      searchable.set(dir, ok);
+    }
+    if (!ok) return false;
+    if (i === parts.length) return true;
+  }
+}
+
+async function* batched(store: ContainersStore, layerId: string, opts: StoreStreamOptions): AsyncGenerator<Buffer> {
   const batch = new ChunkBatch();
+  const dirs = opts.consumerLacksDacOverride ? (await store.layerSearchDirs(layerId)).map((d) => path.resolve(d)) : [];
+  const searchable = new Map<string, boolean>();
   for await (const seg of layerSegments(store, layerId)) {
     if (seg.kind === 'raw') {
       for (const p of pieces(seg.data, LIMITS.inlineBody)) {
         batch.add(metadataHeader('metadata', p.length));
         batch.add(p);
       }
-    } else if (isWireName(seg)) {
-      batch.add(fileHeader(seg.size, seg.dirIndex, seg.rel));
+    } else if (isWireName(seg) && (!opts.consumerLacksDacOverride || openToAll(seg, dirs, searchable))) {
+      batch.add(fileHeader(seg.size, opts.slots?.[seg.dirIndex] ?? seg.dirIndex, seg.rel));
     } else {
       for await (const chunk of fileContent(layerId, seg)) {
         batch.add(metadataHeader('inline', chunk.length));
@@ -68,9 +103,9 @@ async function* batched(store: ContainersStore, layerId: string): AsyncGenerator
 }
 
 /** The layer's splitdirfdstream and directory fds; the caller closes it. */
-export async function openStoreLayerStream(store: ContainersStore, layerId: string): Promise<StoreLayerStream> {
+export async function openStoreLayerStream(store: ContainersStore, layerId: string, opts: StoreStreamOptions = {}): Promise<StoreLayerStream> {
   const { dirfds } = await store.openLayerDirs(layerId);
-  const chunks = layerChunks(store, layerId);
+  const chunks = layerChunks(store, layerId, opts);
   return {
     dirfds,
     chunks,
