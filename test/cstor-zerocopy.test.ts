@@ -264,7 +264,8 @@ test('rootless store: a file the invoking user cannot read is named, with the re
     for (const mode of ['auto', 'disabled']) {
       const r = await runAsUser(user, [...cfsCommand(), '--repo', path.join(dir, 'repo'), 'oci', 'pull', '-q', '--local-fetch', mode, `containers-storage:${fx.images[0].name}`], {
         cwd: PROJECT_ROOT,
-        env: { CONTAINERS_STORAGE_CONF: conf },
+        // The direct path: without the userns helper (cstor-helper.test.ts) files are read as the user.
+        env: { CONTAINERS_STORAGE_CONF: conf, CFS_USERNS_HELPER: '0' },
       });
       assert.notEqual(r.code, 0, r.stdout);
       assert.match(r.stderr, /private/, r.stderr);

@@ -72,4 +72,15 @@ export function register(program: Command): void {
   add(program);
   const oci = program.commands.find((c) => c.name() === 'oci');
   if (oci) add(oci);
+  // Run by rootless containers-storage pulls inside `podman unshare` (oci/containers-storage/userns-helper.ts).
+  program
+    .command('internal-cstor-helper', { hidden: true })
+    .description('serve the containers-storage layer service on standard input (a socket)')
+    .action(async () => {
+      const { CstorLayerService } = await import('../varlink/cstor-service.js');
+      const service = new CstorLayerService(program.version());
+      // One client, the pull that started us: when it is gone, so are we.
+      service.server.onDisconnect = () => process.exit(0);
+      service.server.serveFd(0);
+    });
 }

@@ -22,6 +22,8 @@ import { layerTarStream } from './containers-storage/tar-split.js';
 import type { ImageToImport, LocalLayer } from './import.js';
 import { formatPlatform, parsePlatform, platformMatches } from './platform.js';
 import type { SourceOptions } from './sources.js';
+import { UsernsHelper, wantsUsernsHelper } from './containers-storage/userns-helper.js';
+import { rebuildStream } from '../splitdirfdstream/rebuild.js';
 
 /**
  * A store holds one image per ID, already of one platform: --platform is checked against its
@@ -55,6 +57,7 @@ export async function openContainersStorageImage(spec: string, opts: SourceOptio
       throw new CfsError('ENOTSUP', `${img.reference}: layer ${l.layerId} is stored in composefs form (use_composefs in ${l.store.description}); cfs cannot read such layers: export the image (skopeo copy … oci:DIR) and pull that`);
     }
   }
+  const helper = new HelperSlot();
   return {
     description: img.reference,
     manifestDigest: img.manifestDigest,
@@ -66,19 +69,63 @@ export async function openContainersStorageImage(spec: string, opts: SourceOptio
       id: l.diffId,
       size: l.uncompressedSize,
       kind: 'tar' as const,
-      open: (progress: (n: number) => void) => explained(countBytes(layerTarStream(l.store, l.layerId), progress), l.store),
+      open: (progress: (n: number) => void) => explained(countBytes(layerTar(l.store, l.layerId, helper), progress), l.store, helper),
       explain: (e: unknown) => explainChanged(e, l.store, l.layerId),
-      openLocal: () => openLocal(l.store, l.layerId),
+      openLocal: () => openLocal(l.store, l.layerId, helper),
     })),
-    close: async () => undefined,
+    close: async () => helper.close(),
   };
 }
 
+/**
+ * The userns helper of a pull (userns-helper.ts): started on the first layer of a rootless store
+ * that wants it. When it cannot start, layers are read as the invoking user, and a file that
+ * cannot be read is reported with the reason the helper gave.
+ */
+class HelperSlot {
+  private started: Promise<UsernsHelper | null> | null = null;
+  failure: string | null = null;
+  /** The helper serves this pull's layers. */
+  running = false;
+
+  async for(store: ContainersStore): Promise<UsernsHelper | null> {
+    if (!wantsUsernsHelper(store.root)) return null;
+    this.started ??= UsernsHelper.start().then(
+      (h) => {
+        this.running = true;
+        return h;
+      },
+      (e: unknown) => {
+        this.failure = (e as Error).message;
+        return null;
+      },
+    );
+    return this.started;
+  }
+
+  async close(): Promise<void> {
+    (await this.started)?.close();
+  }
+}
+
+/** The layer's tar: rebuilt here from tar-split and the store's files, or from the helper's stream. */
+async function* layerTar(store: ContainersStore, layerId: string, helper: HelperSlot): AsyncGenerator<Buffer> {
+  const h = await helper.for(store);
+  if (!h) return yield* layerTarStream(store, layerId);
+  const layer = await h.openLayer(store.root, layerId, await store.layerSearchDirs(layerId));
+  try {
+    yield* rebuildStream(layer.chunks, layer.dirfds, `layer ${layerId} from the containers-storage helper`);
+  } finally {
+    await layer.close();
+  }
+}
+
 /** What to do about a store file we may not read: depends on whose store it is. */
-function unreadableHint(store: ContainersStore): string {
+function unreadableHint(store: ContainersStore, helper: HelperSlot | null = null): string {
   const owner = statSync(store.root, { throwIfNoEntry: false })?.uid;
   if (owner !== undefined && owner === process.geteuid?.() && owner !== 0) {
-    return `the store ${store.root} is your rootless store, whose files belong to ids of its user namespace: run cfs inside \`podman unshare\``;
+    const why = helper?.failure ? ` (${helper.failure})` : '';
+    return `the store ${store.root} is your rootless store, whose files belong to ids of its user namespace: run cfs inside \`podman unshare\`${why}`;
   }
   const whose = owner === undefined ? '' : ` (uid ${owner})`;
   return `the store ${store.root}${whose} is rootless or belongs to another user; run as its owner inside \`podman unshare\`, or as root`;
@@ -90,13 +137,13 @@ function isDenied(e: unknown): boolean {
 }
 
 /** Permission errors of the store's own reads, explained (the importer explains its reads). */
-async function* explained<T>(src: AsyncIterable<T>, store: ContainersStore): AsyncGenerator<T> {
+async function* explained<T>(src: AsyncIterable<T>, store: ContainersStore, helper: HelperSlot): AsyncGenerator<T> {
   try {
     yield* src;
   } catch (e) {
     if (!isDenied(e)) throw e;
     const what = isCfsError(e) ? e.message : `${(e as NodeJS.ErrnoException).path ?? ''}: permission denied`;
-    throw new CfsError('EPERM', `${what}; ${unreadableHint(store)}`);
+    throw new CfsError('EPERM', `${what}; ${unreadableHint(store, helper)}`);
   }
 }
 
@@ -109,15 +156,16 @@ async function* countBytes(src: AsyncIterable<Buffer>, progress: (n: number) => 
   }
 }
 
-async function openLocal(store: ContainersStore, layerId: string): Promise<LocalLayer> {
-  const s = await openStoreLayerStream(store, layerId).catch((e: unknown) => {
-    throw isDenied(e) ? new CfsError('EPERM', `${(e as Error).message}; ${unreadableHint(store)}`) : e;
+async function openLocal(store: ContainersStore, layerId: string, helper: HelperSlot): Promise<LocalLayer> {
+  const h = await helper.for(store);
+  const s = h ? await h.openLayer(store.root, layerId, await store.layerSearchDirs(layerId)) : await openStoreLayerStream(store, layerId).catch((e: unknown) => {
+    throw isDenied(e) ? new CfsError('EPERM', `${(e as Error).message}; ${unreadableHint(store, helper)}`) : e;
   });
   return {
     dirfds: s.dirfds,
     chunks: s.chunks,
     close: () => s.close(),
-    explain: (e) => explainLocal(e, store, layerId),
+    explain: (e) => explainLocal(e, store, layerId, helper),
   };
 }
 
@@ -133,10 +181,13 @@ async function explainChanged(e: unknown, store: ContainersStore, layerId: strin
  * A failed local import, said in terms of the store: which file changed, which is unreadable.
  * Permission errors of the repository's side (objects/, streams/) are left as they are.
  */
-async function explainLocal(e: unknown, store: ContainersStore, layerId: string): Promise<unknown> {
+async function explainLocal(e: unknown, store: ContainersStore, layerId: string, helper: HelperSlot): Promise<unknown> {
   const changed = await explainChanged(e, store, layerId);
   if (changed !== e) return changed;
-  const hint = unreadableHint(store);
+  if (helper.running && isCfsError(e) && e.code === 'ENOTSUP' && /as inline data/.test(e.message)) {
+    return new CfsError('ENOTSUP', `${e.message}: you may not read that file of your rootless store (another id of its user namespace owns it, or a directory on its way), so the helper inside \`podman unshare\` sent its bytes; pull without --zerocopy to copy it`);
+  }
+  const hint = unreadableHint(store, helper);
   if (!isDenied(e) || (e as Error).message.includes(hint)) return e;
   // The consumer names a file relative to a layer directory: show where it is and who owns it.
   const name = isCfsError(e) ? e.context['name'] : undefined;

@@ -101,8 +101,15 @@ export class Params {
   }
 
   obj(name: string): Params {
+    const v = this.optObj(name);
+    if (v === undefined) throw invalidParameter(name);
+    return v;
+  }
+
+  optObj(name: string): Params | undefined {
     const v = this.get(name);
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalidParameter(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'object' || Array.isArray(v)) throw invalidParameter(name);
     return new Params(v as Record<string, unknown>);
   }
 

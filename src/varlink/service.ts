@@ -24,7 +24,7 @@ import { formatStorageReference, parseStorageReference } from '../oci/containers
 import { bootRef, buildStoredErofs, formatVersionName, imageIdOf, parseXattrMode, recordedBootImage, XATTR_MODES, type XattrMode } from './oci-images.js';
 
 const REPO = 'org.composefs.Repository';
-const OCI = 'org.composefs.Oci';
+export const OCI = 'org.composefs.Oci';
 export const FEATURES = ['splitdirfdstream-v0'];
 
 export interface ServiceOptions {
@@ -35,7 +35,7 @@ export interface ServiceOptions {
   streamIdleMs?: number;
 }
 
-function interfaceText(name: string): string {
+export function interfaceText(name: string): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
   // Sources: next to this file; compiled: dist/src/varlink → ../../../src/varlink.
   for (const dir of [path.join(here, 'interfaces'), path.resolve(here, '../../../src/varlink/interfaces')]) {
@@ -49,7 +49,7 @@ function interfaceText(name: string): string {
 }
 
 /** Errors a handler did not map: a bad argument (CfsError EINVAL) is the interface's `invalid` error, the rest InternalError. */
-const errorFor = (iface: string, invalid: string) => (e: unknown): VarlinkError => {
+export const errorFor = (iface: string, invalid: string) => (e: unknown): VarlinkError => {
   if (e instanceof VarlinkError) return e;
   if (isCfsError(e) && e.code === 'EINVAL') return new VarlinkError(`${iface}.${invalid}`, { message: e.message });
   return new VarlinkError(`${iface}.InternalError`, { message: e instanceof Error ? e.message : String(e) });
