@@ -5,7 +5,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -90,6 +90,27 @@ test('gc after untagging one of two images sharing a layer frees exactly the uns
   assert.equal(cfsOk(['--repo', repo, 'oci', 'dump', 'keep']).stdout, dumpBefore);
   assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
   assert.equal(gcCounts(cfsOk(['--repo', repo, 'gc']).stdout).objects, 0, 'a second gc finds nothing');
+});
+
+test('a gc killed at any of its unlinks leaves a repository fsck finds clean; the next gc finishes the job', { skip: spawnSync('sh', ['-c', 'command -v strace']).status === 0 ? false : 'strace is not installed (scripts/setup installs it)' }, () => {
+  const base = path.join(work, 'killed-gc');
+  pull(base, 'keep');
+  pull(base, 'drop');
+  cfsOk(['--repo', base, 'oci', 'untag', 'drop']);
+  // strace counts per thread, and gc unlinks on the threadpool's four: each sees ≥ 5 here.
+  for (const when of [1, 2, 3, 5]) {
+    const repo = `${base}-${when}`;
+    execFileSync('cp', ['-a', base, repo]);
+    // SIGKILL at a thread's when-th unlink: the removal of names and objects stops there.
+    const [node, ...args] = cfsCommand();
+    const r = spawnSync('strace', ['-f', '-o', '/dev/null', '-e', 'trace=unlink,unlinkat', '-e', `inject=unlink,unlinkat:signal=KILL:when=${when}`, node!, ...args, '--repo', repo, 'gc'], { cwd: PROJECT_ROOT });
+    assert.equal(r.signal, 'SIGKILL', `when=${when}: ${r.status} ${String(r.stdout)} ${String(r.stderr)}`);
+    const fsck = runCfs(['--repo', repo, 'fsck']);
+    assert.equal(fsck.status, 0, `killed at unlink ${when}: ${fsck.stdout}${fsck.stderr}`);
+    cfsOk(['--repo', repo, 'gc']);
+    assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+    assert.equal(gcCounts(cfsOk(['--repo', repo, 'gc']).stdout).objects, 0);
+  }
 });
 
 test('--root keeps an untagged image alive; gc removes leftovers of killed writers', () => {

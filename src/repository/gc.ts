@@ -418,15 +418,17 @@ async function collect(repo: Repository, opts: GcOptions): Promise<GcResult> {
   const dryRun = !!opts.dryRun;
   const live = (await markLive(repo, opts.roots)).objects;
   const garbage = await findGarbage(repo, live);
-  const removed = new Set<string>();
+  const removed = new Set(garbage.objects.map((o) => o.rel.slice('objects/'.length).replace('/', '')));
+  // Names first, then what they name: a gc stopped half-way leaves unreferenced objects (the
+  // next gc takes them), never a stream or image link to an object already deleted.
+  const pruned = await prune(repo, removed, dryRun);
+  if (!dryRun && pruned.images + pruned.streams + pruned.refs > 0 && garbage.objects.length > 0) repo.sync();
   let bytes = 0;
   for (const o of garbage.objects) {
     if (!dryRun) await removeQuietly(path.join(repo.path, o.rel));
-    removed.add(o.rel.slice('objects/'.length).replace('/', ''));
     bytes += o.size;
   }
   if (!dryRun) for (const t of garbage.temps) await removeQuietly(path.join(repo.path, t));
-  const pruned = await prune(repo, removed, dryRun);
   if (!dryRun && (garbage.objects.length > 0 || pruned.images + pruned.streams + pruned.refs > 0)) repo.sync();
   return {
     dryRun,
