@@ -13,6 +13,7 @@ import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, openSync, read
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { makeCstorStore, cstorSkipReason, patternBytes, type CstorFixture } from './helpers/cstor-fixture.js';
+import type { EntrySpec } from './helpers/oci-fixture.js';
 import { cfsCommand, cfsOk, PROJECT_ROOT, runCfs } from './helpers/cli.js';
 import { repoProblems } from './helpers/repo-check.js';
 import { checkoutUnreadableReason, ensureUnprivUser, openUpDir, runAsUser } from './helpers/unpriv.js';
@@ -122,6 +123,24 @@ test('--local-fetch auto and --zerocopy: same image as oci:, layers rebuild to t
   const bad = runCfs(['--repo', path.join(fx.dir, 'zc-bad'), 'oci', 'pull', '--local-fetch', 'sometimes', `containers-storage:${img.name}`], { env: fx.env });
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--local-fetch: 'sometimes' is not one of disabled, auto, zerocopy/);
+});
+
+test('a low fd limit (ulimit -n 64) does not stop a zero-copy pull of a layer of 400 files, nor a zero-copy oci copy of it', { skip: skip ?? false }, async () => {
+  const many: EntrySpec[] = [{ path: 'usr/' }, { path: 'many/' }];
+  for (let i = 0; i < 400; i++) many.push({ path: `many/f${i}`, content: patternBytes(200 + i, i + 1) });
+  const img = await fx.add('localhost/many:latest', { layers: [many] });
+  const limited = (args: string[]) => {
+    const [node, ...pre] = cfsCommand();
+    return spawnSync('sh', ['-c', 'ulimit -n 64 && exec "$@"', 'sh', node!, ...pre, ...args], { cwd: PROJECT_ROOT, env: fx.env, encoding: 'utf8' });
+  };
+  const src = path.join(fx.dir, 'fd-src');
+  const pulled = limited(['--repo', src, 'oci', 'pull', '--zerocopy', `containers-storage:${img.name}`, 'many']);
+  assert.equal(pulled.status, 0, pulled.stderr);
+  assert.equal(objectCounts(pulled.stderr).hardlinked + objectCounts(pulled.stderr).reflinked, 400, pulled.stderr);
+  const copied = limited(['--repo', path.join(fx.dir, 'fd-dst'), 'oci', 'copy', 'many', '--from', src, '--zerocopy', '--name', 'many']);
+  assert.equal(copied.status, 0, copied.stderr);
+  assert.equal(/Image ID:\s+([0-9a-f]{64})/.exec(copied.stdout)?.[1], imageIdOf(pulled.stdout));
+  assert.deepEqual(repoProblems(path.join(fx.dir, 'fd-dst')), []);
 });
 
 test('--zerocopy links through a store whose overlay/ is bind-mounted onto itself (as podman leaves it)', { skip: skip ?? false }, () => {

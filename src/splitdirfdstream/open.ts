@@ -57,6 +57,9 @@ export function openBeneath(dirfd: number, rawName: Buffer, where: string): Open
     if (code === 'EXDEV' || code === 'ELOOP') {
       throw new CfsError('EINVAL', `${where}: ${JSON.stringify(name)} leads outside its directory (through a symlink or a mount point); refused`, { name });
     }
+    if (code === 'EMFILE' || code === 'ENFILE') {
+      throw new CfsError(code, `${where}: cannot open ${JSON.stringify(name)}: too many open files (${code === 'EMFILE' ? 'raise this process\'s limit, ulimit -n' : 'the system\'s file table is full'})`, { name });
+    }
     const cfsCode = code === 'ENOENT' ? 'ENOENT' : code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EINVAL';
     throw new CfsError(cfsCode, `${where}: cannot open ${JSON.stringify(name)}: ${(e as Error).message}`, { name });
   }

@@ -31,7 +31,7 @@
  * seals it, a later change being refused by the kernel.
  * Copies read the file once, for the object and the stream, and finish before place() returns.
  */
-import { closeSync, constants as C, fstatSync, lstatSync, mkdirSync, openSync, read as fsRead, readlinkSync, readSync, statSync } from 'node:fs';
+import { closeSync, constants as C, fstatSync, lstatSync, mkdirSync, openSync, read as fsRead, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { native } from '../native.js';
@@ -119,8 +119,25 @@ function closeQuietly(fd: number): void {
   }
 }
 
-/** Placements whose fds are still open beyond which place() callers should wait (waitBelow). */
-export const PLACEMENTS_IN_FLIGHT = 128;
+/** Fds kept for everything but placements (the repository, layers in parallel, a varlink service's clients). */
+const FDS_RESERVED = 48;
+
+/** This process's open-file limit (the soft one, which Node raises to the hard one at start). */
+function openFileLimit(): number {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m && m[1] !== 'unlimited' ? Number(m[1]) : Infinity;
+  } catch {
+    return Infinity;
+  }
+}
+
+/**
+ * Placements whose fds are still open beyond which place() callers should wait (waitBelow):
+ * 128, fewer under a low fd limit (a container's, systemd's LimitNOFILE=), since each holds one
+ * or two fds until its digest is done.
+ */
+export const PLACEMENTS_IN_FLIGHT = Math.min(128, Math.max(4, Math.floor((openFileLimit() - FDS_RESERVED) / 2)));
 
 export class ObjectPlacer {
   readonly stats: ObjectCounts = noObjects();

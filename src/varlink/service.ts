@@ -56,6 +56,8 @@ export const errorFor = (iface: string, invalid: string) => (e: unknown): Varlin
 };
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+/** CfsError codes of a PutLayer that are the client's doing (InvalidRequest); the rest are InternalError. */
+const CLIENT_FAULTS = new Set(['EINVAL', 'ENOENT', 'EPERM', 'ENOTSUP', 'EIO', 'ECORRUPT']);
 
 /** The optional `xattrs` parameter of ComputeId and Pull. */
 function xattrMode(p: Params): XattrMode | undefined {
@@ -601,7 +603,9 @@ export class ComposefsService {
       };
     } catch (e) {
       if (isCfsError(e) && e.code === 'EDIGEST') throw new VarlinkError(`${OCI}.DiffIdMismatch`, { expected: diffId, actual: String(e.context.actual ?? '') });
-      if (isCfsError(e)) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: e.message });
+      // What the client sent is wrong (a bad stream, a name that is not there); else the service failed (fds, space, I/O).
+      if (isCfsError(e) && CLIENT_FAULTS.has(e.code)) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: e.message });
+      if (isCfsError(e)) throw new VarlinkError(`${OCI}.InternalError`, { message: e.message });
       throw e;
     } finally {
       ctx.signal.removeEventListener('abort', abort);
