@@ -16,6 +16,7 @@ export type CfsErrorCode =
   | 'EDIGEST' // content digest mismatch
   | 'EPLATFORM' // no manifest for this platform
   | 'ECANCELED' // stopped because whoever asked for it went away
+  | 'ENOSPC' // the filesystem (or the user's quota) is full
   | 'EMFILE' // out of file descriptors (this process's limit)
   | 'ENFILE' // out of file descriptors (the system's)
   | 'ECORRUPT'; // repository or image structure is damaged

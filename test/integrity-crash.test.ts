@@ -8,13 +8,13 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout, type EntrySpec, type ImageSpec } from './helpers/oci-fixture.js';
-import { cfsCommand, cfsOk, PROJECT_ROOT } from './helpers/cli.js';
+import { cfsCommand, cfsOk, PROJECT_ROOT, runCfs } from './helpers/cli.js';
 
 let work: string;
 let layoutDir: string;
@@ -112,5 +112,26 @@ test('4 parallel pulls of overlapping images into one new repository', async () 
     for (const t of tags) assert.equal(cfsOk(['--repo', repo, 'oci', 'dump', t]).stdout, want.get(t), `dump of ${t}`);
     const gc = cfsOk(['--repo', repo, 'gc']).stdout;
     assert.match(gc, /^Objects: 0 removed/m, 'no duplicate or stray objects');
+  }
+});
+
+test('a full filesystem: the pull fails naming the repository, leaves it valid, and the re-run after growing it completes', { skip: process.getuid?.() === 0 ? false : 'needs root (tmpfs mount)' }, async () => {
+  const mnt = mkdtempSync(path.join(tmpdir(), 'cfs-full-'));
+  const layout = path.join(mnt, '..', `${path.basename(mnt)}-layout`);
+  await buildOciLayout(layout, { images: [{ tag: 'big', layers: [[{ path: 'usr/' }, { path: 'usr/a', content: randomBytes(1536 * 1024) }, { path: 'usr/b', content: randomBytes(1536 * 1024) }]] }] });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt]);
+  try {
+    const repo = path.join(mnt, 'repo');
+    const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', `oci:${layout}:big`, 'big']);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, new RegExp(`^cfs: .*cannot write an object in ${repo}/objects: ENOSPC: no space left on device`, 'm'), r.stderr);
+    assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+    execFileSync('mount', ['-o', 'remount,size=16m', mnt]);
+    assert.match(cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layout}:big`, 'big']).stdout, /^tagged big$/m);
+    assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+  } finally {
+    execFileSync('umount', [mnt]);
+    rmSync(mnt, { recursive: true, force: true });
+    rmSync(layout, { recursive: true, force: true });
   }
 });

@@ -219,9 +219,15 @@ export class ObjectWriter {
 
   private async writeAll(data: Uint8Array): Promise<void> {
     let off = 0;
-    while (off < data.length) {
-      const { bytesWritten } = await writeFd(this.fd, data, off, data.length - off, null);
-      off += bytesWritten;
+    try {
+      while (off < data.length) {
+        const { bytesWritten } = await writeFd(this.fd, data, off, data.length - off, null);
+        off += bytesWritten;
+      }
+    } catch (e) {
+      // Node's text ("ENOSPC: no space left on device, write") names neither the repository nor what was written.
+      const code = errnoCode(e);
+      throw new CfsError(code === 'ENOSPC' || code === 'EDQUOT' ? 'ENOSPC' : 'EIO', `cannot write an object in ${objectsDir(this.store)}: ${(e as Error).message}`);
     }
   }
 }
