@@ -8,9 +8,9 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout, type EntrySpec, type ImageSpec } from './helpers/oci-fixture.js';
@@ -133,5 +133,18 @@ test('a full filesystem: the pull fails naming the repository, leaves it valid, 
     execFileSync('umount', [mnt]);
     rmSync(mnt, { recursive: true, force: true });
     rmSync(layout, { recursive: true, force: true });
+  }
+});
+
+test('a pull killed while it creates the repository leaves no directory that is not a repository', { skip: spawnSync('sh', ['-c', 'command -v strace']).status === 0 ? false : 'strace is not installed (scripts/setup installs it)' }, () => {
+  for (const call of ['mkdir', 'linkat', 'rename']) {
+    const repo = path.join(work, `created-${call}`);
+    const [node, ...pre] = cfsCommand();
+    // SIGKILL at the first such call of repository creation (the pull itself comes after it).
+    const r = spawnSync('strace', ['-f', '-o', '/dev/null', '-e', `trace=${call}`, '-e', `inject=${call}:signal=KILL:when=1`, node!, ...pre, '--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:big`, 'big'], { cwd: PROJECT_ROOT });
+    assert.equal(r.signal, 'SIGKILL', `${call}: ${String(r.stderr)}`);
+    if (existsSync(repo)) assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m, call);
+    cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:big`, 'big']);
+    assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
   }
 });

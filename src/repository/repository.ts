@@ -10,7 +10,7 @@
  *
  * An open handle holds flock(LOCK_SH) on the repository directory (GC takes LOCK_EX, see lock.ts).
  */
-import { closeSync, constants as C, fstatSync, mkdirSync, openSync, readFileSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as C, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
 import { access, lstat, mkdir, open, readdir, readlink, readFile, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from '../native.js';
@@ -120,6 +120,17 @@ function writeMetaFile(repoPath: string, text: string, insecure: boolean): boole
   }
 }
 
+/** Suffix of a repository being built beside its final name (initRepository). */
+const INIT_TMP_SUFFIX = '.tmp-init-';
+
+/** objects/ with all 256 fan-out directories, streams/, images/ (idempotent). */
+function populateRepository(dir: string): void {
+  for (const d of ['objects', 'streams', 'images']) mkdirSync(path.join(dir, d), { recursive: true, mode: 0o755 });
+  // All 256 object directories up front: made one by one during an import, each first use
+  // stalls behind the links being written (measured: 100 ms of a 5000-file import).
+  for (let i = 0; i < 256; i++) mkdirSync(path.join(dir, 'objects', i.toString(16).padStart(2, '0')), { recursive: true, mode: 0o755 });
+}
+
 function describeMeta(m: RepoMeta): string {
   return `algorithm: ${algorithmString(m.alg)}, erofs_version: ${effectiveErofsFormats(m).default}`;
 }
@@ -130,18 +141,30 @@ function describeMeta(m: RepoMeta): string {
  */
 export async function initRepository(repoPath: string, opts: InitOptions = {}): Promise<{ created: boolean }> {
   const meta = newMeta(opts.hashAlg ?? 'sha256', opts.erofsVersion ?? 1);
+  const text = serializeMeta(meta);
   await mkdir(path.dirname(repoPath), { recursive: true });
-  try {
-    await mkdir(repoPath, { mode: 0o700 });
-  } catch (e) {
-    if (errnoCode(e) !== 'EEXIST') throw e;
-  }
-  if (writeMetaFile(repoPath, serializeMeta(meta), !!opts.insecure)) {
-    for (const d of ['objects', 'streams', 'images']) await mkdir(path.join(repoPath, d), { recursive: true, mode: 0o755 });
-    // All 256 object directories up front: made one by one during an import, each first use
-    // stalls behind the links being written (measured: 100 ms of a 5000-file import).
-    for (let i = 0; i < 256; i++) mkdirSync(path.join(repoPath, 'objects', i.toString(16).padStart(2, '0')), { recursive: true, mode: 0o755 });
-    return { created: true };
+  if (!existsSync(repoPath)) {
+    // Built beside its name and renamed into place: a repository appears whole or not at all
+    // (a kill or a full disk mid-way leaves only the temporary directory, which is removed).
+    const tmp = `${repoPath}${INIT_TMP_SUFFIX}${randomAlnum(8)}`;
+    await mkdir(tmp, { mode: 0o700 });
+    try {
+      populateRepository(tmp);
+      writeMetaFile(tmp, text, !!opts.insecure);
+      try {
+        renameSync(tmp, repoPath);
+        return { created: true };
+      } catch (e) {
+        // Another process created it meanwhile: theirs stands (checked below).
+        if (errnoCode(e) !== 'EEXIST' && errnoCode(e) !== 'ENOTEMPTY') throw e;
+      }
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  } else if (!existsSync(path.join(repoPath, META_FILE))) {
+    // An existing directory (say, made by hand): meta.json last, so an interrupted init is not yet a repository.
+    populateRepository(repoPath);
+    if (writeMetaFile(repoPath, text, !!opts.insecure)) return { created: true };
   }
   const file = path.join(repoPath, META_FILE);
   const existing = parseMeta(await readFile(file, 'utf8'), file);
