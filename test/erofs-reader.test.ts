@@ -112,3 +112,19 @@ test('damaged images: flipped bytes and truncation never crash or hang the reade
   }
   assert.ok(ok > 0 && rejected > 0, `ok ${ok} rejected ${rejected}`);
 });
+
+test('a hardlinked inode without a recorded real entry sits at its first entry in depth-first name order (as composefs-rs places it)', () => {
+  // /x/b is met first by a directory-at-a-time walk, /x/a/f first depth-first.
+  const dump =
+    '/ 0 40755 3 0 0 0 10.0 - - -\n' +
+    '/x 0 40755 3 0 0 0 10.0 - - -\n' +
+    '/x/a 0 40755 2 0 0 0 10.0 - - -\n' +
+    '/x/a/f 5000 100644 2 0 0 0 10.0 ab/cdef - ' + 'ab'.repeat(32) + '\n' +
+    '/x/b 0 @100644 0 0 0 0 0.0 /x/a/f - -\n' +
+    '/x/c 10 100644 1 0 0 0 10.0 - 0123456789 -\n';
+  const fromDump = writeErofs(parseDumpfile(Buffer.from(dump), { strict: true }));
+  // The tree read back from the image records no real entry (as a tree from OCI layers).
+  const read = readErofs(fromDump);
+  assert.ok(writeErofs(read).equals(fromDump));
+  assert.match(printDumpfile(read).toString(), /^\/x\/a\/f 5000 100644 2 .*\n\/x\/b \d+ @100644 .* \/x\/a\/f /m);
+});

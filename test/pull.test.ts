@@ -196,3 +196,27 @@ test('artifact blobs are stored as single-object streams', async () => {
   const cat = cfsOk(['--repo', repo, 'cat', `oci-layer-${layout.images[0].layers[0].digest}`]);
   assert.equal(cat.stdout, 'artifact payload');
 });
+
+test('an image with hardlinks across directories: its dump, through mkcomposefs, gives the image ID the pull gave', async () => {
+  const layout = await buildOciLayout(path.join(work, 'hl-src'), {
+    images: [{ tag: 'hl', layers: [[
+      { path: 'usr/' },
+      { path: 'x/' },
+      { path: 'x/a/' },
+      { path: 'x/a/f', content: big },
+      // A name that sorts after the directory holding the real file, then another inode.
+      { path: 'x/b', type: 'hardlink', linkname: 'x/a/f' },
+      { path: 'x/c', content: 'c'.repeat(100) },
+      { path: 'usr/zoneinfo/' },
+      { path: 'usr/zoneinfo/Etc/' },
+      { path: 'usr/zoneinfo/Etc/UTC', content: 'TZif2'.padEnd(120, '.') },
+      { path: 'usr/zoneinfo/UTC', type: 'hardlink', linkname: 'usr/zoneinfo/Etc/UTC' },
+      { path: 'usr/zoneinfo/zone.tab', content: 'z'.repeat(100) },
+    ]] }],
+  });
+  const repo = path.join(work, 'repo-hl');
+  const image = /image (\w+)/.exec(cfsOk(['--repo', repo, 'oci', 'pull', `oci:${layout.dir}:hl`, 'hl']).stdout)?.[1];
+  const dump = path.join(work, 'hl.dump');
+  writeFileSync(dump, cfsOk(['--repo', repo, 'oci', 'dump', 'hl']).stdoutBuf);
+  assert.equal(cfsOk(['mkcomposefs', '--from-file', dump, '--min-version', '1', '--print-digest-only']).stdout.trim(), image);
+});

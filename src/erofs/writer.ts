@@ -374,12 +374,18 @@ class Writer {
     const canon = new Uint8Array(eName.length + 256);
     for (let i = 1; i < src.length; i++) canon[nameEntry[i]!] = 1;
     if (linked !== null) {
-      // Only inodes with several entries can have a recorded primary other than their first.
+      // Only inodes with several entries can have a canonical entry other than their first seen.
       const multi = new Set(linked);
       const primary = new Map<number, number>();
       for (let e = 0; e < eName.length; e++) {
         const c = eNode[e]!;
         if (multi.has(c) && !primary.has(c) && isRecordedPrimary(src[c]!, src[eDir[e]!]!, eName[e]!)) primary.set(c, e);
+      }
+      // Without a record: the first entry in depth-first name order (composefs-rs's canonical
+      // one, and the one composefs-info dump prints as real), which discovery (a directory's
+      // entries before its subdirectories') need not have met first.
+      if (primary.size < multi.size) {
+        for (const [c, e] of this.firstInDepthFirstOrder(multi)) if (!primary.has(c)) primary.set(c, e);
       }
       for (const [c, e] of primary) {
         canon[nameEntry[c]!] = 0;
@@ -388,6 +394,30 @@ class Writer {
       }
     }
     this.eCanon = canon;
+  }
+
+  /** For each node of `nodes`, its first entry in a depth-first walk with entries in name order. */
+  private firstInDepthFirstOrder(nodes: Set<number>): Map<number, number> {
+    const { src, nameEntry, entStart, entEnd, eNode } = this;
+    const first = new Map<number, number>();
+    // (directory, its next entry): entries are recorded in name order per directory.
+    const stack: Array<[number, number]> = [[0, entStart[0]!]];
+    while (stack.length > 0 && first.size < nodes.size) {
+      const top = stack[stack.length - 1]!;
+      const [d, e] = top;
+      if (e >= entEnd[d]!) {
+        stack.pop();
+        continue;
+      }
+      top[1] = e + 1;
+      const c = eNode[e]!;
+      if (nodes.has(c)) {
+        if (!first.has(c)) first.set(c, e);
+      } else if ((src[c]!.mode & S_IFMT) === S_IFDIR && nameEntry[c] === e) {
+        stack.push([c, entStart[c]!]);
+      }
+    }
+    return first;
   }
 
   private str(b: Buffer): string {
