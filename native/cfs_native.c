@@ -311,7 +311,7 @@ static napi_value xattr_list(call_t *c, const char *path, int fd) {
 static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
   call_t c;
   call_init(&c, env, info, "lgetxattr");
-  const char *path = arg_str(&c, 0, 0);
+  const char *path = arg_path(&c, 0);
   const char *name = arg_str(&c, 1, 0);
   BAIL_IF_FAILED(&c);
   return xattr_get(&c, path, -1, name);
@@ -329,7 +329,7 @@ static napi_value js_fgetxattr(napi_env env, napi_callback_info info) {
 static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
   call_t c;
   call_init(&c, env, info, "llistxattr");
-  const char *path = arg_str(&c, 0, 0);
+  const char *path = arg_path(&c, 0);
   BAIL_IF_FAILED(&c);
   return xattr_list(&c, path, -1);
 }

@@ -11,8 +11,8 @@ import path from 'node:path';
 
 export interface NativeAddon {
   // xattrs (never follow symlinks)
-  lgetxattr(path: string, name: string): Buffer | null; // null when ENODATA
-  llistxattr(path: string): string[]; // names as latin1 strings
+  lgetxattr(path: string | Buffer, name: string): Buffer | null; // null when ENODATA; a Buffer path for names that are not UTF-8
+  llistxattr(path: string | Buffer): string[]; // names as latin1 strings
   lsetxattr(path: string, name: string, value: Buffer, flags?: number): void; // flags: XATTR_CREATE/REPLACE
   fgetxattr(fd: number, name: string): Buffer | null;
   flistxattr(fd: number): string[];

@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -69,5 +70,21 @@ test('directory images: bootable transform, labels from the on-disk policy, ids 
     assert.ok(!existsSync(path.join(tmp, 'none')), 'compute-karg creates no repository');
   } finally {
     rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+test('a directory with file names that are not UTF-8 (and xattrs on them) is scanned: create-dumpfile names them as bytes', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cfs-scan-bytes-'));
+  try {
+    mkdirSync(path.join(dir, 'usr'));
+    const name = Buffer.concat([Buffer.from(`${dir}/usr/bad-`), Buffer.from([0xe9]), Buffer.from('-name')]);
+    writeFileSync(name, 'x'.repeat(100));
+    // argv strings are UTF-8 in Node: the shell spells the byte.
+    execFileSync('sh', ['-c', 'setfattr -n user.k -v v "$(printf "%s/usr/bad-\\351-name" "$1")"', 'sh', dir]);
+    const dump = cfsOk(['create-dumpfile', '--no-propagate-usr-to-root', dir]).stdout;
+    assert.match(dump, /^\/usr\/bad-\\xe9-name 100 100644 /m);
+    assert.match(cfsOk(['--repo', path.join(dir, 'repo'), 'compute-id', dir]).stdout, /^[0-9a-f]{64}$/m);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -59,13 +59,12 @@ async function storeObject(store: string, objectPath: string, file: Buffer): Pro
 function readXattrs(file: Buffer, opts: ScanOptions): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
   if (opts.skipXattrs) return out;
-  const p = file.toString('utf8');
-  if (!Buffer.from(p, 'utf8').equals(file)) throw new CfsError('EINVAL', `cannot read xattrs of ${file.toString('latin1')}: path is not UTF-8`);
+  // The path as bytes: names need not be UTF-8.
   const nat = native();
-  const names = nat.llistxattr(p).sort();
+  const names = nat.llistxattr(file).sort();
   for (const name of names) {
     if (opts.userXattrs && !name.startsWith('user.')) continue;
-    const v = nat.lgetxattr(p, name);
+    const v = nat.lgetxattr(file, name);
     if (v !== null) out.set(name, v);
   }
   return out;
