@@ -81,3 +81,14 @@ test('ociTransform: no /run is fine', () => {
   assert.equal(root.mtimeSec, 7);
   assert.equal(root.children!.size, 1);
 });
+
+test('ociTransform: emptying /run leaves it nlink 2 and takes the names it held off files also named elsewhere', () => {
+  const shared = newInode(S_IFREG | 0o644, { nlink: 3 });
+  const usr = newInode(S_IFDIR | 0o755, { nlink: 2, children: new Map([['a', shared]]) });
+  const deep = newInode(S_IFDIR | 0o755, { nlink: 2, children: new Map([['c', shared]]) });
+  const run = newInode(S_IFDIR | 0o755, { nlink: 3, children: new Map([['b', shared], ['d', deep]]) });
+  const root = newInode(S_IFDIR | 0o755, { nlink: 4, children: new Map([['usr', usr], ['run', run]]) });
+  ociTransform(root);
+  assert.equal(run.nlink, 2);
+  assert.equal(shared.nlink, 1);
+});

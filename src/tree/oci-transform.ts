@@ -5,7 +5,7 @@
  * 1. `/` takes `/usr`'s mode, uid, gid, mtime (seconds and nanoseconds) and xattrs; `/usr` must
  *    exist and be a directory.
  * 2. `/run`, if present (it must then be a directory), is emptied and takes `/usr`'s mtime
- *    (seconds and nanoseconds); its other metadata stays.
+ *    (seconds and nanoseconds); its other metadata stays. Link counts lose the names dropped.
  * 3. xattrs on every inode are filtered: only `security.capability` survives, plus `user.*`
  *    with `keepUserXattrs`.
  * Orphaned inodes need no compaction here: unreferenced Inode objects simply drop out.
@@ -35,7 +35,17 @@ export function ociTransform(root: Inode, opts: OciTransformOptions = {}): void 
     if (!isDir(run)) throw new CfsError('EINVAL', 'image /run is not a directory');
     run.mtimeSec = usr.mtimeSec;
     run.mtimeNsec = usr.mtimeNsec;
+    // Link counts follow the names that remain (composefs-rs counts them in the final tree): a
+    // file also named outside /run loses the names it had inside.
+    const dropNames = (dir: Inode): void => {
+      for (const c of dir.children!.values()) {
+        if (isDir(c)) dropNames(c);
+        else c.nlink = Math.max(1, c.nlink - 1);
+      }
+    };
+    dropNames(run);
     run.children!.clear();
+    run.nlink = 2;
   }
 
   const keep = (name: string): boolean => XATTR_ALLOWLIST.has(name) || (opts.keepUserXattrs === true && name.startsWith('user.'));
