@@ -215,6 +215,9 @@ test('rootless store: its owner pulls it through the userns helper (podman unsha
     assert.notEqual(without.code, 0);
     assert.match(without.stderr, /permission denied; the store .* is your rootless store.*run cfs inside `podman unshare` \(cannot start the containers-storage helper in the store's user namespace: podman unshare exited with status 125 \(podman: simulated failure\)\)/);
   } finally {
+    // podman leaves a pause process per rootless user (holding a copy of the mounts of its
+    // time): the test user's go with the test.
+    spawnSync('pkill', ['-KILL', '-u', user.name]);
     // The user's rootless storage holds files of subordinate ids: root removes them.
     rmSync(dir, { recursive: true, force: true });
   }

@@ -146,6 +146,23 @@ test('FUSE (--fuse yes): the same tree by tag name; listed as fuse; umount stops
   assert.ok(processGone(pid), 'server exited');
 });
 
+test('FUSE: cfs umount ends the server even when another mount namespace holds a copy of the mount (its connection is aborted)', { skip: SKIP }, async () => {
+  const mp = newMountpoint('fuse-held');
+  await mount(await tagged(), mp, ['--fuse', 'yes']);
+  const { readFuseRecord } = await import('../src/mount/fuse-daemon.js');
+  const pid = readFuseRecord(mp)?.pid;
+  assert.ok(pid);
+  // A namespace made while it is mounted, as a rootless podman's pause process makes one.
+  const holder = spawn('unshare', ['-m', '--propagation', 'private', 'sleep', '120'], { stdio: 'ignore' });
+  try {
+    await new Promise((r) => setTimeout(r, 300));
+    await umount(mp);
+    assert.ok(processGone(pid), 'server exited');
+  } finally {
+    holder.kill('SIGKILL');
+  }
+});
+
 test('mount by image id and by tag; the same image twice at two places', { skip: SKIP }, async () => {
   await tagged();
   const images = JSON.parse((await cfsOkAsync(['--repo', repo, 'oci', 'images', '--json'])).stdout) as { images: Array<{ name: string; imageId: string }> };

@@ -17,9 +17,9 @@
  * server keeps answering already-open files, exiting when the last one is closed.
  * The server also exits by itself when its connection ends (plain `umount`/`fusermount3 -u`).
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Readable } from 'node:stream';
@@ -59,7 +59,42 @@ export interface FuseDaemonRecord {
 }
 
 const READY_FD = 3;
-const EXIT_WAIT_MS = 10_000;
+const ABORT_WAIT_MS = 2_000;
+/** A server still there this long after the unmount serves a copy held elsewhere (it exits at once otherwise). */
+const HELD_WAIT_MS = 3_000;
+/** Where the fusectl filesystem shows FUSE connections (by the device minor of their superblock). */
+const FUSECTL = '/sys/fs/fuse/connections';
+
+/** The FUSE connection number of the mount at `mp` (its st_dev minor), or null. */
+function fuseConnection(mp: string): number | null {
+  try {
+    const dev = statSync(mp).dev;
+    return (dev & 0xff) | ((dev >>> 12) & 0xfff00);
+  } catch {
+    return null;
+  }
+}
+
+/** Abort FUSE connection `n` through fusectl, mounting fusectl when it is not (root only); false when that cannot be done. */
+function abortConnection(n: number): boolean {
+  const file = path.join(FUSECTL, String(n), 'abort');
+  try {
+    if (!existsSync(path.join(FUSECTL, String(n)))) execFileSync('mount', ['-t', 'fusectl', 'fusectl', FUSECTL], { stdio: 'ignore' });
+    writeFileSync(file, '1');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function exitsWithin(pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (alive(pid)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
 
 function canonical(p: string): string {
   try {
@@ -257,7 +292,9 @@ export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } =
   const mp = canonical(mountpoint);
   const rec = readFuseRecord(mp);
   const server = rec && alive(rec.pid) && isServer(rec.pid) ? rec.pid : null;
+  let connection: number | null = null;
   if (findMount(mp)) {
+    connection = fuseConnection(mp);
     await fusermountUnmount(mp, opts.lazy ?? false);
   } else if (!rec) {
     throw new CfsError('ENOENT', `${mp}: not a mount point`, { path: mp });
@@ -273,12 +310,15 @@ export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } =
     // The server saw the unmount and exited by itself first.
     if (errnoCode(e) !== 'ESRCH') throw e;
   }
-  const deadline = Date.now() + EXIT_WAIT_MS;
-  while (alive(server)) {
-    if (Date.now() > deadline) {
-      throw new CfsError('EBUSY', `${mp}: FUSE server pid ${server} did not exit after unmount`, { path: mp, pid: server });
+  if (!(await exitsWithin(server, HELD_WAIT_MS))) {
+    // Gone here, but a mount namespace made while it was mounted (a rootless podman's pause
+    // process, `unshare -m`) holds a copy, which keeps the session, and so the server, alive.
+    // The user asked for it to end: abort the connection (fusectl), which ends every copy.
+    const aborted = connection !== null && abortConnection(connection);
+    if (!aborted || !(await exitsWithin(server, ABORT_WAIT_MS))) {
+      const how = connection === null ? '' : `, or abort it: echo 1 > ${FUSECTL}/${connection}/abort (as root, with fusectl mounted there)`;
+      throw new CfsError('EBUSY', `${mp}: unmounted, but FUSE server pid ${server} still serves a copy of the mount that another mount namespace holds (one made while it was mounted, e.g. by a rootless podman's pause process); it ends when that namespace lets go${how}`, { path: mp, pid: server });
     }
-    await new Promise((r) => setTimeout(r, 50));
   }
   // A server killed before its own cleanup leaves its record: it is stale now.
   if (readFuseRecord(mp)?.pid === server) removeFuseRecord(mp);
