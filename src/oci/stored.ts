@@ -3,7 +3,7 @@
  * streams with named refs, tags under `streams/refs/oci/<encoded name>`, and the composefs
  * image recorded in the config stream's named refs.
  */
-import { CfsError } from '../errors.js';
+import { CfsError, isCfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { readExternalSplitStream } from '../splitstream/reader.js';
 import { isImageConfigMediaType } from './media-types.js';
@@ -65,7 +65,13 @@ export async function tagImage(repo: Repository, name: string, manifestDigest: s
   if (!(await repo.hasStream(manifestContentId(manifestDigest)))) {
     throw new CfsError('ENOENT', `manifest ${manifestDigest} is not in repository ${repo.path}`);
   }
-  await repo.setRef('streams', `${TAG_REF_DIR}/${encodeTag(name)}`, manifestContentId(manifestDigest));
+  try {
+    await repo.setRef('streams', `${TAG_REF_DIR}/${encodeTag(name)}`, manifestContentId(manifestDigest));
+  } catch (e) {
+    if (isCfsError(e)) throw e;
+    // Node's text names the symlink's target and temporary path, not the tag.
+    throw new CfsError('EIO', `cannot tag ${manifestDigest} as '${name}' in repository ${repo.path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
 }
 
 export async function untagImage(repo: Repository, name: string): Promise<void> {
