@@ -49,3 +49,16 @@ export function fsverityDigestFileSync(filePath: PathLike, alg: HashAlg = 'sha25
     closeSync(fd);
   }
 }
+
+/** fs-verity digest of an open file's bytes from offset 0 to its end, synchronously (positioned reads: the fd's offset is untouched). */
+export function fsverityDigestFdSync(fd: number, alg: HashAlg = 'sha256'): Buffer {
+  const h = new FsVerityHasher(alg);
+  const buf = Buffer.allocUnsafe(READ_CHUNK);
+  for (let pos = 0; ; ) {
+    const n = readSync(fd, buf, 0, READ_CHUNK, pos);
+    if (n === 0) break;
+    h.update(buf.subarray(0, n));
+    pos += n;
+  }
+  return h.digest();
+}

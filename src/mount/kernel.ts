@@ -29,7 +29,8 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { native } from '../native.js';
 import { CfsError, errnoCode, type CfsErrorCode } from '../errors.js';
-import { FsVerityHasher, type HashAlg } from '../fsverity/digest.js';
+import type { HashAlg } from '../fsverity/digest.js';
+import { fsverityDigestFdSync } from '../fsverity/file.js';
 import { measureVerityFd } from '../fsverity/kernel.js';
 
 export interface ComposefsMountOptions {
@@ -54,7 +55,6 @@ export interface MountStrategy {
   layers?: LayerPassing;
 }
 
-const READ_CHUNK = 1 << 20;
 const KLOG_MAX = 1024;
 
 function errnoToCfs(code: string | undefined): CfsErrorCode {
@@ -223,15 +223,7 @@ function imageDigest(fd: number, file: string, alg: HashAlg): Buffer {
     // ENOTSUP: no fs-verity here; ENOENT: not enabled on this file. Both: compute it ourselves.
     if (!(e instanceof CfsError && (e.code === 'ENOTSUP' || e.code === 'ENOENT'))) throw e;
   }
-  const h = new FsVerityHasher(alg);
-  const buf = Buffer.allocUnsafe(READ_CHUNK);
-  for (let pos = 0; ; ) {
-    const n = readSync(fd, buf, 0, READ_CHUNK, pos);
-    if (n === 0) break;
-    h.update(buf.subarray(0, n));
-    pos += n;
-  }
-  return h.digest();
+  return fsverityDigestFdSync(fd, alg);
 }
 
 function checkImageDigest(fd: number, file: string, expected: Buffer): void {

@@ -3,11 +3,9 @@
  * servers' verify mode: the kernel's measurement where the file has fs-verity, else a digest
  * computed here (synchronously: it runs in the FUSE request that opens the file).
  */
-import { readSync } from 'node:fs';
-import { FsVerityHasher, type HashAlg } from '../fsverity/digest.js';
+import type { HashAlg } from '../fsverity/digest.js';
+import { fsverityDigestFdSync } from '../fsverity/file.js';
 import { measureVerityFd } from '../fsverity/kernel.js';
-
-const HASH_CHUNK = 1 << 20;
 
 /** Why object `payload` (open as `fd`, path `file`) may not be served; null when its digest is `want`. */
 export function objectProblem(fd: number, file: string, payload: string, want: Buffer | null, alg: HashAlg): string | null {
@@ -20,22 +18,10 @@ export function objectProblem(fd: number, file: string, payload: string, want: B
     // No kernel fs-verity on this file, filesystem or kernel: hash it ourselves below.
   }
   try {
-    digest ??= hashFdSync(fd, alg);
+    digest ??= fsverityDigestFdSync(fd, alg);
   } catch (e) {
     return `cannot read object ${payload}: ${(e as Error).message}`;
   }
   if (digest.equals(want)) return null;
   return `object ${payload} has fs-verity digest ${digest.toString('hex')}, expected ${want.toString('hex')}`;
-}
-
-function hashFdSync(fd: number, alg: HashAlg): Buffer {
-  const h = new FsVerityHasher(alg);
-  const buf = Buffer.allocUnsafe(HASH_CHUNK);
-  for (let pos = 0; ; ) {
-    const got = readSync(fd, buf, 0, HASH_CHUNK, pos);
-    if (got === 0) break;
-    h.update(buf.subarray(0, got));
-    pos += got;
-  }
-  return h.digest();
 }
