@@ -35,6 +35,8 @@ const LAYER: EntrySpec[] = [
   { path: 'etc/' },
   { path: 'etc/secret', content: patternBytes(300, 1), mode: 0o600, uid: 1000, gid: 1000 },
   { path: 'etc/rootonly', content: patternBytes(400, 2), mode: 0o600 },
+  // Readable by everyone but its owner: the owner's bits decide for the owner.
+  { path: 'etc/odd', content: patternBytes(200, 5), mode: 0o044 },
   { path: 'home/' },
   { path: 'home/u/', mode: 0o700, uid: 1000, gid: 1000 },
   { path: 'home/u/pub', content: patternBytes(500, 3), mode: 0o644, uid: 1000, gid: 1000 },
@@ -42,7 +44,8 @@ const LAYER: EntrySpec[] = [
   { path: 'usr/tool', content: patternBytes(5000, 4), mode: 0o755 },
   { path: 'usr/small', content: 'x' },
 ];
-const INLINE_FOR_OTHERS = ['etc/secret', 'etc/rootonly', 'home/u/pub'];
+/** What the store's owner (our uid and gid, no capabilities) may not open: another id's 0600 file, one beneath another id's 0700 directory, and a 0044 file of its own. */
+const INLINE_FOR_OTHERS = ['etc/odd', 'etc/secret', 'home/u/pub'];
 
 before(async () => {
   if (skip) return;
@@ -111,13 +114,13 @@ test('containers-storage service: GetLayer names what a consumer may open, sends
 
     const others = await fetchLayer(client, layer.store.root, layer.layerId, false);
     assert.equal(others.digest, layer.diffId);
-    assert.deepEqual(others.files.sort(), ['usr/small', 'usr/tool']);
+    assert.deepEqual(others.files.sort(), ['etc/rootonly', 'usr/small', 'usr/tool']);
     assert.equal(others.inline, INLINE_FOR_OTHERS.length);
     assert.ok(others.dirCount > others.realDirs && others.realDirs === 1, `${others.dirCount} slots, ${others.realDirs} real`);
 
     const privileged = await fetchLayer(client, layer.store.root, layer.layerId, true);
     assert.equal(privileged.digest, layer.diffId);
-    assert.deepEqual(privileged.files.sort(), [...INLINE_FOR_OTHERS, 'usr/small', 'usr/tool'].sort());
+    assert.deepEqual(privileged.files.sort(), [...INLINE_FOR_OTHERS, 'etc/rootonly', 'usr/small', 'usr/tool'].sort());
     assert.equal(privileged.inline, 0);
 
     const call = async (params: Record<string, unknown>): Promise<VarlinkError> => {
@@ -190,8 +193,8 @@ test('rootless store: its owner pulls it through the userns helper (podman unsha
     const auto = await pull('auto');
     assert.equal(auto.code, 0, auto.stderr);
     assert.match(auto.stdout, new RegExp(`image ${expected}`));
-    // usr/tool (the user's, world-readable) is linked; the rest is copied from the helper's bytes.
-    assert.match(auto.stderr, /objects: 0 reflinked \+ 1 hardlinked \+ 3 copied/);
+    // usr/tool and etc/rootonly (the user's own, 0600) are linked; the rest is copied from the helper's bytes.
+    assert.match(auto.stderr, /objects: 0 reflinked \+ 2 hardlinked \+ 3 copied/);
     const disabled = await pull('disabled', '--local-fetch', 'disabled');
     assert.equal(disabled.code, 0, disabled.stderr);
     assert.match(disabled.stdout, new RegExp(`image ${expected}`));

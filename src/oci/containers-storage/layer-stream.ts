@@ -9,15 +9,13 @@
  * Contents sent by name are not CRC-checked here: the consumer verifies the whole layer against
  * its diff_id, and `findChangedFile` names the culprit when that fails.
  */
-import { closeSync, lstatSync, constants as fsc } from 'node:fs';
+import { closeSync, lstatSync } from 'node:fs';
 import path from 'node:path';
 import { CfsError } from '../../errors.js';
 import { ChunkBatch } from '../../splitdirfdstream/batch.js';
 import { fileHeader, LIMITS, metadataHeader } from '../../splitdirfdstream/format.js';
 import type { ContainersStore } from './store.js';
 import { fileContent, layerSegments, type LayerSegment } from './tar-split.js';
-
-const { S_IROTH, S_IXOTH } = fsc;
 
 export interface StoreLayerStream {
   /** The layer's search directories, in the order the stream's dirfd indexes name them. */
@@ -43,9 +41,9 @@ export interface StoreStreamOptions {
   /** The dirfd slot of each search directory in the consumer's fd array (default: its index). */
   slots?: readonly number[];
   /**
-   * The consumer cannot bypass file permissions (it runs as another user, outside the user
-   * namespace that owns the store): only files everyone may read, beneath directories everyone
-   * may search, go by name; the others' bytes are read here and sent inline.
+   * The consumer cannot bypass file permissions: it has our uid and gid but not our
+   * capabilities (the store's owner outside the user namespace we run in). Only files it may
+   * open go by name; the others' bytes are read here and sent inline.
    */
   consumerLacksDacOverride?: boolean;
 }
@@ -61,21 +59,38 @@ async function* layerChunks(store: ContainersStore, layerId: string, opts: Store
   }
 }
 
-/** Whether anyone may open the file at `dirs[seg.dirIndex]/seg.rel` (mode bits of the file and every directory on the way). */
-function openToAll(seg: FileSegment, dirs: readonly string[], searchable: Map<string, boolean>): boolean {
+/**
+ * Whether a process with our uid and gid but without capabilities (the consumer: the store's
+ * owner outside the user namespace we run in) may open the file at `dirs[seg.dirIndex]/seg.rel`:
+ * the permission class it falls in (owner, group, other), for the file and every directory on
+ * the way, as the kernel decides it.
+ */
+function consumerMayOpen(seg: FileSegment, dirs: readonly string[], searchable: Map<string, boolean>): boolean {
   const st = lstatSync(seg.path, { throwIfNoEntry: false });
-  if (!st?.isFile() || (st.mode & S_IROTH) === 0) return false;
+  if (!st?.isFile() || !permits(st, READ)) return false;
   const parts = seg.rel.toString('utf8').split('/').slice(0, -1);
   for (let i = 0, dir = dirs[seg.dirIndex]!; ; dir = `${dir}/${parts[i++]}`) {
     let ok = searchable.get(dir);
     if (ok === undefined) {
       const d = lstatSync(dir, { throwIfNoEntry: false });
-      ok = !!d?.isDirectory() && (d.mode & S_IXOTH) !== 0;
+      ok = !!d?.isDirectory() && permits(d, SEARCH);
       searchable.set(dir, ok);
     }
     if (!ok) return false;
     if (i === parts.length) return true;
   }
+}
+
+const READ = 4;
+const SEARCH = 1;
+const OWNER_SHIFT = 6;
+const GROUP_SHIFT = 3;
+
+/** Whether our uid/gid, without capabilities, has `bit` (READ or SEARCH) on a file of this owner and mode. */
+function permits(st: { uid: number; gid: number; mode: number }, bit: number): boolean {
+  if (st.uid === process.geteuid?.()) return (st.mode & (bit << OWNER_SHIFT)) !== 0;
+  if (st.gid === process.getegid?.()) return (st.mode & (bit << GROUP_SHIFT)) !== 0;
+  return (st.mode & bit) !== 0;
 }
 
 async function* batched(store: ContainersStore, layerId: string, opts: StoreStreamOptions): AsyncGenerator<Buffer> {
@@ -88,7 +103,7 @@ async function* batched(store: ContainersStore, layerId: string, opts: StoreStre
         batch.add(metadataHeader('metadata', p.length));
         batch.add(p);
       }
-    } else if (isWireName(seg) && (!opts.consumerLacksDacOverride || openToAll(seg, dirs, searchable))) {
+    } else if (isWireName(seg) && (!opts.consumerLacksDacOverride || consumerMayOpen(seg, dirs, searchable))) {
       batch.add(fileHeader(seg.size, opts.slots?.[seg.dirIndex] ?? seg.dirIndex, seg.rel));
     } else {
       for await (const chunk of fileContent(layerId, seg)) {
