@@ -139,6 +139,9 @@ function openFileLimit(): number {
  */
 export const PLACEMENTS_IN_FLIGHT = Math.min(128, Math.max(4, Math.floor((openFileLimit() - FDS_RESERVED) / 2)));
 
+/** Every placer's placements whose fds are open, in this process. */
+const allInFlight = new Set<Promise<void>>();
+
 export class ObjectPlacer {
   readonly stats: ObjectCounts = noObjects();
   private readonly objectsDir: string;
@@ -241,9 +244,11 @@ export class ObjectPlacer {
         const id = this.zeroCopy(f, length, streamDone, { hashed, clone, dir, pair, canHardlink, local, refusal });
         const settled = Promise.allSettled([streamDone, id]).then(() => {
           this.inFlight.delete(settled);
+          allInFlight.delete(settled);
           for (const fd of fds) closeQuietly(fd);
         });
         this.inFlight.add(settled);
+        allInFlight.add(settled);
         background = true;
         return { pending: id };
       } finally {
@@ -280,12 +285,17 @@ export class ObjectPlacer {
     return `not for ${f.name}: it is ${what}, and other users can enter repository ${this.repo.path} (mode ${(this.repoMode & 0o7777).toString(8)}) to reach it (chmod go-x the repository to allow it)`;
   }
 
-  /** Wait until fewer than `n` placements hold fds (bounds open fds and queued work). */
+  /**
+   * Wait until fewer than `n` placements of this process hold fds (bounds open fds and queued
+   * work: layers import in parallel, a service serves many clients). A placer with none in
+   * flight never waits: others' placements finish only when their placer flushes, which it may
+   * not do while it waits for its input, and one each keeps every placer going.
+   */
   async waitBelow(n: number, tap: StreamTap): Promise<void> {
-    if (this.inFlight.size < n) return;
+    if (allInFlight.size < n || this.inFlight.size === 0) return;
     this.verity.flush();
     tap.flush();
-    while (this.inFlight.size >= n) await Promise.race(this.inFlight);
+    while (allInFlight.size >= n && this.inFlight.size > 0) await Promise.race(allInFlight);
   }
 
   /** The background part of a zero-copy placement: digest, then name it. */
