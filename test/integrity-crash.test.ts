@@ -10,7 +10,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout, type EntrySpec, type ImageSpec } from './helpers/oci-fixture.js';
@@ -144,7 +144,20 @@ test('a pull killed while it creates the repository leaves no directory that is 
     const r = spawnSync('strace', ['-f', '-o', '/dev/null', '-e', `trace=${call}`, '-e', `inject=${call}:signal=KILL:when=1`, node!, ...pre, '--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:big`, 'big'], { cwd: PROJECT_ROOT });
     assert.equal(r.signal, 'SIGKILL', `${call}: ${String(r.stderr)}`);
     if (existsSync(repo)) assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m, call);
+    // What the killed init left beside it goes once it is old.
+    const left = readdirSync(work).filter((n) => n.startsWith(`created-${call}.tmp-init-`));
+    const old = new Date(Date.now() - 3600_000);
+    for (const n of left) utimesSync(path.join(work, n), old, old);
     cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:big`, 'big']);
     assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+    assert.deepEqual(readdirSync(work).filter((n) => n.startsWith(`created-${call}.tmp-init-`)), []);
   }
+  // A directory made beforehand (by hand): killed in the middle of making objects/XX, it still opens.
+  const made = path.join(work, 'created-by-hand');
+  mkdirSync(made);
+  const [node, ...pre] = cfsCommand();
+  const r = spawnSync('strace', ['-f', '-o', '/dev/null', '-e', 'trace=mkdir', '-e', 'inject=mkdir:signal=KILL:when=10', node!, ...pre, '--repo', made, 'oci', 'pull', '-q', `oci:${layoutDir}:big`, 'big'], { cwd: PROJECT_ROOT });
+  assert.equal(r.signal, 'SIGKILL');
+  cfsOk(['--repo', made, 'oci', 'pull', '-q', `oci:${layoutDir}:big`, 'big']);
+  assert.match(cfsOk(['--repo', made, 'fsck']).stdout, /^status: ok$/m);
 });

@@ -10,7 +10,7 @@
  *
  * An open handle holds flock(LOCK_SH) on the repository directory (GC takes LOCK_EX, see lock.ts).
  */
-import { closeSync, constants as C, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as C, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
 import { access, lstat, mkdir, open, readdir, readlink, readFile, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from '../native.js';
@@ -123,6 +123,26 @@ function writeMetaFile(repoPath: string, text: string, insecure: boolean): boole
 /** Suffix of a repository being built beside its final name (initRepository). */
 const INIT_TMP_SUFFIX = '.tmp-init-';
 
+/** Temporary directories of inits killed at least this long ago. */
+const STALE_INIT_MS = 10 * 60_000;
+
+/** Remove `<repo>.tmp-init-*` directories left by inits that were killed. */
+function removeStaleInitDirs(repoPath: string): void {
+  const dir = path.dirname(repoPath);
+  const prefix = `${path.basename(repoPath)}${INIT_TMP_SUFFIX}`;
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((n) => n.startsWith(prefix));
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const p = path.join(dir, n);
+    const st = statSync(p, { throwIfNoEntry: false });
+    if (st?.isDirectory() && Date.now() - st.mtimeMs > STALE_INIT_MS) rmSync(p, { recursive: true, force: true });
+  }
+}
+
 /** objects/ with all 256 fan-out directories, streams/, images/ (idempotent). */
 function populateRepository(dir: string): void {
   for (const d of ['objects', 'streams', 'images']) mkdirSync(path.join(dir, d), { recursive: true, mode: 0o755 });
@@ -139,32 +159,41 @@ function describeMeta(m: RepoMeta): string {
  * Create a repository (idempotent when an identical meta.json exists). Without `insecure`,
  * meta.json is sealed with fs-verity, so this fails on filesystems without fs-verity.
  */
-export async function initRepository(repoPath: string, opts: InitOptions = {}): Promise<{ created: boolean }> {
+export async function initRepository(repoPathIn: string, opts: InitOptions = {}): Promise<{ created: boolean }> {
+  // Resolved: a trailing slash would put the temporary directory inside the repository's path.
+  const repoPath = path.resolve(repoPathIn);
   const meta = newMeta(opts.hashAlg ?? 'sha256', opts.erofsVersion ?? 1);
   const text = serializeMeta(meta);
-  await mkdir(path.dirname(repoPath), { recursive: true });
-  if (!existsSync(repoPath)) {
-    // Built beside its name and renamed into place: a repository appears whole or not at all
-    // (a kill or a full disk mid-way leaves only the temporary directory, which is removed).
-    const tmp = `${repoPath}${INIT_TMP_SUFFIX}${randomAlnum(8)}`;
-    await mkdir(tmp, { mode: 0o700 });
-    try {
-      populateRepository(tmp);
-      writeMetaFile(tmp, text, !!opts.insecure);
+  const failed = (e: unknown): unknown => (isCfsError(e) ? e : new CfsError('EINVAL', `cannot create repository ${repoPath}: ${(e as Error).message}`));
+  try {
+    await mkdir(path.dirname(repoPath), { recursive: true });
+    if (!existsSync(repoPath)) {
+      // Built beside its name and renamed into place: a repository appears whole or not at all.
+      // A kill leaves the temporary directory, which a later init removes.
+      removeStaleInitDirs(repoPath);
+      const tmp = `${repoPath}${INIT_TMP_SUFFIX}${randomAlnum(8)}`;
+      await mkdir(tmp, { mode: 0o700 });
       try {
-        renameSync(tmp, repoPath);
-        return { created: true };
-      } catch (e) {
-        // Another process created it meanwhile: theirs stands (checked below).
-        if (errnoCode(e) !== 'EEXIST' && errnoCode(e) !== 'ENOTEMPTY') throw e;
+        populateRepository(tmp);
+        writeMetaFile(tmp, text, !!opts.insecure);
+        try {
+          renameSync(tmp, repoPath);
+          return { created: true };
+        } catch (e) {
+          // Another process created it meanwhile: theirs stands (checked below).
+          if (errnoCode(e) !== 'EEXIST' && errnoCode(e) !== 'ENOTEMPTY') throw e;
+        }
+      } finally {
+        rmSync(tmp, { recursive: true, force: true });
       }
-    } finally {
-      rmSync(tmp, { recursive: true, force: true });
+    } else if (writeMetaFile(repoPath, text, !!opts.insecure)) {
+      // An existing directory (say, made by hand): meta.json first, as Repository.open expects
+      // of a repository being created (objects/ without meta.json is an old-format one).
+      populateRepository(repoPath);
+      return { created: true };
     }
-  } else if (!existsSync(path.join(repoPath, META_FILE))) {
-    // An existing directory (say, made by hand): meta.json last, so an interrupted init is not yet a repository.
-    populateRepository(repoPath);
-    if (writeMetaFile(repoPath, text, !!opts.insecure)) return { created: true };
+  } catch (e) {
+    throw failed(e);
   }
   const file = path.join(repoPath, META_FILE);
   const existing = parseMeta(await readFile(file, 'utf8'), file);
