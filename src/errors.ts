@@ -17,6 +17,7 @@ export type CfsErrorCode =
   | 'EPLATFORM' // no manifest for this platform
   | 'ECANCELED' // stopped because whoever asked for it went away
   | 'ENOSPC' // the filesystem (or the user's quota) is full
+  | 'EWRITE' // the repository could not be written (I/O error, read-only filesystem)
   | 'EMFILE' // out of file descriptors (this process's limit)
   | 'ENFILE' // out of file descriptors (the system's)
   | 'ECORRUPT'; // repository or image structure is damaged

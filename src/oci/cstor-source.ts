@@ -22,7 +22,7 @@ import { layerTarStream } from './containers-storage/tar-split.js';
 import type { ImageToImport, LocalLayer } from './import.js';
 import { formatPlatform, parsePlatform, platformMatches } from './platform.js';
 import type { SourceOptions } from './sources.js';
-import { UsernsHelper, wantsUsernsHelper } from './containers-storage/userns-helper.js';
+import { UsernsHelper, wantsUsernsHelper, type HelperLayer } from './containers-storage/userns-helper.js';
 import { rebuildStream } from '../splitdirfdstream/rebuild.js';
 
 /**
@@ -57,7 +57,7 @@ export async function openContainersStorageImage(spec: string, opts: SourceOptio
       throw new CfsError('ENOTSUP', `${img.reference}: layer ${l.layerId} is stored in composefs form (use_composefs in ${l.store.description}); cfs cannot read such layers: export the image (skopeo copy … oci:DIR) and pull that`);
     }
   }
-  const helper = new HelperSlot();
+  const helper = new HelperSlot(opts, onWait);
   return {
     description: img.reference,
     manifestDigest: img.manifestDigest,
@@ -88,9 +88,12 @@ class HelperSlot {
   /** The helper serves this pull's layers. */
   running = false;
 
+  constructor(private readonly opts: SourceOptions, private readonly onLockWait: (lock: string) => void) {}
+
   async for(store: ContainersStore): Promise<UsernsHelper | null> {
     if (!wantsUsernsHelper(store.root)) return null;
-    this.started ??= UsernsHelper.start().then(
+    const slow = (): void => this.opts.onWait?.(`starting the containers-storage helper for ${store.root} (podman unshare)`);
+    this.started ??= UsernsHelper.start(slow).then(
       (h) => {
         this.running = true;
         return h;
@@ -103,6 +106,15 @@ class HelperSlot {
     return this.started;
   }
 
+  /** A layer through the helper, with the direct path's lock-wait behaviour (notice, timeout, cancellation). */
+  openLayer(h: UsernsHelper, store: ContainersStore, layerId: string, searchDirs: readonly string[]): Promise<HelperLayer> {
+    return h.openLayer(store.root, layerId, searchDirs, {
+      onWait: () => this.onLockWait(store.layersLock),
+      timeoutMs: this.opts.timeoutMs,
+      signal: this.opts.signal,
+    });
+  }
+
   async close(): Promise<void> {
     (await this.started)?.close();
   }
@@ -112,7 +124,7 @@ class HelperSlot {
 async function* layerTar(store: ContainersStore, layerId: string, helper: HelperSlot): AsyncGenerator<Buffer> {
   const h = await helper.for(store);
   if (!h) return yield* layerTarStream(store, layerId);
-  const layer = await h.openLayer(store.root, layerId, await store.layerSearchDirs(layerId));
+  const layer = await helper.openLayer(h, store, layerId, await store.layerSearchDirs(layerId));
   try {
     yield* rebuildStream(layer.chunks, layer.dirfds, `layer ${layerId} from the containers-storage helper`);
   } finally {
@@ -158,7 +170,7 @@ async function* countBytes(src: AsyncIterable<Buffer>, progress: (n: number) => 
 
 async function openLocal(store: ContainersStore, layerId: string, helper: HelperSlot): Promise<LocalLayer> {
   const h = await helper.for(store);
-  const s = h ? await h.openLayer(store.root, layerId, await store.layerSearchDirs(layerId)) : await openStoreLayerStream(store, layerId).catch((e: unknown) => {
+  const s = h ? await helper.openLayer(h, store, layerId, await store.layerSearchDirs(layerId)) : await openStoreLayerStream(store, layerId).catch((e: unknown) => {
     throw isDenied(e) ? new CfsError('EPERM', `${(e as Error).message}; ${unreadableHint(store, helper)}`) : e;
   });
   return {

@@ -227,7 +227,7 @@ export class ObjectWriter {
     } catch (e) {
       // Node's text ("ENOSPC: no space left on device, write") names neither the repository nor what was written.
       const code = errnoCode(e);
-      throw new CfsError(code === 'ENOSPC' || code === 'EDQUOT' ? 'ENOSPC' : 'EIO', `cannot write an object in ${objectsDir(this.store)}: ${(e as Error).message}`);
+      throw new CfsError(code === 'ENOSPC' || code === 'EDQUOT' ? 'ENOSPC' : 'EWRITE', `cannot write an object in ${objectsDir(this.store)}: ${(e as Error).message}`);
     }
   }
 }

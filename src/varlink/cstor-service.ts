@@ -11,6 +11,7 @@ import path from 'node:path';
 import { CfsError, isCfsError } from '../errors.js';
 import { applyStoreSpec, loadStorageConfig } from '../oci/containers-storage/config.js';
 import { openStores, type ContainersStore } from '../oci/containers-storage/store.js';
+import type { LockOptions } from '../oci/containers-storage/lock.js';
 import { openStoreLayerStream } from '../oci/containers-storage/layer-stream.js';
 import { layerRegion, replyWithLayer } from './layer-reply.js';
 import { FinalReply, VarlinkServer, type CallContext } from './server.js';
@@ -47,7 +48,8 @@ export class CstorLayerService {
     const lacksDac = !(lp.optBool('consumer_has_cap_dac_override') ?? false);
     let store: ContainersStore;
     try {
-      store = await storeAt(root);
+      // The lock wait ends when the client goes (the pull gave up: --lock-timeout, cancelled).
+      store = await storeAt(root, { signal: ctx.signal });
     } catch (e) {
       throw new VarlinkError(`${OCI}.RepoNotFound`, { message: isCfsError(e) ? e.message : String(e) });
     }
@@ -80,12 +82,12 @@ export class CstorLayerService {
 }
 
 /** The store whose graph root is `root`: one of the configuration's (with its other stores, which lower links may name), else that root alone. */
-async function storeAt(root: string): Promise<ContainersStore> {
+async function storeAt(root: string, lockOptions: LockOptions): Promise<ContainersStore> {
   const cfg = await loadStorageConfig();
   const want = path.resolve(root);
-  const configured = await openStores(cfg).catch(() => []);
+  const configured = await openStores(cfg, lockOptions).catch(() => []);
   const found = configured.find((s) => path.resolve(s.root) === want);
   if (found) return found;
-  const alone = await openStores(applyStoreSpec(cfg, { driver: null, graphRoot: want, runRoot: null, options: [] }));
+  const alone = await openStores(applyStoreSpec(cfg, { driver: null, graphRoot: want, runRoot: null, options: [] }), lockOptions);
   return alone.find((s) => path.resolve(s.root) === want) ?? alone[0]!;
 }

@@ -27,6 +27,20 @@ const EXIT_WAIT_MS = 2_000;
 /** Where the helper's stderr stops being kept (it is shown only when the helper fails). */
 const STDERR_KEEP = 16 * 1024;
 
+/** A GetLayer reply carries 1 + dir slots + 1 + a few lifetime fds; far more is a broken helper. */
+const MAX_REPLY_FDS = 1024;
+/** As the direct path's lock wait: a notice after a second, and timers hold at most ~24.8 days. */
+const WAIT_NOTICE_MS = 1000;
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export interface LayerWaitOptions {
+  /** Called once when the layer takes a while to come (the helper waits for the store's lock). */
+  onWait?: () => void;
+  /** Give up after this long (--lock-timeout). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
 export interface HelperLayer {
   dirfds: number[];
   chunks: AsyncIterable<Buffer>;
@@ -48,8 +62,8 @@ export function wantsUsernsHelper(storeRoot: string, env: NodeJS.ProcessEnv = pr
 export class UsernsHelper {
   private constructor(private readonly client: VarlinkClient, private readonly child: ChildProcess, private readonly stderr: () => string) {}
 
-  /** Start `podman unshare` with the helper; fails naming podman's complaint. */
-  static async start(): Promise<UsernsHelper> {
+  /** Start `podman unshare` with the helper; fails naming podman's complaint. `onSlow`: called once if that takes a while. */
+  static async start(onSlow?: () => void): Promise<UsernsHelper> {
     const [ours, theirs] = native().socketpair();
     // Compiled, or run from the sources through tsx.
     const compiled = fileURLToPath(new URL('../../cli/entry.js', import.meta.url));
@@ -74,6 +88,7 @@ export class UsernsHelper {
     const after = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
     const failure = (e: Error): string => ((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'podman is not installed' : e.message);
     let why: string | null = null;
+    const slow = setTimeout(() => onSlow?.(), WAIT_NOTICE_MS);
     try {
       await Promise.race([
         answered,
@@ -87,9 +102,13 @@ export class UsernsHelper {
         exited.then((how) => `podman unshare exited with ${how}`),
         after(EXIT_WAIT_MS).then(() => failure(e as Error)),
       ]);
+    } finally {
+      clearTimeout(slow);
     }
     if (why !== null) {
       helper.close();
+      // A podman that hangs (or a helper that never answered) must not outlive us.
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       const said = lastLines(err);
       throw new CfsError('EPERM', `cannot start the containers-storage helper in the store's user namespace: ${why}${said ? ` (${said})` : ''}`);
     }
@@ -103,39 +122,57 @@ export class UsernsHelper {
    * lives in podman's mount namespace, and a file opened through a mount of another namespace
    * cannot be hardlinked here (EXDEV); through our own it can.
    */
-  async openLayer(storeRoot: string, layerId: string, searchDirs: readonly string[]): Promise<HelperLayer> {
+  async openLayer(storeRoot: string, layerId: string, searchDirs: readonly string[], opts: LayerWaitOptions = {}): Promise<HelperLayer> {
     const fds: number[] = [];
     let dirCount = -1;
+    // The helper waits for the store's layers lock as long as it is held: what the direct
+    // path does on our side (notice, --lock-timeout, cancellation) is done here by giving up the
+    // helper, whose lock wait ends with its connection.
+    let why: string | null = null;
+    const giveUp = (reason: string): void => {
+      why ??= reason;
+      this.close();
+    };
+    const notice = setTimeout(() => opts.onWait?.(), WAIT_NOTICE_MS);
+    const timeout = opts.timeoutMs !== undefined && opts.timeoutMs <= MAX_TIMER_MS ? setTimeout(() => giveUp('timeout'), opts.timeoutMs) : null;
+    const onAbort = (): void => giveUp('stopped');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      for await (const f of this.client.call(`${OCI}.GetLayer`, { handle: 0, params: { storage: { storage_path: storeRoot, layer_id: layerId }, consumer_has_cap_dac_override: false } }, { more: true })) {
+      if (opts.signal?.aborted) onAbort();
+      const params = { storage: { storage_path: storeRoot, layer_id: layerId }, consumer_has_cap_dac_override: false };
+      for await (const f of this.client.call(`${OCI}.GetLayer`, { handle: 0, params }, { more: true })) {
         fds.push(...f.fds);
         dirCount = Number(f.parameters.dir_count);
+        if (fds.length > MAX_REPLY_FDS) throw new Error(`more than ${MAX_REPLY_FDS} fds in the reply`);
       }
+      if (!Number.isInteger(dirCount) || dirCount < 0 || fds.length < dirCount + 2) throw new Error(`reply with ${fds.length} fds for ${dirCount} directory slots`);
+      const data = new net.Socket({ fd: fds[0]!, readable: true, writable: false });
+      data.on('error', () => undefined);
+      // The keepalive and lifetime dummies stay open until the layer is consumed (brief 5.2).
+      const keep = fds.slice(dirCount + 1);
+      const dirfds = adoptOwnDirs(fds.slice(1, dirCount + 1), searchDirs);
+      return {
+        dirfds,
+        chunks: data,
+        close: async () => {
+          data.destroy();
+          for (const fd of [...dirfds.splice(0), ...keep.splice(0)]) closeQuietly(fd);
+        },
+      };
     } catch (e) {
       fds.forEach(closeQuietly);
+      if (why === 'timeout') throw new CfsError('EBUSY', `containers-storage helper: layer ${layerId}: the store's layers lock stayed held by another process (podman?) for ${(opts.timeoutMs ?? 0) / 1000} s`);
+      if (why === 'stopped') throw new CfsError('ECANCELED', `containers-storage helper: layer ${layerId}: stopped`);
       if (e instanceof VarlinkError) {
         const m = e.parameters.message;
         throw new CfsError(e.errorName.endsWith('NoSuchLayer') ? 'ENOENT' : 'EIO', `containers-storage helper: layer ${layerId}: ${typeof m === 'string' ? m : e.errorName}${this.stderrNote()}`);
       }
       throw new CfsError('EIO', `containers-storage helper: layer ${layerId}: ${(e as Error).message}${this.stderrNote()}`);
+    } finally {
+      clearTimeout(notice);
+      if (timeout) clearTimeout(timeout);
+      opts.signal?.removeEventListener('abort', onAbort);
     }
-    if (!Number.isInteger(dirCount) || dirCount < 0 || fds.length < dirCount + 2) {
-      fds.forEach(closeQuietly);
-      throw new CfsError('EIO', `containers-storage helper: layer ${layerId}: reply with ${fds.length} fds for ${dirCount} directory slots`);
-    }
-    const data = new net.Socket({ fd: fds[0]!, readable: true, writable: false });
-    data.on('error', () => undefined);
-    // The keepalive and lifetime dummies stay open until the layer is consumed (brief 5.2).
-    const keep = fds.slice(dirCount + 1);
-    const dirfds = adoptOwnDirs(fds.slice(1, dirCount + 1), searchDirs);
-    return {
-      dirfds,
-      chunks: data,
-      close: async () => {
-        data.destroy();
-        for (const fd of [...dirfds.splice(0), ...keep.splice(0)]) closeQuietly(fd);
-      },
-    };
   }
 
   /** Ends the helper: it exits when its connection closes (nothing here waits for that). */
