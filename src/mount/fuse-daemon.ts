@@ -60,8 +60,8 @@ export interface FuseDaemonRecord {
 
 const READY_FD = 3;
 const ABORT_WAIT_MS = 2_000;
-/** A server still there this long after the unmount serves a copy held elsewhere (it exits at once otherwise). */
-const HELD_WAIT_MS = 3_000;
+/** A server still there this long after the unmount serves a copy held elsewhere (it exits within moments otherwise, also under load). */
+const HELD_WAIT_MS = 10_000;
 /** Where the fusectl filesystem shows FUSE connections (by the device minor of their superblock). */
 const FUSECTL = '/sys/fs/fuse/connections';
 
@@ -72,6 +72,15 @@ function fuseConnection(mp: string): number | null {
     return (dev & 0xff) | ((dev >>> 12) & 0xfff00);
   } catch {
     return null;
+  }
+}
+
+/** Whether a mount in this namespace is on the FUSE device 0:n. */
+function mountedHere(n: number): boolean {
+  try {
+    return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[2] === `0:${n}`);
+  } catch {
+    return true;
   }
 }
 
@@ -314,7 +323,8 @@ export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } =
     // Gone here, but a mount namespace made while it was mounted (a rootless podman's pause
     // process, `unshare -m`) holds a copy, which keeps the session, and so the server, alive.
     // The user asked for it to end: abort the connection (fusectl), which ends every copy.
-    const aborted = connection !== null && abortConnection(connection);
+    // Only a connection no mount here uses any more: the number could have been reused.
+    const aborted = connection !== null && !mountedHere(connection) && abortConnection(connection);
     if (!aborted || !(await exitsWithin(server, ABORT_WAIT_MS))) {
       const how = connection === null ? '' : `, or abort it: echo 1 > ${FUSECTL}/${connection}/abort (as root, with fusectl mounted there)`;
       throw new CfsError('EBUSY', `${mp}: unmounted, but FUSE server pid ${server} still serves a copy of the mount that another mount namespace holds (one made while it was mounted, e.g. by a rootless podman's pause process); it ends when that namespace lets go${how}`, { path: mp, pid: server });
