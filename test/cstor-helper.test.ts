@@ -43,6 +43,8 @@ const LAYER: EntrySpec[] = [
   { path: 'usr/' },
   { path: 'usr/tool', content: patternBytes(5000, 4), mode: 0o755 },
   { path: 'usr/small', content: 'x' },
+  // The in-process test gives it an ACL denying its owner.
+  { path: 'usr/acl', content: patternBytes(300, 6), mode: 0o644 },
 ];
 /** What the store's owner (our uid and gid, no capabilities) may not open: another id's 0600 file, one beneath another id's 0700 directory, and a 0044 file of its own. */
 const INLINE_FOR_OTHERS = ['etc/odd', 'etc/secret', 'home/u/pub'];
@@ -112,15 +114,17 @@ test('containers-storage service: GetLayer names what a consumer may open, sends
     for await (const f of client.call('org.varlink.service.GetInfo', {})) info.push(f.parameters);
     assert.equal(info[0]!.product, 'composefs-storage');
 
+    // A POSIX ACL may deny what the mode bits allow: such a file goes inline.
+    execFileSync('setfacl', ['-m', 'u:0:---', path.join((await layer.store.layerSearchDirs(layer.layerId))[0]!, 'usr/acl')]);
     const others = await fetchLayer(client, layer.store.root, layer.layerId, false);
     assert.equal(others.digest, layer.diffId);
     assert.deepEqual(others.files.sort(), ['etc/rootonly', 'usr/small', 'usr/tool']);
-    assert.equal(others.inline, INLINE_FOR_OTHERS.length);
+    assert.equal(others.inline, INLINE_FOR_OTHERS.length + 1);
     assert.ok(others.dirCount > others.realDirs && others.realDirs === 1, `${others.dirCount} slots, ${others.realDirs} real`);
 
     const privileged = await fetchLayer(client, layer.store.root, layer.layerId, true);
     assert.equal(privileged.digest, layer.diffId);
-    assert.deepEqual(privileged.files.sort(), [...INLINE_FOR_OTHERS, 'etc/rootonly', 'usr/small', 'usr/tool'].sort());
+    assert.deepEqual(privileged.files.sort(), [...INLINE_FOR_OTHERS, 'etc/rootonly', 'usr/acl', 'usr/small', 'usr/tool'].sort());
     assert.equal(privileged.inline, 0);
 
     const call = async (params: Record<string, unknown>): Promise<VarlinkError> => {
@@ -193,8 +197,8 @@ test('rootless store: its owner pulls it through the userns helper (podman unsha
     const auto = await pull('auto');
     assert.equal(auto.code, 0, auto.stderr);
     assert.match(auto.stdout, new RegExp(`image ${expected}`));
-    // usr/tool and etc/rootonly (the user's own, 0600) are linked; the rest is copied from the helper's bytes.
-    assert.match(auto.stderr, /objects: 0 reflinked \+ 2 hardlinked \+ 3 copied/);
+    // usr/tool, usr/acl and etc/rootonly (the user's own, 0600) are linked; the rest is copied from the helper's bytes.
+    assert.match(auto.stderr, /objects: 0 reflinked \+ 3 hardlinked \+ 3 copied/);
     const disabled = await pull('disabled', '--local-fetch', 'disabled');
     assert.equal(disabled.code, 0, disabled.stderr);
     assert.match(disabled.stdout, new RegExp(`image ${expected}`));

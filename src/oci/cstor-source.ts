@@ -92,8 +92,8 @@ class HelperSlot {
 
   async for(store: ContainersStore): Promise<UsernsHelper | null> {
     if (!wantsUsernsHelper(store.root)) return null;
-    const slow = (): void => this.opts.onWait?.(`starting the containers-storage helper for ${store.root} (podman unshare)`);
-    this.started ??= UsernsHelper.start(slow).then(
+    const onWait = (): void => this.opts.onWait?.(`starting the containers-storage helper for ${store.root} (podman unshare; podman waits for the store's locks)`);
+    this.started ??= UsernsHelper.start({ onWait, timeoutMs: this.opts.timeoutMs, signal: this.opts.signal }).then(
       (h) => {
         this.running = true;
         return h;
@@ -199,7 +199,8 @@ async function explainChanged(e: unknown, store: ContainersStore, layerId: strin
 async function explainLocal(e: unknown, store: ContainersStore, layerId: string, helper: HelperSlot): Promise<unknown> {
   const changed = await explainChanged(e, store, layerId);
   if (changed !== e) return changed;
-  if (helper.running && isCfsError(e) && e.code === 'ENOTSUP' && /as inline data/.test(e.message)) {
+  // (A name that is not UTF-8 also travels inline, whoever may read it: shown with U+FFFD.)
+  if (helper.running && isCfsError(e) && e.code === 'ENOTSUP' && /as inline data/.test(e.message) && !e.message.includes('\ufffd')) {
     return new CfsError('ENOTSUP', `${e.message}: you may not read that file of your rootless store (another id of its user namespace owns it, or a directory on its way), so the helper inside \`podman unshare\` sent its bytes; pull without --zerocopy to copy it`);
   }
   const hint = unreadableHint(store, helper);

@@ -11,7 +11,8 @@
  */
 import { closeSync, lstatSync } from 'node:fs';
 import path from 'node:path';
-import { CfsError } from '../../errors.js';
+import { native } from '../../native.js';
+import { CfsError, errnoCode } from '../../errors.js';
 import { ChunkBatch } from '../../splitdirfdstream/batch.js';
 import { fileHeader, LIMITS, metadataHeader } from '../../splitdirfdstream/format.js';
 import type { ContainersStore } from './store.js';
@@ -67,13 +68,13 @@ async function* layerChunks(store: ContainersStore, layerId: string, opts: Store
  */
 function consumerMayOpen(seg: FileSegment, dirs: readonly string[], searchable: Map<string, boolean>): boolean {
   const st = lstatSync(seg.path, { throwIfNoEntry: false });
-  if (!st?.isFile() || !permits(st, READ)) return false;
+  if (!st?.isFile() || !permits(st, READ) || hasAcl(seg.path)) return false;
   const parts = seg.rel.toString('utf8').split('/').slice(0, -1);
   for (let i = 0, dir = dirs[seg.dirIndex]!; ; dir = `${dir}/${parts[i++]}`) {
     let ok = searchable.get(dir);
     if (ok === undefined) {
       const d = lstatSync(dir, { throwIfNoEntry: false });
-      ok = !!d?.isDirectory() && permits(d, SEARCH);
+      ok = !!d?.isDirectory() && permits(d, SEARCH) && !hasAcl(dir);
       searchable.set(dir, ok);
     }
     if (!ok) return false;
@@ -85,6 +86,19 @@ const READ = 4;
 const SEARCH = 1;
 const OWNER_SHIFT = 6;
 const GROUP_SHIFT = 3;
+
+/** A POSIX ACL decides beyond the mode bits (it may deny the owner): such files are sent inline, whatever it says. */
+function hasAcl(p: string | Buffer): boolean {
+  try {
+    return native().lgetxattr(p, ACL_XATTR) !== null;
+  } catch (e) {
+    // No xattrs on this filesystem: no ACLs either. Anything else: assume one.
+    const code = errnoCode(e);
+    return code !== 'ENOTSUP' && code !== 'EOPNOTSUPP';
+  }
+}
+
+const ACL_XATTR = 'system.posix_acl_access';
 
 /** Whether our uid/gid, without capabilities, has `bit` (READ or SEARCH) on a file of this owner and mode. */
 function permits(st: { uid: number; gid: number; mode: number }, bit: number): boolean {

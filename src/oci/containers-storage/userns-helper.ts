@@ -21,8 +21,7 @@ import { closeQuietly } from '../../varlink/transport.js';
 const OCI = 'org.composefs.Oci';
 /** The helper's hidden command (src/cli/varlink.ts). */
 export const HELPER_COMMAND = 'internal-cstor-helper';
-/** How long `podman unshare` may take to start the helper, and to exit once it failed. */
-const START_TIMEOUT_MS = 30_000;
+/** How long `podman unshare` may take to exit once the helper failed. */
 const EXIT_WAIT_MS = 2_000;
 /** Where the helper's stderr stops being kept (it is shown only when the helper fails). */
 const STDERR_KEEP = 16 * 1024;
@@ -62,8 +61,13 @@ export function wantsUsernsHelper(storeRoot: string, env: NodeJS.ProcessEnv = pr
 export class UsernsHelper {
   private constructor(private readonly client: VarlinkClient, private readonly child: ChildProcess, private readonly stderr: () => string) {}
 
-  /** Start `podman unshare` with the helper; fails naming podman's complaint. `onSlow`: called once if that takes a while. */
-  static async start(onSlow?: () => void): Promise<UsernsHelper> {
+  /**
+   * Start `podman unshare` with the helper; fails naming podman's complaint. podman may wait for
+   * the store's locks while it starts, so this waits as long as the direct path would: without
+   * limit, or `wait.timeoutMs` (--lock-timeout), until `wait.signal`; `wait.onWait` is called
+   * once when it takes a while.
+   */
+  static async start(wait: LayerWaitOptions = {}): Promise<UsernsHelper> {
     const [ours, theirs] = native().socketpair();
     // Compiled, or run from the sources through tsx.
     const compiled = fileURLToPath(new URL('../../cli/entry.js', import.meta.url));
@@ -82,19 +86,22 @@ export class UsernsHelper {
     const exited = new Promise<string>((resolve) => child.once('exit', (code, signal) => resolve(code !== null ? `status ${code}` : `signal ${signal}`)));
     const client = new VarlinkClient(ours, 'the containers-storage helper (podman unshare)');
     const helper = new UsernsHelper(client, child, () => err);
+    process.on('exit', helper.kill);
     const answered = (async () => {
       for await (const _ of client.call('org.varlink.service.GetInfo', {}));
     })();
     const after = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
     const failure = (e: Error): string => ((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'podman is not installed' : e.message);
     let why: string | null = null;
-    const slow = setTimeout(() => onSlow?.(), WAIT_NOTICE_MS);
+    const slow = setTimeout(() => wait.onWait?.(), WAIT_NOTICE_MS);
+    let stop: (why: Error) => void = () => undefined;
+    const stopped = new Promise<never>((_, reject) => (stop = reject));
+    const timeout = wait.timeoutMs !== undefined && wait.timeoutMs <= MAX_TIMER_MS ? setTimeout(() => stop(new Error(`podman did not start it within ${wait.timeoutMs! / 1000} s (--lock-timeout; is the store locked?)`)), wait.timeoutMs) : null;
+    const onAbort = (): void => stop(new Error('stopped'));
+    wait.signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      await Promise.race([
-        answered,
-        spawnFailed.then((e) => Promise.reject(e)),
-        after(START_TIMEOUT_MS).then(() => Promise.reject(new Error(`no answer within ${START_TIMEOUT_MS / 1000} s`))),
-      ]);
+      if (wait.signal?.aborted) onAbort();
+      await Promise.race([answered, spawnFailed.then((e) => Promise.reject(e)), stopped]);
     } catch (e) {
       // The connection closes as the child exits: its status (or the spawn error) says more.
       why = await Promise.race([
@@ -104,6 +111,8 @@ export class UsernsHelper {
       ]);
     } finally {
       clearTimeout(slow);
+      if (timeout) clearTimeout(timeout);
+      wait.signal?.removeEventListener('abort', onAbort);
     }
     if (why !== null) {
       helper.close();
@@ -163,9 +172,12 @@ export class UsernsHelper {
       fds.forEach(closeQuietly);
       if (why === 'timeout') throw new CfsError('EBUSY', `containers-storage helper: layer ${layerId}: the store's layers lock stayed held by another process (podman?) for ${(opts.timeoutMs ?? 0) / 1000} s`);
       if (why === 'stopped') throw new CfsError('ECANCELED', `containers-storage helper: layer ${layerId}: stopped`);
+      if (e instanceof VarlinkError && e.errorName.endsWith('.NoSuchLayer')) {
+        throw new CfsError('ENOENT', `layer ${layerId} was removed from the store while it was read (podman rmi?); pull again`);
+      }
       if (e instanceof VarlinkError) {
         const m = e.parameters.message;
-        throw new CfsError(e.errorName.endsWith('NoSuchLayer') ? 'ENOENT' : 'EIO', `containers-storage helper: layer ${layerId}: ${typeof m === 'string' ? m : e.errorName}${this.stderrNote()}`);
+        throw new CfsError('EIO', `containers-storage helper: layer ${layerId}: ${typeof m === 'string' ? m : e.errorName}${this.stderrNote()}`);
       }
       throw new CfsError('EIO', `containers-storage helper: layer ${layerId}: ${(e as Error).message}${this.stderrNote()}`);
     } finally {
@@ -175,12 +187,22 @@ export class UsernsHelper {
     }
   }
 
-  /** Ends the helper: it exits when its connection closes (nothing here waits for that). */
+  /**
+   * Ends the helper. Its node process exits when its connection closes; podman, which may be
+   * waiting for a store lock to shut down, is killed (its locks go with it), also when this
+   * process exits without closing us (a signal).
+   */
   close(): void {
     this.client.close();
     this.child.stderr?.destroy();
+    this.kill();
+    process.off('exit', this.kill);
     this.child.unref();
   }
+
+  private readonly kill = (): void => {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+  };
 
   private stderrNote(): string {
     const said = lastLines(this.stderr());
