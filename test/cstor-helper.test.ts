@@ -206,6 +206,13 @@ test('rootless store: its owner pulls it through the userns helper (podman unsha
       const fsck = await runAsUser(user, [...cfsCommand(), '--repo', path.join(home, repo), 'fsck'], { cwd: PROJECT_ROOT, env });
       assert.equal(fsck.code, 0, fsck.stdout + fsck.stderr);
     }
+    // Run inside podman unshare itself (no helper then): what only a subordinate id may read is
+    // copied, so outside the namespace the repository is still the user's to read.
+    const inside = await runAsUser(user, ['podman', 'unshare', ...cfsCommand(), '--repo', path.join(home, 'inside'), 'oci', 'pull', 'containers-storage:localhost/rl'], { cwd: PROJECT_ROOT, env });
+    assert.equal(inside.code, 0, inside.stderr);
+    assert.match(inside.stdout, new RegExp(`image ${expected}`));
+    const outside = await runAsUser(user, [...cfsCommand(), '--repo', path.join(home, 'inside'), 'fsck'], { cwd: PROJECT_ROOT, env });
+    assert.equal(outside.code, 0, outside.stdout + outside.stderr);
     const zerocopy = await pull('zerocopy', '--zerocopy');
     assert.notEqual(zerocopy.code, 0);
     assert.match(zerocopy.stderr, /reaches the consumer as inline data.*you may not read that file of your rootless store.*pull without --zerocopy/);
