@@ -5,7 +5,7 @@
  * `systemd-nspawn --private-users=identity`) maps real users' ids: theirs stay theirs. So does
  * the initial namespace, whose map is the identity over every id.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 
 export interface IdRange {
   inside: number;
@@ -91,4 +91,22 @@ export function namespaceOwnerControls(uid: number, ourUid: number): boolean {
     test = found;
   }
   return test(uid);
+}
+
+/**
+ * Whether we run in the initial user namespace: our /proc/self/ns/user link names the same
+ * namespace as pid 1's. When pid 1's link is unreadable (hidden /proc, foreign pid 1), fall back
+ * to /proc/self/uid_map: only the initial namespace maps the whole uid range onto itself.
+ */
+export function inInitialUserNamespace(): boolean {
+  try {
+    return readlinkSync('/proc/self/ns/user') === readlinkSync('/proc/1/ns/user');
+  } catch {
+    try {
+      const lines = readFileSync('/proc/self/uid_map', 'latin1').trim().split('\n');
+      return lines.length === 1 && /^\s*0\s+0\s+4294967295\s*$/.test(lines[0]);
+    } catch {
+      return false;
+    }
+  }
 }

@@ -213,6 +213,10 @@ test('rootless store: its owner pulls it through the userns helper (podman unsha
     assert.match(inside.stdout, new RegExp(`image ${expected}`));
     const outside = await runAsUser(user, [...cfsCommand(), '--repo', path.join(home, 'inside'), 'fsck'], { cwd: PROJECT_ROOT, env });
     assert.equal(outside.code, 0, outside.stdout + outside.stderr);
+    // Root of podman unshare's namespace is the user: its default repository is the user's, not the system one.
+    const defaults = await runAsUser(user, ['podman', 'unshare', ...cfsCommand(), 'oci', 'images'], { cwd: PROJECT_ROOT, env });
+    assert.equal(defaults.code, 0, defaults.stderr);
+    assert.match(defaults.stderr, new RegExp(`repository ${home}/\\.var/lib/composefs does not exist`));
     const zerocopy = await pull('zerocopy', '--zerocopy');
     assert.notEqual(zerocopy.code, 0);
     assert.match(zerocopy.stderr, /reaches the consumer as inline data.*you may not read that file of your rootless store.*pull without --zerocopy/);

@@ -1,6 +1,7 @@
-/** Where the repository lives: --repo, --system, --user, $CFS_REPO, else by uid. */
+/** Where the repository lives: --repo, --system, --user, $CFS_REPO, else by uid (root of the initial user namespace: the system one). */
 import path from 'node:path';
 import { CfsError } from '../errors.js';
+import { inInitialUserNamespace } from '../userns.js';
 
 export const SYSTEM_REPO_PATH = '/sysroot/composefs';
 
@@ -24,5 +25,6 @@ export function resolveRepositoryPath(opts: RepoLocationOptions = {}): string {
   if (opts.user) return userRepoPath();
   const env = process.env.CFS_REPO;
   if (env) return path.resolve(env);
-  return process.getuid?.() === 0 ? SYSTEM_REPO_PATH : userRepoPath();
+  // Root of a user namespace (`podman unshare`) is a user: its system repository is not its to write.
+  return process.getuid?.() === 0 && inInitialUserNamespace() ? SYSTEM_REPO_PATH : userRepoPath();
 }

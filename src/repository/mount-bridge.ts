@@ -12,7 +12,7 @@ import { closeSync, fstatSync, readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../native.js';
 import { readMountinfo, type MountInfo } from '../mount/mountinfo.js';
-import { inInitialUserNamespace } from '../mount/caps.js';
+import { inInitialUserNamespace } from '../userns.js';
 import { errnoCode } from '../errors.js';
 
 /** The mount a canonical path is on: the longest mount point prefix, topmost when stacked. */

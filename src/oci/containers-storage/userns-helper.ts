@@ -13,7 +13,7 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { CfsError } from '../../errors.js';
 import { native } from '../../native.js';
-import { inInitialUserNamespace } from '../../mount/caps.js';
+import { inInitialUserNamespace } from '../../userns.js';
 import { VarlinkClient } from '../../varlink/client.js';
 import { VarlinkError } from '../../varlink/protocol.js';
 import { closeQuietly } from '../../varlink/transport.js';
