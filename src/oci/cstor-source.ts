@@ -87,6 +87,7 @@ class HelperSlot {
   failure: string | null = null;
   /** The helper serves this pull's layers. */
   running = false;
+  private instance: UsernsHelper | null = null;
 
   constructor(private readonly opts: SourceOptions, private readonly onLockWait: (lock: string) => void) {}
 
@@ -96,6 +97,7 @@ class HelperSlot {
     this.started ??= UsernsHelper.start({ onWait, timeoutMs: this.opts.timeoutMs, signal: this.opts.signal }).then(
       (h) => {
         this.running = true;
+        this.instance = h;
         return h;
       },
       (e: unknown) => {
@@ -113,6 +115,11 @@ class HelperSlot {
       timeoutMs: this.opts.timeoutMs,
       signal: this.opts.signal,
     });
+  }
+
+  /** How the helper ended, if it did by itself (a truncated stream is then its doing). */
+  get ended(): string | null {
+    return this.instance?.ended ?? null;
   }
 
   async close(): Promise<void> {
@@ -197,6 +204,9 @@ async function explainChanged(e: unknown, store: ContainersStore, layerId: strin
  * Permission errors of the repository's side (objects/, streams/) are left as they are.
  */
 async function explainLocal(e: unknown, store: ContainersStore, layerId: string, helper: HelperSlot): Promise<unknown> {
+  if (helper.ended !== null && isCfsError(e)) {
+    return new CfsError(e.code, `${e.message} (the containers-storage helper in podman unshare ended: ${helper.ended})`);
+  }
   const changed = await explainChanged(e, store, layerId);
   if (changed !== e) return changed;
   // (A name that is not UTF-8 also travels inline, whoever may read it: shown with U+FFFD.)

@@ -59,7 +59,15 @@ export function wantsUsernsHelper(storeRoot: string, env: NodeJS.ProcessEnv = pr
 }
 
 export class UsernsHelper {
-  private constructor(private readonly client: VarlinkClient, private readonly child: ChildProcess, private readonly stderr: () => string) {}
+  /** How the helper ended before we closed it (`status N`, `signal S`), with its last words; null while it runs. */
+  ended: string | null = null;
+  private closing = false;
+
+  private constructor(private readonly client: VarlinkClient, private readonly child: ChildProcess, private readonly stderr: () => string) {
+    child.once('exit', (code, signal) => {
+      if (!this.closing) this.ended = `${code !== null ? `status ${code}` : `signal ${signal}`}${this.stderrNote()}`;
+    });
+  }
 
   /**
    * Start `podman unshare` with the helper; fails naming podman's complaint. podman may wait for
@@ -193,6 +201,7 @@ export class UsernsHelper {
    * process exits without closing us (a signal).
    */
   close(): void {
+    this.closing = true;
     this.client.close();
     this.child.stderr?.destroy();
     this.kill();
