@@ -110,3 +110,20 @@ export function inInitialUserNamespace(): boolean {
     }
   }
 }
+
+/** Permission bits (of one class: the other class's position) that mayAccessWithoutCaps asks for. */
+export const ACCESS = { read: 4, search: 1 } as const;
+const OWNER_SHIFT = 6;
+const GROUP_SHIFT = 3;
+
+/**
+ * Whether our euid/egid, without capabilities, may `bit` a file of this owner and mode, as the
+ * kernel decides it from the mode bits: the owner's class for its owner, else the group's for
+ * its group, else the others'. (ACLs are the caller's business.) What the store's owner may do
+ * outside the user namespace we are root of, when we run inside `podman unshare`.
+ */
+export function mayAccessWithoutCaps(st: { uid: number; gid: number; mode: number }, bit: number): boolean {
+  if (st.uid === process.geteuid?.()) return (st.mode & (bit << OWNER_SHIFT)) !== 0;
+  if (st.gid === process.getegid?.()) return (st.mode & (bit << GROUP_SHIFT)) !== 0;
+  return (st.mode & bit) !== 0;
+}

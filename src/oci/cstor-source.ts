@@ -141,10 +141,10 @@ async function* layerTar(store: ContainersStore, layerId: string, helper: Helper
 
 /** What to do about a store file we may not read: depends on whose store it is. */
 function unreadableHint(store: ContainersStore, helper: HelperSlot | null = null): string {
-  const owner = statSync(store.root, { throwIfNoEntry: false })?.uid;
   if (helper?.running) {
     return `the containers-storage helper in the store's user namespace found it readable by you, so its permissions changed during the pull; pull again`;
   }
+  const owner = statSync(store.root, { throwIfNoEntry: false })?.uid;
   if (owner !== undefined && owner === process.geteuid?.() && owner !== 0) {
     const why = helper?.failure ? ` (${helper.failure})` : '';
     return `the store ${store.root} is your rootless store, whose files belong to ids of its user namespace: run cfs inside \`podman unshare\`${why}`;

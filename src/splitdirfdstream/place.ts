@@ -41,7 +41,7 @@ import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
 import { MountBridge } from '../repository/mount-bridge.js';
-import { inInitialUserNamespace, namespaceOwnerControls } from '../userns.js';
+import { ACCESS, inInitialUserNamespace, mayAccessWithoutCaps, namespaceOwnerControls } from '../userns.js';
 import { ASYNC_OBJECT_MAX, ObjectSink } from '../repository/object-sink.js';
 import { countWritten, noObjects, recountPresent, type ObjectCounts } from '../repository/object-counts.js';
 import type { OpenedFile } from './open.js';
@@ -277,11 +277,10 @@ export class ObjectPlacer {
     const owned = f.stat.uid === this.euid || f.stat.uid === 0 || (this.euid === 0 && namespaceOwnerControls(f.stat.uid, 0));
     const othersWrite = !owned || (f.stat.mode & 0o022) !== 0;
     // Inside `podman unshare` we read every file of the namespace, but outside it only what our
-    // own uid may (owner bits when it is ours, else the others' bits: a subordinate id's 0600
-    // file, our own 0044 one): as an object it would leave the repository unusable there (fsck,
-    // FUSE mounts, copies). auto copies it; the copy is ours and readable.
-    const readableOutside = (f.stat.mode & (f.stat.uid === this.euid ? 0o400 : 0o004)) !== 0;
-    if (!this.opts.zerocopy && !othersWrite && !readableOutside && !(this.initialUserns ??= inInitialUserNamespace())) {
+    // own uid may (a subordinate id's 0600 file, our own 0044 one, are not): as an object it
+    // would leave the repository unusable there (fsck, FUSE mounts, copies). auto copies it; the
+    // copy is ours and readable.
+    if (!this.opts.zerocopy && !othersWrite && !mayAccessWithoutCaps(f.stat, ACCESS.read) && !(this.initialUserns ??= inInitialUserNamespace())) {
       return `not for ${f.name}: outside this user namespace its owner's uid could not read it (uid ${f.stat.uid}, mode ${(f.stat.mode & 0o7777).toString(8).padStart(4, '0')})`;
     }
     if (!othersWrite && (f.stat.mode & 0o6000) === 0) return null;

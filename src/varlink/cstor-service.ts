@@ -16,7 +16,7 @@ import { openStoreLayerStream } from '../oci/containers-storage/layer-stream.js'
 import { layerRegion, replyWithLayer } from './layer-reply.js';
 import { FinalReply, VarlinkServer, type CallContext } from './server.js';
 import { VarlinkError, type Params } from './protocol.js';
-import { errorFor, interfaceText, OCI } from './service.js';
+import { errorFor, interfaceText, OCI } from './interfaces.js';
 
 const LAYER_ID_RE = /^[0-9a-f]{64}$/;
 

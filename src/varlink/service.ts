@@ -3,10 +3,9 @@
  * over repository handles. Handles are per service, start at 1 and are never reused.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, statSync, fstatSync, createReadStream, type ReadStream, type Stats } from 'node:fs';
+import { statSync, fstatSync, createReadStream, type ReadStream, type Stats } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { CfsError, isCfsError } from '../errors.js';
 import { Repository, initRepository, type ImageHandle } from '../repository/repository.js';
 import { resolveRepositoryPath } from '../repository/location.js';
@@ -20,11 +19,10 @@ import { FinalReply, type CallContext, type Handler, type ServiceInfo, VarlinkSe
 import { VarlinkError, type Params } from './protocol.js';
 import { closeQuietly } from './transport.js';
 import { replyWithLayer } from './layer-reply.js';
+import { errorFor, interfaceText, OCI, REPO } from './interfaces.js';
 import { formatStorageReference, parseStorageReference } from '../oci/containers-storage/reference.js';
 import { bootRef, buildStoredErofs, formatVersionName, imageIdOf, parseXattrMode, recordedBootImage, XATTR_MODES, type XattrMode } from './oci-images.js';
 
-const REPO = 'org.composefs.Repository';
-export const OCI = 'org.composefs.Oci';
 export const FEATURES = ['splitdirfdstream-v0'];
 
 export interface ServiceOptions {
@@ -34,26 +32,6 @@ export interface ServiceOptions {
   /** A PutLayer stream that delivers nothing for this long fails (default 300 s). */
   streamIdleMs?: number;
 }
-
-export function interfaceText(name: string): string {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  // Sources: next to this file; compiled: dist/src/varlink → ../../../src/varlink.
-  for (const dir of [path.join(here, 'interfaces'), path.resolve(here, '../../../src/varlink/interfaces')]) {
-    try {
-      return readFileSync(path.join(dir, `${name}.varlink`), 'utf8');
-    } catch {
-      // try the next layout
-    }
-  }
-  throw new Error(`varlink interface description ${name}.varlink not found`);
-}
-
-/** Errors a handler did not map: a bad argument (CfsError EINVAL) is the interface's `invalid` error, the rest InternalError. */
-export const errorFor = (iface: string, invalid: string) => (e: unknown): VarlinkError => {
-  if (e instanceof VarlinkError) return e;
-  if (isCfsError(e) && e.code === 'EINVAL') return new VarlinkError(`${iface}.${invalid}`, { message: e.message });
-  return new VarlinkError(`${iface}.InternalError`, { message: e instanceof Error ? e.message : String(e) });
-};
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 /** CfsError codes of a PutLayer that are the client's doing (InvalidRequest); the rest are InternalError. */

@@ -12,6 +12,7 @@
 import { closeSync, lstatSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../../native.js';
+import { ACCESS, mayAccessWithoutCaps } from '../../userns.js';
 import { CfsError, errnoCode } from '../../errors.js';
 import { ChunkBatch } from '../../splitdirfdstream/batch.js';
 import { fileHeader, LIMITS, metadataHeader } from '../../splitdirfdstream/format.js';
@@ -68,24 +69,19 @@ async function* layerChunks(store: ContainersStore, layerId: string, opts: Store
  */
 function consumerMayOpen(seg: FileSegment, dirs: readonly string[], searchable: Map<string, boolean>): boolean {
   const st = lstatSync(seg.path, { throwIfNoEntry: false });
-  if (!st?.isFile() || !permits(st, READ) || hasAcl(seg.path)) return false;
+  if (!st?.isFile() || !mayAccessWithoutCaps(st, ACCESS.read) || hasAcl(seg.path)) return false;
   const parts = seg.rel.toString('utf8').split('/').slice(0, -1);
   for (let i = 0, dir = dirs[seg.dirIndex]!; ; dir = `${dir}/${parts[i++]}`) {
     let ok = searchable.get(dir);
     if (ok === undefined) {
       const d = lstatSync(dir, { throwIfNoEntry: false });
-      ok = !!d?.isDirectory() && permits(d, SEARCH) && !hasAcl(dir);
+      ok = !!d?.isDirectory() && mayAccessWithoutCaps(d, ACCESS.search) && !hasAcl(dir);
       searchable.set(dir, ok);
     }
     if (!ok) return false;
     if (i === parts.length) return true;
   }
 }
-
-const READ = 4;
-const SEARCH = 1;
-const OWNER_SHIFT = 6;
-const GROUP_SHIFT = 3;
 
 /** A POSIX ACL decides beyond the mode bits (it may deny the owner): such files are sent inline, whatever it says. */
 function hasAcl(p: string | Buffer): boolean {
@@ -99,13 +95,6 @@ function hasAcl(p: string | Buffer): boolean {
 }
 
 const ACL_XATTR = 'system.posix_acl_access';
-
-/** Whether our uid/gid, without capabilities, has `bit` (READ or SEARCH) on a file of this owner and mode. */
-function permits(st: { uid: number; gid: number; mode: number }, bit: number): boolean {
-  if (st.uid === process.geteuid?.()) return (st.mode & (bit << OWNER_SHIFT)) !== 0;
-  if (st.gid === process.getegid?.()) return (st.mode & (bit << GROUP_SHIFT)) !== 0;
-  return (st.mode & bit) !== 0;
-}
 
 async function* batched(store: ContainersStore, layerId: string, opts: StoreStreamOptions): AsyncGenerator<Buffer> {
   const batch = new ChunkBatch();

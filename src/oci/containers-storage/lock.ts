@@ -78,7 +78,7 @@ interface Slot {
 }
 const slots = new Map<string, Slot>();
 /** Longest timer Node runs (ms); a longer timeout is no timeout. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function inodeKey(st: { dev: number; ino: number }): string {
   return `${st.dev}:${st.ino}`;

@@ -14,11 +14,12 @@ import { fileURLToPath } from 'node:url';
 import { CfsError } from '../../errors.js';
 import { native } from '../../native.js';
 import { inInitialUserNamespace } from '../../userns.js';
+import { MAX_TIMER_MS, WAIT_NOTICE_MS } from './lock.js';
 import { VarlinkClient } from '../../varlink/client.js';
+import { OCI } from '../../varlink/interfaces.js';
 import { VarlinkError } from '../../varlink/protocol.js';
 import { closeQuietly } from '../../varlink/transport.js';
 
-const OCI = 'org.composefs.Oci';
 /** The helper's hidden command (src/cli/varlink.ts). */
 export const HELPER_COMMAND = 'internal-cstor-helper';
 /** How long `podman unshare` may take to exit once the helper failed. */
@@ -28,9 +29,6 @@ const STDERR_KEEP = 16 * 1024;
 
 /** A GetLayer reply carries 1 + dir slots + 1 + a few lifetime fds; far more is a broken helper. */
 const MAX_REPLY_FDS = 1024;
-/** As the direct path's lock wait: a notice after a second, and timers hold at most ~24.8 days. */
-const WAIT_NOTICE_MS = 1000;
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface LayerWaitOptions {
   /** Called once when the layer takes a while to come (the helper waits for the store's lock). */
@@ -101,14 +99,10 @@ export class UsernsHelper {
     const after = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
     const failure = (e: Error): string => ((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'podman is not installed' : e.message);
     let why: string | null = null;
-    const slow = setTimeout(() => wait.onWait?.(), WAIT_NOTICE_MS);
     let stop: (why: Error) => void = () => undefined;
     const stopped = new Promise<never>((_, reject) => (stop = reject));
-    const timeout = wait.timeoutMs !== undefined && wait.timeoutMs <= MAX_TIMER_MS ? setTimeout(() => stop(new Error(`podman did not start it within ${wait.timeoutMs! / 1000} s (--lock-timeout; is the store locked?)`)), wait.timeoutMs) : null;
-    const onAbort = (): void => stop(new Error('stopped'));
-    wait.signal?.addEventListener('abort', onAbort, { once: true });
+    const unguard = guardWait(wait, (how) => stop(new Error(how === 'timeout' ? `podman did not start it within ${wait.timeoutMs! / 1000} s (--lock-timeout; is the store locked?)` : 'stopped')));
     try {
-      if (wait.signal?.aborted) onAbort();
       await Promise.race([answered, spawnFailed.then((e) => Promise.reject(e)), stopped]);
     } catch (e) {
       // The connection closes as the child exits: its status (or the spawn error) says more.
@@ -118,14 +112,11 @@ export class UsernsHelper {
         after(EXIT_WAIT_MS).then(() => failure(e as Error)),
       ]);
     } finally {
-      clearTimeout(slow);
-      if (timeout) clearTimeout(timeout);
-      wait.signal?.removeEventListener('abort', onAbort);
+      unguard();
     }
     if (why !== null) {
+      // Kills podman too: one that hangs (or a helper that never answered) must not outlive us.
       helper.close();
-      // A podman that hangs (or a helper that never answered) must not outlive us.
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       const said = lastLines(err);
       throw new CfsError('EPERM', `cannot start the containers-storage helper in the store's user namespace: ${why}${said ? ` (${said})` : ''}`);
     }
@@ -145,17 +136,12 @@ export class UsernsHelper {
     // The helper waits for the store's layers lock as long as it is held: what the direct
     // path does on our side (notice, --lock-timeout, cancellation) is done here by giving up the
     // helper, whose lock wait ends with its connection.
-    let why: string | null = null;
-    const giveUp = (reason: string): void => {
-      why ??= reason;
+    let why: 'timeout' | 'stopped' | null = null;
+    const unguard = guardWait(opts, (how) => {
+      why ??= how;
       this.close();
-    };
-    const notice = setTimeout(() => opts.onWait?.(), WAIT_NOTICE_MS);
-    const timeout = opts.timeoutMs !== undefined && opts.timeoutMs <= MAX_TIMER_MS ? setTimeout(() => giveUp('timeout'), opts.timeoutMs) : null;
-    const onAbort = (): void => giveUp('stopped');
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    });
     try {
-      if (opts.signal?.aborted) onAbort();
       const params = { storage: { storage_path: storeRoot, layer_id: layerId }, consumer_has_cap_dac_override: false };
       for await (const f of this.client.call(`${OCI}.GetLayer`, { handle: 0, params }, { more: true })) {
         fds.push(...f.fds);
@@ -189,9 +175,7 @@ export class UsernsHelper {
       }
       throw new CfsError('EIO', `containers-storage helper: layer ${layerId}: ${(e as Error).message}${this.stderrNote()}`);
     } finally {
-      clearTimeout(notice);
-      if (timeout) clearTimeout(timeout);
-      opts.signal?.removeEventListener('abort', onAbort);
+      unguard();
     }
   }
 
@@ -217,6 +201,24 @@ export class UsernsHelper {
     const said = lastLines(this.stderr());
     return said ? ` (helper: ${said})` : '';
   }
+}
+
+/**
+ * The direct path's lock-wait behaviour around a wait for the helper: `opts.onWait` after
+ * WAIT_NOTICE_MS, and `giveUp` at `opts.timeoutMs` or once `opts.signal` aborts (at once if it
+ * has). Returns what ends the guard.
+ */
+function guardWait(opts: LayerWaitOptions, giveUp: (how: 'timeout' | 'stopped') => void): () => void {
+  const notice = setTimeout(() => opts.onWait?.(), WAIT_NOTICE_MS);
+  const timeout = opts.timeoutMs !== undefined && opts.timeoutMs <= MAX_TIMER_MS ? setTimeout(() => giveUp('timeout'), opts.timeoutMs) : null;
+  const onAbort = (): void => giveUp('stopped');
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  if (opts.signal?.aborted) onAbort();
+  return () => {
+    clearTimeout(notice);
+    if (timeout) clearTimeout(timeout);
+    opts.signal?.removeEventListener('abort', onAbort);
+  };
 }
 
 /** The region's real directories (in slot order = chain order) replaced by our own fds of the same directories. */
