@@ -53,10 +53,13 @@ async function openFixtureImage(): Promise<ImageToImport> {
 }
 
 /** The regular file of a layer diff holding `rel` (the first layer that has it). */
-function diffFile(rel: string): string {
+function diffFile(rel: string): string;
+function diffFile(rel: Buffer): Buffer;
+function diffFile(rel: string | Buffer): string | Buffer {
   const base = path.join(fx.graphroot, fx.driver === 'overlay' ? 'overlay' : 'vfs/dir');
   for (const id of readdirSync(base)) {
-    const p = path.join(base, id, fx.driver === 'overlay' ? 'diff' : '', rel);
+    const dir = path.join(base, id, fx.driver === 'overlay' ? 'diff' : '');
+    const p = typeof rel === 'string' ? path.join(dir, rel) : Buffer.concat([Buffer.from(`${dir}/`), rel]);
     try {
       if (lstatSync(p).isFile()) return p;
     } catch {
@@ -270,6 +273,7 @@ test('rootless store: a file the invoking user cannot read is named, with the re
   const user = await ensureUnprivUser();
   // A copy of the store owned by the user, except one file owned by a mapped id, as in a
   // rootless podman store (container root = the user, other container users = subuids).
+  const names = await addNamesImage();
   const dir = mkdtempSync(path.join(tmpdir(), 'cfs-zc-rootless-'));
   try {
     openUpDir(dir);
@@ -278,25 +282,31 @@ test('rootless store: a file the invoking user cannot read is named, with the re
     execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, graph]);
     const conf = path.join(dir, 'storage.conf');
     writeFileSync(conf, `[storage]\ndriver = "${fx.driver}"\ngraphroot = "${graph}"\nrunroot = "${path.join(dir, 'run')}"\n[storage.options.overlay]\nskip_mount_home = "true"\n`);
-    const rel = path.relative(fx.graphroot, diffFile('private'));
-    const secret = path.join(graph, rel);
-    chownSync(secret, 100000, 100000);
-    chmodSync(secret, 0o600);
-    mkdirSync(path.join(dir, 'repo'));
-    chownSync(path.join(dir, 'repo'), user.uid, user.gid);
-    for (const mode of ['auto', 'disabled']) {
-      const r = await runAsUser(user, [...cfsCommand(), '--repo', path.join(dir, 'repo'), 'oci', 'pull', '-q', '--local-fetch', mode, `containers-storage:${fx.images[0].name}`], {
-        cwd: PROJECT_ROOT,
-        // The direct path: without the userns helper (cstor-helper.test.ts) files are read as the user.
-        env: { CONTAINERS_STORAGE_CONF: conf, CFS_USERNS_HELPER: '0' },
-      });
-      assert.notEqual(r.code, 0, r.stdout);
-      assert.match(r.stderr, /private/, r.stderr);
-      assert.match(r.stderr, /permission denied/, r.stderr);
-      // The user owns the store: it is their rootless store, to be read inside podman unshare.
-      assert.match(r.stderr, /; the store \S+ is your rootless store, whose files belong to ids of its user namespace: run cfs inside `podman unshare`$/m, r.stderr);
+    // A file the user may not read, by a UTF-8 name (opened by the consumer) and by one that is
+    // not (read by the producer, sent inline): either is named, with its owner and what to do.
+    const secrets: Array<{ image: string; file: string | Buffer; shown: RegExp }> = [
+      { image: fx.images[0].name, file: diffFile('private'), shown: /cannot read private \(\S+\/private, owned by uid 100000 gid 100000, mode 0600\): permission denied/ },
+    ];
+    secrets.push({ image: names.name, file: diffFile(Buffer.from('usr/caf\xe9', 'latin1')), shown: /cannot read usr\/caf\ufffd \(\S+\/usr\/caf\ufffd, owned by uid 100000 gid 100000, mode 0600\): permission denied/ });
+    for (const { image, file, shown } of secrets) {
+      const secret = Buffer.concat([Buffer.from(`${graph}/`), Buffer.from(file).subarray(Buffer.byteLength(`${fx.graphroot}/`))]);
+      chownSync(secret, 100000, 100000);
+      chmodSync(secret, 0o600);
+      mkdirSync(path.join(dir, 'repo'), { recursive: true });
+      chownSync(path.join(dir, 'repo'), user.uid, user.gid);
+      for (const mode of ['auto', 'disabled']) {
+        const r = await runAsUser(user, [...cfsCommand(), '--repo', path.join(dir, 'repo'), 'oci', 'pull', '-q', '--local-fetch', mode, `containers-storage:${image}`], {
+          cwd: PROJECT_ROOT,
+          // The direct path: without the userns helper (cstor-helper.test.ts) files are read as the user.
+          env: { CONTAINERS_STORAGE_CONF: conf, CFS_USERNS_HELPER: '0' },
+        });
+        assert.notEqual(r.code, 0, r.stdout);
+        assert.match(r.stderr, shown, r.stderr);
+        // The user owns the store: it is their rootless store, to be read inside podman unshare.
+        assert.match(r.stderr, /; the store \S+ is your rootless store, whose files belong to ids of its user namespace: run cfs inside `podman unshare`$/m, r.stderr);
+      }
+      assert.equal(statSync(secret).mode & 0o777, 0o600);
     }
-    assert.equal(statSync(secret).mode & 0o777, 0o600);
     // Someone else's store as a whole (its lock files): said so, with what to do.
     execFileSync('chown', ['-R', '0:0', graph]);
     execFileSync('chmod', ['-R', 'go-rwx', graph]);
@@ -329,17 +339,24 @@ function ustarMember(name: Buffer, type: '0' | '5', content: Buffer = Buffer.all
   return Buffer.concat([h, padded]);
 }
 
+/** A layer whose member names are not UTF-8 (usr/caf\xe9) or not normalized. */
+const NAMES_TAR = (): Buffer => Buffer.concat([
+  ustarMember(Buffer.from('usr/'), '5'),
+  ustarMember(Buffer.from('./usr/dot'), '0', Buffer.alloc(300, 1)),
+  ustarMember(Buffer.from('usr//double'), '0', Buffer.alloc(400, 2)),
+  ustarMember(Buffer.from('usr/caf\xe9', 'latin1'), '0', Buffer.alloc(500, 3)),
+  ustarMember(Buffer.from('usr/plain'), '0', Buffer.alloc(600, 4)),
+  Buffer.alloc(1024),
+]);
+let namesImage: ReturnType<CstorFixture['add']> | null = null;
+/** localhost/names:latest in the store (added once). */
+function addNamesImage(): ReturnType<CstorFixture['add']> {
+  return (namesImage ??= fx.add('localhost/names:latest', { layers: [{ tar: NAMES_TAR() }] }));
+}
+
 test('member names that are not UTF-8 or not normalized (./x, a//b) import the same through every path', { skip: skip ?? false }, async () => {
-  const latin1 = Buffer.from('usr/caf\xe9', 'latin1');
-  const tar = Buffer.concat([
-    ustarMember(Buffer.from('usr/'), '5'),
-    ustarMember(Buffer.from('./usr/dot'), '0', Buffer.alloc(300, 1)),
-    ustarMember(Buffer.from('usr//double'), '0', Buffer.alloc(400, 2)),
-    ustarMember(latin1, '0', Buffer.alloc(500, 3)),
-    ustarMember(Buffer.from('usr/plain'), '0', Buffer.alloc(600, 4)),
-    Buffer.alloc(1024),
-  ]);
-  const img = await fx.add('localhost/names:latest', { layers: [{ tar }] });
+  const tar = NAMES_TAR();
+  const img = await addNamesImage();
   // The OCI layout the store's copy was made from.
   const layout = readdirSync(fx.dir)
     .filter((d) => d.startsWith('layout'))

@@ -11,14 +11,13 @@
  * Rootless stores: files are read as the invoking user. Files owned by mapped IDs that the user
  * cannot read fail with a message saying so (never skipped).
  */
-import { statSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { lstatSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
 import { configPlatform, openStorageImage, type StorageImage } from './containers-storage/image.js';
 import { findChangedFile, openStoreLayerStream } from './containers-storage/layer-stream.js';
 import type { ContainersStore } from './containers-storage/store.js';
-import { layerTarStream } from './containers-storage/tar-split.js';
+import { layerTarStream, ownerOf } from './containers-storage/tar-split.js';
 import type { ImageToImport, LocalLayer } from './import.js';
 import { formatPlatform, parsePlatform, platformMatches } from './platform.js';
 import type { SourceOptions } from './sources.js';
@@ -224,9 +223,8 @@ async function explainLocal(e: unknown, store: ContainersStore, layerId: string,
   }
   let detail = '';
   for (const dir of await store.layerSearchDirs(layerId)) {
-    const st = await stat(path.join(dir, name)).catch(() => null);
-    if (!st) continue;
-    detail = ` (${path.join(dir, name)}, owned by uid ${st.uid} gid ${st.gid}, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`;
+    if (!lstatSync(path.join(dir, name), { throwIfNoEntry: false })) continue;
+    detail = ` (${ownerOf(path.join(dir, name))})`;
     break;
   }
   return new CfsError('EPERM', `layer ${layerId}: cannot read ${name}${detail}: permission denied; ${hint}`);

@@ -174,8 +174,9 @@ export async function initRepository(repoPathIn: string, opts: InitOptions = {})
       const tmp = `${repoPath}${INIT_TMP_SUFFIX}${randomAlnum(8)}`;
       await mkdir(tmp, { mode: 0o700 });
       try {
-        populateRepository(tmp);
+        // meta.json first: on a filesystem without fs-verity a secure init fails before 260 mkdirs.
         writeMetaFile(tmp, text, !!opts.insecure);
+        populateRepository(tmp);
         try {
           renameSync(tmp, repoPath);
           return { created: true };

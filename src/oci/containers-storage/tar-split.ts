@@ -13,9 +13,9 @@
  * size > 0 are looked up on disk, like tar-split's own assembler.
  */
 import { createGunzip } from 'node:zlib';
-import { closeSync, constants as fsc, createReadStream, fstatSync, openSync, read as fsRead, readSync } from 'node:fs';
+import { closeSync, constants as fsc, createReadStream, fstatSync, lstatSync, openSync, read as fsRead, readSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { CfsError, errnoCode } from '../../errors.js';
+import { CfsError, errnoCode, isCfsError } from '../../errors.js';
 import { native } from '../../native.js';
 import { Crc64 } from './crc64.js';
 import type { ContainersStore } from './store.js';
@@ -258,6 +258,9 @@ export async function* fileContent(layerId: string, seg: Extract<LayerSegment, {
     const code = errnoCode(e);
     if (code === 'ENOENT' || code === 'ENOTDIR') throw new CfsError('ENOENT', `layer ${layerId}: ${seg.name} is missing from the layer's files (${seg.path.toString()})`);
     if (code === 'ELOOP') throw changed('no longer a regular file');
+    // Said with the file's path and owner, as the importer says it of files it opens by name
+    // (cstor-source explainLocal); a name that is not UTF-8 comes this way.
+    if (isCfsError(e) && e.code === 'EPERM') throw new CfsError('EPERM', `layer ${layerId}: cannot read ${seg.name} (${ownerOf(seg.path)}): permission denied`);
     throw e;
   }
   try {
@@ -293,6 +296,13 @@ export async function* fileContent(layerId: string, seg: Extract<LayerSegment, {
   } finally {
     closeSync(fd);
   }
+}
+
+/** `path, owned by uid U gid G, mode M` for messages (just the path when it cannot be stat'ed). */
+export function ownerOf(p: string | Buffer): string {
+  const st = lstatSync(p, { throwIfNoEntry: false });
+  const shown = p.toString();
+  return st ? `${shown}, owned by uid ${st.uid} gid ${st.gid}, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}` : shown;
 }
 
 /** Fill `buf` from file offset `pos` until it is full or the file ends; the byte count. */
