@@ -68,15 +68,6 @@ export interface NativeAddon {
   fsmount(fsfd: number, flags: number, attrFlags: number): number; // FSMOUNT_CLOEXEC always added
   moveMount(fromFd: number, fromPath: string, toFd: number, toPath: string, flags: number): void;
   openTree(dirfd: number, path: string, flags: number): number; // OPEN_TREE_CLOEXEC always added
-  mountSetattr(
-    dirfd: number,
-    path: string,
-    flags: number,
-    attrSet: number,
-    attrClr: number,
-    propagation: number,
-    usernsFd: number,
-  ): void;
   mount(source: string | null, target: string, fsType: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
   // directories and fds
@@ -129,55 +120,27 @@ export interface NativeConstants {
   O_TMPFILE: number;
   O_PATH: number;
   O_DIRECTORY: number;
-  O_NOFOLLOW: number;
-  O_CLOEXEC: number;
   O_RDONLY: number;
   O_WRONLY: number;
   O_RDWR: number;
   AT_FDCWD: number;
   AT_EMPTY_PATH: number;
-  AT_SYMLINK_FOLLOW: number;
-  AT_SYMLINK_NOFOLLOW: number;
-  AT_RECURSIVE: number;
-  FSOPEN_CLOEXEC: number;
-  FSMOUNT_CLOEXEC: number;
-  MOVE_MOUNT_F_SYMLINKS: number;
-  MOVE_MOUNT_F_AUTOMOUNTS: number;
   MOVE_MOUNT_F_EMPTY_PATH: number;
-  MOVE_MOUNT_T_SYMLINKS: number;
-  MOVE_MOUNT_T_AUTOMOUNTS: number;
-  MOVE_MOUNT_T_EMPTY_PATH: number;
   MOUNT_ATTR_RDONLY: number;
-  MOUNT_ATTR_NOSUID: number;
-  MOUNT_ATTR_NODEV: number;
-  MOUNT_ATTR_NOEXEC: number;
-  MOUNT_ATTR_IDMAP: number;
   OPEN_TREE_CLONE: number;
-  OPEN_TREE_CLOEXEC: number;
-  MNT_FORCE: number;
   MNT_DETACH: number;
-  MNT_EXPIRE: number;
   UMOUNT_NOFOLLOW: number;
   MS_RDONLY: number;
   MS_NOSUID: number;
   MS_NODEV: number;
-  MS_NOEXEC: number;
-  MS_BIND: number;
-  MS_REC: number;
-  MS_PRIVATE: number;
-  MS_SLAVE: number;
   RESOLVE_NO_XDEV: number;
   RESOLVE_NO_MAGICLINKS: number;
-  RESOLVE_NO_SYMLINKS: number;
   RESOLVE_BENEATH: number;
-  RESOLVE_IN_ROOT: number;
-  RESOLVE_CACHED: number;
   LOCK_SH: number;
   LOCK_EX: number;
   LOCK_NB: number;
   LOCK_UN: number;
   XATTR_CREATE: number;
-  XATTR_REPLACE: number;
   POLL_READABLE: number;
   POLL_WRITABLE: number;
   POLL_DISCONNECT: number;

@@ -109,7 +109,7 @@ test('a copy without --name is untagged, as in cfsctl, and says so', () => {
   assert.equal(empty.status, 1);
   assert.equal(empty.stderr, 'cfs: --name: the name to tag the copy with is empty\n');
   const manifest = /^Manifest digest: (sha256:[0-9a-f]{64})$/m.exec(r.stdout)![1];
-  assert.match(r.stderr, new RegExp(`^note: the copy is untagged: the next \`cfs gc\` removes it \\(tag it with --name, or \`cfs oci tag ${manifest} NAME\`\\)$`, 'm'));
+  assert.match(r.stderr, new RegExp(`^cfs: note: the copy is untagged: the next \`cfs gc\` removes it \\(tag it with --name, or \`cfs oci tag ${manifest} NAME\`\\)$`, 'm'));
   cfsOk(['--repo', dst, 'oci', 'tag', manifest, 'named-later']);
   assert.match(cfsOk(['--repo', dst, 'gc']).stdout, /^Objects: 0 removed/m);
   assert.match(cfsOk(['--repo', dst, 'oci', 'images']).stdout, /^named-later /m);

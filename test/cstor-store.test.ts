@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { isCfsError } from '../src/errors.js';
 import { openStorageImage, type OpenStorageOptions, type StorageImage } from '../src/oci/containers-storage/image.js';
-import { lockMechanism, WAIT_NOTICE_MS } from '../src/oci/containers-storage/lock.js';
+import { WAIT_NOTICE_MS } from '../src/oci/containers-storage/lock.js';
 import { layerSegments, layerTarStream } from '../src/oci/containers-storage/tar-split.js';
 import { findChangedFile, openStoreLayerStream } from '../src/oci/containers-storage/layer-stream.js';
 import { cstorSkipReason, makeCstorStore, type CstorDriver, type CstorFixture } from './helpers/cstor-fixture.js';
@@ -298,7 +298,7 @@ describe('containers-storage: read locks', { skip: skip ?? false }, () => {
     }
   });
 
-  test('a containers/storage-style POSIX write lock excludes us', { skip: lockMechanism() === 'flock' ? 'native addon has no fcntlLock: flock does not see containers/storage fcntl locks' : false }, async () => {
+  test('a containers/storage-style POSIX write lock excludes us', async () => {
     const child = await holdLock(join(f.graphroot, 'vfs-layers', 'layers.lock'), 'posix-write');
     try {
       await assert.rejects(openStorageImage('localhost/l:1', opts(f, { timeoutMs: 200 })), isErr('EBUSY', /layers\.lock/));
@@ -314,7 +314,7 @@ describe('containers-storage: read locks', { skip: skip ?? false }, () => {
     assert.equal(b, l.diffId);
   });
 
-  test('two names of one lock file share its lock (releasing one keeps the other); a timeout beyond what timers hold is none', { skip: lockMechanism() === 'flock' ? 'no fcntlLock' : false }, async () => {
+  test('two names of one lock file share its lock (releasing one keeps the other); a timeout beyond what timers hold is none', async () => {
     const { acquireLock } = await import('../src/oci/containers-storage/lock.js');
     const lockPath = join(f.graphroot, 'vfs-layers', 'layers.lock');
     const alias = join(f.dir, 'layers-alias.lock');

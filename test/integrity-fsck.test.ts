@@ -119,6 +119,11 @@ test('flipped byte in a file object: object-digest-mismatch; only the image usin
   writeFileSync(path.join(repo, obj), b);
   const out = expectFsckError(repo, [], 'object-digest-mismatch', obj);
   assert.match(out, /^objects: \d+\/\d+ ok$/m);
+  // The damage is put on the layer stream using the object and on the tag using that layer.
+  const layer = layerStream(repo, 'b', 1);
+  expectFsckError(repo, [], 'corrupt-object-ref', layer);
+  assert.match(out, /^oci images: 1\/2 ok$/m);
+  assert.match(out, /layer-damaged: streams\/refs\/oci\/b: layer sha256:[0-9a-f]{64} is damaged .*run `cfs fsck --repair` \(it removes corrupt objects\), then pull the image again/);
   expectFsckError(repo, ['b'], 'object-digest-mismatch', obj);
   assert.match(cfsOk(['--repo', repo, 'fsck', 'a']).stdout, /^status: ok$/m, 'image a does not reach the object');
   // --metadata-only does not read objects: the flipped byte goes unseen, everything else is checked.
@@ -129,6 +134,30 @@ test('flipped byte in a file object: object-digest-mismatch; only the image usin
   }
   const j = JSON.parse(cfsOk(['--repo', repo, 'fsck', '--json', '--metadata-only']).stdout) as Record<string, unknown>;
   assert.deepEqual([j.ok, j.metadata_only, j.objects_checked], [true, true, 0]);
+  // A pull alone cannot see it (present objects count as good); --repair removes the object,
+  // which the next pull restores.
+  const repaired = expectFsckError(repo, ['--repair'], 'object-digest-mismatch', obj);
+  assert.match(repaired, new RegExp(`^repaired: removed ${obj}$`, 'm'));
+  assert.match(repaired, /layer-damaged: streams\/refs\/oci\/b: .*pull the image again to repair it/);
+  assert.ok(!existsSync(path.join(repo, obj)));
+  cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:b`, 'b']);
+  assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+});
+
+test('flipped byte in the image object: the tag is image-damaged; pulling again repairs it', () => {
+  const repo = freshRepo();
+  const hex = readdirSync(path.join(repo, 'images')).find((n) => n !== 'refs')!;
+  const obj = objectOf(repo, `images/${hex}`);
+  const good = readFileSync(path.join(repo, obj));
+  const bad = Buffer.from(good);
+  bad[bad.length - 1] ^= 0x01;
+  writeFileSync(path.join(repo, obj), bad);
+  const out = expectFsckError(repo, [], 'corrupt-object', `images/${hex}`);
+  assert.match(out, /image-damaged: streams\/refs\/oci\/[ab]: its composefs image [0-9a-f]{64} is damaged .*run `cfs fsck --repair`/);
+  // Both images' pulls find everything present but this image, which they check and rewrite.
+  for (const tag of ['a', 'b']) cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:${tag}`, tag]);
+  assert.deepEqual(readFileSync(path.join(repo, obj)), good);
+  assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
 });
 
 test('flipped byte in the manifest object: digest mismatch, dump fails clearly', () => {
@@ -204,14 +233,15 @@ test('dangling stream link and broken/odd refs', () => {
   assert.match(out, /^broken symlinks: 2$/m);
 });
 
-test('truncated split stream: open/read failure at the stream, dump fails clearly', () => {
+test('truncated split stream: corrupt at the stream (open/read failure without the object check), dump fails clearly', () => {
   const repo = freshRepo();
   const layer = layerStream(repo, 'a', 1);
   const obj = objectOf(repo, layer);
   const size = readFileSync(path.join(repo, obj)).length;
   truncateSync(path.join(repo, obj), size - 9);
-  const out = expectFsckError(repo, [], 'stream-open-failed', layer);
+  const out = expectFsckError(repo, [], 'corrupt-object', layer);
   assert.match(out, new RegExp(`object-digest-mismatch: ${obj}:`));
+  expectFsckError(repo, ['--metadata-only'], 'stream-open-failed', layer);
   expectCleanFailure(['--repo', repo, 'oci', 'dump', 'a'], /split stream .*(beyond|truncated|end)/);
 });
 

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { type Dirent, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { type Dirent, cpSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -127,6 +127,20 @@ test('mount.composefs: an image + objects written by cfs mkcomposefs mount equal
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, new RegExp(`^cfs: mount\\.composefs: ${re.source}\\n$`));
   }
+  // What mount(8) passes helpers: -t composefs, -s (unknown options ignored), -f (no mount).
+  assert.match((await cfs(['mount.composefs', image, mp3, '-t', 'ext4', '-o', `basedir=${objects}`])).stderr, /^cfs: mount\.composefs: -t ext4: this helper mounts composefs only\n$/);
+  await cfsOkAsync(['mount.composefs', image, mp3, '-f', '-s', '-t', 'composefs', '-o', `basedir=${objects},bogus,x-systemd.automount`]);
+  assert.ok(!mountinfoHas(mp3));
+  // basedir=A:B: objects are found in either (here every other one moved to B).
+  const half = path.join(work, 'objects-b');
+  cpSync(objects, half, { recursive: true });
+  const moved = readdirSync(objects).filter((_, i) => i % 2 === 0);
+  for (const d of moved) rmSync(path.join(objects, d), { recursive: true });
+  for (const d of readdirSync(half)) if (!moved.includes(d)) rmSync(path.join(half, d), { recursive: true });
+  await cfsOkAsync(['mount.composefs', image, mp3, '-n', '-v', '-t', 'composefs', '-o', `basedir=${objects}:${half}`]);
+  assert.deepEqual(comparable(snapshotTree(mp3)), comparable(snapshotTree(src)));
+  await umount(mp3);
+  cpSync(half, objects, { recursive: true });
   const garbage = path.join(work, 'garbage.cfs');
   writeFileSync(garbage, bytes('garbage', 8192));
   const g = await cfs(['mount.composefs', garbage, mp3, '-o', `basedir=${objects}`]);

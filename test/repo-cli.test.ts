@@ -37,14 +37,19 @@ test('cfs init: insecure, sha512, idempotent, refuses secure init without fs-ver
   try {
     const secure = cfs(['init', path.join(d, 'secure')]);
     assert.equal(secure.status, 1);
-    assert.match(secure.stderr, /does not support fs-verity \(use --insecure\)/);
+    assert.match(secure.stderr, new RegExp(`cannot initialise repository ${path.join(d, 'secure')}: its filesystem does not support fs-verity \\(use --insecure\\)`));
     const r = cfs(['init', '--insecure', '--hash', 'sha512', path.join(d, 'a/b')]);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.toString(), `Initialized composefs repository at ${path.join(d, 'a/b')}\nalgorithm: fsverity-sha512-12\nverity: not required (insecure)\n`);
     assert.match(readFileSync(path.join(d, 'a/b/meta.json'), 'utf8'), /"algorithm": "fsverity-sha512-12"/);
     const again = cfs(['init', '--insecure', '--hash', 'sha512', path.join(d, 'a/b')]);
     assert.equal(again.stdout.toString(), `Repository already initialized at ${path.join(d, 'a/b')}\n`);
-    const conflict = cfs(['init', '--insecure', path.join(d, 'a/b')]);
+    // Only what is asked for must match: no --hash (nor --insecure) is fine for an existing one.
+    for (const args of [['--insecure'], []]) {
+      const plain = cfs(['init', ...args, path.join(d, 'a/b')]);
+      assert.equal(plain.stdout.toString(), `Repository already initialized at ${path.join(d, 'a/b')}\n`, plain.stderr);
+    }
+    const conflict = cfs(['init', '--insecure', '--hash', 'sha256', path.join(d, 'a/b')]);
     assert.equal(conflict.status, 1);
     assert.match(conflict.stderr, /already initialized with different configuration/);
     // Global options select the path; --insecure works before the subcommand too.

@@ -114,6 +114,12 @@ test('open validates meta.json: version, algorithm, features, --hash', async () 
     put({ version: 1, algorithm: 'fsverity-sha256-12', features: { compatible: ['x'], 'read-only-compatible': ['y'] } });
     const legacy = await Repository.open(r);
     assert.deepEqual(legacy.erofsFormats, { default: 2, extra: [] });
+    // …but an unknown read-only-compatible flag forbids every write.
+    const readOnly = isCfs('EPERM', /has read-only-compatible features it does not know \(y\); it may only be read/);
+    await assert.rejects(legacy.ensureWritable(), readOnly);
+    await assert.rejects(legacy.setRef('streams', 'x', 'oci-config-sha256:' + '0'.repeat(64)), readOnly);
+    await assert.rejects(legacy.writeImage(Buffer.alloc(4096)), readOnly);
+    assert.deepEqual(await legacy.listImages(), []);
     legacy.close();
     put(meta);
     await assert.rejects(Repository.open(r, { hashAlg: 'sha512' }), isCfs('EINVAL', /configured for fsverity-sha256-12 \(from meta.json\) but --hash sha512/));

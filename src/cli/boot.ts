@@ -5,15 +5,7 @@
  */
 import type { Command } from 'commander';
 import { CfsError } from '../errors.js';
-import type { HashAlg } from '../fsverity/digest.js';
-import { openRepoFromCli } from './repo.js';
-
-interface GlobalOptions {
-  repo?: string;
-  user?: boolean;
-  system?: boolean;
-  insecure?: boolean;
-}
+import { hashForRepository, openRepoFromCli, type GlobalOptions } from './repo.js';
 
 interface TreeOpts {
   bootable?: boolean;
@@ -27,42 +19,11 @@ function keepUserXattrs(mode: string): boolean {
   throw new CfsError('EINVAL', `unknown xattr mode '${mode}' (allowlist-only or keep-user-xattrs)`);
 }
 
-function parseHash(v: string | undefined): HashAlg | undefined {
-  if (v === undefined) return undefined;
-  if (v !== 'sha256' && v !== 'sha512') throw new CfsError('EINVAL', `unsupported hash algorithm '${v}' (sha256 or sha512)`);
-  return v;
-}
-
 function parseErofsVersion(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
-  if (v !== '0' && v !== '1' && v !== '2') throw new CfsError('EINVAL', `invalid EROFS format version '${v}' (0, 1 or 2)`);
+  // Format 2 images are not written by cfs (image-build.ts).
+  if (v !== '0' && v !== '1') throw new CfsError('EINVAL', `invalid EROFS format version '${v}' (0 or 1)`);
   return Number(v);
-}
-
-/**
- * Hash for commands that need no repository (cfsctl rule): the existing repository's
- * algorithm (a conflicting --hash is an error), else --hash, else sha512.
- */
-async function hashWithoutRepo(program: Command, hash: HashAlg | undefined): Promise<HashAlg> {
-  const { readFile } = await import('node:fs/promises');
-  const path = await import('node:path');
-  const { resolveRepositoryPath } = await import('../repository/location.js');
-  const { parseMeta, algorithmString } = await import('../repository/meta.js');
-  let metaPath: string;
-  try {
-    metaPath = path.join(resolveRepositoryPath(program.opts<GlobalOptions>()), 'meta.json');
-  } catch {
-    return hash ?? 'sha512';
-  }
-  let text: string;
-  try {
-    text = await readFile(metaPath, 'utf8');
-  } catch {
-    return hash ?? 'sha512';
-  }
-  const alg = parseMeta(text, metaPath).alg;
-  if (hash && hash !== alg) throw new CfsError('EINVAL', `repository is configured for ${algorithmString(alg)} (from meta.json) but --hash ${hash} was specified`);
-  return alg;
 }
 
 function registerPrepareBoot(program: Command): void {
@@ -119,11 +80,11 @@ export function register(program: Command): void {
     .argument('<path>', 'root directory of the tree')
     .option('--no-propagate-usr-to-root', "keep /'s own metadata (skip the OCI transform)")
     .option('--hash <alg>', 'sha256 or sha512 (default: the repository\'s, else sha512)')
-    .option('--erofs-version <n>', 'EROFS format version 0, 1 or 2 (default 1)')
+    .option('--erofs-version <n>', 'EROFS format version 0 or 1 (default 1)')
     .option('--insecure', "mark the digest optional ('?'): fs-verity is not enforced at boot")
     .action(async (dir: string, o: { propagateUsrToRoot: boolean; hash?: string; erofsVersion?: string; insecure?: boolean }) => {
       const { computeDirKarg } = await import('../boot/image.js');
-      const alg = await hashWithoutRepo(program, parseHash(o.hash));
+      const alg = await hashForRepository(program, o.hash, 'sha512');
       const karg = await computeDirKarg(dir, {
         alg,
         propagateUsrToRoot: o.propagateUsrToRoot,

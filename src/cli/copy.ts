@@ -47,7 +47,7 @@ export function register(program: Command): void {
           // The object line reads as `cfs oci pull`'s.
           process.stdout.write(`${lines.join('\n')}\n${objectsLine(r.objects)}`);
           // As in cfsctl the copy is untagged without --name; say what that means.
-          if (!opts.name && !opts.quiet) process.stderr.write(`note: the copy is untagged: the next \`cfs gc\` removes it (tag it with --name, or \`cfs oci tag ${r.manifestDigest} NAME\`)\n`);
+          if (!opts.name && !opts.quiet) process.stderr.write(`cfs: note: the copy is untagged: the next \`cfs gc\` removes it (tag it with --name, or \`cfs oci tag ${r.manifestDigest} NAME\`)\n`);
         } finally {
           dst.close();
         }

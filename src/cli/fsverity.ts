@@ -1,10 +1,6 @@
 import type { Command } from 'commander';
-import { CfsError } from '../errors.js';
+import { parseHash } from './repo.js';
 
-function parseAlg(v: string): 'sha256' | 'sha512' {
-  if (v !== 'sha256' && v !== 'sha512') throw new CfsError('EINVAL', `unsupported hash algorithm '${v}' (sha256 or sha512)`);
-  return v;
-}
 
 export function register(program: Command): void {
   const fsv = program.command('fsverity').description('fs-verity digests (userspace) and kernel fs-verity');
@@ -15,7 +11,7 @@ export function register(program: Command): void {
     .argument('<files...>')
     .action(async (files: string[], opts: { hashAlg: string }) => {
       const { fsverityDigestFile } = await import('../fsverity/index.js');
-      const alg = parseAlg(opts.hashAlg);
+      const alg = parseHash(opts.hashAlg);
       for (const f of files) {
         const d = await fsverityDigestFile(f, alg);
         process.stdout.write(`${alg}:${d.toString('hex')} ${f}\n`);
@@ -39,7 +35,7 @@ export function register(program: Command): void {
     .argument('<files...>')
     .action(async (files: string[], opts: { hashAlg: string }) => {
       const { enableVerity } = await import('../fsverity/kernel.js');
-      const alg = parseAlg(opts.hashAlg);
+      const alg = parseHash(opts.hashAlg);
       for (const f of files) await enableVerity(f, alg);
     });
 }

@@ -35,7 +35,7 @@ export function buildProgram(): Command {
     .name('cfs')
     .description('composefs tooling: import OCI images into a composefs repository and mount them')
     .version(packageVersion())
-    .option('--repo <path>', 'repository path (default: $CFS_REPO, else system repo for root, user repo otherwise)')
+    .option('--repo <path>', 'repository path (default: $CFS_REPO, else the system repo for root of the initial user namespace, the user repo otherwise)')
     .option('--user', 'use the user repository ($HOME/.var/lib/composefs)')
     .option('--system', 'use the system repository (/sysroot/composefs)')
     .option('--insecure', 'do not require fs-verity on repository objects')
@@ -81,7 +81,9 @@ export function reportError(e: unknown): number {
   }
   const err = e as NodeJS.ErrnoException;
   if (err && typeof err === 'object' && typeof err.code === 'string' && typeof err.message === 'string') {
-    process.stderr.write(`cfs: ${err.message}\n`);
+    // Node's "ENOENT: no such file or directory, open 'x'" said as "x: no such file or directory".
+    const m = /^[A-Z0-9_]+: (.*), \w+ '.*'$/s.exec(err.message);
+    process.stderr.write(`cfs: ${m && typeof err.path === 'string' ? `${err.path}: ${m[1]}` : err.message}\n`);
     return 1;
   }
   process.stderr.write(`cfs: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -16,6 +16,7 @@ interface MkOpts {
   useEpoch?: boolean;
   skipXattrs?: boolean;
   userXattrs?: boolean;
+  skipDevices?: boolean;
 }
 
 function parseVersion(v: string | undefined, what: string): number | undefined {
@@ -36,7 +37,7 @@ async function readAll(source: string): Promise<Buffer> {
 
 async function scan(dir: string, o: MkOpts): Promise<Inode> {
   const { scanDirectory } = await import('../tree/scan.js');
-  return scanDirectory(dir, { useEpoch: o.useEpoch, skipXattrs: o.skipXattrs, userXattrs: o.userXattrs, digestStore: o.digestStore });
+  return scanDirectory(dir, { useEpoch: o.useEpoch, skipXattrs: o.skipXattrs, userXattrs: o.userXattrs, skipDevices: o.skipDevices, digestStore: o.digestStore });
 }
 
 /** Write `data` to `dest` atomically: a temp file in the same directory, renamed into place. */
@@ -73,11 +74,15 @@ export function register(program: Command): void {
     .option('--use-epoch', 'set all mtimes to 0 (directory source)')
     .option('--skip-xattrs', 'ignore xattrs (directory source)')
     .option('--user-xattrs', 'only user.* xattrs (directory source)')
+    .option('--skip-devices', 'leave out block and character devices (directory source)')
     .action(async (source: string, image: string | undefined, o: MkOpts) => {
       if (o.printDigestOnly && image !== undefined) throw new CfsError('EINVAL', 'cannot specify an image with --print-digest-only');
       if (!o.printDigestOnly && image === undefined) throw new CfsError('EINVAL', 'missing image argument');
       const minVersion = parseVersion(o.minVersion, 'min version');
       const maxVersion = parseVersion(o.maxVersion, 'max version');
+      if (minVersion !== undefined && maxVersion !== undefined && minVersion > maxVersion) {
+        throw new CfsError('EINVAL', `--min-version ${minVersion} is above --max-version ${maxVersion}`);
+      }
       let root: Inode;
       if (o.fromFile) {
         const { parseDumpfile } = await import('../dumpfile/parse.js');
@@ -106,20 +111,21 @@ export function register(program: Command): void {
       .option('--bootable', 'apply the boot transform (/boot and /sysroot emptied, SELinux relabel)')
       .option('--no-propagate-usr-to-root', 'no OCI transform: keep / as scanned and every xattr')
       .option('--keep-user-xattrs', 'OCI transform keeps user.* xattrs too (xattr mode keep-user-xattrs)')
-      .option('--hash <alg>', 'sha256 or sha512', 'sha256')
+      .option('--hash <alg>', "sha256 or sha512 (default: the repository's, else sha256)")
       .option('--erofs-version <n>', 'EROFS format version (0 or 1)', '1');
 
   interface TreeOpts {
     bootable?: boolean;
     propagateUsrToRoot: boolean;
     keepUserXattrs?: boolean;
-    hash: string;
+    hash?: string;
     erofsVersion: string;
   }
-  const dirOpts = (o: TreeOpts) => {
-    if (o.hash !== 'sha256' && o.hash !== 'sha512') throw new CfsError('EINVAL', `unsupported hash algorithm '${o.hash}' (sha256 or sha512)`);
+  // As `cfs create-image` would store it: in the selected repository's algorithm.
+  const dirOpts = async (o: TreeOpts) => {
+    const { hashForRepository } = await import('./repo.js');
     return {
-      alg: o.hash as 'sha256' | 'sha512',
+      alg: await hashForRepository(program, o.hash, 'sha256'),
       bootable: o.bootable,
       propagateUsrToRoot: o.propagateUsrToRoot,
       keepUserXattrs: o.keepUserXattrs,
@@ -130,7 +136,7 @@ export function register(program: Command): void {
   treeCommand('compute-id', 'print the image id (hex) of a directory tree as `cfs create-image` would store it; nothing is written').action(
     async (dir: string, o: TreeOpts) => {
       const { computeDirImage } = await import('../boot/image.js');
-      const { id } = await computeDirImage(dir, dirOpts(o));
+      const { id } = await computeDirImage(dir, await dirOpts(o));
       await writeStdout(`${id.toString('hex')}\n`);
     },
   );
@@ -138,6 +144,6 @@ export function register(program: Command): void {
   treeCommand('create-dumpfile', 'print the dumpfile of a directory tree (same tree options as compute-id)').action(async (dir: string, o: TreeOpts) => {
     const { treeFromDirectory } = await import('../boot/image.js');
     const { printDumpfile } = await import('../dumpfile/print.js');
-    await writeStdout(printDumpfile(await treeFromDirectory(dir, dirOpts(o))));
+    await writeStdout(printDumpfile(await treeFromDirectory(dir, await dirOpts(o))));
   });
 }

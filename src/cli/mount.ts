@@ -1,8 +1,8 @@
 /** `cfs mount`, `cfs umount`, `cfs mounts`, and the C-compatible `cfs mount.composefs`. */
 import type { Command } from 'commander';
-import { statSync } from 'node:fs';
 import path from 'node:path';
 import { CfsError } from '../errors.js';
+import type { FuseMode } from '../mount/mount-image.js';
 import { openRepoFromCli } from './repo.js';
 import { LOCAL_FETCH_OPTIONS } from './oci.js';
 
@@ -19,53 +19,15 @@ interface MountOpts {
   lockTimeout?: string;
 }
 
-function checkMountpoint(mp: string): string {
-  let st;
-  try {
-    st = statSync(mp);
-  } catch {
-    throw new CfsError('ENOENT', `mount point ${mp} does not exist`, { path: mp });
-  }
-  if (!st.isDirectory()) throw new CfsError('EINVAL', `mount point ${mp} is not a directory`, { path: mp });
-  return path.resolve(mp);
-}
-
-/** A second cfs mount on the same directory would hide the first and make umount ambiguous. */
-async function refuseStacking(mp: string): Promise<void> {
-  const { findMount, isComposefsMount } = await import('../mount/mountinfo.js');
-  const top = findMount(mp);
-  if (top && isComposefsMount(top)) {
-    throw new CfsError('EBUSY', `${mp} already has a cfs mount (${top.source}); cfs umount it first`, { path: mp });
-  }
-}
-
-async function chooseKernel(mode: string): Promise<boolean> {
-  if (!['auto', 'yes', 'no'].includes(mode)) throw new CfsError('EINVAL', `--fuse must be auto, yes or no (got '${mode}')`);
-  if (mode === 'yes') return false;
-  const { hasMountPrivilege } = await import('../mount/caps.js');
-  const privileged = hasMountPrivilege();
-  if (mode === 'no' && !privileged) {
-    throw new CfsError('EPERM', 'kernel mount (--fuse no) needs CAP_SYS_ADMIN in the initial user namespace; run as root or use --fuse auto|yes');
-  }
-  return privileged;
-}
-
-/** The image object's content still has the digest it is named by (userspace fs-verity). */
-async function checkImageIntact(file: string, imageId: Buffer): Promise<void> {
-  const { fsverityDigestFile } = await import('../fsverity/file.js');
-  const alg = imageId.length === 64 ? 'sha512' : 'sha256';
-  const actual = await fsverityDigestFile(file, alg);
-  if (!actual.equals(imageId)) {
-    throw new CfsError('ECORRUPT', `image ${imageId.toString('hex')} is damaged: its content has digest ${actual.toString('hex')} (run 'cfs fsck')`, { path: file });
-  }
-}
-
 interface ComposefsHelperOpts {
   o?: string[];
+  t?: string;
+  sloppy?: boolean;
+  fake?: boolean;
 }
 
 /** `-o basedir=…,digest=…,verity,ro,upperdir=…,workdir=…` as the C mount.composefs takes them. */
-function parseHelperOptions(list: string[]): { basedir?: string; digest?: Buffer; verity: boolean; rw: boolean; upperdir?: string; workdir?: string } {
+function parseHelperOptions(list: string[], sloppy: boolean): { basedir?: string; digest?: Buffer; verity: boolean; rw: boolean; upperdir?: string; workdir?: string } {
   const out: { basedir?: string; digest?: Buffer; verity: boolean; rw: boolean; upperdir?: string; workdir?: string } = { verity: false, rw: false };
   for (const opt of list.flatMap((s) => s.split(',')).filter((s) => s !== '')) {
     const eq = opt.indexOf('=');
@@ -104,7 +66,8 @@ function parseHelperOptions(list: string[]): { basedir?: string; digest?: Buffer
       case 'relatime':
         break;
       default:
-        throw new CfsError('EINVAL', `mount.composefs: unsupported option '${opt}'`);
+        // mount -s: options this helper does not know are ignored.
+        if (!sloppy) throw new CfsError('EINVAL', `mount.composefs: unsupported option '${opt}'`);
     }
   }
   return out;
@@ -127,63 +90,24 @@ export function register(program: Command): void {
     .option(...LOCAL_FETCH_OPTIONS[1])
     .option(...LOCAL_FETCH_OPTIONS[2])
     .action(async (source: string, mountpoint: string, opts: MountOpts) => {
-      const mp = checkMountpoint(mountpoint);
-      await refuseStacking(mp);
-      const kernel = await chooseKernel(opts.fuse);
-      if ((opts.upperdir || opts.workdir || opts.readWrite) && !kernel) throw new CfsError('EINVAL', '--upperdir/--workdir/--read-write need the kernel mount');
-      if (!!opts.upperdir !== !!opts.workdir) throw new CfsError('EINVAL', '--upperdir and --workdir go together');
-      if (opts.readWrite && !opts.upperdir) throw new CfsError('EINVAL', '--read-write needs --upperdir and --workdir');
+      const { checkMountRequest, mountImage } = await import('../mount/mount-image.js');
+      const { objectsLine, pullOptionsFromCli } = await import('./oci.js');
+      const request = { fuse: opts.fuse as FuseMode, foreground: opts.foreground, upperdir: opts.upperdir, workdir: opts.workdir, readWrite: opts.readWrite };
+      // Before the repository is opened (and maybe created).
+      checkMountRequest(mountpoint, request);
+      const pull = await pullOptionsFromCli(opts);
       const repo = await openRepoFromCli(program);
       try {
-        const { resolveMountSource } = await import('../mount/resolve.js');
-        const { image, label } = await resolveMountSource(repo, source, {
-          platform: opts.platform,
-          // Loaded only for transport references: the import machinery is heavy for a plain mount.
-          pull: async (ref) => {
-            const { pullReference, objectsLine } = await import('./oci.js');
-            const r = await pullReference(repo, ref, undefined, { platform: opts.platform, quiet: opts.quiet, localFetch: opts.localFetch, zerocopy: opts.zerocopy, lockTimeout: opts.lockTimeout });
+        await mountImage(repo, source, mountpoint, {
+          ...request,
+          pull,
+          onPulled: (r) => {
             if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
-            return r.imageId;
           },
-          note: (text) => {
+          onNotice: (text) => {
             if (!opts.quiet) process.stderr.write(`cfs: note: ${text}\n`);
           },
         });
-        const objectsDir = path.join(repo.path, 'objects');
-        if (kernel) {
-          const { mountComposefs } = await import('../mount/kernel.js');
-          try {
-            mountComposefs({
-              image: image.path,
-              objectsDir,
-              mountpoint: mp,
-              source: `composefs:${label}`,
-              verity: image.verityRequired ? 'require' : 'off',
-              // The image object is named by its fs-verity digest: a damaged image is refused
-              // here instead of failing file by file later (checked on the fd that gets mounted).
-              expectedDigest: image.imageId,
-              upperdir: opts.upperdir,
-              workdir: opts.workdir,
-              readWrite: opts.readWrite,
-            });
-          } catch (e) {
-            if (e instanceof CfsError && e.code === 'EDIGEST') {
-              throw new CfsError('ECORRUPT', `image ${image.imageId.toString('hex')} is damaged: ${e.message} (run 'cfs fsck')`, { path: image.path });
-            }
-            throw e;
-          }
-        } else {
-          await checkImageIntact(image.path, image.imageId);
-          const { mountFuseDaemon } = await import('../mount/fuse-daemon.js');
-          await mountFuseDaemon({
-            imagePath: image.path,
-            objectsDir,
-            mountpoint: mp,
-            name: label,
-            verify: image.verityRequired ? { alg: repo.alg } : undefined,
-            foreground: opts.foreground,
-          });
-        }
       } finally {
         repo.close();
       }
@@ -196,23 +120,8 @@ export function register(program: Command): void {
     .argument('<mountpoint>')
     .option('-l, --lazy', 'detach now, clean up when no longer busy')
     .action(async (mountpoint: string, opts: { lazy?: boolean }) => {
-      const { findMount, isComposefsMount } = await import('../mount/mountinfo.js');
-      const mp = path.resolve(mountpoint);
-      const m = findMount(mp);
-      if (m && !isComposefsMount(m)) {
-        throw new CfsError('EINVAL', `${mp} is a ${m.fsType} mount of ${m.source}, not a cfs mount; use umount(8) for it`, { path: mp });
-      }
-      if (m && m.fsType.startsWith('fuse')) {
-        const { unmountFuse } = await import('../mount/fuse-daemon.js');
-        await unmountFuse(mp, opts);
-      } else if (m) {
-        const { unmount } = await import('../mount/kernel.js');
-        unmount(mp, opts);
-      } else {
-        const { readFuseRecord, unmountFuse } = await import('../mount/fuse-daemon.js');
-        if (readFuseRecord(mp)) await unmountFuse(mp, opts);
-        else throw new CfsError('EINVAL', `${mp} is not a mount point`, { path: mp });
-      }
+      const { unmountImage } = await import('../mount/mount-image.js');
+      await unmountImage(mountpoint, opts);
     });
 
   program
@@ -220,14 +129,8 @@ export function register(program: Command): void {
     .description('list active cfs mounts')
     .option('--json', 'JSON output')
     .action(async (opts: { json?: boolean }) => {
-      const { listComposefsMounts } = await import('../mount/mountinfo.js');
-      const rows = listComposefsMounts().map((m) => ({
-        mountpoint: m.mountpoint,
-        source: m.source,
-        kind: m.fsType.startsWith('fuse') ? 'fuse' : 'kernel',
-        fsType: m.fsType,
-        options: m.superOptions,
-      }));
+      const { listMounts } = await import('../mount/mount-image.js');
+      const rows = listMounts();
       if (opts.json) process.stdout.write(`${JSON.stringify({ mounts: rows }, null, 2)}\n`);
       else if (rows.length === 0) process.stdout.write('No cfs mounts\n');
       else for (const r of rows) process.stdout.write(`${r.mountpoint}\t${r.kind}\t${r.source}\n`);
@@ -239,14 +142,27 @@ export function register(program: Command): void {
     .argument('<image>', 'composefs EROFS image file')
     .argument('<mountpoint>')
     .option('-o <options>', 'comma-separated mount options', (v: string, prev: string[] = []) => [...prev, v])
+    // What mount(8) passes a helper: -t type, -s (sloppy), -f (fake), -n (no mtab), -v (verbose).
+    .option('-t <type>', 'filesystem type (composefs)')
+    .option('-s, --sloppy', 'ignore mount options this helper does not know')
+    .option('-f, --fake', 'check the options and the mount point, but do not mount')
+    .option('-n', 'do not write /etc/mtab (there is none to write)')
+    .option('-v', 'verbose (accepted for mount(8))')
     .action(async (image: string, mountpoint: string, opts: ComposefsHelperOpts) => {
+      if (opts.t !== undefined && opts.t !== 'composefs') throw new CfsError('EINVAL', `mount.composefs: -t ${opts.t}: this helper mounts composefs only`);
+      const { checkMountpoint } = await import('../mount/mount-image.js');
       const mp = checkMountpoint(mountpoint);
-      const o = parseHelperOptions(opts.o ?? []);
+      const o = parseHelperOptions(opts.o ?? [], !!opts.sloppy);
       if (!o.basedir) throw new CfsError('EINVAL', 'mount.composefs: the basedir= option is required');
+      // basedir=A:B: objects are looked up in A, then in B.
+      const [first, ...more] = o.basedir.split(':').filter((d) => d !== '').map((d) => path.resolve(d));
+      if (!first) throw new CfsError('EINVAL', 'mount.composefs: basedir= names no directory');
+      if (opts.fake) return;
       const { mountComposefs } = await import('../mount/kernel.js');
       mountComposefs({
         image: path.resolve(image),
-        objectsDir: path.resolve(o.basedir),
+        objectsDir: first,
+        moreObjectsDirs: more,
         mountpoint: mp,
         source: `composefs:${path.basename(image)}`,
         verity: o.verity ? 'require' : 'off',

@@ -4,6 +4,7 @@ import { CfsError } from '../errors.js';
 import { openRepoFromCli } from './repo.js';
 import type { Repository } from '../repository/repository.js';
 import type { StoredImage } from '../oci/stored.js';
+import type { PullOptions } from '../oci/pull.js';
 
 interface PullOpts {
   platform?: string;
@@ -15,8 +16,6 @@ interface PullOpts {
   lockTimeout?: string;
 }
 
-const LOCAL_FETCH = ['disabled', 'auto', 'zerocopy'] as const;
-
 /** The pull options `cfs mount` shares: [flags, description]. */
 export const LOCAL_FETCH_OPTIONS = [
   ['--local-fetch <mode>', 'containers-storage: reflink/hardlink file contents into the repository: auto (default: when on the same filesystem, else copy), zerocopy (required), disabled (always copy)'],
@@ -24,9 +23,19 @@ export const LOCAL_FETCH_OPTIONS = [
   ['--lock-timeout <seconds>', 'containers-storage: how long to wait for a lock podman holds while writing (default: as long as it takes)'],
 ] as const;
 
-function lockTimeoutMs(v: string): number {
-  if (!/^\d+(\.\d+)?$/.test(v)) throw new CfsError('EINVAL', `--lock-timeout: '${v}' is not a number of seconds`);
-  return Number(v) * 1000;
+/** The library's pull options from the command line's (progress bars on a terminal unless quiet). */
+export async function pullOptionsFromCli(opts: PullOpts): Promise<PullOptions> {
+  const { LOCAL_FETCH_MODES } = await import('../oci/pull.js');
+  const { progressFor } = await import('./progress.js');
+  const mode = opts.zerocopy ? 'zerocopy' : (opts.localFetch ?? 'auto');
+  const localFetch = LOCAL_FETCH_MODES.find((m) => m === mode);
+  if (!localFetch) throw new CfsError('EINVAL', `--local-fetch: '${mode}' is not one of ${LOCAL_FETCH_MODES.join(', ')}`);
+  if (opts.zerocopy && opts.localFetch !== undefined && opts.localFetch !== 'zerocopy') {
+    throw new CfsError('EINVAL', `--zerocopy contradicts --local-fetch ${opts.localFetch}`);
+  }
+  const v = opts.lockTimeout;
+  if (v !== undefined && !/^\d+(\.\d+)?$/.test(v)) throw new CfsError('EINVAL', `--lock-timeout: '${v}' is not a number of seconds`);
+  return { platform: opts.platform, localFetch, lockTimeoutMs: v === undefined ? undefined : Number(v) * 1000, progress: progressFor({ quiet: opts.quiet }) };
 }
 
 /** The summary of where a pull's objects came from (stderr, unless quiet). */
@@ -36,34 +45,6 @@ export function objectsLine(o: { reflinked: number; hardlinked: number; copied: 
 
 async function writeOut(data: Buffer | string): Promise<void> {
   await new Promise<void>((resolve, reject) => process.stdout.write(data, (e) => (e ? reject(e) : resolve())));
-}
-
-/**
- * Pull (import) a transport reference and tag it `name`; shared with `cfs mount`. The default tag
- * is the reference, a containers-storage one as the store names the image (`x` and `x:latest`
- * are one tag, `localhost/x:latest`).
- */
-export async function pullReference(repo: Repository, reference: string, name: string | undefined, opts: PullOpts) {
-  const { openImageSource } = await import('../oci/sources.js');
-  const { importImage } = await import('../oci/import.js');
-  const { progressFor } = await import('./progress.js');
-  const mode = opts.zerocopy ? 'zerocopy' : (opts.localFetch ?? 'auto');
-  const localFetch = LOCAL_FETCH.find((m) => m === mode);
-  if (!localFetch) throw new CfsError('EINVAL', `--local-fetch: '${mode}' is not one of ${LOCAL_FETCH.join(', ')}`);
-  if (opts.zerocopy && opts.localFetch !== undefined && opts.localFetch !== 'zerocopy') {
-    throw new CfsError('EINVAL', `--zerocopy contradicts --local-fetch ${opts.localFetch}`);
-  }
-  if (name !== undefined && name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
-  const progress = progressFor({ quiet: opts.quiet });
-  const timeoutMs = opts.lockTimeout === undefined ? undefined : lockTimeoutMs(opts.lockTimeout);
-  // Above any progress bars.
-  const img = await openImageSource(reference, { platform: opts.platform, onWait: (text) => progress.message(text), timeoutMs });
-  try {
-    const tag = name ?? (reference.startsWith('containers-storage:') ? (await import('../oci/containers-storage/image.js')).defaultStorageTag(reference, img.description) : reference);
-    return { ...(await importImage(repo, img, { name: tag, progress, localFetch })), tag };
-  } finally {
-    await img.close();
-  }
 }
 
 async function storedTree(repo: Repository, img: StoredImage) {
@@ -87,7 +68,8 @@ export function register(program: Command): void {
     .action(async (source: string, name: string | undefined, opts: PullOpts) => {
       const repo = await openRepoFromCli(program);
       try {
-        const r = await pullReference(repo, source, name, opts);
+        const { pullImage } = await import('../oci/pull.js');
+        const r = await pullImage(repo, source, { ...(await pullOptionsFromCli(opts)), name });
         let out = `manifest ${r.manifestDigest}\nconfig ${r.configDigest}\n`;
         if (r.imageId) out += `image ${r.imageId}\n`;
         out += `tagged ${r.tag}\n`;
@@ -185,15 +167,22 @@ export function register(program: Command): void {
 
   oci
     .command('tag')
-    .description('tag a stored manifest')
-    .argument('<digest>', 'manifest digest (sha256:…)')
+    .description('tag a stored image, named by its manifest digest or by a tag it has (as podman tag)')
+    .argument('<image>', 'manifest digest (sha256:…) or an existing tag')
     .argument('<name>')
-    .action(async (digest: string, name: string) => {
+    .action(async (image: string, name: string) => {
       const repo = await openRepoFromCli(program, { create: false });
       try {
-        const { tagImage } = await import('../oci/stored.js');
-        await tagImage(repo, name, digest.replace(/^@/, ''));
-        await writeOut(`Tagged ${digest} as ${name}\n`);
+        const { resolveTag, tagImage } = await import('../oci/stored.js');
+        const digest = image.replace(/^@/, '');
+        const byDigest = /^sha(256|384|512):[0-9a-f]+$/.test(digest);
+        const manifest = byDigest ? digest : await resolveTag(repo, image);
+        if (manifest === null) {
+          const hint = /^[0-9a-f]{64}$/.test(image) ? ` (a manifest digest is written sha256:${image})` : '';
+          throw new CfsError('ENOENT', `image '${image}' not found in repository ${repo.path}: not a tag or a manifest digest${hint}`);
+        }
+        await tagImage(repo, name, manifest);
+        await writeOut(`Tagged ${manifest} as ${name}\n`);
       } finally {
         repo.close();
       }

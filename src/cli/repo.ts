@@ -2,17 +2,43 @@
 import type { Command } from 'commander';
 import { CfsError, errnoCode } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
+import type { HashAlg } from '../fsverity/digest.js';
 
-interface GlobalOptions {
+/** The global options (repository selection). */
+export interface GlobalOptions {
   repo?: string;
   user?: boolean;
   system?: boolean;
   insecure?: boolean;
 }
 
-function parseHash(v: string): 'sha256' | 'sha512' {
+export function parseHash(v: string): HashAlg {
   if (v !== 'sha256' && v !== 'sha512') throw new CfsError('EINVAL', `unsupported hash algorithm '${v}' (sha256 or sha512)`);
   return v;
+}
+
+/**
+ * The hash of commands that compute an image id without storing it (cfsctl rule): the selected
+ * repository's algorithm when it exists (a conflicting --hash is an error), else --hash, else
+ * `fallback`.
+ */
+export async function hashForRepository(program: Command, hash: string | undefined, fallback: HashAlg): Promise<HashAlg> {
+  const requested = hash === undefined ? undefined : parseHash(hash);
+  const { readFileSync } = await import('node:fs');
+  const path = await import('node:path');
+  const { resolveRepositoryPath } = await import('../repository/location.js');
+  const { parseMeta, algorithmString } = await import('../repository/meta.js');
+  let metaPath: string;
+  let text: string;
+  try {
+    metaPath = path.join(resolveRepositoryPath(program.opts<GlobalOptions>()), 'meta.json');
+    text = readFileSync(metaPath, 'utf8');
+  } catch {
+    return requested ?? fallback;
+  }
+  const alg = parseMeta(text, metaPath).alg;
+  if (requested && requested !== alg) throw new CfsError('EINVAL', `repository is configured for ${algorithmString(alg)} (from meta.json) but --hash ${requested} was specified`);
+  return alg;
 }
 
 /**
@@ -70,15 +96,15 @@ export function register(program: Command): void {
     .command('init')
     .description('create a composefs repository (meta.json; fs-verity required unless --insecure)')
     .option('--insecure', 'do not require fs-verity (needed on filesystems without fs-verity)')
-    .option('--hash <alg>', 'fs-verity hash algorithm: sha256 or sha512', 'sha256')
+    .option('--hash <alg>', 'fs-verity hash algorithm of a new repository: sha256 (default) or sha512')
     .argument('[path]', 'repository path (default: the repository selected by the global options)')
-    .action(async (repoPath: string | undefined, opts: { insecure?: boolean; hash: string }) => {
+    .action(async (repoPath: string | undefined, opts: { insecure?: boolean; hash?: string }) => {
       const g = program.opts<GlobalOptions>();
       const { resolveRepositoryPath } = await import('../repository/location.js');
       const { initRepository } = await import('../repository/repository.js');
       const { algorithmString } = await import('../repository/meta.js');
       const target = resolveRepositoryPath(repoPath !== undefined ? { repo: repoPath } : g);
-      const hashAlg = parseHash(opts.hash);
+      const hashAlg = opts.hash === undefined ? undefined : parseHash(opts.hash);
       const insecure = !!(opts.insecure || g.insecure);
       const { created } = await initRepository(target, { hashAlg, insecure });
       if (!created) {
@@ -86,7 +112,7 @@ export function register(program: Command): void {
         return;
       }
       process.stdout.write(`Initialized composefs repository at ${target}\n`);
-      process.stdout.write(`algorithm: ${algorithmString(hashAlg)}\n`);
+      process.stdout.write(`algorithm: ${algorithmString(hashAlg ?? 'sha256')}\n`);
       process.stdout.write(`verity: ${insecure ? 'not required (insecure)' : 'required'}\n`);
     });
 

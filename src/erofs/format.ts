@@ -11,7 +11,6 @@ export const SLOT_SIZE = 32;
 // composefs header (file offset 0)
 export const CFS_MAGIC = 0xd078629a;
 export const CFS_HEADER_VERSION = 1;
-export const CFS_HEADER_SIZE = 32;
 export const CFS_HDR = { magic: 0, version: 4, flags: 8, composefsVersion: 12 } as const;
 export const CFS_FLAG_HAS_ACL = 1;
 /** Highest composefs format version this implementation writes. */

@@ -32,7 +32,9 @@ import { startFuse as startLowLevel } from './fuse-ll/index.js';
 
 /** The server: our own /dev/fuse protocol server, or fuse-native (libfuse 2) when asked. */
 function startFuse(opts: Parameters<typeof startLowLevel>[0]): Promise<ServerHandle> {
-  return process.env.CFS_FUSE_SERVER === 'fuse-native' ? startLibfuse(opts) : startLowLevel(opts);
+  const server = process.env.CFS_FUSE_SERVER || 'fuse-ll';
+  if (server !== 'fuse-ll' && server !== 'fuse-native') throw new CfsError('EINVAL', `CFS_FUSE_SERVER=${server}: unknown FUSE server (fuse-ll, the default, or fuse-native)`);
+  return server === 'fuse-native' ? startLibfuse(opts) : startLowLevel(opts);
 }
 
 interface ServerHandle {
@@ -151,7 +153,16 @@ function writeFuseRecord(rec: FuseDaemonRecord): void {
 }
 
 function removeFuseRecord(canonicalMountpoint: string): void {
-  rmSync(recordPathOf(canonicalMountpoint), { force: true });
+  const record = recordPathOf(canonicalMountpoint);
+  rmSync(record, { force: true });
+  // A log that says nothing is not kept (one per mount would pile up).
+  const log = logPathOf(record);
+  if (statSync(log, { throwIfNoEntry: false })?.size === 0) rmSync(log, { force: true });
+}
+
+/** The server's log beside its record. */
+function logPathOf(record: string): string {
+  return record.replace(/\.json$/, '.log');
 }
 
 function alive(pid: number): boolean {
@@ -244,7 +255,7 @@ function serverEntry(): string {
 
 function openServerLog(mountpoint: string): number | 'ignore' {
   try {
-    return openSync(fuseRecordPath(mountpoint).replace(/\.json$/, '.log'), 'a', 0o600);
+    return openSync(logPathOf(fuseRecordPath(mountpoint)), 'a', 0o600);
   } catch {
     return 'ignore';
   }

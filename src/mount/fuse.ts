@@ -148,8 +148,6 @@ export interface FuseServeOptions {
   name: string;
   /** Check each object's fs-verity digest on its first open; mismatch or failure → EIO. */
   verify?: { alg: HashAlg };
-  /** allow_other,suid,dev; default: when running as root (fusermount3 refuses them otherwise). */
-  privileged?: boolean;
   /** Diagnostics (missing objects, digest mismatches); default: one line to stderr. */
   log?: (line: string) => void;
 }
@@ -219,19 +217,6 @@ export class FuseImageServer {
     this.opts = opts;
     this.log = opts.log ?? ((line) => process.stderr.write(`${line}\n`));
     this.index(opts.root);
-  }
-
-  get inodeCount(): number {
-    return this.inos.size;
-  }
-
-  get openFiles(): number {
-    return this.open.size;
-  }
-
-  /** Number of an inode (stable for a given tree), or undefined if it is not visible. */
-  inoOf(n: Inode): number | undefined {
-    return this.inos.get(n);
   }
 
   private index(root: Inode): void {
@@ -524,7 +509,7 @@ export async function startFuse(opts: FuseServeOptions): Promise<FuseHandle> {
   const server = new FuseImageServer(opts);
   const fuse = new Fuse(mountpoint, server.ops(), { timeout: false });
   const fdsBefore = devFuseFds();
-  const optString = fuseMountOptions(opts.name, opts.privileged ?? process.getuid?.() === 0);
+  const optString = fuseMountOptions(opts.name, process.getuid?.() === 0);
   fuse._fuseOptions = () => optString;
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err) => {

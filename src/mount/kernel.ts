@@ -32,10 +32,12 @@ import { CfsError, errnoCode, type CfsErrorCode } from '../errors.js';
 import type { HashAlg } from '../fsverity/digest.js';
 import { fsverityDigestFdSync } from '../fsverity/file.js';
 import { measureVerityFd } from '../fsverity/kernel.js';
+import { readMountinfo } from './mountinfo.js';
 
 export interface ComposefsMountOptions {
   image: string; // EROFS image file
   objectsDir: string; // content-addressed objects (XX/YYYY…), the overlay data-only layer
+  moreObjectsDirs?: string[]; // further data-only layers, searched after objectsDir (mount.composefs basedir=A:B)
   mountpoint: string;
   source?: string; // shown as the mount's source; default composefs:<image file name>
   verity?: 'require' | 'off'; // default off
@@ -291,7 +293,7 @@ function validate(opts: ComposefsMountOptions): void {
 }
 
 /** Configure the overlay layers: fds with lowerdir+/datadir+, else one lowerdir string. */
-function setLayers(ctx: FsContext, mode: LayerPassing, erofsFd: number, objectsFd: number, upper: number[] | null): void {
+function setLayers(ctx: FsContext, mode: LayerPassing, erofsFd: number, objectsFds: number[], upper: number[] | null): void {
   let fdMode = mode !== 'string';
   if (fdMode) {
     try {
@@ -303,14 +305,14 @@ function setLayers(ctx: FsContext, mode: LayerPassing, erofsFd: number, objectsF
     }
   }
   if (fdMode) {
-    ctx.setFd('datadir+', objectsFd);
+    for (const fd of objectsFds) ctx.setFd('datadir+', fd);
     if (upper) {
       ctx.setFd('upperdir', upper[0]);
       ctx.setFd('workdir', upper[1]);
     }
     return;
   }
-  ctx.setString('lowerdir', `/proc/self/fd/${erofsFd}::/proc/self/fd/${objectsFd}`);
+  ctx.setString('lowerdir', [erofsFd, ...objectsFds].map((fd) => `/proc/self/fd/${fd}`).join('::'));
   if (upper) {
     ctx.setString('upperdir', `/proc/self/fd/${upper[0]}`);
     ctx.setString('workdir', `/proc/self/fd/${upper[1]}`);
@@ -338,10 +340,13 @@ export function openComposefsMount(opts: DetachedComposefsOptions): number {
     fds.push(imageFd);
     if (!fstatSync(imageFd).isFile()) throw new CfsError('EINVAL', `image ${opts.image} is not a regular file`);
     if (opts.expectedDigest) checkImageDigest(imageFd, opts.image, opts.expectedDigest);
-    if (opts.verity === 'require') requireVerityAvailable(opts.objectsDir);
-
-    const objectsFd = openDirPath(opts.objectsDir, 'objects directory');
-    fds.push(objectsFd);
+    const objectsDirs = [opts.objectsDir, ...(opts.moreObjectsDirs ?? [])];
+    if (opts.verity === 'require') objectsDirs.forEach(requireVerityAvailable);
+    const objectsFds = objectsDirs.map((d) => {
+      const fd = openDirPath(d, 'objects directory');
+      fds.push(fd);
+      return fd;
+    });
     let upper: number[] | null = null;
     if (opts.upperdir !== undefined && opts.workdir !== undefined) {
       upper = [openDirPath(opts.upperdir, 'upperdir'), openDirPath(opts.workdir, 'workdir')];
@@ -356,7 +361,7 @@ export function openComposefsMount(opts: DetachedComposefsOptions): number {
       ctx.setString('metacopy', 'on');
       ctx.setString('redirect_dir', 'on');
       if (opts.verity === 'require') ctx.setString('verity', 'require');
-      setLayers(ctx, opts.strategy?.layers ?? 'auto', erofsFd, objectsFd, upper);
+      setLayers(ctx, opts.strategy?.layers ?? 'auto', erofsFd, objectsFds, upper);
       ctx.create();
       return ctx.mount(opts.readWrite ? 0 : c.MOUNT_ATTR_RDONLY);
     } finally {
@@ -391,11 +396,14 @@ export function unmount(mountpoint: string, opts: { lazy?: boolean } = {}): void
   } catch (e) {
     const code = errnoCode(e);
     if (code === 'EBUSY') {
-      throw new CfsError('EBUSY', `${mountpoint}: mount is busy (open files or processes inside it); retry with --lazy to detach it now`, {
+      const beneath = readMountinfo().filter((m) => m.mountpoint.startsWith(`${mountpoint}/`)).map((m) => m.mountpoint);
+      const why = beneath.length > 0 ? `mounts beneath it: ${beneath.slice(0, 3).join(', ')}${beneath.length > 3 ? ', …' : ''}; unmount those first (umount -R)` : 'open files or processes inside it';
+      throw new CfsError('EBUSY', `${mountpoint}: mount is busy (${why}); retry with --lazy to detach it now`, {
         path: mountpoint,
       });
     }
     if (code === 'EINVAL') throw new CfsError('EINVAL', `${mountpoint}: not a mount point`, { path: mountpoint });
+    if (code === 'EPERM') throw new CfsError('EPERM', `unmount ${mountpoint}: ${(e as Error).message} (unmounting needs CAP_SYS_ADMIN: run as root)`, { errno: code });
     throw wrap(e, `unmount ${mountpoint}`);
   }
 }

@@ -14,7 +14,6 @@ export interface ResolvedMountSource {
 
 export interface ResolveMountOptions {
   platform?: string;
-  quiet?: boolean;
   /** Imports a transport reference into the repository; returns the composefs image id. */
   pull: (reference: string) => Promise<string | null>;
   /** Told when a reference its source no longer has is mounted from an earlier import. */
@@ -32,13 +31,22 @@ async function mountableTag(repo: Repository, tag: string): Promise<ImageHandle>
 /** The tag an earlier pull of `reference` gave its image, if the repository has one. */
 async function earlierImport(repo: Repository, reference: string): Promise<string | null> {
   const { resolveTag } = await import('../oci/stored.js');
-  let candidates = [reference];
+  const { absoluteReference } = await import('../oci/pull.js');
+  let candidates = [absoluteReference(reference)];
   if (reference.startsWith('containers-storage:')) {
     const { defaultTagCandidates } = await import('../oci/containers-storage/image.js');
     candidates = defaultTagCandidates(reference);
   }
   for (const c of candidates) if ((await resolveTag(repo, c)) !== null) return c;
   return null;
+}
+
+/** Short ids (as `cfs oci images` shows them, 12 digits): the one image id starting with `prefix`. */
+async function uniqueIdPrefix(repo: Repository, prefix: string): Promise<string | null> {
+  if (!/^[0-9a-f]{6,}$/.test(prefix)) return null;
+  const hits = (await repo.listImages()).filter((i) => i.startsWith(prefix));
+  if (hits.length > 1) throw new CfsError('EINVAL', `image id prefix '${prefix}' is ambiguous: ${hits.map((h) => h.slice(0, 16)).join(', ')}…`);
+  return hits[0] ?? null;
 }
 
 export async function resolveMountSource(repo: Repository, source: string, opts: ResolveMountOptions): Promise<ResolvedMountSource> {
@@ -59,10 +67,14 @@ export async function resolveMountSource(repo: Repository, source: string, opts:
       return { image: await mountableTag(repo, earlier), label: source };
     }
   }
-  if (!/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(source) && !source.startsWith('ref/') && !source.startsWith('refs/')) {
+  // An image id as create-image prints it (`sha256:<hex>`) is the id.
+  const id = source.startsWith(`${repo.alg}:`) ? source.slice(repo.alg.length + 1) : source;
+  if (!/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(id) && !source.startsWith('ref/') && !source.startsWith('refs/')) {
     if ((await resolveTag(repo, source)) !== null || source.startsWith('@')) return { image: await mountableTag(repo, source), label: source };
+    const full = await uniqueIdPrefix(repo, id);
+    if (full) return { image: await repo.openImage(full), label: source };
   }
-  const name = source.startsWith('ref/') ? `refs/${source.slice(4)}` : source;
+  const name = source.startsWith('ref/') ? `refs/${source.slice(4)}` : id;
   try {
     return { image: await repo.openImage(name), label: source };
   } catch (e) {

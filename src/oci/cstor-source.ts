@@ -8,8 +8,10 @@
  * Either way the whole layer is checked against its diff_id, so a file changed in the store
  * after podman imported it is caught; a mismatch is explained by finding the changed file.
  *
- * Rootless stores: files are read as the invoking user. Files owned by mapped IDs that the user
- * cannot read fail with a message saying so (never skipped).
+ * Rootless stores: their owner reads them through a helper in the store's user namespace
+ * (`podman unshare`, userns-helper.ts). Without it (it cannot start, CFS_USERNS_HELPER=0, or the
+ * store is another user's) files are read as the invoking user, and one the user cannot read
+ * fails with a message saying whose it is and what to do (never skipped).
  */
 import { lstatSync, statSync } from 'node:fs';
 import path from 'node:path';

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { access } from 'node:fs/promises';
 import { runLayerTasks } from './layer-tasks.js';
 import { CfsError } from '../errors.js';
+import { fsverityDigest } from '../fsverity/digest.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
@@ -100,10 +101,14 @@ export interface ImportResult {
   objects: ObjectCounts;
 }
 
-async function imageExists(repo: Repository, hex: string): Promise<boolean> {
+/**
+ * The image is linked and, in an insecure repository (where nothing stops its object from
+ * being changed), still has its digest: it is small, and a re-pull then repairs it.
+ */
+async function imageIntact(repo: Repository, hex: string): Promise<boolean> {
   try {
     await access(path.join(repo.path, 'images', hex));
-    return true;
+    return repo.secure || fsverityDigest(await repo.readObject(Buffer.from(hex, 'hex')), repo.alg).toString('hex') === hex;
   } catch {
     return false;
   }
@@ -223,7 +228,7 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
     const stored = await openStoredImage(repo, `@${img.manifestDigest}`, erofsVersion).catch(() => null);
     const complete =
       stored !== null &&
-      (stored.artifact || (stored.imageId !== null && (await imageExists(repo, stored.imageId)))) &&
+      (stored.artifact || (stored.imageId !== null && (await imageIntact(repo, stored.imageId)))) &&
       (await allLayerStreamsIntact(repo, img.layers.map((l) => l.id)));
     if (stored && complete) {
       for (const l of img.layers) progress.skipped(l.id);
@@ -271,7 +276,3 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
   return { manifestDigest: img.manifestDigest, configDigest: img.configDigest, imageId, layersImported: imported, layersSkipped: skipped, objects };
 }
 
-export function describeImportError(e: unknown, source: string): CfsError {
-  if (e instanceof CfsError) return e;
-  return new CfsError('EIO', `${source}: ${(e as Error).message ?? String(e)}`);
-}

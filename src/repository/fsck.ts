@@ -7,9 +7,12 @@
  * EROFS (parse, backing objects); refs; OCI tags (manifest/config digests, layer refs). With an
  * image tag, only what that tag reaches is checked.
  *
- * Leftover temporary files of killed writers are counted, not errors. `repair` (exclusive lock)
- * removes them and first-level `streams/` / `images/` links whose object is gone; named refs
- * (tags) are never removed, so a re-pull can restore what they name.
+ * A corrupt object (content not of its digest) damages every stream and image that uses it, and
+ * the tags using those, as a missing one does. Leftover temporary files of killed writers are
+ * counted, not errors. `repair` (exclusive lock) removes them, corrupt objects (every import
+ * takes an object that is present for good, so only a missing one is written again) and
+ * first-level `streams/` / `images/` links whose object is gone; named refs (tags) are never
+ * removed, so a re-pull can restore what they name.
  */
 import { createHash } from 'node:crypto';
 import { lstat, readFile, unlink } from 'node:fs/promises';
@@ -38,8 +41,6 @@ import {
   formatProblem, imageObjectRefs, isTempName, linkObject, listDirOrEmpty, listRefLinks, ReachabilityWalker, refResolves,
   type RefLink, type RepoProblem,
 } from './gc.js';
-
-export { formatProblem, type RepoProblem } from './gc.js';
 
 export interface FsckOptions extends LockWaitOptions {
   /** Check only what this OCI tag reaches. */
@@ -143,16 +144,33 @@ class Checker {
    * Streams and images (first-level names) found damaged, so the OCI tags using them are too;
    * true when only objects are missing (which pulling the image again restores).
    */
-  private readonly damaged = new Map<string, boolean>();
+  private readonly damaged = new Map<string, Damage>();
+  /** Objects whose content does not have the digest they are named by (hex), left in place. */
+  private readonly corrupt = new Set<string>();
 
   private noteDamage(rel: string, before: number): void {
-    const missingOnly = this.report.errors.slice(before).every((e) => e.kind === 'missing-object-ref' || e.kind === 'image-missing-object');
-    this.damaged.set(rel, missingOnly);
+    const kinds = this.report.errors.slice(before).map((e) => e.kind);
+    const only = (set: readonly string[]): boolean => kinds.every((k) => set.includes(k));
+    this.damaged.set(rel, only(MISSING_KINDS) ? 'missing' : only([...MISSING_KINDS, ...CORRUPT_KINDS]) ? 'corrupt' : 'other');
   }
 
   /** What to do about a damaged layer or image a tag uses. */
   private remedy(rel: string): string {
-    return this.damaged.get(rel) ? 'pull the image again to repair it' : 'untag it, run gc, and pull it again';
+    switch (this.damaged.get(rel)) {
+      case 'missing':
+        return 'pull the image again to repair it';
+      case 'corrupt':
+        return 'run `cfs fsck --repair` (it removes corrupt objects), then pull the image again';
+      default:
+        return 'untag it, run gc, and pull it again';
+    }
+  }
+
+  /** A problem naming `id` when it is a corrupt object (checked in phase 1); true if it is. */
+  private corruptRef(kind: string, rel: string, id: Buffer, what: string): boolean {
+    if (!this.corrupt.has(id.toString('hex'))) return false;
+    this.problem(kind, rel, `${what}object ${objectRelPath(id)} is corrupt (its content does not have that digest)`);
+    return true;
   }
   /** False once the filesystem said it has no fs-verity (then hash in userspace only). */
   private kernelVerity = true;
@@ -336,7 +354,12 @@ class Checker {
         return bad('object-verity-failed', (e as Error).message);
       }
     }
-    if (!actual.equals(id)) bad('object-digest-mismatch', `content has fs-verity digest ${actual.toString('hex')}`);
+    if (actual.equals(id)) return;
+    bad('object-digest-mismatch', `content has fs-verity digest ${actual.toString('hex')}`);
+    // Removed by repair: then missing, which pulling (or copying) the image again restores; an
+    // object that is present counts as good to every import.
+    if (await this.repair(rel)) this.sizes?.delete(id.toString('hex'));
+    else this.corrupt.add(id.toString('hex'));
   }
 
   // ---- phase 2 and 3: first-level links ----------------------------------------------------
@@ -366,6 +389,7 @@ class Checker {
       if (!(await this.repair(rel))) this.problem('broken-symlink', rel, `object ${objectRelPath(id)} does not exist`);
       return null;
     }
+    if (this.corruptRef('corrupt-object', rel, id, '')) return null;
     return id;
   }
 
@@ -401,7 +425,7 @@ class Checker {
         if ((await this.objectSize(o)) < 0) {
           complete = false;
           this.problem('missing-object-ref', rel, `object ${objectRelPath(o)} does not exist`);
-        }
+        } else this.corruptRef('corrupt-object-ref', rel, o, '');
       }
       for (const [refName, o] of r.namedRefs) {
         if ((await this.objectSize(o)) < 0) this.problem('missing-named-ref', rel, `named ref '${refName}': object ${objectRelPath(o)} does not exist`);
@@ -446,6 +470,7 @@ class Checker {
       if (!f.id) this.problem('image-invalid', rel, `${f.file}: backing path is not an object path`);
       else if (f.digest && !f.digest.equals(f.id)) this.problem('image-invalid', rel, `${f.file}: recorded digest differs from its backing object ${objectRelPath(f.id)}`);
       else if ((await this.objectSize(f.id)) < 0) this.problem('image-missing-object', rel, `${f.file}: object ${objectRelPath(f.id)} does not exist`);
+      else this.corruptRef('image-corrupt-object', rel, f.id, `${f.file}: `);
     }
   }
 
@@ -563,6 +588,12 @@ class Checker {
     return true;
   }
 }
+
+/** Problems that pulling the image again repairs: missing objects… */
+const MISSING_KINDS = ['missing-object-ref', 'image-missing-object'] as const;
+/** …and corrupt ones, once `--repair` has removed them. */
+const CORRUPT_KINDS = ['corrupt-object', 'corrupt-object-ref', 'image-corrupt-object'] as const;
+type Damage = 'missing' | 'corrupt' | 'other';
 
 /**
  * Check the repository (or what one OCI tag reaches). With `repair`, runs under the exclusive

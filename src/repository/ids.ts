@@ -1,5 +1,4 @@
 /** Object IDs (fs-verity digests) and their path and text forms. */
-import { CfsError } from '../errors.js';
 import { HASH_SIZE, type HashAlg } from '../fsverity/digest.js';
 
 /** `XX/YYYY…`: first byte as the fan-out directory, the rest as the file name. */
@@ -21,15 +20,3 @@ export function idFromObjectPath(p: string, alg: HashAlg): Buffer | null {
   return parseHexId(parts[parts.length - 2] + parts[parts.length - 1], alg);
 }
 
-/** `sha256:<hex>` / `sha512:<hex>`, the form the CLI prints. */
-export function idToString(id: Buffer, alg: HashAlg): string {
-  return `${alg}:${id.toString('hex')}`;
-}
-
-/** Accepts `<hex>` or `<alg>:<hex>` for the repository's algorithm. */
-export function parseIdString(s: string, alg: HashAlg): Buffer {
-  const hex = s.startsWith(`${alg}:`) ? s.slice(alg.length + 1) : s;
-  const id = parseHexId(hex, alg);
-  if (!id) throw new CfsError('EINVAL', `invalid ${alg} object id '${s}'`);
-  return id;
-}

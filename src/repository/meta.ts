@@ -130,7 +130,7 @@ export function parseMeta(text: string, file: string): RepoMeta {
   return { version: o.version, alg, features, erofsFormats };
 }
 
-/** Unknown read-only-compatible flags (composefs-rs computes this but does not enforce it). */
+/** Unknown read-only-compatible flags: the repository may be read, not written (Repository.ensureWritable). */
 export function unknownReadOnlyFeatures(m: RepoMeta): string[] {
   return m.features.readOnlyCompatible.filter((x) => !KNOWN_READ_ONLY_COMPATIBLE.has(x));
 }
@@ -143,6 +143,3 @@ export function effectiveErofsFormats(m: RepoMeta): ErofsFormats {
   return { default: 2, extra: [] };
 }
 
-export function metaEqual(a: RepoMeta, b: RepoMeta): boolean {
-  return serializeMeta(a) === serializeMeta(b);
-}

@@ -121,11 +121,6 @@ export class ObjectWriter {
     this.hasher = new FsVerityHasher(store.alg);
   }
 
-  /** Bytes written so far. */
-  get size(): number {
-    return this.hasher.bytes;
-  }
-
   /** Append data. The buffer may be reused by the caller once the promise resolves. */
   async write(data: Uint8Array): Promise<void> {
     if (this.done) throw new Error('ObjectWriter: write after commit/abort');

@@ -10,7 +10,7 @@
  *
  * An open handle holds flock(LOCK_SH) on the repository directory (GC takes LOCK_EX, see lock.ts).
  */
-import { closeSync, constants as C, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as C, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync, fsyncSync, unlinkSync } from 'node:fs';
 import { access, lstat, mkdir, open, readdir, readlink, readFile, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from '../native.js';
@@ -18,11 +18,12 @@ import { CfsError, errnoCode, isCfsError } from '../errors.js';
 import { fsverityDigest, HASH_SIZE, type HashAlg } from '../fsverity/digest.js';
 import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import { idFromObjectPath, objectRelPath } from './ids.js';
+import { SYSTEM_REPO_PATH } from './location.js';
 import {
-  algorithmString, effectiveErofsFormats, META_FILE, metaEqual, newMeta, parseMeta, serializeMeta,
+  algorithmString, effectiveErofsFormats, META_FILE, newMeta, parseMeta, serializeMeta, unknownReadOnlyFeatures,
   type ErofsFormat, type ErofsFormats, type RepoMeta,
 } from './meta.js';
-import { ObjectWriter, objectSizeAt, type ObjectStore } from './objects.js';
+import { ObjectWriter, objectSizeAt, TMP_OBJECT_PREFIX, type ObjectStore } from './objects.js';
 import { atomicSymlink, randomAlnum, validateRefName } from './symlink.js';
 import { acquireLock, type LockWaitOptions } from './lock.js';
 
@@ -32,6 +33,7 @@ export const META_TMP_PREFIX = '.meta.json.tmp-';
 export type RefKind = 'streams' | 'images';
 
 export interface InitOptions {
+  /** Of a new repository (default sha256); an existing one must have it only when it is given. */
   hashAlg?: HashAlg;
   /** Do not seal meta.json (and later objects) with fs-verity. */
   insecure?: boolean;
@@ -71,7 +73,7 @@ function readMetaIfPresent(metaPath: string): string | null {
 }
 
 /** Write meta.json so that it appears complete or not at all. Returns false if one exists. */
-function writeMetaFile(repoPath: string, text: string, insecure: boolean): boolean {
+function writeMetaFile(repoPath: string, text: string, insecure: boolean, shownPath = repoPath): boolean {
   const dest = path.join(repoPath, META_FILE);
   const seal = (fd: number): void => {
     if (insecure) return;
@@ -79,7 +81,7 @@ function writeMetaFile(repoPath: string, text: string, insecure: boolean): boole
       enableVerityFd(fd, parseMeta(text, dest).alg, dest);
     } catch (e) {
       if (isCfsError(e) && e.code === 'ENOTSUP') {
-        throw new CfsError('ENOTSUP', `cannot initialise repository ${repoPath}: its filesystem does not support fs-verity (use --insecure)`);
+        throw new CfsError('ENOTSUP', `cannot initialise repository ${shownPath}: its filesystem does not support fs-verity (use --insecure)`);
       }
       throw e;
     }
@@ -175,7 +177,7 @@ export async function initRepository(repoPathIn: string, opts: InitOptions = {})
       await mkdir(tmp, { mode: 0o700 });
       try {
         // meta.json first: on a filesystem without fs-verity a secure init fails before 260 mkdirs.
-        writeMetaFile(tmp, text, !!opts.insecure);
+        writeMetaFile(tmp, text, !!opts.insecure, repoPath);
         populateRepository(tmp);
         try {
           renameSync(tmp, repoPath);
@@ -187,7 +189,7 @@ export async function initRepository(repoPathIn: string, opts: InitOptions = {})
       } finally {
         rmSync(tmp, { recursive: true, force: true });
       }
-    } else if (writeMetaFile(repoPath, text, !!opts.insecure)) {
+    } else if (!existsSync(path.join(repoPath, META_FILE)) && writeMetaFile(repoPath, text, !!opts.insecure)) {
       // An existing directory (say, made by hand): meta.json first, as Repository.open expects
       // of a repository being created (objects/ without meta.json is an old-format one).
       populateRepository(repoPath);
@@ -198,7 +200,9 @@ export async function initRepository(repoPathIn: string, opts: InitOptions = {})
   }
   const file = path.join(repoPath, META_FILE);
   const existing = parseMeta(await readFile(file, 'utf8'), file);
-  if (!metaEqual(existing, meta)) {
+  // Only what was asked for must match: `cfs init` of an existing sha512 repository is fine.
+  const differs = (opts.hashAlg !== undefined && existing.alg !== meta.alg) || (opts.erofsVersion !== undefined && effectiveErofsFormats(existing).default !== opts.erofsVersion);
+  if (differs) {
     throw new CfsError('EEXIST', `repository ${repoPath} already initialized with different configuration (${describeMeta(existing)}); cannot re-initialize with (${describeMeta(meta)})`);
   }
   return { created: false };
@@ -235,7 +239,11 @@ export class Repository implements ObjectStore {
     try {
       dirFd = openSync(abs, C.O_RDONLY | C.O_DIRECTORY);
     } catch (e) {
-      if (errnoCode(e) !== 'ENOENT') throw e;
+      const code = errnoCode(e);
+      if (code === 'EACCES' || code === 'EPERM') {
+        throw new CfsError('EPERM', `repository ${abs}: permission denied${abs === SYSTEM_REPO_PATH ? " (the system repository is root's; use --user or --repo)" : ''}`);
+      }
+      if (code !== 'ENOENT') throw e;
       if (!opts.create) throw new CfsError('ENOENT', `repository ${abs} does not exist (create it with \`cfs init\`)`);
       return Repository.createOnFirstUse(abs, opts);
     }
@@ -327,6 +335,12 @@ export class Repository implements ObjectStore {
   /** Fail early with a clear message when the repository cannot be written (brief 1.4). */
   async ensureWritable(): Promise<void> {
     if (this.writableChecked) return;
+    // What read-only-compatible flags mean (ext4's ro_compat): a tool that does not know one may
+    // read the repository but must not change it.
+    const unknown = unknownReadOnlyFeatures(this.meta);
+    if (unknown.length > 0) {
+      throw new CfsError('EPERM', `Repository is not writable by this version of cfs: ${this.path} has read-only-compatible features it does not know (${unknown.join(', ')}); it may only be read`);
+    }
     try {
       await access(this.path, C.W_OK);
     } catch (e) {
@@ -370,6 +384,25 @@ export class Repository implements ObjectStore {
       throw e;
     }
     return w.commit();
+  }
+
+  /**
+   * An insecure repository's object can be changed behind its name, and every import takes an
+   * object that is present for good. For a small one whose bytes are at hand (an image: pulling
+   * an image again should repair it), a damaged copy is replaced: written beside, renamed over.
+   */
+  private replaceIfDamaged(id: Buffer, data: Buffer): void {
+    if (this.secure) return;
+    const file = this.objectPath(id);
+    try {
+      if (readFileSync(file).equals(data)) return;
+    } catch (e) {
+      if (errnoCode(e) !== 'ENOENT') throw e;
+    }
+    const tmp = path.join(this.path, 'objects', `${TMP_OBJECT_PREFIX}${randomAlnum(12)}`);
+    // Made durable by the sync before the image's name is linked (below).
+    writeFileSync(tmp, data, { flag: 'wx', mode: 0o644 });
+    renameSync(tmp, file);
   }
 
   /** Open an object read-only; in a secure repository its fs-verity digest must equal the ID. */
@@ -460,6 +493,7 @@ export class Repository implements ObjectStore {
    */
   async linkStream(contentId: string, objectId: Buffer): Promise<void> {
     validateContentId(contentId);
+    await this.ensureWritable();
     if (!(await this.hasObject(objectId))) throw new CfsError('ENOENT', `cannot link stream ${contentId}: object ${objectRelPath(objectId)} is missing`);
     this.sync();
     await mkdir(path.join(this.path, 'streams'), { recursive: true, mode: 0o755 });
@@ -473,6 +507,7 @@ export class Repository implements ObjectStore {
   async setRef(kind: RefKind, name: string, target: string): Promise<void> {
     validateRefName(name);
     validateContentId(target);
+    await this.ensureWritable();
     // The target's own link must be durable before a ref to it can be.
     this.sync();
     await atomicSymlink(this.path, `${kind}/refs/${name}`, `${kind}/${target}`);
@@ -480,6 +515,7 @@ export class Repository implements ObjectStore {
 
   async removeRef(kind: RefKind, name: string): Promise<void> {
     validateRefName(name);
+    await this.ensureWritable();
     try {
       await unlink(path.join(this.path, kind, 'refs', name));
     } catch (e) {
@@ -526,7 +562,9 @@ export class Repository implements ObjectStore {
 
   /** Store an EROFS image as an object and publish `images/<hex>` (and `images/refs/<name>`). */
   async writeImage(erofs: Buffer, name?: string): Promise<string> {
+    await this.ensureWritable();
     const id = await this.writeObject(erofs);
+    this.replaceIfDamaged(id, erofs);
     const hex = id.toString('hex');
     this.sync();
     await mkdir(path.join(this.path, 'images'), { recursive: true, mode: 0o755 });

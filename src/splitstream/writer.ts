@@ -58,11 +58,6 @@ export class SplitStreamWriter {
     this.contentType = contentTypeValue(opts.contentType ?? 0n);
   }
 
-  /** Total size of the reassembled stream so far (inline bytes + declared external sizes). */
-  get streamSize(): number {
-    return this.size;
-  }
-
   /** Append inline bytes (copied; the caller may reuse its buffer). */
   writeInline(data: Uint8Array): void {
     this.checkOpen();

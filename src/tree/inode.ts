@@ -47,9 +47,6 @@ export interface Inode {
   children: Map<ByteString, Inode> | null;
 }
 
-export function fileType(mode: number): number {
-  return mode & S_IFMT;
-}
 export function isDir(n: Inode): boolean {
   return (n.mode & S_IFMT) === S_IFDIR;
 }

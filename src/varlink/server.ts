@@ -231,10 +231,6 @@ export class VarlinkServer {
     }
   }
 
-  get connectionCount(): number {
-    return this.connections.size;
-  }
-
   private acceptAll(fd: number): void {
     for (;;) {
       if (this.connections.size >= MAX_CONNECTIONS) return this.pauseAccepting(`${MAX_CONNECTIONS} clients connected`);

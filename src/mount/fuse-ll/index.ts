@@ -44,7 +44,8 @@ function startWorker(config: WorkerConfig): Worker {
 export async function startFuse(opts: FuseServeOptions): Promise<FuseLlHandle> {
   const mountpoint = path.resolve(opts.mountpoint);
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const privileged = opts.privileged ?? process.getuid?.() === 0;
+  // allow_other,suid,dev as root only (fusermount3 refuses them otherwise).
+  const privileged = process.getuid?.() === 0;
   const fd = await openChannel({ mountpoint, name: opts.name, privileged });
   // Opt-in (CFS_FUSE_PASSTHROUGH=1, root only: registering backing files needs CAP_SYS_ADMIN):
   // cold reads of large files skip the server, but every open costs a request (see server.ts).

@@ -4,9 +4,8 @@
  * streamed, so a concurrent `podman rmi` cannot delete them mid-read.
  *
  * containers/storage locks with POSIX record locks (fcntl F_SETLKW, F_RDLCK/F_WRLCK on the
- * whole file; internal/rawfilelock), which on Linux do not interact with flock(2). When the
- * native addon offers `fcntlLock` that is used, so our readers exclude its writers; otherwise
- * flock is taken, which only excludes other users of this module (see `lockMechanism`).
+ * whole file; internal/rawfilelock), which on Linux do not interact with flock(2). So we take
+ * the same locks (the addon's `fcntlLock`): our readers exclude its writers.
  *
  * POSIX locks belong to the process and vanish when any fd of the file is closed, so one fd per
  * lock file is kept open and shared by all holders in this process (reference counted).
@@ -19,7 +18,7 @@
 import { closeSync, constants as fsc, fstatSync, openSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CfsError, errnoCode } from '../../errors.js';
-import { native, type NativeAddon } from '../../native.js';
+import { native } from '../../native.js';
 
 export type LockMode = 'shared' | 'exclusive';
 
@@ -36,21 +35,13 @@ export interface HeldLock {
   release(): void;
 }
 
-/** `fcntlLock(fd, op)`: POSIX whole-file lock, op as for flock (LOCK_SH/EX/UN, | LOCK_NB). */
-type FcntlAddon = NativeAddon & { fcntlLock?: (fd: number, op: number) => void };
-
 /** How long a wait lasts before `onWait` hears of it. */
 export const WAIT_NOTICE_MS = 1000;
 const CONFLICT = new Set(['EWOULDBLOCK', 'EAGAIN', 'EACCES']);
 
-export function lockMechanism(): 'fcntl' | 'flock' {
-  return typeof (native() as FcntlAddon).fcntlLock === 'function' ? 'fcntl' : 'flock';
-}
-
+/** POSIX whole-file lock, op as for flock (LOCK_SH/EX/UN, | LOCK_NB). */
 function lockCall(fd: number, op: number): void {
-  const n = native() as FcntlAddon;
-  if (n.fcntlLock) n.fcntlLock(fd, op);
-  else n.flock(fd, op);
+  native().fcntlLock(fd, op);
 }
 
 /** Someone waiting for a lock file's slot to be taken. */

@@ -1,0 +1,40 @@
+/**
+ * cfs as a library: what the CLI does, callable from TypeScript/JavaScript (`import … from 'cfs'`).
+ * Every failure is a CfsError with a code; nothing here prints.
+ *
+ *   const repo = await Repository.open('/var/lib/cfs', { create: true, fallbackInsecure: true });
+ *   const pulled = await pullImage(repo, 'oci:/images/app:1.0');
+ *   await mountImage(repo, pulled.tag, '/mnt/app');
+ *   …
+ *   await unmountImage('/mnt/app');
+ *   repo.close();
+ */
+export { CfsError, isCfsError, type CfsErrorCode } from './errors.js';
+
+// Repositories.
+export { Repository, initRepository, type InitOptions, type OpenOptions, type ImageHandle } from './repository/repository.js';
+export { resolveRepositoryPath, SYSTEM_REPO_PATH, type RepoLocationOptions } from './repository/location.js';
+export { fsck, type FsckOptions, type FsckReport } from './repository/fsck.js';
+export { collectGarbage, type GcOptions, type GcResult } from './repository/gc.js';
+
+// OCI images.
+export { pullImage, LOCAL_FETCH_MODES, type PullOptions, type PullResult } from './oci/pull.js';
+export type { LocalFetch } from './oci/import.js';
+export { openStoredImage, listTags, tagImage, untagImage, resolveTag, type StoredImage } from './oci/stored.js';
+export { copyImage, type CopyOptions, type CopyResult } from './oci/copy.js';
+export { buildTreeFromLayers } from './oci/image-build.js';
+export type { ProgressSink } from './progress/events.js';
+
+// Mounting.
+export { mountImage, unmountImage, listMounts, type FuseMode, type MountImageOptions, type MountedImage, type MountEntry } from './mount/mount-image.js';
+
+// composefs images: trees, dumpfiles, EROFS, fs-verity.
+export type { Inode } from './tree/inode.js';
+export { scanDirectory, type ScanOptions } from './tree/scan.js';
+export { ociTransform, type OciTransformOptions } from './tree/oci-transform.js';
+export { parseDumpfile, type ParseOptions } from './dumpfile/parse.js';
+export { printDumpfile } from './dumpfile/print.js';
+export { writeErofs, type WriteOptions } from './erofs/writer.js';
+export { readErofs } from './erofs/reader.js';
+export { fsverityDigest, type HashAlg } from './fsverity/digest.js';
+export { fsverityDigestFile } from './fsverity/file.js';

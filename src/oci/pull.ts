@@ -1,0 +1,68 @@
+/**
+ * Pull: a transport reference imported into a repository and tagged, as `cfs oci pull` and
+ * `cfs mount` do it (and the library's `pullImage`). The default tag is the reference (an
+ * `oci:` path made absolute); a containers-storage one as the store names the image (`x` and `x:latest` are one tag,
+ * `localhost/x:latest`).
+ */
+import path from 'node:path';
+import { CfsError } from '../errors.js';
+import type { Repository } from '../repository/repository.js';
+import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
+import type { ImportResult, LocalFetch } from './import.js';
+import { parseImageReference } from './reference.js';
+
+export const LOCAL_FETCH_MODES: readonly LocalFetch[] = ['disabled', 'auto', 'zerocopy'];
+
+export interface PullOptions {
+  /** Tag to give the image (default: see the module comment). */
+  name?: string;
+  /** `os/arch[/variant]` to select from a multi-platform index (default: this machine). */
+  platform?: string;
+  /** containers-storage: reflink/hardlink file contents (default 'auto'; 'zerocopy' requires it). */
+  localFetch?: LocalFetch;
+  /** containers-storage: give up waiting for a lock podman holds after this long (default: wait). */
+  lockTimeoutMs?: number;
+  /** Per-layer progress and messages (default: none). */
+  progress?: ProgressSink;
+  /** Stops the pull (ECANCELED). */
+  signal?: AbortSignal;
+}
+
+export interface PullResult extends ImportResult {
+  /** The tag the image got. */
+  tag: string;
+}
+
+/**
+ * An `oci:`/`oci-archive:` reference with its path made absolute (others as they are): the same
+ * words in another directory name another image, so tags record where the image came from.
+ */
+export function absoluteReference(reference: string): string {
+  const ref = parseImageReference(reference);
+  if (ref.transport === 'containers-storage' || path.isAbsolute(ref.path)) return reference;
+  return `${ref.transport}:${path.resolve(ref.path)}${ref.tag === null ? '' : `:${ref.tag}`}`;
+}
+
+/** The tag a pull gives by default. */
+async function defaultTag(reference: string, described: string): Promise<string> {
+  if (reference.startsWith('containers-storage:')) return (await import('./containers-storage/image.js')).defaultStorageTag(reference, described);
+  return absoluteReference(reference);
+}
+
+export async function pullImage(repo: Repository, reference: string, opts: PullOptions = {}): Promise<PullResult> {
+  const { openImageSource } = await import('./sources.js');
+  const { importImage } = await import('./import.js');
+  if (opts.localFetch !== undefined && !LOCAL_FETCH_MODES.includes(opts.localFetch)) {
+    throw new CfsError('EINVAL', `local fetch mode '${String(opts.localFetch)}' is not one of ${LOCAL_FETCH_MODES.join(', ')}`);
+  }
+  if (opts.name !== undefined && opts.name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
+  const progress = opts.progress ?? NO_PROGRESS;
+  // Lock notices go above any progress bars.
+  const img = await openImageSource(reference, { platform: opts.platform, onWait: (text) => progress.message(text), timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
+  try {
+    const tag = opts.name ?? (await defaultTag(reference, img.description));
+    return { ...(await importImage(repo, img, { name: tag, progress, localFetch: opts.localFetch ?? 'auto', signal: opts.signal })), tag };
+  } finally {
+    await img.close();
+  }
+}
