@@ -1,0 +1,94 @@
+/**
+ * What a user types and reads: image ids as other commands print them, relative `oci:` paths,
+ * the repository's hash for compute-id, mkcomposefs's C options, and one-line errors for
+ * mistakes (options that cannot apply, a bad FUSE server choice, a missing file).
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { buildOciLayout } from './helpers/oci-fixture.js';
+import { cfsOk, runCfs } from './helpers/cli.js';
+import { cfs } from './helpers/cli-detached.js';
+import { isRoot } from './helpers/unpriv.js';
+
+const ROOT = isRoot() ? false : 'needs root (kernel mounts, device nodes)';
+let work = '';
+let repo = '';
+let imageId = '';
+const layoutName = 'layout';
+
+before(async () => {
+  work = mkdtempSync(path.join(tmpdir(), 'cfs-ux-'));
+  repo = path.join(work, 'repo');
+  await buildOciLayout(path.join(work, layoutName), { images: [{ tag: 'v1', layers: [[{ path: 'usr/' }, { path: 'etc/' }, { path: 'etc/hostname', content: 'ux\n' }]] }] });
+  // A relative oci: path, pulled from the layout's parent directory.
+  const r = cfsOk(['--repo', repo, '--insecure', 'oci', 'pull', '-q', `oci:${layoutName}:v1`], { cwd: work });
+  imageId = /^image ([0-9a-f]{64})$/m.exec(r.stdout)![1]!;
+  assert.match(r.stdout, new RegExp(`^tagged oci:${path.join(work, layoutName).replace(/[/.]/g, '\\$&')}:v1$`, 'm'), 'the tag records the absolute path');
+});
+
+after(() => {
+  for (const mp of ['by-sha', 'by-prefix', 'elsewhere']) runCfs(['umount', path.join(work, mp)]);
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('cfs mount takes an image id as create-image prints it (sha256:HEX) and a unique prefix; an unknown one is said so', { skip: ROOT }, () => {
+  for (const [dir, source] of [['by-sha', `sha256:${imageId}`], ['by-prefix', imageId.slice(0, 12)]] as const) {
+    const mp = path.join(work, dir);
+    mkdirSync(mp);
+    cfsOk(['--repo', repo, 'mount', source, mp]);
+    assert.equal(execFileSync('cat', [path.join(mp, 'etc/hostname')], { encoding: 'utf8' }), 'ux\n');
+    cfsOk(['umount', mp]);
+  }
+  const r = runCfs(['--repo', repo, 'mount', 'abcdef0', path.join(work, 'by-sha')]);
+  assert.match(r.stderr, /^cfs: image 'abcdef0' not found in repository/);
+});
+
+test('the same relative oci: path in another directory is another image: not mounted from the earlier import', { skip: ROOT }, () => {
+  const elsewhere = path.join(work, 'elsewhere');
+  mkdirSync(elsewhere);
+  const r = runCfs(['--repo', repo, 'mount', `oci:${layoutName}:v1`, elsewhere], { cwd: elsewhere });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^cfs: .*layout.*no such directory\n$/);
+});
+
+test('mount options that cannot apply and an unknown FUSE server are one-line errors', { skip: ROOT }, async () => {
+  const mp = path.join(work, 'by-sha');
+  const fg = runCfs(['--repo', repo, 'mount', '--foreground', imageId, mp]);
+  assert.match(fg.stderr, /^cfs: --foreground keeps a FUSE server attached; a kernel mount has none \(add --fuse yes\)\n$/);
+  const bogus = await cfs(['--repo', repo, 'mount', '--fuse', 'yes', imageId, mp], { env: { CFS_FUSE_SERVER: 'bogus' } });
+  assert.notEqual(bogus.status, 0);
+  assert.match(bogus.stderr, /CFS_FUSE_SERVER=bogus: unknown FUSE server \(fuse-ll, the default, or fuse-native\)/);
+});
+
+test('compute-id hashes with the selected repository\'s algorithm; a conflicting --hash is an error', () => {
+  const tree = path.join(work, 'tree');
+  mkdirSync(path.join(tree, 'usr'), { recursive: true });
+  writeFileSync(path.join(tree, 'usr/file'), 'x'.repeat(100));
+  const r512 = path.join(work, 'r512');
+  cfsOk(['init', '--insecure', '--hash', 'sha512', r512]);
+  assert.match(cfsOk(['--repo', r512, 'compute-id', tree]).stdout, /^[0-9a-f]{128}\n$/);
+  assert.match(cfsOk(['--repo', path.join(work, 'none'), 'compute-id', tree]).stdout, /^[0-9a-f]{64}\n$/);
+  assert.match(runCfs(['--repo', r512, 'compute-id', '--hash', 'sha256', tree]).stderr, /repository is configured for fsverity-sha512-12 \(from meta.json\) but --hash sha256 was specified/);
+});
+
+test('mkcomposefs: --skip-devices leaves out device nodes; an empty version range is refused', { skip: ROOT }, () => {
+  const src = path.join(work, 'devs');
+  mkdirSync(src);
+  writeFileSync(path.join(src, 'file'), 'f');
+  execFileSync('mknod', [path.join(src, 'null'), 'c', '1', '3']);
+  const img = path.join(work, 'devs.img');
+  cfsOk(['mkcomposefs', '--skip-devices', src, img]);
+  const dump = cfsOk(['info', 'dump', img]).stdout;
+  assert.match(dump, /^\/file /m);
+  assert.doesNotMatch(dump, /^\/null /m);
+  assert.match(runCfs(['mkcomposefs', '--min-version', '1', '--max-version', '0', src, img]).stderr, /^cfs: --min-version 1 is above --max-version 0\n$/);
+});
+
+test('a missing file is named with the reason, not as Node words it', () => {
+  const missing = path.join(work, 'no-such.img');
+  assert.equal(runCfs(['info', 'dump', missing]).stderr, `cfs: ${missing}: no such file or directory\n`);
+});
