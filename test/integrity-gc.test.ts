@@ -73,9 +73,14 @@ test('gc after untagging one of two images sharing a layer frees exactly the uns
 
   const links = [...readdirSync(path.join(repo, 'streams')), ...readdirSync(path.join(repo, 'images'))];
   const dry = cfsOk(['--repo', repo, 'gc', '--dry-run']).stdout;
-  assert.match(dry, /^Dry run \(no files deleted\):\nObjects: \d+ would be removed \(\d+ bytes\)\nWould prune symlinks: 1 images, 4 streams\n$/);
-  const dryJson = JSON.parse(cfsOk(['--repo', repo, 'gc', '--dry-run', '--json']).stdout) as { dryRun: boolean; objectsRemoved: number; imagesPruned: number };
+  // The dry run names the links it would prune (5 indented lines: 1 image, 4 streams).
+  assert.match(dry, /^Dry run \(no files deleted\):\nObjects: \d+ would be removed \(\d+ bytes\)\nWould prune symlinks: 1 images, 4 streams\n  images\/[0-9a-f]{64}\n(  streams\/oci-(config|layer|manifest)-sha256:[0-9a-f]{64}\n){4}$/);
+  const dryJson = JSON.parse(cfsOk(['--repo', repo, 'gc', '--dry-run', '--json']).stdout) as {
+    dryRun: boolean; objectsRemoved: number; imagesPruned: number; removed: { objects: string[]; images: string[]; streams: string[] };
+  };
   assert.deepEqual([dryJson.dryRun, dryJson.objectsRemoved, dryJson.imagesPruned], [true, unshared.length, 1]);
+  assert.deepEqual(dryJson.removed.objects.map((o) => o.slice('objects/'.length)).sort(), [...unshared].sort());
+  assert.equal(dryJson.removed.streams.length, 4);
   assert.deepEqual(objects(repo), all, 'dry run deletes nothing');
   assert.deepEqual([...readdirSync(path.join(repo, 'streams')), ...readdirSync(path.join(repo, 'images'))], links, 'dry run keeps the links');
 

@@ -16,7 +16,7 @@ export function register(program: Command): void {
     .description('check objects, streams, images, refs and OCI images; exit status 0 only when clean')
     .argument('[image]', 'check only what this OCI image (tag) reaches')
     .option('--json', 'JSON output')
-    .option('--repair', 'remove leftover temporary files and dangling stream/image links (never tags or data)')
+    .option('--repair', 'remove leftover temporary files, corrupt objects (a pull restores them) and dangling stream/image links (never tags)')
     .option('--metadata-only', 'skip reading and hashing objects (streams and images must still find theirs)')
     .action(async (image: string | undefined, opts: { json?: boolean; repair?: boolean; metadataOnly?: boolean }) => {
       const { fsck, formatFsckReport, fsckReportJson, isMetadataError, metadataFailureReport } = await import('../repository/fsck.js');
@@ -42,7 +42,7 @@ export function register(program: Command): void {
     .description('delete objects, streams and images no ref (or --root) reaches')
     .option('-n, --dry-run', 'only report what would be deleted')
     .option('-r, --root <name>', 'also keep this stream or image (first-level name); repeatable', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--json', 'print the counts as JSON')
+    .option('--json', 'JSON output: the counts and every path removed (or, with --dry-run, that would be)')
     .action(async (opts: { dryRun?: boolean; root: string[]; json?: boolean }) => {
       const { collectGarbage, formatGcResult } = await import('../repository/gc.js');
       const repo = await openRepoFromCli(program, { create: false });

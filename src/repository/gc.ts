@@ -316,6 +316,8 @@ export interface GcResult {
   streamsPruned: number;
   refsPruned: number;
   tempFilesRemoved: number;
+  /** What was (or, in a dry run, would be) removed, as paths in the repository. */
+  removed: { images: string[]; streams: string[]; refs: string[]; objects: string[] };
 }
 
 /** Everything that is unreachable (or a leftover temp file), found by one scan. */
@@ -357,8 +359,8 @@ async function removeQuietly(p: string): Promise<void> {
 }
 
 /** Prune first-level links whose object is gone (or would be), then refs left dangling. */
-async function prune(repo: Repository, removed: Set<string>, dryRun: boolean): Promise<{ images: number; streams: number; refs: number }> {
-  const counts = { images: 0, streams: 0, refs: 0 };
+async function prune(repo: Repository, removed: Set<string>, dryRun: boolean): Promise<{ images: string[]; streams: string[]; refs: string[] }> {
+  const names = { images: [] as string[], streams: [] as string[], refs: [] as string[] };
   const gone = new Set<string>();
   for (const kind of ['images', 'streams'] as const) {
     for (const name of await listDirOrEmpty(path.join(repo.path, kind))) {
@@ -370,7 +372,7 @@ async function prune(repo: Repository, removed: Set<string>, dryRun: boolean): P
       const alive = id !== null && !removed.has(id.toString('hex')) && (await exists(repo.objectPath(id)));
       if (alive) continue;
       gone.add(rel);
-      counts[kind]++;
+      names[kind].push(rel);
       if (!dryRun) await removeQuietly(path.join(repo.path, rel));
     }
   }
@@ -379,14 +381,14 @@ async function prune(repo: Repository, removed: Set<string>, dryRun: boolean): P
       if (ref.target === null) throw new CfsError('ECORRUPT', `${path.join(repo.path, ref.rel)}: Unexpected file type encountered`);
       const dangling = (ref.name !== null && gone.has(`${kind}/${ref.name}`)) || !(await refResolves(repo, kind, ref));
       if (!dangling) continue;
-      counts.refs++;
+      names.refs.push(ref.rel);
       if (!dryRun) {
         await removeQuietly(path.join(repo.path, ref.rel));
         await removeEmptyParents(repo, kind, ref.rel);
       }
     }
   }
-  return counts;
+  return names;
 }
 
 /** Ref directories emptied by pruning go too (never `<kind>/refs` itself). */
@@ -422,22 +424,24 @@ async function collect(repo: Repository, opts: GcOptions): Promise<GcResult> {
   // Names first, then what they name: a gc stopped half-way leaves unreferenced objects (the
   // next gc takes them), never a stream or image link to an object already deleted.
   const pruned = await prune(repo, removed, dryRun);
-  if (!dryRun && pruned.images + pruned.streams + pruned.refs > 0 && garbage.objects.length > 0) repo.sync();
+  const prunedCount = pruned.images.length + pruned.streams.length + pruned.refs.length;
+  if (!dryRun && prunedCount > 0 && garbage.objects.length > 0) repo.sync();
   let bytes = 0;
   for (const o of garbage.objects) {
     if (!dryRun) await removeQuietly(path.join(repo.path, o.rel));
     bytes += o.size;
   }
   if (!dryRun) for (const t of garbage.temps) await removeQuietly(path.join(repo.path, t));
-  if (!dryRun && (garbage.objects.length > 0 || pruned.images + pruned.streams + pruned.refs > 0)) repo.sync();
+  if (!dryRun && (garbage.objects.length > 0 || prunedCount > 0)) repo.sync();
   return {
     dryRun,
     objectsRemoved: garbage.objects.length,
     objectsBytes: bytes,
-    imagesPruned: pruned.images,
-    streamsPruned: pruned.streams,
-    refsPruned: pruned.refs,
+    imagesPruned: pruned.images.length,
+    streamsPruned: pruned.streams.length,
+    refsPruned: pruned.refs.length,
     tempFilesRemoved: garbage.temps.length,
+    removed: { ...pruned, objects: garbage.objects.map((o) => o.rel) },
   };
 }
 
@@ -460,5 +464,7 @@ export function formatGcResult(r: GcResult): string {
   if (r.imagesPruned + r.streamsPruned > 0) out += `${r.dryRun ? 'Would prune' : 'Pruned'} symlinks: ${r.imagesPruned} images, ${r.streamsPruned} streams\n`;
   if (r.refsPruned > 0) out += `${r.dryRun ? 'Would prune' : 'Pruned'} refs: ${r.refsPruned}\n`;
   if (r.tempFilesRemoved > 0) out += `Temporary files: ${r.tempFilesRemoved} ${removed}\n`;
+  // A dry run names the images, streams and refs it would remove (objects: see --json).
+  if (r.dryRun) for (const rel of [...r.removed.refs, ...r.removed.images, ...r.removed.streams]) out += `  ${rel}\n`;
   return out;
 }
