@@ -17,11 +17,14 @@ import { relabelTree, stripSelinuxLabels, type SelinuxPolicy } from './selinux.j
 
 const EMPTIED_DIRS = ['boot', 'sysroot'];
 
-function topDir(root: Inode, name: string): Inode {
-  const n = root.children?.get(name);
-  if (!n) throw new CfsError('EINVAL', `bootable image needs a /${name} directory, and this tree has none`);
-  if (!isDir(n)) throw new CfsError('EINVAL', `bootable image needs /${name} to be a directory`);
-  return n;
+/** The top-level directories; every one missing (or not a directory) is named in one error. */
+function topDirs(root: Inode, names: string[]): Inode[] {
+  const nodes = names.map((name) => root.children?.get(name));
+  const missing = names.filter((_, i) => !nodes[i]).map((n) => `/${n}`);
+  const notDirs = names.filter((_, i) => nodes[i] && !isDir(nodes[i])).map((n) => `/${n}`);
+  if (missing.length > 0) throw new CfsError('EINVAL', `bootable image needs the directories ${names.map((n) => `/${n}`).join(', ')}; this tree lacks ${missing.join(', ')}${notDirs.length ? ` and ${notDirs.join(', ')} is not a directory` : ''}`);
+  if (notDirs.length > 0) throw new CfsError('EINVAL', `bootable image needs ${notDirs.join(', ')} to be a directory`);
+  return nodes as Inode[];
 }
 
 /** Set nlink of every non-directory to the number of directory entries referring to it. */
@@ -39,8 +42,7 @@ export function recountLinks(root: Inode): void {
 
 /** Apply the boot transform in place. `policy` comes from loadSelinuxPolicy on the same tree. */
 export function bootTransform(root: Inode, policy: SelinuxPolicy | null): void {
-  const usr = topDir(root, 'usr');
-  const emptied = EMPTIED_DIRS.map((name) => topDir(root, name));
+  const [usr, ...emptied] = topDirs(root, ['usr', ...EMPTIED_DIRS]);
   for (const d of emptied) {
     d.mtimeSec = usr.mtimeSec;
     d.children!.clear();
