@@ -1,10 +1,11 @@
 /**
- * cfs as a library: what the CLI does, callable from TypeScript/JavaScript (`import … from 'cfs'`).
- * Every failure is a CfsError with a code; nothing here prints.
+ * cfs as a library: the CLI's main operations, callable from TypeScript/JavaScript
+ * (`import … from 'cfs'`). Failures are CfsErrors with a code, or Node's system errors for paths
+ * given; nothing prints (but a foreground FUSE mount, see MountImageOptions.foreground).
  *
  *   const repo = await Repository.open('/var/lib/cfs', { create: true, fallbackInsecure: true });
  *   const pulled = await pullImage(repo, 'oci:/images/app:1.0');
- *   await mountImage(repo, pulled.tag, '/mnt/app');
+ *   await mountImage(repo, pulled.imageId!, '/mnt/app');
  *   …
  *   await unmountImage('/mnt/app');
  *   repo.close();
@@ -12,10 +13,11 @@
 export { CfsError, isCfsError, type CfsErrorCode } from './errors.js';
 
 // Repositories.
-export { Repository, initRepository, type InitOptions, type OpenOptions, type ImageHandle } from './repository/repository.js';
+export { Repository, initRepository, type InitOptions, type OpenOptions, type ImageHandle, type RefKind } from './repository/repository.js';
+export type { ObjectCounts } from './repository/object-counts.js';
 export { resolveRepositoryPath, SYSTEM_REPO_PATH, type RepoLocationOptions } from './repository/location.js';
-export { fsck, type FsckOptions, type FsckReport } from './repository/fsck.js';
-export { collectGarbage, type GcOptions, type GcResult } from './repository/gc.js';
+export { fsck, formatFsckReport, type FsckOptions, type FsckReport } from './repository/fsck.js';
+export { collectGarbage, formatGcResult, type GcOptions, type GcResult, type RepoProblem } from './repository/gc.js';
 
 // OCI images.
 export { pullImage, LOCAL_FETCH_MODES, type PullOptions, type PullResult } from './oci/pull.js';

@@ -45,6 +45,18 @@ test('cfs mount takes an image id as create-image prints it (sha256:HEX) and a u
   }
   const r = runCfs(['--repo', repo, 'mount', 'abcdef0', path.join(work, 'by-sha')]);
   assert.match(r.stderr, /^cfs: image 'abcdef0' not found in repository/);
+  // A ref named in hex is found by its name before any id starting with those digits.
+  const tree = path.join(work, 'hex-ref-tree');
+  mkdirSync(path.join(tree, 'usr'), { recursive: true });
+  writeFileSync(path.join(tree, 'usr/from-ref'), 'ref\n');
+  cfsOk(['--repo', repo, 'create-image', tree, imageId.slice(0, 8)]);
+  const mp = path.join(work, 'by-sha');
+  cfsOk(['--repo', repo, 'mount', imageId.slice(0, 8), mp]);
+  try {
+    assert.equal(execFileSync('cat', [path.join(mp, 'usr/from-ref')], { encoding: 'utf8' }), 'ref\n');
+  } finally {
+    cfsOk(['umount', mp]);
+  }
 });
 
 test('the same relative oci: path in another directory is another image: not mounted from the earlier import', { skip: ROOT }, () => {

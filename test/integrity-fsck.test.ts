@@ -153,7 +153,7 @@ test('flipped byte in the image object: the tag is image-damaged; pulling again 
   bad[bad.length - 1] ^= 0x01;
   writeFileSync(path.join(repo, obj), bad);
   const out = expectFsckError(repo, [], 'corrupt-object', `images/${hex}`);
-  assert.match(out, /image-damaged: streams\/refs\/oci\/[ab]: its composefs image [0-9a-f]{64} is damaged .*run `cfs fsck --repair`/);
+  assert.match(out, /image-damaged: streams\/refs\/oci\/[ab]: its composefs image [0-9a-f]{64} is damaged .*pull the image again to repair it/);
   // Both images' pulls find everything present but this image, which they check and rewrite.
   for (const tag of ['a', 'b']) cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:${tag}`, tag]);
   assert.deepEqual(readFileSync(path.join(repo, obj)), good);

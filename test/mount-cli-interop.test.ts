@@ -131,6 +131,7 @@ test('mount.composefs: an image + objects written by cfs mkcomposefs mount equal
   assert.match((await cfs(['mount.composefs', image, mp3, '-t', 'ext4', '-o', `basedir=${objects}`])).stderr, /^cfs: mount\.composefs: -t ext4: this helper mounts composefs only\n$/);
   await cfsOkAsync(['mount.composefs', image, mp3, '-f', '-s', '-t', 'composefs', '-o', `basedir=${objects},bogus,x-systemd.automount`]);
   assert.ok(!mountinfoHas(mp3));
+  assert.match((await cfs(['mount.composefs', image, mp3, '-f', '-o', `basedir=${objects}:${work}/none`])).stderr, /^cfs: mount\.composefs: basedir \S+\/none is not a directory \(missing\)\n$/);
   // basedir=A:B: objects are found in either (here every other one moved to B).
   const half = path.join(work, 'objects-b');
   cpSync(objects, half, { recursive: true });

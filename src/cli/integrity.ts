@@ -16,7 +16,7 @@ export function register(program: Command): void {
     .description('check objects, streams, images, refs and OCI images; exit status 0 only when clean')
     .argument('[image]', 'check only what this OCI image (tag) reaches')
     .option('--json', 'JSON output')
-    .option('--repair', 'remove leftover temporary files, corrupt objects (a pull restores them) and dangling stream/image links (never tags)')
+    .option('--repair', 'remove leftover temporary files, corrupt objects (pulling or copying their image again restores them) and dangling stream/image links (never tags)')
     .option('--metadata-only', 'skip reading and hashing objects (streams and images must still find theirs)')
     .action(async (image: string | undefined, opts: { json?: boolean; repair?: boolean; metadataOnly?: boolean }) => {
       const { fsck, formatFsckReport, fsckReportJson, isMetadataError, metadataFailureReport } = await import('../repository/fsck.js');

@@ -82,8 +82,10 @@ export function reportError(e: unknown): number {
   const err = e as NodeJS.ErrnoException;
   if (err && typeof err === 'object' && typeof err.code === 'string' && typeof err.message === 'string') {
     // Node's "ENOENT: no such file or directory, open 'x'" said as "x: no such file or directory".
+    // Of two paths (rename, link), the destination: the source is often a temporary name.
     const m = /^[A-Z0-9_]+: (.*), \w+ '.*'$/s.exec(err.message);
-    process.stderr.write(`cfs: ${m && typeof err.path === 'string' ? `${err.path}: ${m[1]}` : err.message}\n`);
+    const where = (err as { dest?: unknown }).dest ?? err.path;
+    process.stderr.write(`cfs: ${m && typeof where === 'string' ? `${where}: ${m[1]}` : err.message}\n`);
     return 1;
   }
   process.stderr.write(`cfs: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -145,7 +145,7 @@ export function register(program: Command): void {
     // What mount(8) passes a helper: -t type, -s (sloppy), -f (fake), -n (no mtab), -v (verbose).
     .option('-t <type>', 'filesystem type (composefs)')
     .option('-s, --sloppy', 'ignore mount options this helper does not know')
-    .option('-f, --fake', 'check the options and the mount point, but do not mount')
+    .option('-f, --fake', 'check the options, the mount point, the image and basedirs, but do not mount')
     .option('-n', 'do not write /etc/mtab (there is none to write)')
     .option('-v', 'verbose (accepted for mount(8))')
     .action(async (image: string, mountpoint: string, opts: ComposefsHelperOpts) => {
@@ -157,7 +157,17 @@ export function register(program: Command): void {
       // basedir=A:B: objects are looked up in A, then in B.
       const [first, ...more] = o.basedir.split(':').filter((d) => d !== '').map((d) => path.resolve(d));
       if (!first) throw new CfsError('EINVAL', 'mount.composefs: basedir= names no directory');
-      if (opts.fake) return;
+      if (opts.fake) {
+        // What a mount would open first: the image file and the object directories.
+        const { statSync } = await import('node:fs');
+        const kind = (p: string): string => {
+          const st = statSync(p, { throwIfNoEntry: false });
+          return st?.isFile() ? 'file' : st?.isDirectory() ? 'directory' : st ? 'other' : 'missing';
+        };
+        if (kind(image) !== 'file') throw new CfsError('ENOENT', `mount.composefs: image ${image} is not a file (${kind(image)})`);
+        for (const d of [first, ...more]) if (kind(d) !== 'directory') throw new CfsError('ENOENT', `mount.composefs: basedir ${d} is not a directory (${kind(d)})`);
+        return;
+      }
       const { mountComposefs } = await import('../mount/kernel.js');
       mountComposefs({
         image: path.resolve(image),

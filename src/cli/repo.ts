@@ -33,7 +33,9 @@ export async function hashForRepository(program: Command, hash: string | undefin
   try {
     metaPath = path.join(resolveRepositoryPath(program.opts<GlobalOptions>()), 'meta.json');
     text = readFileSync(metaPath, 'utf8');
-  } catch {
+  } catch (e) {
+    // No repository: nothing to follow. One we cannot read: say so, not guess.
+    if (errnoCode(e) !== 'ENOENT' && errnoCode(e) !== 'ENOTDIR') throw new CfsError('EPERM', `cannot read the repository's algorithm: ${(e as Error).message} (give --hash, or --repo a repository you can read)`);
     return requested ?? fallback;
   }
   const alg = parseMeta(text, metaPath).alg;

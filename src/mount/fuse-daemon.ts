@@ -134,8 +134,12 @@ function recordPathOf(canonicalMountpoint: string): string {
 }
 
 export function readFuseRecord(mountpoint: string): FuseDaemonRecord | null {
+  return readRecordAt(fuseRecordPath(mountpoint));
+}
+
+function readRecordAt(file: string): FuseDaemonRecord | null {
   try {
-    const rec = JSON.parse(readFileSync(fuseRecordPath(mountpoint), 'utf8')) as FuseDaemonRecord;
+    const rec = JSON.parse(readFileSync(file, 'utf8')) as FuseDaemonRecord;
     return typeof rec.pid === 'number' ? rec : null;
   } catch {
     return null;
@@ -152,8 +156,10 @@ function writeFuseRecord(rec: FuseDaemonRecord): void {
   writeFileSync(recordPathOf(rec.mountpoint), `${JSON.stringify(rec)}\n`, { mode: 0o600 });
 }
 
-function removeFuseRecord(canonicalMountpoint: string): void {
+/** Remove the record (and an empty log) of server `pid`; those of a server started since (a lazy unmount, then a new mount here) stay. */
+function removeFuseRecord(canonicalMountpoint: string, pid: number): void {
   const record = recordPathOf(canonicalMountpoint);
+  if (readRecordAt(record)?.pid !== pid) return;
   rmSync(record, { force: true });
   // A log that says nothing is not kept (one per mount would pile up).
   const log = logPathOf(record);
@@ -202,7 +208,7 @@ export async function serveFuse(opts: FuseDaemonOptions, onReady: () => void): P
   const handle = await startFuse({ root, objectsDir: opts.objectsDir, mountpoint, name: opts.name, verify: opts.verify });
   writeFuseRecord({ pid: process.pid, mountpoint, name: opts.name });
   onReady();
-  await untilStopped(handle, () => removeFuseRecord(mountpoint));
+  await untilStopped(handle, () => removeFuseRecord(mountpoint, process.pid));
 }
 
 /**
@@ -216,7 +222,7 @@ async function untilStopped(handle: ServerHandle, cleanup: () => void): Promise<
   const onSignal = (): void => {
     // `cfs umount` unmounts first and then signals: nothing left to do but exit.
     if (!findMount(handle.mountpoint)) {
-      removeFuseRecord(handle.mountpoint);
+      removeFuseRecord(handle.mountpoint, process.pid);
       process.exit(0);
     }
     handle.unmount().catch((e: unknown) => {
@@ -320,7 +326,7 @@ export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } =
     throw new CfsError('ENOENT', `${mp}: not a mount point`, { path: mp });
   }
   if (server === null) {
-    if (rec) removeFuseRecord(mp);
+    if (rec) removeFuseRecord(mp, rec.pid);
     return;
   }
   if (opts.lazy) return; // the server drains open files, then exits by itself
@@ -342,5 +348,5 @@ export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } =
     }
   }
   // A server killed before its own cleanup leaves its record: it is stale now.
-  if (readFuseRecord(mp)?.pid === server) removeFuseRecord(mp);
+  removeFuseRecord(mp, server);
 }

@@ -18,7 +18,11 @@ export type FuseMode = 'auto' | 'yes' | 'no';
 
 export interface MountImageOptions {
   fuse?: FuseMode;
-  /** FUSE: serve in this process until unmounted (SIGTERM/SIGINT unmount), instead of a background server. */
+  /**
+   * FUSE: serve in this process until unmounted, instead of a background server, as
+   * `cfs mount --foreground`: SIGTERM/SIGINT handlers are installed (they unmount) and the
+   * server's diagnostics go to stderr.
+   */
   foreground?: boolean;
   /** Kernel mount: a writable upper layer and its overlay work directory (both or neither). */
   upperdir?: string;

@@ -69,18 +69,16 @@ export async function resolveMountSource(repo: Repository, source: string, opts:
   }
   // An image id as create-image prints it (`sha256:<hex>`) is the id.
   const id = source.startsWith(`${repo.alg}:`) ? source.slice(repo.alg.length + 1) : source;
-  if (!/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(id) && !source.startsWith('ref/') && !source.startsWith('refs/')) {
-    if ((await resolveTag(repo, source)) !== null || source.startsWith('@')) return { image: await mountableTag(repo, source), label: source };
-    const full = await uniqueIdPrefix(repo, id);
-    if (full) return { image: await repo.openImage(full), label: source };
-  }
+  const byName = !/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(id) && !source.startsWith('ref/') && !source.startsWith('refs/');
+  if (byName && ((await resolveTag(repo, source)) !== null || source.startsWith('@'))) return { image: await mountableTag(repo, source), label: source };
   const name = source.startsWith('ref/') ? `refs/${source.slice(4)}` : id;
   try {
     return { image: await repo.openImage(name), label: source };
   } catch (e) {
-    if (e instanceof CfsError && e.code === 'ENOENT') {
-      throw new CfsError('ENOENT', `image '${source}' not found in repository ${repo.path} (not a tag, image id or ref; see 'cfs oci images')`);
-    }
-    throw e;
+    if (!(e instanceof CfsError && e.code === 'ENOENT')) throw e;
+    // Names first (a ref may be named in hex), then a short id.
+    const full = byName ? await uniqueIdPrefix(repo, id) : null;
+    if (full) return { image: await repo.openImage(full), label: source };
+    throw new CfsError('ENOENT', `image '${source}' not found in repository ${repo.path} (not a tag, image id or ref; see 'cfs oci images')`);
   }
 }

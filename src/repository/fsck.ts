@@ -151,7 +151,9 @@ class Checker {
   private noteDamage(rel: string, before: number): void {
     const kinds = this.report.errors.slice(before).map((e) => e.kind);
     const only = (set: readonly string[]): boolean => kinds.every((k) => set.includes(k));
-    this.damaged.set(rel, only(MISSING_KINDS) ? 'missing' : only([...MISSING_KINDS, ...CORRUPT_KINDS]) ? 'corrupt' : 'other');
+    // A corrupt image object itself: the next pull checks it and writes it again.
+    const imageItself = rel.startsWith('images/') && only(['corrupt-object']);
+    this.damaged.set(rel, only(MISSING_KINDS) || imageItself ? 'missing' : only([...MISSING_KINDS, ...CORRUPT_KINDS]) ? 'corrupt' : 'other');
   }
 
   /** What to do about a damaged layer or image a tag uses. */

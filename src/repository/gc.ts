@@ -317,7 +317,7 @@ export interface GcResult {
   refsPruned: number;
   tempFilesRemoved: number;
   /** What was (or, in a dry run, would be) removed, as paths in the repository. */
-  removed: { images: string[]; streams: string[]; refs: string[]; objects: string[] };
+  removed: { images: string[]; streams: string[]; refs: string[]; objects: string[]; temps: string[] };
 }
 
 /** Everything that is unreachable (or a leftover temp file), found by one scan. */
@@ -441,7 +441,7 @@ async function collect(repo: Repository, opts: GcOptions): Promise<GcResult> {
     streamsPruned: pruned.streams.length,
     refsPruned: pruned.refs.length,
     tempFilesRemoved: garbage.temps.length,
-    removed: { ...pruned, objects: garbage.objects.map((o) => o.rel) },
+    removed: { ...pruned, objects: garbage.objects.map((o) => o.rel), temps: garbage.temps },
   };
 }
 

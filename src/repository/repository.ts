@@ -158,8 +158,9 @@ function describeMeta(m: RepoMeta): string {
 }
 
 /**
- * Create a repository (idempotent when an identical meta.json exists). Without `insecure`,
- * meta.json is sealed with fs-verity, so this fails on filesystems without fs-verity.
+ * Create a repository; an existing one must have the hash and EROFS format given, if any.
+ * Without `insecure`, meta.json is sealed with fs-verity, so this fails on filesystems without
+ * fs-verity.
  */
 export async function initRepository(repoPathIn: string, opts: InitOptions = {}): Promise<{ created: boolean }> {
   // Resolved: a trailing slash would put the temporary directory inside the repository's path.
