@@ -8,6 +8,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { CfsError } from './errors.js';
 
 export interface NativeAddon {
   // xattrs (never follow symlinks)
@@ -167,5 +168,6 @@ export function native(): NativeAddon {
       lastErr = e;
     }
   }
-  throw new Error(`cfs native addon not built (run scripts/setup): ${String(lastErr)}`);
+  const why = lastErr instanceof Error ? lastErr.message.split('\n')[0] : String(lastErr);
+  throw new CfsError('ENOTSUP', `cfs native addon not built (${candidates[0]}): run \`npm rebuild cfs\` (in a checkout: scripts/setup) [${why}]`);
 }

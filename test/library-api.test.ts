@@ -79,6 +79,9 @@ test('pull, list, dump, mount (kernel and FUSE), unmount through the library; er
   } finally {
     repo.close();
   }
+  // A closed handle holds no lock: using it is an error, not a stray EBADF.
+  await assert.rejects(api.pullImage(repo, `oci:${layout}:v1`, { name: 'after-close' }), (e: unknown) => api.isCfsError(e) && e.code === 'EINVAL' && /this handle is closed/.test(e.message));
+  await assert.rejects(api.Repository.init(path.join(work, 'v2'), { insecure: true, erofsVersion: 2 }), (e: unknown) => api.isCfsError(e) && e.code === 'ENOTSUP');
 });
 
 test('parseDumpfile + writeErofs write the image `cfs mkcomposefs` writes; fsverityDigest is its id', async () => {

@@ -165,6 +165,9 @@ function describeMeta(m: RepoMeta): string {
 export async function initRepository(repoPathIn: string, opts: InitOptions = {}): Promise<{ created: boolean }> {
   // Resolved: a trailing slash would put the temporary directory inside the repository's path.
   const repoPath = path.resolve(repoPathIn);
+  if (opts.erofsVersion !== undefined && opts.erofsVersion !== 0 && opts.erofsVersion !== 1) {
+    throw new CfsError('ENOTSUP', `cannot create repository ${repoPathIn} with EROFS format ${opts.erofsVersion}: cfs writes formats 0 and 1`);
+  }
   const meta = newMeta(opts.hashAlg ?? 'sha256', opts.erofsVersion ?? 1);
   const text = serializeMeta(meta);
   const failed = (e: unknown): unknown => (isCfsError(e) ? e : new CfsError('EINVAL', `cannot create repository ${repoPath}: ${(e as Error).message}`));
@@ -324,7 +327,7 @@ export class Repository implements ObjectStore {
    * process) holds the repository, then returns to the shared lock. For gc and repairs.
    */
   async withExclusiveLock<T>(fn: () => Promise<T>, opts: LockWaitOptions = {}): Promise<T> {
-    if (this.dirFd < 0) throw new Error('Repository: handle is closed');
+    this.checkOpen();
     await acquireLock(this.dirFd, 'exclusive', opts);
     try {
       return await fn();
@@ -335,6 +338,7 @@ export class Repository implements ObjectStore {
 
   /** Fail early with a clear message when the repository cannot be written (brief 1.4). */
   async ensureWritable(): Promise<void> {
+    this.checkOpen();
     if (this.writableChecked) return;
     // What read-only-compatible flags mean (ext4's ro_compat): a tool that does not know one may
     // read the repository but must not change it.
@@ -355,7 +359,13 @@ export class Repository implements ObjectStore {
 
   /** syncfs on the repository: makes every object written so far durable. */
   sync(): void {
+    this.checkOpen();
     native().syncfs(this.dirFd);
+  }
+
+  /** A closed handle holds no lock: nothing may be done through it. */
+  private checkOpen(): void {
+    if (this.dirFd < 0) throw new CfsError('EINVAL', `repository ${this.path}: this handle is closed`);
   }
 
   // ---- objects -------------------------------------------------------------------------
