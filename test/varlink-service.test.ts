@@ -538,7 +538,7 @@ test('ComputeId equals `cfs oci compute-id`; xattrs mode and unknown images', as
   assert.match(last(r[2]).image_id, /^[0-9a-f]{128}$/);
   assert.equal(r[3].error?.error, `${OCI}.NoSuchImage`);
   assert.equal(r[4].error?.error, `${OCI}.InvalidRequest`);
-  assert.match(String(r[5].error?.parameters.message), /needs a \/boot directory/);
+  assert.match(String(r[5].error?.parameters.message), /this tree lacks \/boot/);
 });
 
 test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, Gc of an unknown root, CloseRepository', async () => {
