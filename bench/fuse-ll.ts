@@ -18,7 +18,8 @@ import { writeErofs } from '../src/erofs/writer.js';
 import { mountComposefs, unmount } from '../src/mount/kernel.js';
 import { startFuse as startFuseNative } from '../src/mount/fuse.js';
 import { startFuse as startFuseLl } from '../src/mount/fuse-ll/index.js';
-import { S_IFDIR, S_IFLNK, S_IFREG, newInode, objectPathOf, type Inode } from '../src/tree/inode.js';
+import { S_IFDIR, S_IFLNK, S_IFREG, newInode, type Inode } from '../src/tree/inode.js';
+import { objectRelPath } from '../src/repository/ids.js';
 
 const execFileP = promisify(execFile);
 const DIRS = Number(process.env.BENCH_DIRS ?? 100);
@@ -28,7 +29,7 @@ const WARM_ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 
 function putObject(objects: string, data: Buffer): { payload: string; digest: Buffer } {
   const digest = fsverityDigest(data);
-  const payload = objectPathOf(digest);
+  const payload = objectRelPath(digest);
   mkdirSync(path.join(objects, payload.slice(0, 2)), { recursive: true });
   writeFileSync(path.join(objects, payload), data);
   return { payload, digest };

@@ -4,7 +4,8 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Repository } from '../src/repository/repository.js';
-import { newInode, objectPathOf, S_IFDIR, S_IFREG, type Inode } from '../src/tree/inode.js';
+import { newInode, S_IFDIR, S_IFREG, type Inode } from '../src/tree/inode.js';
+import { objectRelPath } from '../src/repository/ids.js';
 import { addCmdlineArg, blsEntryText, findBootEntries, osReleaseValue, writeBootEntries } from '../src/boot/bls.js';
 import { formatKarg } from '../src/boot/karg.js';
 import { repoTreeFiles } from '../src/boot/tree-files.js';
@@ -14,7 +15,7 @@ const dir = (children: Record<string, Inode> = {}): Inode => newInode(S_IFDIR | 
 
 async function external(repo: Repository, data: Buffer): Promise<Inode> {
   const digest = await repo.writeObject(data);
-  return newInode(S_IFREG | 0o644, { size: data.length, digest, payload: objectPathOf(digest) });
+  return newInode(S_IFREG | 0o644, { size: data.length, digest, payload: objectRelPath(digest) });
 }
 
 test('BLS entry text and options handling (composefs-rs add_cmdline rules)', () => {

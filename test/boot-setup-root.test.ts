@@ -8,7 +8,8 @@ import { hasMountPrivilege } from '../src/mount/caps.js';
 import { readMountinfo } from '../src/mount/mountinfo.js';
 import { Repository } from '../src/repository/repository.js';
 import { writeErofs } from '../src/erofs/writer.js';
-import { newInode, objectPathOf, S_IFDIR, S_IFREG, type Inode } from '../src/tree/inode.js';
+import { newInode, S_IFDIR, S_IFREG, type Inode } from '../src/tree/inode.js';
+import { objectRelPath } from '../src/repository/ids.js';
 import { formatKarg } from '../src/boot/karg.js';
 import { deploymentStateDir, setupRoot, teardownRoot } from '../src/boot/setup-root.js';
 
@@ -26,7 +27,7 @@ const BIG = Buffer.alloc(10_000, 'composefs object ');
 
 async function image(withVar: boolean): Promise<string> {
   const digest = await repo.writeObject(BIG);
-  const big = newInode(S_IFREG | 0o644, { size: BIG.length, digest, payload: objectPathOf(digest) });
+  const big = newInode(S_IFREG | 0o644, { size: BIG.length, digest, payload: objectRelPath(digest) });
   const children: Record<string, Inode> = {
     usr: dir({ 'os-release': small('NAME=test\n') }),
     etc: dir({ hostname: small('image-host\n'), big }),

@@ -15,8 +15,9 @@ import { fsverityDigest } from '../src/fsverity/digest.js';
 import { startFuse, type FuseHandle } from '../src/mount/fuse.js';
 import {
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG,
-  isDir, newInode, objectPathOf, sortedEntries, type Inode,
+  isDir, newInode, sortedEntries, type Inode,
 } from '../src/tree/inode.js';
+import { objectRelPath } from '../src/repository/ids.js';
 import { checkoutUnreadableReason, ensureUnprivUser, isRoot, openUpDir, runAsUser, withDevFuseMode } from './helpers/unpriv.js';
 
 const execFileP = promisify(execFile);
@@ -33,7 +34,7 @@ const mounts: FuseHandle[] = [];
 
 async function putObject(data: Buffer): Promise<{ payload: string; digest: Buffer }> {
   const digest = fsverityDigest(data);
-  const payload = objectPathOf(digest);
+  const payload = objectRelPath(digest);
   await fs.mkdir(path.join(objects, payload.slice(0, 2)), { recursive: true });
   await fs.writeFile(path.join(objects, payload), data);
   return { payload, digest };

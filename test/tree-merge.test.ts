@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isCfsError, type CfsErrorCode } from '../src/errors.js';
 import type { TarEntry, TarEntryType } from '../src/tar/entry.js';
-import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, isDir, objectPathOf, type Inode } from '../src/tree/inode.js';
+import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, isDir, type Inode } from '../src/tree/inode.js';
+import { objectRelPath } from '../src/repository/ids.js';
 import { TreeBuilder } from '../src/tree/merge.js';
 
 type Spec = Partial<Omit<TarEntry, 'path' | 'content'>> & { path: string; data?: string; external?: { id: Buffer; size: number } };
@@ -88,7 +89,7 @@ test('merge: entry types become inodes; external content points at the object', 
   assert.equal(empty.content, null);
   assert.equal(empty.size, 0);
   const big = get(root, 'etc/big')!;
-  assert.equal(big.payload, objectPathOf(id));
+  assert.equal(big.payload, objectRelPath(id));
   assert.equal(big.digest, id);
   assert.equal(big.size, 100000);
   assert.equal(big.content, null);

@@ -14,7 +14,7 @@
  * exists wins (`composefs.digest=v2-…` is accepted as the explicit V2 form).
  */
 import { CfsError } from '../errors.js';
-import { HASH_SIZE, type HashAlg } from '../fsverity/digest.js';
+import { HASH_SIZE, hashAlgOfSize, type HashAlg } from '../fsverity/digest.js';
 
 export const KARG_DIGEST = 'composefs.digest';
 export const KARG_V2 = 'composefs';
@@ -86,7 +86,7 @@ function parseDigestValue(value: string, token: string): ComposefsKarg {
 function parseV2Value(value: string, token: string): ComposefsKarg {
   const insecure = value.startsWith('?');
   const hex = insecure ? value.slice(1) : value;
-  const alg: HashAlg | undefined = hex.length === 64 ? 'sha256' : hex.length === 128 ? 'sha512' : undefined;
+  const alg = hashAlgOfSize(hex.length / 2);
   if (!alg) throw new CfsError('EINVAL', `kernel argument '${token}': invalid digest length ${hex.length}`);
   return { hex: hexOf(hex, alg, token), alg, erofsVersion: 2, insecure };
 }

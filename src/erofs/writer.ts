@@ -79,7 +79,7 @@ import {
 import { xxh32 } from './xxh32.js';
 import { setXattrCounted, type XattrStore } from './xattr-budget.js';
 import { isRecordedPrimary } from './hardlinks.js';
-import { HASH_ALG_ID } from '../fsverity/digest.js';
+import { HASH_ALG_ID, hashAlgOfSize } from '../fsverity/digest.js';
 
 export interface WriteOptions {
   /** Lowest format version (default 0). */
@@ -167,7 +167,8 @@ function chooseVersion(opts: WriteOptions, hasWhiteout: boolean): number {
 }
 
 function digestAlg(digest: Buffer): number {
-  return digest.length === 32 ? HASH_ALG_ID.sha256 : digest.length === 64 ? HASH_ALG_ID.sha512 : 0;
+  const alg = hashAlgOfSize(digest.length);
+  return alg ? HASH_ALG_ID[alg] : 0;
 }
 
 function sameBytes(a: Buffer, b: Buffer): boolean {

@@ -19,6 +19,11 @@ export function hashAlgFromId(id: number): HashAlg | undefined {
   return id === 1 ? 'sha256' : id === 2 ? 'sha512' : undefined;
 }
 
+/** The algorithm of a digest by its size in bytes (32: sha256, 64: sha512). */
+export function hashAlgOfSize(bytes: number): HashAlg | undefined {
+  return bytes === HASH_SIZE.sha256 ? 'sha256' : bytes === HASH_SIZE.sha512 ? 'sha512' : undefined;
+}
+
 export class FsVerityHasher {
   readonly alg: HashAlg;
   private readonly addon: NativeAddon;

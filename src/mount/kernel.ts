@@ -29,7 +29,7 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { native } from '../native.js';
 import { CfsError, errnoCode, type CfsErrorCode } from '../errors.js';
-import type { HashAlg } from '../fsverity/digest.js';
+import { hashAlgOfSize, type HashAlg } from '../fsverity/digest.js';
 import { fsverityDigestFdSync } from '../fsverity/file.js';
 import { measureVerityFd } from '../fsverity/kernel.js';
 import { readMountinfo } from './mountinfo.js';
@@ -229,7 +229,7 @@ function imageDigest(fd: number, file: string, alg: HashAlg): Buffer {
 }
 
 function checkImageDigest(fd: number, file: string, expected: Buffer): void {
-  const alg: HashAlg | undefined = expected.length === 32 ? 'sha256' : expected.length === 64 ? 'sha512' : undefined;
+  const alg = hashAlgOfSize(expected.length);
   if (!alg) throw new CfsError('EINVAL', `${file}: expected digest must be 32 or 64 bytes, got ${expected.length}`);
   const actual = imageDigest(fd, file, alg);
   if (!actual.equals(expected)) {

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import type { PullOptions, PullResult } from '../oci/pull.js';
+import { hashAlgOfSize } from '../fsverity/digest.js';
 import { hasMountPrivilege } from './caps.js';
 import { findMount, isComposefsMount, listComposefsMounts } from './mountinfo.js';
 
@@ -88,7 +89,7 @@ function chooseKernel(mode: FuseMode): boolean {
 /** The image object's content still has the digest it is named by (userspace fs-verity). */
 async function checkImageIntact(file: string, imageId: Buffer): Promise<void> {
   const { fsverityDigestFile } = await import('../fsverity/file.js');
-  const alg = imageId.length === 64 ? 'sha512' : 'sha256';
+  const alg = hashAlgOfSize(imageId.length) ?? 'sha256';
   const actual = await fsverityDigestFile(file, alg);
   if (!actual.equals(imageId)) {
     throw new CfsError('ECORRUPT', `image ${imageId.toString('hex')} is damaged: its content has digest ${actual.toString('hex')} (run 'cfs fsck')`, { path: file });

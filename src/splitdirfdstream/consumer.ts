@@ -22,7 +22,7 @@ import { SplitStreamWriter } from '../splitstream/writer.js';
 import { OrderedSplitWriter, type ObjectRef } from '../splitstream/ordered.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
 import { TarEntryParser, type ParsedEntry } from '../tar/parser.js';
-import { copyContent, existingLayer, layerContentId, splitTar, type TarInput } from '../tar/split.js';
+import { copyContent, existingLayer, layerContentId, parseDiffId, splitTar, type TarInput } from '../tar/split.js';
 import { SplitdirfdReader } from './reader.js';
 import { checkDirSlot, openBeneath, type OpenedFile } from './open.js';
 import { ObjectPlacer, PLACEMENTS_IN_FLIGHT, type StreamTap } from './place.js';
@@ -200,13 +200,6 @@ async function drain(reader: SplitdirfdReader): Promise<void> {
   for (let h = await reader.next(); h; h = await reader.next()) {
     if (h.type !== 'file') while ((await reader.body(COPY_CHUNK)).length > 0);
   }
-}
-
-function parseDiffId(d: string): { alg: StreamHashName; hex: string } {
-  const m = /^(sha256|sha384|sha512):([0-9a-f]+)$/.exec(d);
-  const alg = m?.[1] as StreamHashName | undefined;
-  if (!m || !alg || m[2].length !== { sha256: 64, sha384: 96, sha512: 128 }[alg]) throw new CfsError('EINVAL', `invalid diff_id '${d}' (expected sha256:<hex>)`);
-  return { alg, hex: m[2] };
 }
 
 /**

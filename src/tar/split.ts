@@ -20,7 +20,8 @@ import { TarEntryParser, type ParsedEntry } from './parser.js';
 import { HashingSource } from './source.js';
 
 const COPY_CHUNK = 1024 * 1024;
-const DIFF_ID_ALGS = new Set(['sha256', 'sha384', 'sha512']);
+type DiffIdAlg = 'sha256' | 'sha384' | 'sha512';
+const DIFF_ID_HEX: Record<DiffIdAlg, number> = { sha256: 64, sha384: 96, sha512: 128 };
 
 export interface ImportTarOptions {
   /** `sha256:<hex>` (also sha384/sha512); verified after the whole stream was read. */
@@ -65,10 +66,12 @@ export function layerContentId(diffId: string): string {
   return `oci-layer-${diffId}`;
 }
 
-export function parseDigest(d: string): { alg: string; hex: string } {
-  const m = /^([a-z0-9]+):([0-9a-f]+)$/.exec(d);
-  if (!m || !DIFF_ID_ALGS.has(m[1])) throw new CfsError('EINVAL', `invalid diff_id '${d}' (expected sha256:<hex>)`);
-  return { alg: m[1], hex: m[2] };
+/** A diff_id (`sha256:<hex>`, or sha384/sha512) as its algorithm and hex digest. */
+export function parseDiffId(d: string): { alg: DiffIdAlg; hex: string } {
+  const m = /^(sha256|sha384|sha512):([0-9a-f]+)$/.exec(d);
+  const alg = m?.[1] as DiffIdAlg | undefined;
+  if (!m || !alg || m[2].length !== DIFF_ID_HEX[alg]) throw new CfsError('EINVAL', `invalid diff_id '${d}' (expected sha256:<hex>)`);
+  return { alg, hex: m[2] };
 }
 
 /**
@@ -77,7 +80,7 @@ export function parseDigest(d: string): { alg: string; hex: string } {
  * is linked under streams/ (objects already written are unreferenced garbage for GC).
  */
 export async function importTarLayer(repo: Repository, tar: AsyncIterable<Uint8Array>, opts: ImportTarOptions = {}): Promise<ImportTarResult> {
-  const expected = opts.expectedDiffId !== undefined ? parseDigest(opts.expectedDiffId) : null;
+  const expected = opts.expectedDiffId !== undefined ? parseDiffId(opts.expectedDiffId) : null;
   const name = opts.layerName ?? opts.expectedDiffId ?? 'tar';
   const existing = await existingLayer(repo, opts.expectedDiffId);
   if (existing) return existing;

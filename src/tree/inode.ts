@@ -83,8 +83,3 @@ export function sortedEntries(dir: Inode): Array<[ByteString, Inode]> {
   return entries;
 }
 
-/** Object-store path ("ab/cdef…") of an object id. */
-export function objectPathOf(digest: Buffer): ByteString {
-  const hex = digest.toString('hex');
-  return `${hex.slice(0, 2)}/${hex.slice(2)}`;
-}

@@ -22,10 +22,10 @@ import {
   S_IFREG,
   isDir,
   newInode,
-  objectPathOf,
   type ByteString,
   type Inode,
 } from './inode.js';
+import { objectRelPath } from '../repository/ids.js';
 
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE = '.wh..wh..opq';
@@ -171,7 +171,7 @@ function leafOrDir(e: TarEntry, type: Exclude<TarEntry['type'], 'hardlink'>, lay
         inode.content = c.data.length > 0 ? c.data : null;
       } else {
         inode.size = c.size;
-        inode.payload = objectPathOf(c.id);
+        inode.payload = objectRelPath(c.id);
         inode.digest = c.id;
       }
       break;

@@ -17,7 +17,8 @@ import type { HashAlg } from '../fsverity/digest.js';
 import { fsverityDigestFileSync } from '../fsverity/file.js';
 import { RECOMMENDED_INLINE_CONTENT } from '../erofs/format.js';
 import { native } from '../native.js';
-import { newInode, objectPathOf, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from './inode.js';
+import { objectRelPath } from '../repository/ids.js';
+import { newInode, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from './inode.js';
 
 export interface ScanOptions {
   /** Set every mtime to 0. */
@@ -126,7 +127,7 @@ function build(ctx: Ctx, file: Buffer, st: BigIntStats): Inode {
       }
     } else if (n.size > 0) {
       n.digest = fsverityDigestFileSync(file, ctx.alg);
-      n.payload = objectPathOf(n.digest);
+      n.payload = objectRelPath(n.digest);
       if (ctx.opts.digestStore !== undefined) ctx.toStore.push([n.payload, file]);
     }
   } else if (type === S_IFLNK) {
