@@ -11,7 +11,7 @@
  * never materialised as strings (digest and payload are written directly).
  */
 import { CfsError } from '../errors.js';
-import { newInode, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, type Inode } from '../tree/inode.js';
+import { isWhiteout, newInode, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, type Inode } from '../tree/inode.js';
 import {
   ACL_ACCESS,
   ACL_DEFAULT,
@@ -278,7 +278,7 @@ class Writer {
     let hasWhiteout = false;
     for (let i = 0; i < this.nDiscovered && !hasWhiteout; i++) {
       const s = this.src[i]!;
-      hasWhiteout = (s.mode & S_IFMT) === S_IFCHR && s.rdev === 0;
+      hasWhiteout = isWhiteout(s);
     }
     this.version = chooseVersion(opts, hasWhiteout);
   }

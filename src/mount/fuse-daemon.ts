@@ -19,7 +19,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Readable } from 'node:stream';
@@ -42,7 +42,7 @@ interface ServerHandle {
   unmount(opts?: { lazy?: boolean }): Promise<void>;
   closed: Promise<void>;
 }
-import { findMount } from './mountinfo.js';
+import { canonical, findMount } from './mountinfo.js';
 
 export interface FuseDaemonOptions {
   imagePath: string;
@@ -105,14 +105,6 @@ async function exitsWithin(pid: number, ms: number): Promise<boolean> {
     await new Promise((r) => setTimeout(r, 50));
   }
   return true;
-}
-
-function canonical(p: string): string {
-  try {
-    return realpathSync(p);
-  } catch {
-    return path.resolve(p);
-  }
 }
 
 /** Where this user's FUSE server records live (created 0700 on demand). */

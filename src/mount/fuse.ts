@@ -22,7 +22,8 @@ import { promisify } from 'node:util';
 import { CfsError } from '../errors.js';
 import type { HashAlg } from '../fsverity/digest.js';
 import { objectProblem } from './object-check.js';
-import { S_IFCHR, S_IFMT, isDir, isReg, isSymlink, sortedEntries, type ByteString, type Inode } from '../tree/inode.js';
+import { isDir, isReg, isSymlink, isWhiteout, sortedEntries, type ByteString, type Inode } from '../tree/inode.js';
+import { optValue } from './fuse-ll/channel.js';
 
 const execFileP = promisify(execFile);
 
@@ -193,10 +194,6 @@ function toUtf8Name(b: ByteString): string | null {
 
 function fromUtf8Name(s: string): ByteString {
   return Buffer.from(s, 'utf8').toString('latin1');
-}
-
-function isWhiteout(n: Inode): boolean {
-  return (n.mode & S_IFMT) === S_IFCHR && n.rdev === 0;
 }
 
 export class FuseImageServer {
@@ -462,10 +459,6 @@ function devFuseFds(): Set<number> {
 }
 
 /** libfuse option values: `,` separates options and `\` escapes. */
-function optValue(s: string): string {
-  return s.replace(/[\\,]/g, (c) => `\\${c}`);
-}
-
 /** The libfuse 2 `-o` option string of a cfs mount. */
 export function fuseMountOptions(name: string, privileged: boolean): string {
   const o = [

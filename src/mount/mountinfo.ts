@@ -53,7 +53,8 @@ export function readMountinfo(): MountInfo[] {
   return parseMountinfo(readFileSync(MOUNTINFO, 'latin1'));
 }
 
-function canonical(p: string): string {
+/** The path with symlinks resolved; as given (absolute) when it does not resolve. */
+export function canonical(p: string): string {
   try {
     return realpathSync(p);
   } catch {

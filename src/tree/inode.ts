@@ -47,6 +47,10 @@ export interface Inode {
   children: Map<ByteString, Inode> | null;
 }
 
+/** An overlay whiteout: a character device 0/0. */
+export function isWhiteout(n: Inode): boolean {
+  return (n.mode & S_IFMT) === S_IFCHR && n.rdev === 0;
+}
 export function isDir(n: Inode): boolean {
   return (n.mode & S_IFMT) === S_IFDIR;
 }

@@ -21,7 +21,8 @@ export interface ChannelOptions {
 const S_IFDIR_OCTAL = '40000';
 
 /** fusermount3/libfuse option values: `,` separates options and `\` escapes. */
-function optValue(s: string): string {
+/** A mount option value with `\\` and `,` escaped. */
+export function optValue(s: string): string {
   return s.replace(/[\\,]/g, (c) => `\\${c}`);
 }
 

@@ -5,7 +5,7 @@
  * first number. Overlay whiteouts (char device 0:0) are hidden, as the kernel composefs mount
  * hides them. Every fuse_attr is encoded once, up front: a request copies 88 bytes.
  */
-import { S_IFCHR, S_IFMT, isDir, isSymlink, sortedEntries, type Inode } from '../../tree/inode.js';
+import { S_IFMT, isDir, isSymlink, isWhiteout, sortedEntries, type Inode } from '../../tree/inode.js';
 import { Attr, Size, writeU64 } from './protocol.js';
 
 const BLOCK_SIZE = 4096;
@@ -19,10 +19,6 @@ export interface DirEntry {
   ino: number;
   /** DT_* type for the dirent (mode >> 12). */
   type: number;
-}
-
-export function isWhiteout(n: Inode): boolean {
-  return (n.mode & S_IFMT) === S_IFCHR && n.rdev === 0;
 }
 
 export class NodeTable {
