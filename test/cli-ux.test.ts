@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout } from './helpers/oci-fixture.js';
@@ -98,6 +98,17 @@ test('mkcomposefs: --skip-devices leaves out device nodes; an empty version rang
   assert.match(dump, /^\/file /m);
   assert.doesNotMatch(dump, /^\/null /m);
   assert.match(runCfs(['mkcomposefs', '--min-version', '1', '--max-version', '0', src, img]).stderr, /^cfs: --min-version 1 is above --max-version 0\n$/);
+});
+
+test('a pull or mount that fails at its source, or names no image, leaves no new repository behind', { skip: ROOT }, () => {
+  const fresh = path.join(work, 'never-created');
+  const mp = path.join(work, 'by-sha');
+  for (const args of [['oci', 'pull', `oci:${path.join(work, 'no-layout')}:v1`], ['oci', 'pull', `oci:${path.join(work, layoutName)}:no-tag`], ['mount', `oci:${path.join(work, 'no-layout')}:v1`, mp], ['mount', 'some-name', mp]]) {
+    const r = runCfs(['--repo', fresh, ...args]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /^cfs: .*(no such directory|tag "no-tag" not found|does not exist)/);
+    assert.ok(!existsSync(fresh), `${args.join(' ')} created the repository`);
+  }
 });
 
 test('a missing file is named with the reason, not as Node words it', () => {

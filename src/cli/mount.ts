@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import path from 'node:path';
 import { CfsError } from '../errors.js';
 import type { FuseMode } from '../mount/mount-image.js';
-import { openRepoFromCli } from './repo.js';
+import { openRepoFromCli, probeBeforeCreating } from './repo.js';
 import { LOCAL_FETCH_OPTIONS } from './oci.js';
 
 interface MountOpts {
@@ -27,8 +27,8 @@ interface ComposefsHelperOpts {
 }
 
 /** `-o basedir=…,digest=…,verity,ro,upperdir=…,workdir=…` as the C mount.composefs takes them. */
-function parseHelperOptions(list: string[], sloppy: boolean): { basedir?: string; digest?: Buffer; verity: boolean; rw: boolean; upperdir?: string; workdir?: string } {
-  const out: { basedir?: string; digest?: Buffer; verity: boolean; rw: boolean; upperdir?: string; workdir?: string } = { verity: false, rw: false };
+function parseHelperOptions(list: string[], sloppy: boolean): { basedir?: string; digest?: Buffer; verity: boolean; rw?: boolean; upperdir?: string; workdir?: string } {
+  const out: { basedir?: string; digest?: Buffer; verity: boolean; rw?: boolean; upperdir?: string; workdir?: string } = { verity: false };
   for (const opt of list.flatMap((s) => s.split(',')).filter((s) => s !== '')) {
     const eq = opt.indexOf('=');
     const key = eq < 0 ? opt : opt.slice(0, eq);
@@ -96,7 +96,10 @@ export function register(program: Command): void {
       // Before the repository is opened (and maybe created).
       checkMountRequest(mountpoint, request);
       const pull = await pullOptionsFromCli(opts);
-      const repo = await openRepoFromCli(program);
+      await probeBeforeCreating(program, source, pull);
+      // Only a pull creates a repository: an image name or id needs one that exists.
+      const { isTransportReference } = await import('../oci/sources.js');
+      const repo = await openRepoFromCli(program, { create: isTransportReference(source) });
       try {
         await mountImage(repo, source, mountpoint, {
           ...request,
@@ -179,9 +182,9 @@ export function register(program: Command): void {
         expectedDigest: o.digest,
         upperdir: o.upperdir,
         workdir: o.workdir,
-        // As C mount.composefs: without an upper layer the mount is read-only whatever `rw`
-        // says (mount(8) passes `rw` by default).
-        readWrite: o.rw && o.upperdir !== undefined,
+        // As C mount.composefs: with an upper layer read-write unless `ro`; without one read-only
+        // whatever `rw` says (mount(8) passes `rw` by default).
+        readWrite: o.upperdir !== undefined && o.rw !== false,
       });
     });
 }

@@ -1,7 +1,7 @@
 /** `cfs oci …`: pull, images, inspect, tag, untag, dump, compute-id. */
 import type { Command } from 'commander';
 import { CfsError } from '../errors.js';
-import { openRepoFromCli } from './repo.js';
+import { openRepoFromCli, probeBeforeCreating } from './repo.js';
 import type { Repository } from '../repository/repository.js';
 import type { StoredImage } from '../oci/stored.js';
 import type { PullOptions } from '../oci/pull.js';
@@ -66,10 +66,12 @@ export function register(program: Command): void {
     .option(...LOCAL_FETCH_OPTIONS[1])
     .option(...LOCAL_FETCH_OPTIONS[2])
     .action(async (source: string, name: string | undefined, opts: PullOpts) => {
+      const pull = await pullOptionsFromCli(opts);
+      await probeBeforeCreating(program, source, pull);
       const repo = await openRepoFromCli(program);
       try {
         const { pullImage } = await import('../oci/pull.js');
-        const r = await pullImage(repo, source, { ...(await pullOptionsFromCli(opts)), name });
+        const r = await pullImage(repo, source, { ...pull, name });
         let out = `manifest ${r.manifestDigest}\nconfig ${r.configDigest}\n`;
         if (r.imageId) out += `image ${r.imageId}\n`;
         out += `tagged ${r.tag}\n`;

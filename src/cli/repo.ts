@@ -47,6 +47,19 @@ export async function hashForRepository(program: Command, hash: string | undefin
  * Open the repository selected by the global options (--repo/--user/--system/--insecure),
  * creating it with defaults (sha256, EROFS V1) on first use unless `create` is false.
  */
+/**
+ * Before a pull from `reference` creates the selected repository (it does not exist yet),
+ * check that the source has the image: a mistyped reference must not leave a new repository.
+ */
+export async function probeBeforeCreating(program: Command, reference: string, opts: { platform?: string; lockTimeoutMs?: number }): Promise<void> {
+  const { existsSync } = await import('node:fs');
+  const { resolveRepositoryPath } = await import('../repository/location.js');
+  const { isTransportReference } = await import('../oci/sources.js');
+  if (!isTransportReference(reference) || existsSync(resolveRepositoryPath(program.opts<GlobalOptions>()))) return;
+  const { probeSource } = await import('../oci/pull.js');
+  await probeSource(reference, opts);
+}
+
 export async function openRepoFromCli(program: Command, opts: { create?: boolean } = {}): Promise<Repository> {
   const g = program.opts<GlobalOptions>();
   const { resolveRepositoryPath } = await import('../repository/location.js');

@@ -19,7 +19,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Readable } from 'node:stream';
@@ -42,7 +42,7 @@ interface ServerHandle {
   unmount(opts?: { lazy?: boolean }): Promise<void>;
   closed: Promise<void>;
 }
-import { canonical, findMount } from './mountinfo.js';
+import { canonical, findMount, isComposefsMount, type MountInfo } from './mountinfo.js';
 
 export interface FuseDaemonOptions {
   imagePath: string;
@@ -67,14 +67,16 @@ const HELD_WAIT_MS = 10_000;
 /** Where the fusectl filesystem shows FUSE connections (by the device minor of their superblock). */
 const FUSECTL = '/sys/fs/fuse/connections';
 
-/** The FUSE connection number of the mount at `mp` (its st_dev minor), or null. */
-function fuseConnection(mp: string): number | null {
-  try {
-    const dev = statSync(mp).dev;
-    return (dev & 0xff) | ((dev >>> 12) & 0xfff00);
-  } catch {
-    return null;
-  }
+/** The FUSE connection number of a mount (the minor of its device 0:N), from mountinfo: no stat of a mount point whose server may hang. */
+function fuseConnection(m: MountInfo | undefined): number | null {
+  const minor = m && /^0:(\d+)$/.exec(m.device)?.[1];
+  return minor ? Number(minor) : null;
+}
+
+/** Whether FUSE connection `n` still exists (a lazily unmounted mount serving open files); null when fusectl cannot tell. */
+function connectionAlive(n: number): boolean | null {
+  if (!existsSync(FUSECTL) || readdirSync(FUSECTL).length === 0) return null;
+  return existsSync(path.join(FUSECTL, String(n)));
 }
 
 /** Whether a mount in this namespace is on the FUSE device 0:n. */
@@ -179,10 +181,11 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Whether pid still runs our server (guards against a recycled pid). */
-function isServer(pid: number): boolean {
+/** Whether pid still runs our server for `mountpoint` (guards against a recycled pid). */
+function isServer(pid: number, mountpoint: string): boolean {
   try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('fuse-server-main');
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return cmdline.includes('fuse-server-main') && cmdline.includes(JSON.stringify(mountpoint));
   } catch {
     return false;
   }
@@ -194,13 +197,22 @@ async function readImageTree(imagePath: string) {
 }
 
 /** Mount and serve until unmounted; `onReady` runs once the mount is up. */
-export async function serveFuse(opts: FuseDaemonOptions, onReady: () => void): Promise<void> {
+export async function serveFuse(opts: FuseDaemonOptions, onReady: () => boolean | void): Promise<void> {
   const mountpoint = canonical(opts.mountpoint);
   const root = await readImageTree(opts.imagePath);
   const handle = await startFuse({ root, objectsDir: opts.objectsDir, mountpoint, name: opts.name, verify: opts.verify });
-  writeFuseRecord({ pid: process.pid, mountpoint, name: opts.name });
-  onReady();
-  await untilStopped(handle, () => removeFuseRecord(mountpoint, process.pid));
+  // Ours: the mount just made at the mount point (its device 0:N names the connection).
+  const connection = fuseConnection(findMount(mountpoint));
+  try {
+    writeFuseRecord({ pid: process.pid, mountpoint, name: opts.name });
+  } catch (e) {
+    // Nobody could find this server to unmount it: no mount either.
+    await handle.unmount({ lazy: true }).catch(() => undefined);
+    throw e;
+  }
+  // The caller gave up meanwhile (a `cfs mount` interrupted): nobody wants the mount.
+  if (onReady() === false) await handle.unmount({ lazy: true }).catch(() => undefined);
+  await untilStopped(handle, connection, () => removeFuseRecord(mountpoint, process.pid));
 }
 
 /**
@@ -210,10 +222,21 @@ export async function serveFuse(opts: FuseDaemonOptions, onReady: () => void): P
  * unmounting, and a SIGTERM landing between handler removal and cleanup would kill the server
  * with the default action and leave its runtime record behind.
  */
-async function untilStopped(handle: ServerHandle, cleanup: () => void): Promise<void> {
+async function untilStopped(handle: ServerHandle, connection: number | null, cleanup: () => void): Promise<void> {
+  const log = (line: string): void => void process.stderr.write(`cfs fuse: ${line}\n`);
   const onSignal = (): void => {
-    // `cfs umount` unmounts first and then signals: nothing left to do but exit.
-    if (!findMount(handle.mountpoint)) {
+    const top = findMount(handle.mountpoint);
+    const ours = connection === null || fuseConnection(top) === connection;
+    if (!top || !ours) {
+      if (connection !== null && mountedHere(connection)) {
+        // Another mount was put over ours: unmounting would take that one.
+        return log(`${handle.mountpoint}: not unmounting: another mount (${top?.fsType ?? '?'} ${top?.source ?? ''}) covers this server's`);
+      }
+      if (connection !== null && connectionAlive(connection)) {
+        // Lazily unmounted: files opened before are still served, until they are closed.
+        return log(`${handle.mountpoint}: lazily unmounted; serving open files until they are closed (SIGKILL ends them now)`);
+      }
+      // `cfs umount` unmounts first and then signals: nothing left to do but exit.
       removeFuseRecord(handle.mountpoint, process.pid);
       process.exit(0);
     }
@@ -272,8 +295,11 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
     return;
   }
   const log = openServerLog(config.mountpoint);
+  const before = findMount(config.mountpoint)?.mountId;
   const child = spawn(process.execPath, [...loaderArgs(), serverEntry(), JSON.stringify(config)], {
     detached: true,
+    // Not the caller's directory: the server would keep it busy (an unmountable USB stick).
+    cwd: '/',
     // Startup errors come back over the readiness pipe; later messages go to a log file beside
     // the runtime record, so callers capturing our stderr are not held open by the server.
     stdio: ['ignore', 'ignore', log, 'pipe'],
@@ -297,6 +323,9 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
     return;
   }
   const why = line.startsWith('error ') ? line.slice('error '.length) : `FUSE server ${await exited}`;
+  // A server killed after mounting leaves its mount without anyone serving it: undo it.
+  const top = findMount(config.mountpoint);
+  if (top && top.mountId !== before && top.fsType.startsWith('fuse') && isComposefsMount(top)) await fusermountUnmount(config.mountpoint, true).catch(() => undefined);
   // The server's errors name the mount point already.
   throw new CfsError('EIO', why.startsWith(`${config.mountpoint}: `) ? why : `${config.mountpoint}: ${why}`, { path: config.mountpoint });
 }
@@ -309,13 +338,18 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
 export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } = {}): Promise<void> {
   const mp = canonical(mountpoint);
   const rec = readFuseRecord(mp);
-  const server = rec && alive(rec.pid) && isServer(rec.pid) ? rec.pid : null;
+  const server = rec && alive(rec.pid) && isServer(rec.pid, mp) ? rec.pid : null;
+  const mount = findMount(mp);
   let connection: number | null = null;
-  if (findMount(mp)) {
-    connection = fuseConnection(mp);
+  if (mount) {
+    connection = fuseConnection(mount);
     await fusermountUnmount(mp, opts.lazy ?? false);
   } else if (!rec) {
     throw new CfsError('ENOENT', `${mp}: not a mount point`, { path: mp });
+  } else if (server !== null) {
+    // Unmounted already (lazily): its server answers the files opened before until they are
+    // closed; ending it now would break them.
+    throw new CfsError('EINVAL', `${mp}: not a mount point (unmounted lazily; its FUSE server pid ${server} serves the files still open there and exits when they are closed)`, { path: mp });
   }
   if (server === null) {
     if (rec) removeFuseRecord(mp, rec.pid);

@@ -8,12 +8,15 @@ import { serveFuse, type FuseDaemonOptions } from './fuse-daemon.js';
 
 const READY_FD = 3;
 
-function signalParent(line: string): void {
+/** Whether the parent (`cfs mount`, waiting for this line) got it. */
+function signalParent(line: string): boolean {
   try {
     writeSync(READY_FD, `${line}\n`);
     closeSync(READY_FD);
+    return true;
   } catch {
-    // The parent is gone; nothing to tell.
+    // The parent is gone (interrupted): nothing to tell.
+    return false;
   }
 }
 
@@ -21,9 +24,11 @@ async function main(): Promise<void> {
   const opts = JSON.parse(process.argv[2] ?? '') as FuseDaemonOptions;
   let ready = false;
   try {
+    // A `cfs mount` interrupted before the mount was ready has failed for its user: the mount
+    // is undone (serveFuse), not left behind.
     await serveFuse(opts, () => {
       ready = true;
-      signalParent('ready');
+      return signalParent('ready');
     });
   } catch (e) {
     const msg = ((e as Error).message || String(e)).split('\n')[0];

@@ -14,7 +14,7 @@
  * and symlink targets cross the C boundary as UTF-8, so entries whose names are not valid UTF-8
  * are not listed, and non-UTF-8 link targets/xattr names are not representable.
  */
-import { closeSync, openSync, readSync, readdirSync, readlinkSync, constants as fsc } from 'node:fs';
+import { closeSync, readSync, readdirSync, readlinkSync, constants as fsc } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -24,6 +24,7 @@ import type { HashAlg } from '../fsverity/digest.js';
 import { objectProblem } from './object-check.js';
 import { isDir, isReg, isSymlink, isWhiteout, sortedEntries, type ByteString, type Inode } from '../tree/inode.js';
 import { optValue } from './fuse-ll/channel.js';
+import { openRegularObject } from './fuse-ll/objects.js';
 
 const execFileP = promisify(execFile);
 
@@ -387,7 +388,7 @@ export class FuseImageServer {
       const file = path.join(this.opts.objectsDir, payload);
       let fd: number;
       try {
-        fd = openSync(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+        fd = openRegularObject(file);
       } catch (e) {
         this.log(`cfs fuse: ${p}: cannot open object ${payload}: ${(e as Error).message}`);
         return EIO;

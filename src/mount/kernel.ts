@@ -319,6 +319,18 @@ function setLayers(ctx: FsContext, mode: LayerPassing, erofsFd: number, objectsF
   }
 }
 
+/** fsconfig takes string values of at most 255 bytes: a longer one (a long image name) is cut, on a character boundary. */
+function fitParam(s: string): string {
+  if (Buffer.byteLength(s) <= FSCONFIG_VALUE_MAX) return s;
+  let out = '';
+  for (const ch of s) {
+    if (Buffer.byteLength(out + ch) > FSCONFIG_VALUE_MAX - 3) break;
+    out += ch;
+  }
+  return `${out}…`;
+}
+const FSCONFIG_VALUE_MAX = 255;
+
 /** Everything of ComposefsMountOptions but the mount point. */
 export type DetachedComposefsOptions = Omit<ComposefsMountOptions, 'mountpoint'>;
 
@@ -357,12 +369,20 @@ export function openComposefsMount(opts: DetachedComposefsOptions): number {
 
     const ctx = new FsContext('overlay');
     try {
-      ctx.setString('source', opts.source ?? `composefs:${path.basename(opts.image)}`);
+      ctx.setString('source', fitParam(opts.source ?? `composefs:${path.basename(opts.image)}`));
       ctx.setString('metacopy', 'on');
       ctx.setString('redirect_dir', 'on');
       if (opts.verity === 'require') ctx.setString('verity', 'require');
       setLayers(ctx, opts.strategy?.layers ?? 'auto', erofsFd, objectsFds, upper);
-      ctx.create();
+      try {
+        ctx.create();
+      } catch (e) {
+        // The kernel's usual reasons, which it only logs.
+        if (upper && e instanceof CfsError && e.code === 'EINVAL') {
+          throw new CfsError('EINVAL', `${e.message} (upperdir ${opts.upperdir} and workdir ${opts.workdir} must be two different directories on one filesystem, neither inside the other, the workdir empty)`);
+        }
+        throw e;
+      }
       return ctx.mount(opts.readWrite ? 0 : c.MOUNT_ATTR_RDONLY);
     } finally {
       ctx.close();

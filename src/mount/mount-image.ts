@@ -5,14 +5,16 @@
  * Heavy modules (the import engine, the FUSE server) load only when needed: a plain mount of an
  * imported image should start fast.
  */
-import { statSync } from 'node:fs';
+import { closeSync, constants as fsc, openSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { CfsError } from '../errors.js';
-import type { Repository } from '../repository/repository.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CfsError, errnoCode } from '../errors.js';
+import { native } from '../native.js';
+import type { ImageHandle, Repository } from '../repository/repository.js';
 import type { PullOptions, PullResult } from '../oci/pull.js';
 import { hashAlgOfSize } from '../fsverity/digest.js';
 import { hasMountPrivilege } from './caps.js';
-import { findMount, isComposefsMount, listComposefsMounts } from './mountinfo.js';
+import { canonical, findMount, isComposefsMount, listComposefsMounts } from './mountinfo.js';
 
 /** auto: the kernel mount when privileged, else FUSE; yes: FUSE; no: the kernel mount or an error. */
 export type FuseMode = 'auto' | 'yes' | 'no';
@@ -61,7 +63,8 @@ export function checkMountpoint(mp: string): string {
   let st;
   try {
     st = statSync(mp);
-  } catch {
+  } catch (e) {
+    if (errnoCode(e) === 'ENOTCONN') throw new CfsError('EIO', `mount point ${mp} is a FUSE mount whose server is gone (transport endpoint is not connected): cfs umount it first`, { path: mp });
     throw new CfsError('ENOENT', `mount point ${mp} does not exist`, { path: mp });
   }
   if (!st.isDirectory()) throw new CfsError('EINVAL', `mount point ${mp} is not a directory`, { path: mp });
@@ -130,7 +133,52 @@ export async function mountImage(repo: Repository, source: string, mountpoint: s
     note: opts.onNotice,
   });
   const objectsDir = path.join(repo.path, 'objects');
+  const inside = path.relative(repo.path, mp);
+  if (!inside.startsWith('..') && !path.isAbsolute(inside)) {
+    throw new CfsError('EINVAL', `mount point ${mp} is inside repository ${repo.path}: the mount would hide what it serves`, { path: mp });
+  }
   const mounted: MountedImage = { mountpoint: mp, kind: kernel ? 'kernel' : 'fuse', imageId: image.imageId.toString('hex'), label };
+  // Two cfs mounts racing for one directory: one mounts, the other is refused (not stacked).
+  // (A foreground server holds nothing: it returns only once unmounted.)
+  const release = opts.foreground ? null : await lockMountpoint(mp);
+  try {
+    refuseStacking(mp);
+    return await mountResolved(repo, mounted, image, kernel, objectsDir, opts);
+  } finally {
+    release?.();
+  }
+}
+
+/**
+ * An exclusive lock on the mount point directory (flock on its fd: whoever opens the path after
+ * a mount gets the mounted root, and then finds the mount). Null when it cannot be opened.
+ */
+async function lockMountpoint(mp: string): Promise<(() => void) | null> {
+  let fd: number;
+  try {
+    fd = openSync(mp, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  } catch {
+    return null;
+  }
+  const c = native().constants;
+  for (;;) {
+    try {
+      native().flock(fd, c.LOCK_EX | c.LOCK_NB);
+      return () => closeSync(fd);
+    } catch (e) {
+      const code = errnoCode(e);
+      if (code !== 'EWOULDBLOCK' && code !== 'EAGAIN') {
+        closeSync(fd);
+        return null;
+      }
+      await sleep(50);
+    }
+  }
+}
+
+async function mountResolved(repo: Repository, mounted: MountedImage, image: ImageHandle, kernel: boolean, objectsDir: string, opts: MountImageOptions): Promise<MountedImage> {
+  const mp = mounted.mountpoint;
+  const label = mounted.label;
   if (kernel) {
     const { mountComposefs } = await import('./kernel.js');
     try {
@@ -173,7 +221,8 @@ export async function mountImage(repo: Repository, source: string, mountpoint: s
  * mount fails with EBUSY and stays; `lazy` detaches it now and releases it when no longer used.
  */
 export async function unmountImage(mountpoint: string, opts: { lazy?: boolean } = {}): Promise<void> {
-  const mp = path.resolve(mountpoint);
+  // Through a symlink as mount did; never stat'ed (a hung FUSE server must not hang us).
+  const mp = canonical(mountpoint);
   const m = findMount(mp);
   if (m && !isComposefsMount(m)) {
     throw new CfsError('EINVAL', `${mp} is a ${m.fsType} mount of ${m.source}, not a cfs mount; use umount(8) for it`, { path: mp });

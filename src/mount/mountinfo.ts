@@ -3,7 +3,7 @@
  *   ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE SUPEROPTIONS
  * where space, tab, newline and backslash inside fields are written as octal escapes (\040…).
  */
-import { readFileSync, realpathSync } from 'node:fs';
+import { readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 
 export interface MountInfo {
@@ -21,8 +21,10 @@ export interface MountInfo {
 
 const MOUNTINFO = '/proc/self/mountinfo';
 
+/** A field's bytes (read as latin1, octal escapes undone) as the UTF-8 text paths are in Node. */
 function unescape(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+  const bytes = field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+  return Buffer.from(bytes, 'latin1').toString('utf8');
 }
 
 /** Parse mountinfo text; lines that do not have the documented shape are skipped. */
@@ -53,12 +55,25 @@ export function readMountinfo(): MountInfo[] {
   return parseMountinfo(readFileSync(MOUNTINFO, 'latin1'));
 }
 
-/** The path with symlinks resolved; as given (absolute) when it does not resolve. */
-export function canonical(p: string): string {
+/**
+ * The path with symlinks resolved; as given (absolute) when it does not resolve. The path itself
+ * is never stat'ed, only its parent (and read as a link): a mount point whose FUSE server hangs
+ * would hang a stat, and unmounting it must still work.
+ */
+export function canonical(p: string, depth = 0): string {
+  const abs = path.resolve(p);
+  if (abs === '/') return abs;
+  let link: string | null = null;
   try {
-    return realpathSync(p);
+    link = readlinkSync(abs);
   } catch {
-    return path.resolve(p);
+    // not a symlink (or not there)
+  }
+  if (link !== null && depth < 40) return canonical(path.resolve(path.dirname(abs), link), depth + 1);
+  try {
+    return path.join(realpathSync(path.dirname(abs)), path.basename(abs));
+  } catch {
+    return abs;
   }
 }
 

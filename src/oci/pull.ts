@@ -49,6 +49,17 @@ async function defaultTag(reference: string, described: string): Promise<string>
   return absoluteReference(reference);
 }
 
+/**
+ * Open the reference's image and close it again: whether a pull could start (the source and
+ * image exist, the platform is there). For callers that would otherwise create a repository
+ * only to fail at the source.
+ */
+export async function probeSource(reference: string, opts: Pick<PullOptions, 'platform' | 'lockTimeoutMs' | 'signal'> = {}): Promise<void> {
+  const { openImageSource } = await import('./sources.js');
+  const img = await openImageSource(reference, { platform: opts.platform, timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
+  await img.close();
+}
+
 export async function pullImage(repo: Repository, reference: string, opts: PullOptions = {}): Promise<PullResult> {
   const { openImageSource } = await import('./sources.js');
   const { importImage } = await import('./import.js');

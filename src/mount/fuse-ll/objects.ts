@@ -4,7 +4,7 @@
  * fs-verity check on first use (kernel measurement when the object has fs-verity, else a
  * userspace digest), with the verdict remembered so a bad object fails fast.
  */
-import { closeSync, openSync, constants as fsc } from 'node:fs';
+import { closeSync, fstatSync, openSync, constants as fsc } from 'node:fs';
 import path from 'node:path';
 import type { HashAlg } from '../../fsverity/digest.js';
 import { objectProblem } from '../object-check.js';
@@ -19,6 +19,16 @@ export interface BackingObject {
   refs: number;
   /** Passthrough backing id registered with the FUSE connection, or 0. */
   backingId: number;
+}
+
+/** Open an object file for reading: a regular file, or an error (a FIFO or device is not an object). */
+export function openRegularObject(file: string): number {
+  const fd = openSync(file, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  if (!fstatSync(fd).isFile()) {
+    closeSync(fd);
+    throw new Error('not a regular file');
+  }
+  return fd;
 }
 
 export class ObjectCache {
@@ -52,7 +62,8 @@ export class ObjectCache {
     const file = path.join(this.objectsDir, payload);
     let fd: number;
     try {
-      fd = openSync(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+      // Non-blocking and checked: a FIFO put in objects/ must not stall the whole server.
+      fd = openRegularObject(file);
     } catch (e) {
       if (!this.reported.has(payload)) this.log(`cfs fuse: ${where()}: cannot open object ${payload}: ${(e as Error).message}`);
       this.reported.add(payload);

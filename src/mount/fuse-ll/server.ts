@@ -287,6 +287,12 @@ export class FuseLlServer {
     } finally {
       this.objects.release(obj);
     }
+    if (done < want) {
+      // The image says the file is longer: a truncated object (an insecure repository's), not
+      // the end of the file. A short read would pass for the whole content.
+      this.opts.log(`cfs fuse: ${this.table.pathOf(id)}: object ${obj.payload} ends at ${pos + done} of ${n.size} bytes (run cfs fsck)`);
+      return this.error(EIO);
+    }
     return this.reply(done);
   }
 

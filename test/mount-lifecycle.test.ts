@@ -1,0 +1,188 @@
+/**
+ * Mount lifecycle under failure (root, real mounts): a FUSE server asked to stop by a signal
+ * unmounts only its own mount; non-ASCII mount points; unmounting with a hung server; a second
+ * umount after a lazy one; racing mounts of one directory; bad objects under FUSE (a FIFO, a
+ * truncated file); a mount point inside the repository; very long image names.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { buildOciLayout } from './helpers/oci-fixture.js';
+import { cfs, cfsOkAsync, processGone } from './helpers/cli-detached.js';
+import { isRoot } from './helpers/unpriv.js';
+import { fsverityDigest } from '../src/fsverity/digest.js';
+
+const SKIP = isRoot() ? false : 'needs root (kernel mounts, FUSE with allow_other)';
+const BIG = Buffer.alloc(300_000, 'b');
+const OTHER = Buffer.alloc(5_000, 'o');
+let work = '';
+let repo = '';
+let image = '';
+let n = 0;
+
+function mountinfo(): string {
+  return readFileSync('/proc/self/mountinfo', 'utf8');
+}
+
+/** Mounts at `mp` (its mountinfo lines), topmost last. */
+function mountsAt(mp: string): string[] {
+  return mountinfo().split('\n').filter((l) => l.split(' ')[4] === mp.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`));
+}
+
+function newDir(name = `m${n++}`): string {
+  const d = path.join(work, name);
+  mkdirSync(d, { recursive: true });
+  return d;
+}
+
+function serverPid(mp: string): number {
+  const out = spawnSync('pgrep', ['-f', `fuse-server-main.*${JSON.stringify(mp).slice(1, -1)}`], { encoding: 'utf8' }).stdout.trim();
+  assert.match(out, /^\d+$/, `one FUSE server for ${mp}`);
+  return Number(out);
+}
+
+async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function objectPath(data: Buffer): string {
+  const hex = fsverityDigest(data).toString('hex');
+  return path.join(repo, 'objects', hex.slice(0, 2), hex.slice(2));
+}
+
+before(async () => {
+  if (SKIP) return;
+  work = mkdtempSync(path.join(tmpdir(), 'cfs-mount-life-'));
+  const layout = await buildOciLayout(path.join(work, 'layout'), {
+    images: [{ tag: 'v1', layers: [[{ path: 'usr/' }, { path: 'usr/big', content: BIG }, { path: 'usr/other', content: OTHER }]] }],
+  });
+  repo = path.join(work, 'repo');
+  await cfsOkAsync(['--repo', repo, '--insecure', 'oci', 'pull', '-q', `oci:${layout.dir}:v1`, 'img']);
+  image = 'img';
+});
+
+after(() => {
+  if (SKIP) return;
+  for (const l of mountinfo().split('\n').reverse()) {
+    const mp = l.split(' ')[4];
+    if (mp?.startsWith(`${work}/`)) spawnSync('umount', ['--lazy', mp]);
+  }
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('SIGTERM to a FUSE server whose mount another one covers unmounts neither; cfs umount then works in order', { skip: SKIP }, async () => {
+  const mp = newDir();
+  await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'yes', image, mp]);
+  const pid = serverPid(mp);
+  execFileSync('mount', ['-t', 'tmpfs', 'cfs-test-cover', mp]);
+  process.kill(pid, 'SIGTERM');
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(mountsAt(mp).length, 2, 'the tmpfs and the FUSE mount are both still there');
+  assert.ok(!processGone(pid));
+  execFileSync('umount', [mp]);
+  assert.deepEqual(readFileSync(path.join(mp, 'usr/other')), OTHER);
+  await cfsOkAsync(['umount', mp]);
+  await until(() => processGone(pid), 'the server to exit');
+  assert.equal(mountsAt(mp).length, 0);
+});
+
+test('a non-ASCII mount point: the second mount is refused, mounts lists it, umount finds it (kernel and FUSE)', { skip: SKIP }, async () => {
+  for (const fuse of ['no', 'yes']) {
+    const mp = newDir(`mé-${fuse}`);
+    await cfsOkAsync(['--repo', repo, 'mount', '--fuse', fuse, image, mp]);
+    const again = await cfs(['--repo', repo, 'mount', '--fuse', fuse, image, mp]);
+    assert.match(again.stderr, /already has a cfs mount/);
+    const listed = JSON.parse((await cfsOkAsync(['mounts', '--json'])).stdout) as { mounts: Array<{ mountpoint: string }> };
+    assert.ok(listed.mounts.some((m) => m.mountpoint === mp), JSON.stringify(listed));
+    await cfsOkAsync(['umount', mp]);
+    assert.equal(mountsAt(mp).length, 0);
+  }
+});
+
+test('umount --lazy of a mount whose FUSE server is stopped returns (nothing stats the mount point)', { skip: SKIP }, async () => {
+  const mp = newDir();
+  await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'yes', image, mp]);
+  const pid = serverPid(mp);
+  process.kill(pid, 'SIGSTOP');
+  try {
+    const r = spawnSync(process.execPath, [path.join(import.meta.dirname, '../src/cli/entry.js'), 'umount', '--lazy', mp], { timeout: 20_000, encoding: 'utf8' });
+    assert.equal(r.status, 0, `umount --lazy: ${r.error?.message ?? r.stderr}`);
+    assert.equal(mountsAt(mp).length, 0);
+  } finally {
+    process.kill(pid, 'SIGCONT');
+  }
+  await until(() => processGone(pid), 'the server to exit');
+});
+
+test('after umount --lazy, files opened before keep working; a second cfs umount does not end their server', { skip: SKIP }, async () => {
+  const mp = newDir();
+  await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'yes', image, mp]);
+  const pid = serverPid(mp);
+  const fd = openSync(path.join(mp, 'usr/big'), 'r');
+  try {
+    await cfsOkAsync(['umount', '--lazy', mp]);
+    const again = await cfs(['umount', mp]);
+    assert.notEqual(again.status, 0);
+    assert.match(again.stderr, /not a mount point \(unmounted lazily; its FUSE server pid \d+ serves the files still open there/);
+    const buf = Buffer.alloc(BIG.length);
+    assert.equal(readSync(fd, buf, 0, buf.length, 0), BIG.length);
+    assert.deepEqual(buf, BIG);
+    assert.ok(!processGone(pid));
+  } finally {
+    closeSync(fd);
+  }
+  await until(() => processGone(pid), 'the server to exit once the file is closed');
+});
+
+test('racing cfs mounts of one directory: one mounts, the others are refused (kernel and FUSE)', { skip: SKIP }, async () => {
+  for (const fuse of ['no', 'yes']) {
+    const mp = newDir();
+    const runs = await Promise.all([0, 1, 2, 3].map(() => cfs(['--repo', repo, 'mount', '--fuse', fuse, image, mp])));
+    assert.equal(runs.filter((r) => r.status === 0).length, 1, runs.map((r) => r.stderr).join(''));
+    for (const r of runs.filter((x) => x.status !== 0)) assert.match(r.stderr, /already has a cfs mount/);
+    assert.equal(mountsAt(mp).length, 1);
+    await cfsOkAsync(['umount', mp]);
+  }
+});
+
+test('FUSE: an object replaced by a FIFO or truncated fails that file with EIO, promptly, and nothing else', { skip: SKIP }, async () => {
+  const mp = newDir();
+  const big = objectPath(BIG);
+  const saved = readFileSync(big);
+  await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'yes', image, mp]);
+  try {
+    truncateSync(big, 1000);
+    assert.throws(() => readFileSync(path.join(mp, 'usr/big')), /EIO/);
+    unlinkSync(big);
+    execFileSync('mkfifo', [big]);
+    const r = spawnSync('cat', [path.join(mp, 'usr/big')], { timeout: 10_000, encoding: 'utf8' });
+    assert.equal(r.error, undefined, 'cat returned');
+    assert.match(r.stderr, /Input\/output error/);
+    assert.deepEqual(readFileSync(path.join(mp, 'usr/other')), OTHER);
+  } finally {
+    rmSync(big, { force: true });
+    writeFileSync(big, saved);
+    await cfsOkAsync(['umount', mp]);
+  }
+});
+
+test('a mount point inside the repository is refused; a very long image name still mounts by the kernel', { skip: SKIP }, async () => {
+  const inside = path.join(repo, 'objects');
+  const r = await cfs(['--repo', repo, 'mount', '--fuse', 'yes', image, inside]);
+  assert.match(r.stderr, /^cfs: mount point \S+\/objects is inside repository \S+: the mount would hide what it serves\n$/);
+  assert.equal(mountsAt(inside).length, 0);
+  const long = 'x'.repeat(250);
+  await cfsOkAsync(['--repo', repo, 'oci', 'tag', image, long]);
+  const mp = newDir();
+  await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'no', long, mp]);
+  assert.match(mountsAt(mp)[0] ?? '', / composefs:x{240,}…/);
+  assert.deepEqual(readFileSync(path.join(mp, 'usr/other')), OTHER);
+  await cfsOkAsync(['umount', mp]);
+});
