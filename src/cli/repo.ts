@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { CfsError, errnoCode } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import type { HashAlg } from '../fsverity/digest.js';
+import type { PullOptions } from '../oci/pull.js';
 
 /** The global options (repository selection). */
 export interface GlobalOptions {
@@ -51,7 +52,7 @@ export async function hashForRepository(program: Command, hash: string | undefin
  * Before a pull from `reference` creates the selected repository (it does not exist yet),
  * check that the source has the image: a mistyped reference must not leave a new repository.
  */
-export async function probeBeforeCreating(program: Command, reference: string, opts: { platform?: string; lockTimeoutMs?: number }): Promise<void> {
+export async function probeBeforeCreating(program: Command, reference: string, opts: Omit<PullOptions, 'name'>): Promise<void> {
   const { existsSync } = await import('node:fs');
   const { resolveRepositoryPath } = await import('../repository/location.js');
   const { isTransportReference } = await import('../oci/sources.js');

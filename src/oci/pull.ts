@@ -54,9 +54,11 @@ async function defaultTag(reference: string, described: string): Promise<string>
  * image exist, the platform is there). For callers that would otherwise create a repository
  * only to fail at the source.
  */
-export async function probeSource(reference: string, opts: Pick<PullOptions, 'platform' | 'lockTimeoutMs' | 'signal'> = {}): Promise<void> {
+export async function probeSource(reference: string, opts: Omit<PullOptions, 'name'> = {}): Promise<void> {
   const { openImageSource } = await import('./sources.js');
-  const img = await openImageSource(reference, { platform: opts.platform, timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
+  const progress = opts.progress ?? NO_PROGRESS;
+  // Waits for a store's locks as the pull would, saying so.
+  const img = await openImageSource(reference, { platform: opts.platform, onWait: (text) => progress.message(text), timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
   await img.close();
 }
 
