@@ -45,10 +45,6 @@ export async function hashForRepository(program: Command, hash: string | undefin
 }
 
 /**
- * Open the repository selected by the global options (--repo/--user/--system/--insecure),
- * creating it with defaults (sha256, EROFS V1) on first use unless `create` is false.
- */
-/**
  * Before a pull from `reference` creates the selected repository (it does not exist yet),
  * check that the source has the image: a mistyped reference must not leave a new repository.
  */
@@ -61,6 +57,10 @@ export async function probeBeforeCreating(program: Command, reference: string, o
   await probeSource(reference, opts);
 }
 
+/**
+ * Open the repository selected by the global options (--repo/--user/--system/--insecure),
+ * creating it with defaults (sha256, EROFS V1) on first use unless `create` is false.
+ */
 export async function openRepoFromCli(program: Command, opts: { create?: boolean } = {}): Promise<Repository> {
   const g = program.opts<GlobalOptions>();
   const { resolveRepositoryPath } = await import('../repository/location.js');

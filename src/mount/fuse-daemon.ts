@@ -42,7 +42,7 @@ interface ServerHandle {
   unmount(opts?: { lazy?: boolean }): Promise<void>;
   closed: Promise<void>;
 }
-import { canonical, findMount, isComposefsMount, type MountInfo } from './mountinfo.js';
+import { canonical, findMount, isComposefsMount, readMountinfo, type MountInfo } from './mountinfo.js';
 
 export interface FuseDaemonOptions {
   imagePath: string;
@@ -81,11 +81,7 @@ function connectionAlive(n: number): boolean | null {
 
 /** Whether a mount in this namespace is on the FUSE device 0:n. */
 function mountedHere(n: number): boolean {
-  try {
-    return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[2] === `0:${n}`);
-  } catch {
-    return true;
-  }
+  return readMountinfo().some((m) => m.device === `0:${n}`);
 }
 
 /** Abort FUSE connection `n` through fusectl, mounting fusectl when it is not (root only); false when that cannot be done. */

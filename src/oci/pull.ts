@@ -1,14 +1,14 @@
 /**
  * Pull: a transport reference imported into a repository and tagged, as `cfs oci pull` and
  * `cfs mount` do it (and the library's `pullImage`). The default tag is the reference (an
- * `oci:` path made absolute); a containers-storage one as the store names the image (`x` and `x:latest` are one tag,
- * `localhost/x:latest`).
+ * `oci:` path made absolute); a containers-storage one as the store names the image (`x` and
+ * `x:latest` are one tag, `localhost/x:latest`).
  */
 import path from 'node:path';
 import { CfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
-import type { ImportResult, LocalFetch } from './import.js';
+import type { ImageToImport, ImportResult, LocalFetch } from './import.js';
 import { parseImageReference } from './reference.js';
 
 export const LOCAL_FETCH_MODES: readonly LocalFetch[] = ['disabled', 'auto', 'zerocopy'];
@@ -55,23 +55,24 @@ async function defaultTag(reference: string, described: string): Promise<string>
  * only to fail at the source.
  */
 export async function probeSource(reference: string, opts: Omit<PullOptions, 'name'> = {}): Promise<void> {
+  await (await openSource(reference, opts)).close();
+}
+
+/** The reference's image, waiting for a store's locks as asked (notices above any progress bars). */
+async function openSource(reference: string, opts: PullOptions): Promise<ImageToImport> {
   const { openImageSource } = await import('./sources.js');
   const progress = opts.progress ?? NO_PROGRESS;
-  // Waits for a store's locks as the pull would, saying so.
-  const img = await openImageSource(reference, { platform: opts.platform, onWait: (text) => progress.message(text), timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
-  await img.close();
+  return openImageSource(reference, { platform: opts.platform, onWait: (text) => progress.message(text), timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
 }
 
 export async function pullImage(repo: Repository, reference: string, opts: PullOptions = {}): Promise<PullResult> {
-  const { openImageSource } = await import('./sources.js');
   const { importImage } = await import('./import.js');
   if (opts.localFetch !== undefined && !LOCAL_FETCH_MODES.includes(opts.localFetch)) {
     throw new CfsError('EINVAL', `local fetch mode '${String(opts.localFetch)}' is not one of ${LOCAL_FETCH_MODES.join(', ')}`);
   }
   if (opts.name !== undefined && opts.name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
   const progress = opts.progress ?? NO_PROGRESS;
-  // Lock notices go above any progress bars.
-  const img = await openImageSource(reference, { platform: opts.platform, onWait: (text) => progress.message(text), timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
+  const img = await openSource(reference, opts);
   try {
     const tag = opts.name ?? (await defaultTag(reference, img.description));
     return { ...(await importImage(repo, img, { name: tag, progress, localFetch: opts.localFetch ?? 'auto', signal: opts.signal })), tag };

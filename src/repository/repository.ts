@@ -383,10 +383,19 @@ export class Repository implements ObjectStore {
     return new ObjectWriter(this);
   }
 
-  /** Store in-memory data as an object (no write when it is already present). */
-  async writeObject(data: Uint8Array): Promise<Buffer> {
+  /**
+   * Store in-memory data as an object (no write when it is already present). With
+   * `replaceDamaged`, an insecure repository's object that is present is compared with `data`
+   * and replaced when it differs (see replaceDamaged).
+   */
+  async writeObject(data: Uint8Array, opts: { replaceDamaged?: boolean } = {}): Promise<Buffer> {
     const id = fsverityDigest(data, this.alg);
-    if (objectSizeAt(this.objectPath(id)) === data.length) return id;
+    const size = objectSizeAt(this.objectPath(id));
+    if (size >= 0 && opts.replaceDamaged && !this.secure) {
+      this.replaceDamaged(id, data);
+      return id;
+    }
+    if (size === data.length) return id;
     const w = this.createObjectWriter();
     try {
       await w.write(data);
@@ -402,16 +411,11 @@ export class Repository implements ObjectStore {
    * object that is present for good. For a small one whose bytes are at hand (an image: pulling
    * an image again should repair it), a damaged copy is replaced: written beside, renamed over.
    */
-  private replaceIfDamaged(id: Buffer, data: Buffer): void {
-    if (this.secure) return;
+  private replaceDamaged(id: Buffer, data: Uint8Array): void {
     const file = this.objectPath(id);
-    try {
-      if (readFileSync(file).equals(data)) return;
-    } catch (e) {
-      if (errnoCode(e) !== 'ENOENT') throw e;
-    }
+    if (readFileSync(file).equals(data)) return;
     const tmp = path.join(this.path, 'objects', `${TMP_OBJECT_PREFIX}${randomAlnum(12)}`);
-    // Made durable by the sync before the image's name is linked (below).
+    // Made durable by the sync before a name that reaches it is linked.
     writeFileSync(tmp, data, { flag: 'wx', mode: 0o644 });
     renameSync(tmp, file);
   }
@@ -574,8 +578,7 @@ export class Repository implements ObjectStore {
   /** Store an EROFS image as an object and publish `images/<hex>` (and `images/refs/<name>`). */
   async writeImage(erofs: Buffer, name?: string): Promise<string> {
     await this.ensureWritable();
-    const id = await this.writeObject(erofs);
-    this.replaceIfDamaged(id, erofs);
+    const id = await this.writeObject(erofs, { replaceDamaged: true });
     const hex = id.toString('hex');
     this.sync();
     await mkdir(path.join(this.path, 'images'), { recursive: true, mode: 0o755 });
