@@ -59,6 +59,40 @@ test('cfs mount takes an image id as create-image prints it (sha256:HEX) and a u
   }
 });
 
+test('oci inspect, tag and dump take the short ids cfs oci images shows (manifest digest or image id); an ambiguous or unknown one is said so', () => {
+  const listed = cfsOk(['--repo', repo, 'oci', 'images']).stdout.split('\n')[1]!.split(/\s+/);
+  const [, shortManifest, shortImage] = listed;
+  assert.match(shortManifest!, /^[0-9a-f]{12}$/);
+  assert.equal(shortImage, imageId.slice(0, 12));
+  const full = (JSON.parse(cfsOk(['--repo', repo, 'oci', 'inspect', shortManifest!]).stdout) as { manifestDigest: string; imageId: string });
+  assert.ok(full.manifestDigest.startsWith(`sha256:${shortManifest}`));
+  assert.equal(full.imageId, imageId);
+  assert.equal((JSON.parse(cfsOk(['--repo', repo, 'oci', 'inspect', shortImage!]).stdout) as { manifestDigest: string }).manifestDigest, full.manifestDigest);
+  assert.equal((JSON.parse(cfsOk(['--repo', repo, 'oci', 'inspect', `sha256:${shortManifest!.slice(0, 6)}`]).stdout) as { manifestDigest: string }).manifestDigest, full.manifestDigest);
+  // A bare full manifest digest, as other tools print it, is a (long) short id.
+  assert.match(cfsOk(['--repo', repo, 'oci', 'tag', full.manifestDigest.slice(7), 'by-bare-hex']).stdout, /^Tagged sha256:/);
+  assert.match(cfsOk(['--repo', repo, 'oci', 'tag', shortImage!, 'by-short']).stdout, new RegExp(`^Tagged ${full.manifestDigest} as by-short\n$`));
+  assert.match(cfsOk(['--repo', repo, 'oci', 'dump', shortManifest!]).stdout, /^\/etc\/hostname 3 /m);
+  cfsOk(['--repo', repo, 'oci', 'untag', 'by-short']);
+  cfsOk(['--repo', repo, 'oci', 'untag', 'by-bare-hex']);
+  const unknown = runCfs(['--repo', repo, 'oci', 'inspect', 'abcdef0123']);
+  assert.equal(unknown.status, 1);
+  assert.match(unknown.stderr, /^cfs: image 'abcdef0123' not found in repository \S+ \(not a tag, manifest digest or image id; see 'cfs oci images'\)\n$/);
+  // Too short to be an id: a tag name only.
+  assert.match(runCfs(['--repo', repo, 'oci', 'inspect', shortManifest!.slice(0, 5)]).stderr, /not found/);
+});
+
+test('oci pull --json prints the result as one JSON document on stdout', () => {
+  const r = cfsOk(['--repo', repo, 'oci', 'pull', '--json', `oci:${path.join(work, layoutName)}:v1`, 'json-tag']);
+  const j = JSON.parse(r.stdout) as Record<string, unknown>;
+  assert.deepEqual(Object.keys(j).sort(), ['configDigest', 'imageId', 'layersImported', 'layersSkipped', 'manifestDigest', 'objects', 'tag']);
+  assert.equal(j.imageId, imageId);
+  assert.equal(j.tag, 'json-tag');
+  assert.equal(j.layersSkipped, 1);
+  assert.doesNotMatch(r.stderr, /^objects:/m, 'the object counts are in the JSON');
+  cfsOk(['--repo', repo, 'oci', 'untag', 'json-tag']);
+});
+
 test('the same relative oci: path in another directory is another image: not mounted from the earlier import', { skip: ROOT }, () => {
   const elsewhere = path.join(work, 'elsewhere');
   mkdirSync(elsewhere);

@@ -95,6 +95,12 @@ test('copy a three-layer image: same image ID and dump; a second copy does no la
   assert.match(again.stdout, /Layers: 0 copied, 3 already present\nobjects: 0 reflinked \+ 0 hardlinked \+ 0 copied\n$/);
   assert.doesNotMatch(again.stderr, /Copying/);
   assert.doesNotMatch(again.stderr, /untagged/);
+  // --json: the same result for scripts, stdout only.
+  const json = JSON.parse(cfsOk(['--repo', dst, 'oci', 'copy', '--json', '-q', 'app', '--from', src, '--name', 'copied']).stdout) as Record<string, unknown>;
+  assert.deepEqual(
+    { ...json, manifestDigest: /^Manifest digest: (\S+)$/m.exec(again.stdout)![1], imageId: /^Image ID: +(\S+)$/m.exec(again.stdout)![1] },
+    { ...json, tag: 'copied', from: src, to: dst, layersCopied: 0, layersSkipped: 3, objects: { copied: 0, reflinked: 0, hardlinked: 0, present: 0 } },
+  );
   assert.deepEqual(repoProblems(dst), []);
 });
 

@@ -106,6 +106,22 @@ test('a non-ASCII mount point: the second mount is refused, mounts lists it, umo
   }
 });
 
+test('cfs mounts says a FUSE mount whose server was killed is dead (and which server serves a live one); cfs umount removes it', { skip: SKIP }, async () => {
+  const mp = newDir();
+  await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'yes', image, mp]);
+  const pid = serverPid(mp);
+  type Listed = { mounts: Array<{ mountpoint: string; image: string; state: string; serverPid: number | null }> };
+  const entry = async (): Promise<Listed['mounts'][number] | undefined> => (JSON.parse((await cfsOkAsync(['mounts', '--json'])).stdout) as Listed).mounts.find((m) => m.mountpoint === mp);
+  assert.deepEqual({ ...(await entry()) }, { ...(await entry()), image, state: 'active', serverPid: pid });
+  process.kill(pid, 'SIGKILL');
+  await until(() => processGone(pid), 'the server to die');
+  assert.equal((await entry())?.state, 'dead');
+  assert.equal((await entry())?.serverPid, null);
+  assert.match((await cfsOkAsync(['mounts'])).stdout, new RegExp(`^${mp.replace(/[/.]/g, '\\$&')}\tfuse\tcfs:img\tdead: its FUSE server is gone`, 'm'));
+  await cfsOkAsync(['umount', mp]);
+  assert.equal(mountsAt(mp).length, 0);
+});
+
 test('umount --lazy of a mount whose FUSE server is stopped returns (nothing stats the mount point)', { skip: SKIP }, async () => {
   const mp = newDir();
   await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'yes', image, mp]);

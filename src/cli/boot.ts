@@ -31,7 +31,7 @@ function registerPrepareBoot(program: Command): void {
   oci
     .command('prepare-boot')
     .description('make a stored image bootable: boot image, BLS entries per kernel, deployment state for setup-root')
-    .argument('<image>', 'tag, or @sha256:… manifest digest')
+    .argument('<image>', 'tag, @sha256:… manifest digest, or a short id as `cfs oci images` shows it')
     .option('--bootdir <dir>', 'boot partition mount point', '/boot')
     .option('--entry-id <id>', 'boot entry id (default: the kernel version)')
     .option('--cmdline <arg>', 'extra kernel argument (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])

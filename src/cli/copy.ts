@@ -9,6 +9,7 @@ interface CopyCliOpts {
   name?: string;
   zerocopy?: boolean;
   quiet?: boolean;
+  json?: boolean;
 }
 
 export function register(program: Command): void {
@@ -17,11 +18,12 @@ export function register(program: Command): void {
   oci
     .command('copy')
     .description('copy an image (manifest, config, layers, composefs image) from another repository into this one')
-    .argument('<image>', 'tag or @sha256:<manifest digest> in the source repository')
+    .argument('<image>', 'tag, @sha256:<manifest digest> or short id in the source repository')
     .requiredOption('--from <path>', 'source repository')
     .option('--name <tag>', 'tag for the copy in the destination (default: untagged)')
     .option('--zerocopy', 'fail unless every object can be reflinked or hardlinked (same algorithm and filesystem)')
     .option('-q, --quiet', 'no progress output')
+    .option('--json', 'print the result as JSON (digests, image id, tag, layer and object counts)')
     .action(async (image: string, opts: CopyCliOpts) => {
       const { Repository } = await import('../repository/repository.js');
       const { copyImage } = await import('../oci/copy.js');
@@ -35,6 +37,14 @@ export function register(program: Command): void {
         const dst = await openRepoFromCli(program);
         try {
           const r = await copyImage(src, dst, image, { name: opts.name, zerocopy: opts.zerocopy, progress: progressFor({ quiet: opts.quiet }) });
+          const untaggedNote = (): void => {
+            // As in cfsctl the copy is untagged without --name; say what that means.
+            if (!opts.name && !opts.quiet) process.stderr.write(`cfs: note: the copy is untagged: the next \`cfs gc\` removes it (tag it with --name, or \`cfs oci tag ${r.manifestDigest} NAME\`)\n`);
+          };
+          if (opts.json) {
+            process.stdout.write(`${JSON.stringify({ ...r, tag: opts.name ?? null, from: src.path, to: dst.path }, null, 2)}\n`);
+            return untaggedNote();
+          }
           const lines = [
             `Copied image ${image} from ${src.path} to ${dst.path}${opts.name ? `, tagged as ${opts.name}` : ''}`,
             `Manifest digest: ${r.manifestDigest}`,
@@ -46,8 +56,7 @@ export function register(program: Command): void {
           lines.push(`Layers: ${r.layersCopied} copied, ${r.layersSkipped} already present`);
           // The object line reads as `cfs oci pull`'s.
           process.stdout.write(`${lines.join('\n')}\n${objectsLine(r.objects)}`);
-          // As in cfsctl the copy is untagged without --name; say what that means.
-          if (!opts.name && !opts.quiet) process.stderr.write(`cfs: note: the copy is untagged: the next \`cfs gc\` removes it (tag it with --name, or \`cfs oci tag ${r.manifestDigest} NAME\`)\n`);
+          untaggedNote();
         } finally {
           dst.close();
         }

@@ -107,9 +107,8 @@ export function register(program: Command): void {
           onPulled: (r) => {
             if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
           },
-          onNotice: (text) => {
-            if (!opts.quiet) process.stderr.write(`cfs: note: ${text}\n`);
-          },
+          // Not progress: what was mounted differs from what was asked, so -q does not hide it.
+          onNotice: (text) => void process.stderr.write(`cfs: note: ${text}\n`),
         });
       } finally {
         repo.close();
@@ -133,10 +132,15 @@ export function register(program: Command): void {
     .option('--json', 'JSON output')
     .action(async (opts: { json?: boolean }) => {
       const { listMounts } = await import('../mount/mount-image.js');
-      const rows = listMounts();
+      const rows = await listMounts();
       if (opts.json) process.stdout.write(`${JSON.stringify({ mounts: rows }, null, 2)}\n`);
       else if (rows.length === 0) process.stdout.write('No cfs mounts\n');
-      else for (const r of rows) process.stdout.write(`${r.mountpoint}\t${r.kind}\t${r.source}\n`);
+      else {
+        for (const r of rows) {
+          const dead = r.state === 'dead' ? "\tdead: its FUSE server is gone ('cfs umount' removes it)" : '';
+          process.stdout.write(`${r.mountpoint}\t${r.kind}\t${r.source}${dead}\n`);
+        }
+      }
     });
 
   program

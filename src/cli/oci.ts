@@ -62,16 +62,21 @@ export function register(program: Command): void {
     .argument('[name]', 'tag to give the image (default: the source reference; a containers-storage: one as the store names the image)')
     .option('--platform <os/arch[/variant]>', 'platform to select from a multi-platform index (default: this machine)')
     .option('-q, --quiet', 'no progress output')
+    .option('--json', 'print the result as JSON (digests, image id, tag, layer and object counts)')
     .option(...LOCAL_FETCH_OPTIONS[0])
     .option(...LOCAL_FETCH_OPTIONS[1])
     .option(...LOCAL_FETCH_OPTIONS[2])
-    .action(async (source: string, name: string | undefined, opts: PullOpts) => {
+    .action(async (source: string, name: string | undefined, opts: PullOpts & { json?: boolean }) => {
       const pull = await pullOptionsFromCli(opts);
       await probeBeforeCreating(program, source, pull);
       const repo = await openRepoFromCli(program);
       try {
         const { pullImage } = await import('../oci/pull.js');
         const r = await pullImage(repo, source, { ...pull, name });
+        if (opts.json) {
+          const { manifestDigest, configDigest, imageId, tag, layersImported, layersSkipped, objects } = r;
+          return void (await writeOut(`${JSON.stringify({ manifestDigest, configDigest, imageId, tag, layersImported, layersSkipped, objects }, null, 2)}\n`));
+        }
         let out = `manifest ${r.manifestDigest}\nconfig ${r.configDigest}\n`;
         if (r.imageId) out += `image ${r.imageId}\n`;
         out += `tagged ${r.tag}\n`;
@@ -140,7 +145,7 @@ export function register(program: Command): void {
   oci
     .command('inspect')
     .description('show an image: manifest, config and composefs image id (or the raw manifest/config)')
-    .argument('<image>', 'tag, or @sha256:<manifest digest>')
+    .argument('<image>', 'tag, @sha256:<manifest digest>, or a short id as `cfs oci images` shows it')
     .option('--manifest', 'print the raw manifest, byte for byte (its sha256 is the manifest digest)')
     .option('--config', 'print the raw config, byte for byte')
     .option('--json', 'JSON output (the default)')
@@ -169,20 +174,14 @@ export function register(program: Command): void {
 
   oci
     .command('tag')
-    .description('tag a stored image, named by its manifest digest or by a tag it has (as podman tag)')
-    .argument('<image>', 'manifest digest (sha256:…) or an existing tag')
+    .description('tag a stored image, named by its manifest digest, a tag it has (as podman tag) or a short id')
+    .argument('<image>', 'manifest digest (sha256:…), an existing tag, or a short id as `cfs oci images` shows it')
     .argument('<name>')
     .action(async (image: string, name: string) => {
       const repo = await openRepoFromCli(program, { create: false });
       try {
-        const { resolveTag, tagImage } = await import('../oci/stored.js');
-        const digest = image.replace(/^@/, '');
-        const byDigest = /^sha(256|384|512):[0-9a-f]+$/.test(digest);
-        const manifest = byDigest ? digest : await resolveTag(repo, image);
-        if (manifest === null) {
-          const hint = /^[0-9a-f]{64}$/.test(image) ? ` (a manifest digest is written sha256:${image})` : '';
-          throw new CfsError('ENOENT', `image '${image}' not found in repository ${repo.path}: not a tag or a manifest digest${hint}`);
-        }
+        const { resolveImageName, tagImage } = await import('../oci/stored.js');
+        const { manifestDigest: manifest } = await resolveImageName(repo, image, repo.erofsFormats.default);
         await tagImage(repo, name, manifest);
         await writeOut(`Tagged ${manifest} as ${name}\n`);
       } finally {
@@ -208,7 +207,7 @@ export function register(program: Command): void {
   oci
     .command('dump')
     .description('composefs dumpfile of the merged root filesystem')
-    .argument('<image>', 'tag, or @sha256:<manifest digest>')
+    .argument('<image>', 'tag, @sha256:<manifest digest>, or a short id as `cfs oci images` shows it')
     .action(async (name: string) => {
       const repo = await openRepoFromCli(program, { create: false });
       try {
@@ -224,7 +223,7 @@ export function register(program: Command): void {
   oci
     .command('compute-id')
     .description('compute the composefs image id of a stored image from its layers')
-    .argument('<image>', 'tag, or @sha256:<manifest digest>')
+    .argument('<image>', 'tag, @sha256:<manifest digest>, or a short id as `cfs oci images` shows it')
     .action(async (name: string) => {
       const repo = await openRepoFromCli(program, { create: false });
       try {

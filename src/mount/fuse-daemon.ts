@@ -56,6 +56,8 @@ export interface FuseDaemonOptions {
 
 export interface FuseDaemonRecord {
   pid: number;
+  /** The server's start time (processStart): a foreground server's command line does not say it serves. */
+  started?: string;
   mountpoint: string;
   name: string;
 }
@@ -118,9 +120,46 @@ export function fuseRecordPath(mountpoint: string): string {
 }
 
 /** Touches no file: the server must not stat its own mountpoint from its serving thread. */
-function recordPathOf(canonicalMountpoint: string): string {
+function recordPathOf(canonicalMountpoint: string, dir = fuseRuntimeDir()): string {
   const key = createHash('sha256').update(canonicalMountpoint).digest('hex').slice(0, 32);
-  return path.join(fuseRuntimeDir(), `fuse-${key}.json`);
+  return path.join(dir, `fuse-${key}.json`);
+}
+
+/** Where user `uid`'s servers keep their records, as far as another user (root) can tell. */
+function runtimeDirsOf(uid: number): string[] {
+  if (uid === (process.getuid?.() ?? 0)) return [fuseRuntimeDir()];
+  return uid === 0 ? ['/run/cfs'] : [`/run/user/${uid}/cfs`, path.join(os.tmpdir(), `cfs-${uid}`)];
+}
+
+export interface FuseServerState {
+  /** active: its server runs; dead: its server is gone (files there fail with ENOTCONN); unknown: no record of it found. */
+  state: 'active' | 'dead' | 'unknown';
+  pid: number | null;
+}
+
+/**
+ * Whether the FUSE mount `m` still has its server, from the record of the user who mounted it
+ * (its `user_id=` option). The mount point is never touched: a dead one fails, a hung one hangs.
+ */
+export function fuseServerState(m: MountInfo): FuseServerState {
+  const uid = Number(/(?:^|,)user_id=(\d+)(?:,|$)/.exec(m.superOptions)?.[1] ?? process.getuid?.() ?? 0);
+  for (const dir of runtimeDirsOf(uid)) {
+    const rec = readRecordAt(recordPathOf(m.mountpoint, dir));
+    if (!rec) continue;
+    const serving = alive(rec.pid) && (isServer(rec.pid, m.mountpoint) || (rec.started !== undefined && processStart(rec.pid) === rec.started));
+    return { state: serving ? 'active' : 'dead', pid: serving ? rec.pid : null };
+  }
+  return { state: 'unknown', pid: null };
+}
+
+/** A process's start time (clock ticks since boot, /proc/PID/stat field 22): with the pid, it names one process. */
+function processStart(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
 }
 
 export function readFuseRecord(mountpoint: string): FuseDaemonRecord | null {
@@ -200,7 +239,7 @@ export async function serveFuse(opts: FuseDaemonOptions, onReady: () => boolean 
   // Ours: the mount just made at the mount point (its device 0:N names the connection).
   const connection = fuseConnection(findMount(mountpoint));
   try {
-    writeFuseRecord({ pid: process.pid, mountpoint, name: opts.name });
+    writeFuseRecord({ pid: process.pid, started: processStart(process.pid) ?? undefined, mountpoint, name: opts.name });
   } catch (e) {
     // Nobody could find this server to unmount it: no mount either.
     await handle.unmount({ lazy: true }).catch(() => undefined);

@@ -53,9 +53,19 @@ export interface MountedImage {
 export interface MountEntry {
   mountpoint: string;
   source: string;
+  /** What was mounted, as it was named (the source without its `composefs:`/`cfs:` prefix). */
+  image: string;
   kind: 'kernel' | 'fuse';
   fsType: string;
   options: string;
+  /**
+   * active; dead: a FUSE mount whose server is gone (its files fail with ENOTCONN; `cfs umount`
+   * removes it); unknown: a FUSE mount whose server's record is not found (another user's,
+   * another runtime directory).
+   */
+  state: 'active' | 'dead' | 'unknown';
+  /** The FUSE server's pid (active FUSE mounts); null otherwise. */
+  serverPid: number | null;
 }
 
 /** An existing directory, as an absolute path. */
@@ -239,12 +249,20 @@ export async function unmountImage(mountpoint: string, opts: { lazy?: boolean } 
 }
 
 /** The cfs mounts of this mount namespace. */
-export function listMounts(): MountEntry[] {
-  return listComposefsMounts().map((m) => ({
-    mountpoint: m.mountpoint,
-    source: m.source,
-    kind: m.fsType.startsWith('fuse') ? 'fuse' : 'kernel',
-    fsType: m.fsType,
-    options: m.superOptions,
-  }));
+export async function listMounts(): Promise<MountEntry[]> {
+  const { fuseServerState } = await import('./fuse-daemon.js');
+  return listComposefsMounts().map((m) => {
+    const fuse = m.fsType.startsWith('fuse');
+    const server = fuse ? fuseServerState(m) : { state: 'active' as const, pid: null };
+    return {
+      mountpoint: m.mountpoint,
+      source: m.source,
+      image: m.source.replace(/^(composefs|cfs):/, ''),
+      kind: fuse ? 'fuse' : 'kernel',
+      fsType: m.fsType,
+      options: m.superOptions,
+      state: server.state,
+      serverPid: server.pid,
+    };
+  });
 }

@@ -90,23 +90,58 @@ export async function listTags(repo: Repository): Promise<Array<{ name: string; 
   return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
+/**
+ * The manifest of a short id, as `cfs oci images` shows them (at least 6 hex digits, `sha256:`
+ * optional): the one manifest digest starting with it, else the one image whose composefs image
+ * id does. Null when none does; an ambiguous prefix is an error listing the candidates.
+ */
+async function shortIdManifest(repo: Repository, id: string, erofsVersion: number): Promise<string | null> {
+  const m = /^(?:(sha256|sha384|sha512):)?([0-9a-f]{6,})$/.exec(id);
+  if (!m) return null;
+  const [, alg, hex] = m;
+  const prefix = manifestContentId(`${alg ?? 'sha256'}:${hex}`);
+  const manifests = (await repo.listStreams()).filter((s) => s.startsWith('oci-manifest-')).map((s) => s.slice('oci-manifest-'.length));
+  const byDigest = manifests.filter((d) => manifestContentId(d).startsWith(prefix));
+  if (byDigest.length > 0 || alg !== undefined) return unique(byDigest, id, 'manifest digest');
+  const byImageId: string[] = [];
+  for (const d of manifests) {
+    // A manifest the repository cannot read has no image id to match; `cfs fsck` reports it.
+    const img = await openStoredImage(repo, `@${d}`, erofsVersion).catch(() => null);
+    if (img?.imageId?.startsWith(hex)) byImageId.push(d);
+  }
+  return unique(byImageId, id, 'image id');
+}
+
+function unique(hits: string[], id: string, what: string): string | null {
+  if (hits.length > 1) throw new CfsError('EINVAL', `${what} prefix '${id}' is ambiguous: it starts ${hits.map((h) => h.slice(0, 19)).join(', ')}… (give more digits)`);
+  return hits[0] ?? null;
+}
+
 /** Image ref name for the repository's EROFS format. */
 export function imageRefName(erofsVersion: number): string {
   return erofsVersion === 2 ? IMAGE_REF_V2 : IMAGE_REF_V1;
 }
 
-/** Open an image by tag, `sha256:` manifest digest, or `@sha256:` manifest digest. */
-export async function openStoredImage(repo: Repository, nameOrDigest: string, erofsVersion = 1): Promise<StoredImage> {
-  let manifestDigest: string | null;
-  let name: string | null = null;
+/**
+ * The manifest digest an image name means: `@sha256:…` or `sha256:…` (a manifest digest), a tag,
+ * or a short id as `cfs oci images` shows it (manifest digest or composefs image id prefix).
+ * `tagged` says whether it was a tag.
+ */
+export async function resolveImageName(repo: Repository, nameOrDigest: string, erofsVersion = 1): Promise<{ manifestDigest: string; tagged: boolean }> {
   const bare = nameOrDigest.startsWith('@') ? nameOrDigest.slice(1) : nameOrDigest;
-  if (isDigest(bare) && (nameOrDigest.startsWith('@') || (await repo.hasStream(manifestContentId(bare))))) {
-    manifestDigest = bare;
-  } else {
-    name = nameOrDigest;
-    manifestDigest = await resolveTag(repo, nameOrDigest);
-    if (manifestDigest === null) throw new CfsError('ENOENT', `image '${nameOrDigest}' not found in repository ${repo.path} (see 'cfs oci images')`);
-  }
+  if (isDigest(bare) && (nameOrDigest.startsWith('@') || (await repo.hasStream(manifestContentId(bare))))) return { manifestDigest: bare, tagged: false };
+  // Tags first (a tag may look like hex), then a short id.
+  const tag = await resolveTag(repo, nameOrDigest);
+  if (tag !== null) return { manifestDigest: tag, tagged: true };
+  const short = await shortIdManifest(repo, nameOrDigest, erofsVersion);
+  if (short !== null) return { manifestDigest: short, tagged: false };
+  throw new CfsError('ENOENT', `image '${nameOrDigest}' not found in repository ${repo.path} (not a tag, manifest digest or image id; see 'cfs oci images')`);
+}
+
+/** Open an image by tag, `sha256:` manifest digest, `@sha256:` manifest digest, or short id. */
+export async function openStoredImage(repo: Repository, nameOrDigest: string, erofsVersion = 1): Promise<StoredImage> {
+  const { manifestDigest, tagged } = await resolveImageName(repo, nameOrDigest, erofsVersion);
+  const name = tagged ? nameOrDigest : null;
   const manifestStream = await repo.hasStream(manifestContentId(manifestDigest));
   if (!manifestStream) throw new CfsError('ENOENT', `manifest ${manifestDigest} not found in repository ${repo.path}`);
   const m = await readExternalSplitStream(repo, manifestStream, { name: manifestContentId(manifestDigest) });
