@@ -6,8 +6,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout } from './helpers/oci-fixture.js';
@@ -120,6 +120,42 @@ test('cfs mounts says a FUSE mount whose server was killed is dead (and which se
   assert.match((await cfsOkAsync(['mounts'])).stdout, new RegExp(`^${mp.replace(/[/.]/g, '\\$&')}\tfuse\tcfs:img\tdead: its FUSE server is gone`, 'm'));
   await cfsOkAsync(['umount', mp]);
   assert.equal(mountsAt(mp).length, 0);
+});
+
+test('cfs gc keeps an untagged image while it is mounted (kernel, FUSE, foreground FUSE) and removes it after the unmount, also one by umount(8)', { skip: SKIP }, async () => {
+  const layout = await buildOciLayout(path.join(work, 'gc-layout'), { images: [{ tag: 'v1', layers: [[{ path: 'usr/' }, { path: 'usr/gc-kept', content: Buffer.alloc(4096, 'g') }]] }] });
+  const gcRepo = path.join(work, 'gc-repo');
+  type Gc = { keptMounted: string[]; removed: { images: string[] } };
+  const gc = async (...extra: string[]): Promise<Gc> => JSON.parse((await cfsOkAsync(['--repo', gcRepo, 'gc', '--json', ...extra])).stdout) as Gc;
+  for (const how of ['kernel', 'fuse', 'foreground', 'umount(8)'] as const) {
+    const pulled = (await cfsOkAsync(['--repo', gcRepo, '--insecure', 'oci', 'pull', '-q', `oci:${layout.dir}:v1`, 'gc-img'])).stdout;
+    const id = /^image ([0-9a-f]+)$/m.exec(pulled)![1]!;
+    const mp = newDir();
+    let foreground: ReturnType<typeof spawn> | null = null;
+    if (how === 'foreground') {
+      foreground = spawn(process.execPath, [path.join(import.meta.dirname, '../src/cli/entry.js'), '--repo', gcRepo, 'mount', '--fuse', 'yes', '--foreground', 'gc-img', mp], { stdio: 'ignore' });
+      await until(() => mountsAt(mp).length === 1, 'the foreground mount');
+    } else {
+      await cfsOkAsync(['--repo', gcRepo, 'mount', '--fuse', how === 'fuse' ? 'yes' : 'no', 'gc-img', mp]);
+    }
+    await cfsOkAsync(['--repo', gcRepo, 'oci', 'untag', 'gc-img']);
+    type Listed = { mounts: Array<{ mountpoint: string; imageId: string | null; repository: string | null }> };
+    const listed = (JSON.parse((await cfsOkAsync(['mounts', '--json'])).stdout) as Listed).mounts.find((m) => m.mountpoint === mp);
+    assert.deepEqual([listed?.imageId, listed?.repository], [id, gcRepo], how);
+    const dry = (await cfsOkAsync(['--repo', gcRepo, 'gc', '--dry-run'])).stdout;
+    assert.match(dry, new RegExp(`^Kept 1 mounted image that no ref reaches: ${id.slice(0, 12)} \\(a gc after the unmount removes it\\)$`, 'm'), how);
+    const kept = await gc();
+    assert.deepEqual(kept.keptMounted, [`images/${id}`], how);
+    assert.deepEqual(kept.removed.images, [], how);
+    assert.deepEqual(readFileSync(path.join(mp, 'usr/gc-kept')), Buffer.alloc(4096, 'g'), `${how}: the mounted image still reads`);
+    if (how === 'umount(8)') execFileSync('umount', [mp]);
+    else await cfsOkAsync(['umount', mp]);
+    await until(() => mountsAt(mp).length === 0, 'the unmount');
+    if (foreground) await new Promise((r) => (foreground!.exitCode !== null ? r(null) : foreground!.once('exit', r)));
+    const after = await gc();
+    assert.deepEqual([after.keptMounted, after.removed.images], [[], [`images/${id}`]], how);
+  }
+  assert.equal(readdirSync('/run/cfs').filter((n) => n.startsWith('pin-') && readFileSync(path.join('/run/cfs', n), 'utf8').includes(gcRepo)).length, 0, 'no pin is left behind');
 });
 
 test('umount --lazy of a mount whose FUSE server is stopped returns (nothing stats the mount point)', { skip: SKIP }, async () => {

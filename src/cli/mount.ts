@@ -109,6 +109,9 @@ export function register(program: Command): void {
           },
           // Not progress: what was mounted differs from what was asked, so -q does not hide it.
           onNotice: (text) => void process.stderr.write(`cfs: note: ${text}\n`),
+          // A foreground server lasts until the unmount and needs no repository handle: its
+          // shared lock would hold off gc all that time.
+          onMounted: () => opts.foreground && repo.close(),
         });
       } finally {
         repo.close();

@@ -7,9 +7,8 @@
  * on `ready` and throws the child's message otherwise (also when the child dies silently).
  *
  * Runtime record: the server writes `<runtime dir>/fuse-<sha256(mountpoint)[0..32]>.json`
- * ({ pid, mountpoint, name }) where the runtime dir is /run/cfs for root, else
- * $XDG_RUNTIME_DIR/cfs, else <tmpdir>/cfs-<uid> (mode 0700). `unmountFuse` uses it to find and
- * wait for the server; the server removes it when it exits.
+ * ({ pid, started, mountpoint, name }; runtime-dir.ts). `unmountFuse` uses it to find and wait
+ * for the server; the server removes it when it exits.
  *
  * Unmounting: `unmountFuse` runs `fusermount3 -u` (root and the mounting user alike), then
  * SIGTERMs the server and waits for it to exit. A busy mount fails with CfsError EBUSY and stays
@@ -19,9 +18,8 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import os from 'node:os';
 import type { Readable } from 'node:stream';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,6 +41,7 @@ interface ServerHandle {
   closed: Promise<void>;
 }
 import { canonical, findMount, isComposefsMount, readMountinfo, type MountInfo } from './mountinfo.js';
+import { ownRuntimeDir, runtimeDir, runtimeDirsOf } from '../runtime-dir.js';
 
 export interface FuseDaemonOptions {
   imagePath: string;
@@ -107,28 +106,14 @@ async function exitsWithin(pid: number, ms: number): Promise<boolean> {
   return true;
 }
 
-/** Where this user's FUSE server records live (created 0700 on demand). */
-export function fuseRuntimeDir(): string {
-  const uid = process.getuid?.() ?? 0;
-  if (uid === 0) return '/run/cfs';
-  const xdg = process.env.XDG_RUNTIME_DIR;
-  return xdg ? path.join(xdg, 'cfs') : path.join(os.tmpdir(), `cfs-${uid}`);
-}
-
 export function fuseRecordPath(mountpoint: string): string {
   return recordPathOf(canonical(mountpoint));
 }
 
 /** Touches no file: the server must not stat its own mountpoint from its serving thread. */
-function recordPathOf(canonicalMountpoint: string, dir = fuseRuntimeDir()): string {
+function recordPathOf(canonicalMountpoint: string, dir = runtimeDir()): string {
   const key = createHash('sha256').update(canonicalMountpoint).digest('hex').slice(0, 32);
   return path.join(dir, `fuse-${key}.json`);
-}
-
-/** Where user `uid`'s servers keep their records, as far as another user (root) can tell. */
-function runtimeDirsOf(uid: number): string[] {
-  if (uid === (process.getuid?.() ?? 0)) return [fuseRuntimeDir()];
-  return uid === 0 ? ['/run/cfs'] : [`/run/user/${uid}/cfs`, path.join(os.tmpdir(), `cfs-${uid}`)];
 }
 
 export interface FuseServerState {
@@ -176,13 +161,7 @@ function readRecordAt(file: string): FuseDaemonRecord | null {
 }
 
 function writeFuseRecord(rec: FuseDaemonRecord): void {
-  const dir = fuseRuntimeDir();
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  // A shared tmpdir fallback must be ours, or another user could plant records.
-  if (statSync(dir).uid !== (process.getuid?.() ?? 0)) {
-    throw new CfsError('EPERM', `${dir}: runtime directory is owned by another user`, { path: dir });
-  }
-  writeFileSync(recordPathOf(rec.mountpoint), `${JSON.stringify(rec)}\n`, { mode: 0o600 });
+  writeFileSync(recordPathOf(rec.mountpoint, ownRuntimeDir()), `${JSON.stringify(rec)}\n`, { mode: 0o600 });
 }
 
 /** Remove the record (and an empty log) of server `pid`; those of a server started since (a lazy unmount, then a new mount here) stay. */
@@ -318,7 +297,7 @@ function openServerLog(mountpoint: string): number | 'ignore' {
 }
 
 /** Mount an image through a background FUSE server (or in the foreground, see options). */
-export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
+export async function mountFuseDaemon(opts: FuseDaemonOptions, onForegroundMounted?: () => void): Promise<void> {
   const config: FuseDaemonOptions = {
     ...opts,
     imagePath: path.resolve(opts.imagePath),
@@ -326,7 +305,7 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions): Promise<void> {
     mountpoint: canonical(opts.mountpoint),
   };
   if (opts.foreground) {
-    await serveFuse(config, () => undefined);
+    await serveFuse(config, () => void onForegroundMounted?.());
     return;
   }
   const log = openServerLog(config.mountpoint);

@@ -15,6 +15,7 @@ import type { PullOptions, PullResult } from '../oci/pull.js';
 import { hashAlgOfSize } from '../fsverity/digest.js';
 import { hasMountPrivilege } from './caps.js';
 import { canonical, findMount, isComposefsMount, listComposefsMounts } from './mountinfo.js';
+import { livePins, pinMountedImage, pinOf, unpinUnmounted } from '../repository/pins.js';
 
 /** auto: the kernel mount when privileged, else FUSE; yes: FUSE; no: the kernel mount or an error. */
 export type FuseMode = 'auto' | 'yes' | 'no';
@@ -38,6 +39,12 @@ export interface MountImageOptions {
   onPulled?: (r: PullResult) => void;
   /** Told what the caller should know (a reference its source lost, mounted from an earlier import). */
   onNotice?: (text: string) => void;
+  /**
+   * Told once the mount is up. With `foreground`, mountImage returns only after the unmount:
+   * this is where a caller lets go of the repository (`repo.close()`), whose shared lock would
+   * otherwise hold off `cfs gc` while the mount lasts. The server needs no handle.
+   */
+  onMounted?: (m: MountedImage) => void;
 }
 
 export interface MountedImage {
@@ -66,6 +73,9 @@ export interface MountEntry {
   state: 'active' | 'dead' | 'unknown';
   /** The FUSE server's pid (active FUSE mounts); null otherwise. */
   serverPid: number | null;
+  /** The composefs image id and the repository it is from, for mounts cfs made (pins.ts); null otherwise. */
+  imageId: string | null;
+  repository: string | null;
 }
 
 /** An existing directory, as an absolute path. */
@@ -211,19 +221,38 @@ async function mountResolved(repo: Repository, mounted: MountedImage, image: Ima
       }
       throw e;
     }
+    pin(repo, mounted, opts);
+    opts.onMounted?.(mounted);
     return mounted;
   }
   await checkImageIntact(image.path, image.imageId);
   const { mountFuseDaemon } = await import('./fuse-daemon.js');
-  await mountFuseDaemon({
-    imagePath: image.path,
-    objectsDir,
-    mountpoint: mp,
-    name: label,
-    verify: image.verityRequired ? { alg: repo.alg } : undefined,
-    foreground: opts.foreground,
-  });
+  await mountFuseDaemon(
+    {
+      imagePath: image.path,
+      objectsDir,
+      mountpoint: mp,
+      name: label,
+      verify: image.verityRequired ? { alg: repo.alg } : undefined,
+      foreground: opts.foreground,
+    },
+    // A foreground server returns only once unmounted: it pins (and tells) when it has mounted.
+    () => {
+      pin(repo, mounted, opts);
+      opts.onMounted?.(mounted);
+    },
+  );
+  if (!opts.foreground) {
+    pin(repo, mounted, opts);
+    opts.onMounted?.(mounted);
+  }
   return mounted;
+}
+
+/** Tell gc that the image is mounted (pins.ts); a pin that cannot be written only costs that protection, and is said. */
+function pin(repo: Repository, mounted: MountedImage, opts: MountImageOptions): void {
+  const why = pinMountedImage(repo.path, mounted.imageId, mounted.mountpoint);
+  if (why !== null) opts.onNotice?.(`cfs gc will not know that image ${mounted.imageId.slice(0, 12)} is mounted: ${why}`);
 }
 
 /**
@@ -240,18 +269,22 @@ export async function unmountImage(mountpoint: string, opts: { lazy?: boolean } 
   if (m && !m.fsType.startsWith('fuse')) {
     const { unmount } = await import('./kernel.js');
     unmount(mp, opts);
+    unpinUnmounted(mp);
     return;
   }
   const { readFuseRecord, unmountFuse } = await import('./fuse-daemon.js');
   // No mount but a server's record: its mount was lost (the server is cleaned up).
   if (!m && !readFuseRecord(mp)) throw new CfsError('EINVAL', `${mp} is not a mount point`, { path: mp });
   await unmountFuse(mp, opts);
+  unpinUnmounted(mp);
 }
 
 /** The cfs mounts of this mount namespace. */
 export async function listMounts(): Promise<MountEntry[]> {
   const { fuseServerState } = await import('./fuse-daemon.js');
+  const pins = livePins();
   return listComposefsMounts().map((m) => {
+    const pinned = pinOf(m, pins);
     const fuse = m.fsType.startsWith('fuse');
     const server = fuse ? fuseServerState(m) : { state: 'active' as const, pid: null };
     return {
@@ -263,6 +296,8 @@ export async function listMounts(): Promise<MountEntry[]> {
       options: m.superOptions,
       state: server.state,
       serverPid: server.pid,
+      imageId: pinned?.imageId ?? null,
+      repository: pinned?.repo ?? null,
     };
   });
 }

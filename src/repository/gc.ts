@@ -26,6 +26,7 @@ import { idFromObjectPath, objectRelPath, parseHexId } from './ids.js';
 import { TMP_OBJECT_PREFIX } from './objects.js';
 import { META_TMP_PREFIX, type Repository } from './repository.js';
 import type { LockWaitOptions } from './lock.js';
+import { mountedImageIds } from './pins.js';
 
 /** Temporary names writers leave behind when killed (repo root, objects/, objects/XX). */
 const ROOT_TMP_PREFIXES = ['.symlink-', META_TMP_PREFIX];
@@ -306,6 +307,8 @@ export interface GcOptions extends LockWaitOptions {
   dryRun?: boolean;
   /** Extra roots: first-level stream or image names. */
   roots?: string[];
+  /** Also remove images that are mounted (pins.ts); by default they are kept, as roots. */
+  ignoreMounts?: boolean;
 }
 
 export interface GcResult {
@@ -316,6 +319,8 @@ export interface GcResult {
   streamsPruned: number;
   refsPruned: number;
   tempFilesRemoved: number;
+  /** Images kept because they are mounted (and nothing else reaches them): `images/<hex>`. */
+  keptMounted: string[];
   /** What was (or, in a dry run, would be) removed, as paths in the repository. */
   removed: { images: string[]; streams: string[]; refs: string[]; objects: string[]; temps: string[] };
 }
@@ -403,22 +408,40 @@ async function removeEmptyParents(repo: Repository, kind: string, rel: string): 
   }
 }
 
-/** Mark from every root; any fatal problem aborts with a message naming it. */
-export async function markLive(repo: Repository, roots: string[] = []): Promise<Reachable> {
+/**
+ * Mark from every root, then from the mounted images (image ids) no root reached: those are
+ * returned as kept only by their mounts. Any fatal problem aborts with a message naming it.
+ */
+export async function markLive(repo: Repository, roots: string[] = [], mounted: string[] = []): Promise<{ reach: Reachable; keptMounted: string[] }> {
   const fatal: RepoProblem[] = [];
   const walker = new ReachabilityWalker(repo, (p, isFatal) => {
     if (isFatal) fatal.push(p);
   });
   await walker.walkAllRoots(roots);
+  const keptMounted: string[] = [];
+  for (const hex of mounted) {
+    if (walker.reach.objects.has(hex)) continue;
+    keptMounted.push(`images/${hex}`);
+    await walker.walkRoot(hex);
+  }
   if (fatal.length > 0) {
     throw new CfsError('ECORRUPT', `gc: cannot tell what ${fatal[0].path} references (${fatal[0].detail}); nothing was deleted — run 'cfs fsck'`);
   }
-  return walker.reach;
+  return { reach: walker.reach, keptMounted };
+}
+
+/** The repository's images that are mounted (pins.ts) and still there. */
+async function mountedImages(repo: Repository): Promise<string[]> {
+  const out: string[] = [];
+  for (const hex of mountedImageIds(repo.path)) if (/^[0-9a-f]+$/.test(hex) && (await exists(path.join(repo.path, 'images', hex)))) out.push(hex);
+  return out.sort();
 }
 
 async function collect(repo: Repository, opts: GcOptions): Promise<GcResult> {
   const dryRun = !!opts.dryRun;
-  const live = (await markLive(repo, opts.roots)).objects;
+  const marked = await markLive(repo, opts.roots, opts.ignoreMounts ? [] : await mountedImages(repo));
+  const live = marked.reach.objects;
+  const keptMounted = marked.keptMounted;
   const garbage = await findGarbage(repo, live);
   const removed = new Set(garbage.objects.map((o) => o.rel.slice('objects/'.length).replace('/', '')));
   // Names first, then what they name: a gc stopped half-way leaves unreferenced objects (the
@@ -441,6 +464,7 @@ async function collect(repo: Repository, opts: GcOptions): Promise<GcResult> {
     streamsPruned: pruned.streams.length,
     refsPruned: pruned.refs.length,
     tempFilesRemoved: garbage.temps.length,
+    keptMounted,
     removed: { ...pruned, objects: garbage.objects.map((o) => o.rel), temps: garbage.temps },
   };
 }
@@ -464,6 +488,10 @@ export function formatGcResult(r: GcResult): string {
   if (r.imagesPruned + r.streamsPruned > 0) out += `${r.dryRun ? 'Would prune' : 'Pruned'} symlinks: ${r.imagesPruned} images, ${r.streamsPruned} streams\n`;
   if (r.refsPruned > 0) out += `${r.dryRun ? 'Would prune' : 'Pruned'} refs: ${r.refsPruned}\n`;
   if (r.tempFilesRemoved > 0) out += `Temporary files: ${r.tempFilesRemoved} ${removed}\n`;
+  if (r.keptMounted.length > 0) {
+    const ids = r.keptMounted.map((p) => p.slice('images/'.length, 'images/'.length + 12)).join(', ');
+    out += `Kept ${r.keptMounted.length} mounted image${r.keptMounted.length === 1 ? '' : 's'} that no ref reaches: ${ids} (a gc after the unmount removes ${r.keptMounted.length === 1 ? 'it' : 'them'})\n`;
+  }
   // A dry run names the images, streams and refs it would remove (objects: see --json).
   if (r.dryRun) for (const rel of [...r.removed.refs, ...r.removed.images, ...r.removed.streams]) out += `  ${rel}\n`;
   return out;

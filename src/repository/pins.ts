@@ -1,0 +1,146 @@
+/**
+ * Pins: the images of a repository that are mounted, so `cfs gc` keeps them (as podman keeps
+ * the images its containers use). A pin is a per-boot record in the mounting user's runtime
+ * directory (runtime-dir.ts) naming the repository, the image and the mount (mount point, mount
+ * id, mount namespace): nothing is written into the repository, so read-only repositories can
+ * be mounted and pinned too, and a reboot forgets every pin with its mounts.
+ *
+ * A pin holds while its mount exists. One made in another mount namespace cannot be checked
+ * from here and holds until the boot ends (keeping an image too long is the safe mistake).
+ */
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { findMount, isComposefsMount, readMountinfo, type MountInfo } from '../mount/mountinfo.js';
+import { ownRuntimeDir, readableRuntimeDirs, runtimeDir } from '../runtime-dir.js';
+
+export interface MountPin {
+  /** The repository's real path. */
+  repo: string;
+  /** Hex composefs image id. */
+  imageId: string;
+  mountpoint: string;
+  mountId: number;
+  /** `mnt:[inode]` of the namespace the mount was made in. */
+  mntns: string;
+}
+
+const PIN_PREFIX = 'pin-';
+
+function mountNamespace(): string {
+  try {
+    return readlinkSync('/proc/self/ns/mnt');
+  } catch {
+    return '';
+  }
+}
+
+function pinFile(dir: string, mountpoint: string, mountId: number): string {
+  const key = createHash('sha256').update(`${mountpoint}\0${mountId}`).digest('hex').slice(0, 32);
+  return path.join(dir, `${PIN_PREFIX}${key}.json`);
+}
+
+function realRepo(repoPath: string): string {
+  try {
+    return realpathSync(repoPath);
+  } catch {
+    return path.resolve(repoPath);
+  }
+}
+
+/**
+ * Pin `imageId` of the repository for the cfs mount now at `mountpoint` (canonical). A pin
+ * that cannot be written only loses gc's protection: the mount stands, and the reason is returned.
+ */
+export function pinMountedImage(repoPath: string, imageId: string, mountpoint: string): string | null {
+  const m = findMount(mountpoint);
+  if (!m || !isComposefsMount(m)) return `${mountpoint}: no cfs mount to pin`;
+  const pin: MountPin = { repo: realRepo(repoPath), imageId, mountpoint: m.mountpoint, mountId: m.mountId, mntns: mountNamespace() };
+  try {
+    writeFileSync(pinFile(ownRuntimeDir(), pin.mountpoint, pin.mountId), `${JSON.stringify(pin)}\n`, { mode: 0o600 });
+    return null;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
+function readPin(file: string): MountPin | null {
+  try {
+    const p = JSON.parse(readFileSync(file, 'utf8')) as Partial<MountPin>;
+    if (typeof p.repo !== 'string' || typeof p.imageId !== 'string' || typeof p.mountpoint !== 'string' || typeof p.mountId !== 'number' || typeof p.mntns !== 'string') return null;
+    return p as MountPin;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether the pin's mount is still there; null when it is in another mount namespace (cannot tell). */
+function holds(pin: MountPin, mounts: MountInfo[], ns: string): boolean | null {
+  if (pin.mntns !== ns) return null;
+  return mounts.some((m) => m.mountId === pin.mountId && m.mountpoint === pin.mountpoint && isComposefsMount(m));
+}
+
+/**
+ * The pins that hold, in every runtime directory this process may read (its own; everyone's for
+ * root). Pins of mounts gone from this namespace are removed on the way (where we may).
+ */
+export function livePins(): MountPin[] {
+  const mounts = readMountinfo();
+  const ns = mountNamespace();
+  const out: MountPin[] = [];
+  for (const dir of readableRuntimeDirs()) {
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      if (!name.startsWith(PIN_PREFIX) || !name.endsWith('.json')) continue;
+      const file = path.join(dir, name);
+      const pin = readPin(file);
+      if (pin && holds(pin, mounts, ns) !== false) out.push(pin);
+      else removeQuietly(file);
+    }
+  }
+  return out;
+}
+
+/** The image ids of the repository that are pinned by a mount. */
+export function mountedImageIds(repoPath: string): Set<string> {
+  const repo = realRepo(repoPath);
+  return new Set(livePins().filter((p) => p.repo === repo).map((p) => p.imageId));
+}
+
+/** Drop the pins of mounts at `mountpoint` (canonical) that are gone (after an unmount). */
+export function unpinUnmounted(mountpoint: string): void {
+  const mounts = readMountinfo();
+  const ns = mountNamespace();
+  const dir = runtimeDir();
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!name.startsWith(PIN_PREFIX)) continue;
+    const file = path.join(dir, name);
+    const pin = readPin(file);
+    if (pin?.mountpoint === mountpoint && holds(pin, mounts, ns) === false) removeQuietly(file);
+  }
+}
+
+/** The pin of the mount `m`, if one of the readable runtime directories has it. */
+export function pinOf(m: MountInfo, pins: MountPin[]): MountPin | undefined {
+  return pins.find((p) => p.mountId === m.mountId && p.mountpoint === m.mountpoint);
+}
+
+/** Stale pins are removed where we may; elsewhere (another user's, as non-root) they stay harmlessly. */
+function removeQuietly(file: string): void {
+  try {
+    rmSync(file, { force: true });
+  } catch {
+    // not ours to remove
+  }
+}
