@@ -31,7 +31,7 @@ before(async () => {
 });
 
 after(() => {
-  for (const mp of ['by-sha', 'by-prefix', 'elsewhere']) runCfs(['umount', path.join(work, mp)]);
+  for (const mp of ['by-sha', 'by-prefix', 'elsewhere', 'by-manifest']) runCfs(['umount', path.join(work, mp)]);
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -91,6 +91,36 @@ test('oci pull --json prints the result as one JSON document on stdout', () => {
   assert.equal(j.layersSkipped, 1);
   assert.doesNotMatch(r.stderr, /^objects:/m, 'the object counts are in the JSON');
   cfsOk(['--repo', repo, 'oci', 'untag', 'json-tag']);
+});
+
+test('cfs mount takes a manifest digest (sha256:… or @sha256:…) and its short id too, as the oci commands do', { skip: ROOT }, () => {
+  const manifest = (JSON.parse(cfsOk(['--repo', repo, 'oci', 'inspect', imageId.slice(0, 12)]).stdout) as { manifestDigest: string }).manifestDigest;
+  const mp = path.join(work, 'by-manifest');
+  mkdirSync(mp, { recursive: true });
+  for (const source of [manifest, `@${manifest}`, manifest.slice(7, 19)]) {
+    cfsOk(['--repo', repo, 'mount', source, mp]);
+    try {
+      assert.equal(execFileSync('cat', [path.join(mp, 'etc/hostname')], { encoding: 'utf8' }), 'ux\n', source);
+    } finally {
+      cfsOk(['umount', mp]);
+    }
+  }
+});
+
+test('tag names: control characters, a leading @ and over-long names are refused before anything is imported; tags with colons pull as skopeo names them', async () => {
+  const empty = path.join(work, 'no-import-repo');
+  for (const [name, why] of [['evil\nname', /control characters are not allowed/], ['@bad', /reserved for digests/], ['x'.repeat(300), /longer than 255 bytes/]] as const) {
+    const r = runCfs(['--repo', empty, '--insecure', 'oci', 'pull', '-q', `oci:${path.join(work, layoutName)}:v1`, name]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, why);
+    assert.match(r.stderr, /^cfs: invalid image name .*\n$/);
+    assert.equal(existsSync(path.join(empty, 'objects')) ? execFileSync('find', [path.join(empty, 'objects'), '-type', 'f'], { encoding: 'utf8' }) : '', '', 'nothing imported');
+    assert.match(runCfs(['--repo', repo, 'oci', 'tag', imageId.slice(0, 12), name]).stderr, why);
+  }
+  const colons = path.join(work, 'colons');
+  await buildOciLayout(colons, { images: [{ tag: 'docker.io/library/foo:1.0', layers: [[{ path: 'usr/' }]] }] });
+  const r = cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${colons}:docker.io/library/foo:1.0`]);
+  assert.match(r.stdout, new RegExp(`^tagged oci:${colons.replace(/[/.]/g, '\\$&')}:docker\\.io/library/foo:1\\.0$`, 'm'));
 });
 
 test('the same relative oci: path in another directory is another image: not mounted from the earlier import', { skip: ROOT }, () => {

@@ -7,8 +7,11 @@ test('parseImageReference: table', () => {
   const table: Array<[string, ReturnType<typeof parseImageReference>]> = [
     ['oci:/p', { transport: 'oci', path: '/p', tag: null }],
     ['oci:/p:tag', { transport: 'oci', path: '/p', tag: 'tag' }],
-    ['oci:/p:a:b', { transport: 'oci', path: '/p:a', tag: 'b' }],
-    ['oci:/p:mid/x', { transport: 'oci', path: '/p:mid/x', tag: null }],
+    // The first colon splits, as in containers/image: tags may hold colons and slashes.
+    ['oci:/p:a:b', { transport: 'oci', path: '/p', tag: 'a:b' }],
+    ['oci:/p:mid/x', { transport: 'oci', path: '/p', tag: 'mid/x' }],
+    ['oci:/l:docker.io/library/foo:1.0', { transport: 'oci', path: '/l', tag: 'docker.io/library/foo:1.0' }],
+    ['oci-archive:/x/img.tar:quay.io/a/b:v2', { transport: 'oci-archive', path: '/x/img.tar', tag: 'quay.io/a/b:v2' }],
     ['oci:/p:', { transport: 'oci', path: '/p', tag: '' }],
     ['oci:rel/dir:v1.2', { transport: 'oci', path: 'rel/dir', tag: 'v1.2' }],
     ['oci-archive:/x/img.tar', { transport: 'oci-archive', path: '/x/img.tar', tag: null }],

@@ -67,18 +67,34 @@ export async function resolveMountSource(repo: Repository, source: string, opts:
       return { image: await mountableTag(repo, earlier), label: source };
     }
   }
+  if (source.startsWith('@')) return { image: await mountableTag(repo, source), label: source };
   // An image id as create-image prints it (`sha256:<hex>`) is the id.
   const id = source.startsWith(`${repo.alg}:`) ? source.slice(repo.alg.length + 1) : source;
-  const byName = !/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(id) && !source.startsWith('ref/') && !source.startsWith('refs/');
-  if (byName && ((await resolveTag(repo, source)) !== null || source.startsWith('@'))) return { image: await mountableTag(repo, source), label: source };
+  const isRef = source.startsWith('ref/') || source.startsWith('refs/');
+  const byName = !/^[0-9a-f]{64}([0-9a-f]{64})?$/.test(id) && !isRef;
+  if (byName && (await resolveTag(repo, source)) !== null) return { image: await mountableTag(repo, source), label: source };
   const name = source.startsWith('ref/') ? `refs/${source.slice(4)}` : id;
   try {
     return { image: await repo.openImage(name), label: source };
   } catch (e) {
     if (!(e instanceof CfsError && e.code === 'ENOENT')) throw e;
-    // Names first (a ref may be named in hex), then a short id.
+    // Names first (a ref may be named in hex), then a short image id, then what the oci
+    // commands take: a manifest digest or its short id.
     const full = byName ? await uniqueIdPrefix(repo, id) : null;
     if (full) return { image: await repo.openImage(full), label: source };
-    throw new CfsError('ENOENT', `image '${source}' not found in repository ${repo.path} (not a tag, image id or ref; see 'cfs oci images')`);
+    const manifest = isRef ? null : await manifestOf(repo, source);
+    if (manifest) return { image: await mountableTag(repo, `@${manifest}`), label: source };
+    throw new CfsError('ENOENT', `image '${source}' not found in repository ${repo.path} (not a tag, image id, manifest digest or ref; see 'cfs oci images')`);
+  }
+}
+
+/** The manifest digest `source` names as the oci commands read it, or null. */
+async function manifestOf(repo: Repository, source: string): Promise<string | null> {
+  const { resolveImageName } = await import('../oci/stored.js');
+  try {
+    return (await resolveImageName(repo, source, repo.erofsFormats.default)).manifestDigest;
+  } catch (e) {
+    if (isCfsError(e) && (e.code === 'ENOENT' || (e.code === 'EINVAL' && !/ambiguous/.test(e.message)))) return null;
+    throw e;
   }
 }

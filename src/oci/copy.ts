@@ -19,7 +19,7 @@ import { openObjectsDir, produceLayerStream } from '../splitdirfdstream/producer
 import { addObjects, noObjects, type ObjectCounts } from '../repository/object-counts.js';
 import { importImage, type ImageToImport } from './import.js';
 import { runLayerTasks } from './layer-tasks.js';
-import { manifestContentId, configContentId, openStoredImage } from './stored.js';
+import { encodeTag, manifestContentId, configContentId, openStoredImage } from './stored.js';
 
 export interface CopyOptions {
   /** Tag in the destination; without it the copy is untagged (collected by the next gc). */
@@ -80,6 +80,8 @@ function canShareData(src: Repository, dst: Repository): boolean {
 export async function copyImage(src: Repository, dst: Repository, image: string, opts: CopyOptions = {}): Promise<CopyResult> {
   const progress = opts.progress ?? NO_PROGRESS;
   if (opts.zerocopy) checkZerocopy(src, dst);
+  // A name that cannot be a tag is refused before anything is copied.
+  if (opts.name !== undefined) encodeTag(opts.name);
   const stored = await openStoredImage(src, image, src.erofsFormats.default);
   const objects = noObjects();
   const todo: string[] = [];

@@ -10,6 +10,7 @@ import type { Repository } from '../repository/repository.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import type { ImageToImport, ImportResult, LocalFetch } from './import.js';
 import { parseImageReference } from './reference.js';
+import { encodeTag } from './stored.js';
 
 export const LOCAL_FETCH_MODES: readonly LocalFetch[] = ['disabled', 'auto', 'zerocopy'];
 
@@ -72,9 +73,18 @@ export async function pullImage(repo: Repository, reference: string, opts: PullO
   }
   if (opts.name !== undefined && opts.name.trim() === '') throw new CfsError('EINVAL', 'the name to tag the image with is empty');
   const progress = opts.progress ?? NO_PROGRESS;
+  // A name that cannot be a tag is refused now, not after the whole import.
+  if (opts.name !== undefined) encodeTag(opts.name);
   const img = await openSource(reference, opts);
   try {
     const tag = opts.name ?? (await defaultTag(reference, img.description));
+    if (opts.name === undefined) {
+      try {
+        encodeTag(tag);
+      } catch (e) {
+        throw new CfsError('EINVAL', `${(e as Error).message}: the tag a pull of ${reference} would give; name the image (cfs oci pull SOURCE NAME)`);
+      }
+    }
     return { ...(await importImage(repo, img, { name: tag, progress, localFetch: opts.localFetch ?? 'auto', signal: opts.signal })), tag };
   } finally {
     await img.close();

@@ -39,10 +39,12 @@ export function parseImageReference(s: string): ImageReference {
   throw new CfsError('EINVAL', `image reference "${s}": unknown transport "${transport}"`);
 }
 
+/**
+ * As containers/image splits `oci:`/`oci-archive:` references: at the first colon, so a tag may
+ * hold colons (`docker.io/library/foo:1.0`, as skopeo writes them) and a path may not.
+ */
 function splitPathTag(name: string): { path: string; tag: string | null } {
-  const colon = name.lastIndexOf(':');
+  const colon = name.indexOf(':');
   if (colon < 0) return { path: name, tag: null };
-  const tag = name.slice(colon + 1);
-  if (tag.includes('/')) return { path: name, tag: null };
-  return { path: name.slice(0, colon), tag };
+  return { path: name.slice(0, colon), tag: name.slice(colon + 1) };
 }

@@ -21,11 +21,21 @@ export function configContentId(digest: string): string {
   return `oci-config-${digest}`;
 }
 
-/** Tag names are stored as one path component: '%' → %25 first, then '/' → %2F. */
+/** The longest file name (the encoded tag is one). */
+const NAME_MAX = 255;
+
+/**
+ * Tag names are stored as one path component: '%' → %25 first, then '/' → %2F. A name that
+ * cannot be one, or that would break line-based listings (control characters), is refused.
+ */
 export function encodeTag(name: string): string {
   if (name.length === 0) throw new CfsError('EINVAL', 'empty image name');
   if (name.startsWith('@')) throw new CfsError('EINVAL', `invalid image name '${name}': a leading '@' is reserved for digests`);
-  return name.replace(/%/g, '%25').replace(/\//g, '%2F');
+  if (/[\x00-\x1f\x7f]/.test(name)) throw new CfsError('EINVAL', `invalid image name ${JSON.stringify(name)}: control characters are not allowed`);
+  if (name === '.' || name === '..') throw new CfsError('EINVAL', `invalid image name '${name}'`);
+  const encoded = name.replace(/%/g, '%25').replace(/\//g, '%2F');
+  if (Buffer.byteLength(encoded) > NAME_MAX) throw new CfsError('EINVAL', `invalid image name '${name.slice(0, 40)}…': longer than ${NAME_MAX} bytes once '/' and '%' are escaped`);
+  return encoded;
 }
 
 export function decodeTag(enc: string): string {
