@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout } from './helpers/oci-fixture.js';
@@ -82,14 +82,21 @@ test('oci inspect, tag and dump take the short ids cfs oci images shows (manifes
   assert.match(runCfs(['--repo', repo, 'oci', 'inspect', shortManifest!.slice(0, 5)]).stderr, /not found/);
 });
 
-test('oci pull --json prints the result as one JSON document on stdout', () => {
+test('oci pull --json prints the result as one JSON document on stdout; moving a tag to another image is said', async () => {
   const r = cfsOk(['--repo', repo, 'oci', 'pull', '--json', `oci:${path.join(work, layoutName)}:v1`, 'json-tag']);
   const j = JSON.parse(r.stdout) as Record<string, unknown>;
-  assert.deepEqual(Object.keys(j).sort(), ['configDigest', 'imageId', 'layersImported', 'layersSkipped', 'manifestDigest', 'objects', 'tag']);
+  assert.deepEqual(Object.keys(j).sort(), ['configDigest', 'imageId', 'layersImported', 'layersSkipped', 'manifestDigest', 'objects', 'replacedManifest', 'tag']);
   assert.equal(j.imageId, imageId);
   assert.equal(j.tag, 'json-tag');
   assert.equal(j.layersSkipped, 1);
   assert.doesNotMatch(r.stderr, /^objects:/m, 'the object counts are in the JSON');
+  assert.equal(j.replacedManifest, null);
+  // Pulling another image under the tag says so, whatever -q.
+  const other = path.join(work, 'other-layout');
+  await buildOciLayout(other, { images: [{ tag: 'v2', layers: [[{ path: 'usr/' }, { path: 'usr/two', content: 'two\n' }]] }] });
+  const moved = cfsOk(['--repo', repo, 'oci', 'pull', '-q', '--json', `oci:${other}:v2`, 'json-tag']);
+  assert.equal((JSON.parse(moved.stdout) as { replacedManifest: string }).replacedManifest, j.manifestDigest);
+  assert.match(moved.stderr, new RegExp(`^cfs: note: tag 'json-tag' moved from ${String(j.manifestDigest).slice(0, 19)}… to sha256:[0-9a-f]{12}… \\(the earlier image stays until gc while untagged, and while mounted\\)\n$`));
   cfsOk(['--repo', repo, 'oci', 'untag', 'json-tag']);
 });
 
@@ -121,6 +128,31 @@ test('tag names: control characters, a leading @ and over-long names are refused
   await buildOciLayout(colons, { images: [{ tag: 'docker.io/library/foo:1.0', layers: [[{ path: 'usr/' }]] }] });
   const r = cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${colons}:docker.io/library/foo:1.0`]);
   assert.match(r.stdout, new RegExp(`^tagged oci:${colons.replace(/[/.]/g, '\\$&')}:docker\\.io/library/foo:1\\.0$`, 'm'));
+});
+
+test('oci images: damaged images are listed (JSON error field, ARCH damaged), -q short ids, -n no header, variants, nothing on stdout when empty', async () => {
+  const r2 = path.join(work, 'images-repo');
+  const arm = path.join(work, 'arm-layout');
+  await buildOciLayout(arm, { images: [{ tag: 'v7', platform: 'linux/arm/v7', layers: [[{ path: 'usr/' }, { path: 'usr/arm', content: 'arm\n' }]] }] });
+  cfsOk(['--repo', r2, '--insecure', 'init']);
+  const empty = cfsOk(['--repo', r2, 'oci', 'images']);
+  assert.deepEqual([empty.stdout, empty.stderr], ['', 'No images found\n']);
+  cfsOk(['--repo', r2, 'oci', 'pull', '-q', `oci:${path.join(work, layoutName)}:v1`, 'good']);
+  const armPull = cfsOk(['--repo', r2, 'oci', 'pull', '-q', '--platform', 'linux/arm/v7', `oci:${arm}:v7`, 'arm']);
+  const armManifest = /^manifest (sha256:[0-9a-f]+)$/m.exec(armPull.stdout)![1]!;
+  const table = cfsOk(['--repo', r2, 'oci', 'images']).stdout;
+  assert.match(table, /^arm +[0-9a-f]{12} +[0-9a-f]{12} +arm\/v7 +1$/m);
+  assert.equal(cfsOk(['--repo', r2, 'oci', 'images', '-n']).stdout, table.split('\n').slice(1).join('\n'));
+  assert.equal(cfsOk(['--repo', r2, 'oci', 'images', '-q']).stdout.split('\n').filter(Boolean).length, 2);
+  // Damage the arm image: its manifest stream's object goes.
+  const link = path.join(r2, 'streams', `oci-manifest-${armManifest}`);
+  rmSync(path.resolve(path.dirname(link), readlinkSync(link)));
+  const damaged = cfsOk(['--repo', r2, 'oci', 'images', '--json']);
+  type Row = { name: string; error?: string; variant: string | null };
+  const rows = (JSON.parse(damaged.stdout) as { images: Row[] }).images;
+  assert.deepEqual(rows.map((r) => [r.name, r.error !== undefined]), [['arm', true], ['good', false]]);
+  assert.match(damaged.stderr, /^cfs: warning: image arm: .* \(see 'cfs fsck'\)$/m);
+  assert.match(cfsOk(['--repo', r2, 'oci', 'images']).stdout, /^arm +[0-9a-f]{12} +- +damaged +-$/m);
 });
 
 test('the same relative oci: path in another directory is another image: not mounted from the earlier import', { skip: ROOT }, () => {

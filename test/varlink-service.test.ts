@@ -320,7 +320,7 @@ test('a Pull whose client hangs up stops: nothing tagged, the repository consist
   await run(cfsCommand()[0]!, [...cfsCommand().slice(1), '--repo', dst, 'gc'], { env: process.env });
   const manifest = path.join(dst, 'streams', `oci-manifest-${big.images[0].manifestDigest}`);
   assert.ok(!existsSync(manifest), `the pull went on after its client left; log:\n${serverLog}`);
-  assert.equal(cfsOk(['--repo', dst, 'oci', 'images']).stdout, 'No images found\n');
+  assert.equal(cfsOk(['--repo', dst, 'oci', 'images']).stderr, 'No images found\n');
   assert.deepEqual(repoProblems(dst), []);
   const again = await client<{ frames: Array<Record<string, unknown>> }>('pull', sock, dst, `oci:${big.dir}:big`, 'kept');
   assert.ok(again.frames.some((f) => 'completed' in f));

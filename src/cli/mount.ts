@@ -91,7 +91,7 @@ export function register(program: Command): void {
     .option(...LOCAL_FETCH_OPTIONS[2])
     .action(async (source: string, mountpoint: string, opts: MountOpts) => {
       const { checkMountRequest, mountImage } = await import('../mount/mount-image.js');
-      const { objectsLine, pullOptionsFromCli } = await import('./oci.js');
+      const { objectsLine, pullOptionsFromCli, retagNote } = await import('./oci.js');
       const request = { fuse: opts.fuse as FuseMode, foreground: opts.foreground, upperdir: opts.upperdir, workdir: opts.workdir, readWrite: opts.readWrite };
       // Before the repository is opened (and maybe created).
       checkMountRequest(mountpoint, request);
@@ -106,6 +106,7 @@ export function register(program: Command): void {
           pull,
           onPulled: (r) => {
             if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
+            retagNote(r);
           },
           // Not progress: what was mounted differs from what was asked, so -q does not hide it.
           onNotice: (text) => void process.stderr.write(`cfs: note: ${text}\n`),
@@ -137,7 +138,7 @@ export function register(program: Command): void {
       const { listMounts } = await import('../mount/mount-image.js');
       const rows = await listMounts();
       if (opts.json) process.stdout.write(`${JSON.stringify({ mounts: rows }, null, 2)}\n`);
-      else if (rows.length === 0) process.stdout.write('No cfs mounts\n');
+      else if (rows.length === 0) process.stderr.write('No cfs mounts\n');
       else {
         for (const r of rows) {
           const dead = r.state === 'dead' ? "\tdead: its FUSE server is gone ('cfs umount' removes it)" : '';

@@ -39,8 +39,57 @@ export async function pullOptionsFromCli(opts: PullOpts): Promise<PullOptions> {
 }
 
 /** The summary of where a pull's objects came from (stderr, unless quiet). */
+/** Said on stderr whatever -q: the tag now names another image than before. */
+export function retagNote(r: { tag: string; manifestDigest: string; replacedManifest: string | null }): void {
+  if (r.replacedManifest === null) return;
+  process.stderr.write(`cfs: note: tag '${r.tag}' moved from ${r.replacedManifest.slice(0, 19)}… to ${r.manifestDigest.slice(0, 19)}… (the earlier image stays until gc while untagged, and while mounted)\n`);
+}
+
 export function objectsLine(o: { reflinked: number; hardlinked: number; copied: number; present: number }): string {
   return `objects: ${o.reflinked} reflinked + ${o.hardlinked} hardlinked + ${o.copied} copied${o.present ? ` (+ ${o.present} already present)` : ''}\n`;
+}
+
+interface ImageRow {
+  name: string;
+  manifestDigest: string;
+  configDigest: string | null;
+  imageId: string | null;
+  architecture: string | null;
+  variant: string | null;
+  os: string | null;
+  layers: number | null;
+  /** Why the image cannot be read (it is listed all the same: `cfs fsck` says more). */
+  error?: string;
+}
+
+/** One row per tag; a tag whose image cannot be read is a row with `error` (and a warning on stderr). */
+async function imageRows(repo: Repository): Promise<ImageRow[]> {
+  const { listTags, openStoredImage } = await import('../oci/stored.js');
+  const rows: ImageRow[] = [];
+  // Many tags may name one image: each is opened (and checked) once.
+  const opened = new Map<string, ReturnType<typeof openStoredImage>>();
+  for (const t of await listTags(repo)) {
+    try {
+      let pending = opened.get(t.manifestDigest);
+      if (!pending) opened.set(t.manifestDigest, (pending = openStoredImage(repo, `@${t.manifestDigest}`, repo.erofsFormats.default)));
+      const img = await pending;
+      rows.push({
+        name: t.name,
+        manifestDigest: t.manifestDigest,
+        configDigest: img.configDigest,
+        imageId: img.imageId,
+        architecture: img.artifact ? 'artifact' : (img.config.architecture ?? ''),
+        variant: img.artifact ? null : (img.config.variant ?? null),
+        os: img.config.os ?? '',
+        layers: img.diffIds.length,
+      });
+    } catch (e) {
+      const error = (e as Error).message;
+      process.stderr.write(`cfs: warning: image ${t.name}: ${error} (see 'cfs fsck')\n`);
+      rows.push({ name: t.name, manifestDigest: t.manifestDigest, configDigest: null, imageId: null, architecture: null, variant: null, os: null, layers: null, error });
+    }
+  }
+  return rows;
 }
 
 async function writeOut(data: Buffer | string): Promise<void> {
@@ -73,9 +122,10 @@ export function register(program: Command): void {
       try {
         const { pullImage } = await import('../oci/pull.js');
         const r = await pullImage(repo, source, { ...pull, name });
+        retagNote(r);
         if (opts.json) {
-          const { manifestDigest, configDigest, imageId, tag, layersImported, layersSkipped, objects } = r;
-          return void (await writeOut(`${JSON.stringify({ manifestDigest, configDigest, imageId, tag, layersImported, layersSkipped, objects }, null, 2)}\n`));
+          const { manifestDigest, configDigest, imageId, tag, replacedManifest, layersImported, layersSkipped, objects } = r;
+          return void (await writeOut(`${JSON.stringify({ manifestDigest, configDigest, imageId, tag, replacedManifest, layersImported, layersSkipped, objects }, null, 2)}\n`));
         }
         let out = `manifest ${r.manifestDigest}\nconfig ${r.configDigest}\n`;
         if (r.imageId) out += `image ${r.imageId}\n`;
@@ -91,52 +141,33 @@ export function register(program: Command): void {
     .command('images')
     .description('list tagged images')
     .option('--json', 'JSON output')
-    .action(async (opts: { json?: boolean }) => {
+    .option('-q, --quiet', 'print only the short manifest ids (one per image)')
+    .option('-n, --noheading', 'no header line')
+    .action(async (opts: { json?: boolean; quiet?: boolean; noheading?: boolean }) => {
       // Listing never creates a repository (a mistyped --repo would leave one behind): a
-      // missing one lists nothing and says so.
+      // missing one lists nothing and says so. Messages for people go to stderr: stdout has
+      // only rows, for scripts.
       const { existsSync } = await import('node:fs');
       const { resolveRepositoryPath } = await import('../repository/location.js');
       const where = resolveRepositoryPath(program.opts());
       if (!existsSync(where)) {
         if (!opts.json) process.stderr.write(`cfs: note: repository ${where} does not exist\n`);
-        return void (await writeOut(opts.json ? `${JSON.stringify({ images: [] }, null, 2)}\n` : 'No images found\n'));
+        if (opts.json) await writeOut(`${JSON.stringify({ images: [] }, null, 2)}\n`);
+        return;
       }
       const repo = await openRepoFromCli(program, { create: false });
       try {
-        const { listTags, openStoredImage } = await import('../oci/stored.js');
-        const rows: Array<Record<string, string | number | null>> = [];
-        // Many tags may name one image: each is opened (and checked) once.
-        const opened = new Map<string, ReturnType<typeof openStoredImage>>();
-        for (const t of await listTags(repo)) {
-          try {
-            let pending = opened.get(t.manifestDigest);
-            if (!pending) opened.set(t.manifestDigest, (pending = openStoredImage(repo, `@${t.manifestDigest}`, repo.erofsFormats.default)));
-            const img = await pending;
-            rows.push({
-              name: t.name,
-              manifestDigest: t.manifestDigest,
-              configDigest: img.configDigest,
-              imageId: img.imageId,
-              architecture: img.artifact ? 'artifact' : (img.config.architecture ?? ''),
-              os: img.config.os ?? '',
-              layers: img.diffIds.length,
-            });
-          } catch (e) {
-            process.stderr.write(`cfs: warning: image ${t.name}: ${(e as Error).message}\n`);
-          }
+        const rows = await imageRows(repo);
+        if (opts.json) return void (await writeOut(`${JSON.stringify({ images: rows }, null, 2)}\n`));
+        if (opts.quiet) return void (await writeOut([...new Set(rows.map((r) => r.manifestDigest.slice(7, 19)))].map((id) => `${id}\n`).join('')));
+        if (rows.length === 0) return void process.stderr.write('No images found\n');
+        const table = opts.noheading ? [] : [['NAME', 'MANIFEST', 'IMAGE ID', 'ARCH', 'LAYERS']];
+        for (const r of rows) {
+          const arch = r.error !== undefined ? 'damaged' : r.variant ? `${r.architecture}/${r.variant}` : String(r.architecture);
+          table.push([r.name, r.manifestDigest.slice(7, 19), (r.imageId ?? '-').slice(0, 12), arch, String(r.layers ?? '-')]);
         }
-        if (opts.json) {
-          await writeOut(`${JSON.stringify({ images: rows }, null, 2)}\n`);
-        } else if (rows.length === 0) {
-          await writeOut('No images found\n');
-        } else {
-          const table = [['NAME', 'MANIFEST', 'IMAGE ID', 'ARCH', 'LAYERS']];
-          for (const r of rows) {
-            table.push([String(r.name), String(r.manifestDigest).slice(7, 19), String(r.imageId ?? '-').slice(0, 12), String(r.architecture), String(r.layers)]);
-          }
-          const widths = table[0].map((_, i) => Math.max(...table.map((row) => row[i].length)));
-          await writeOut(table.map((row) => row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n');
-        }
+        const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+        await writeOut(table.map((row) => row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
       } finally {
         repo.close();
       }

@@ -10,7 +10,7 @@ import type { Repository } from '../repository/repository.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import type { ImageToImport, ImportResult, LocalFetch } from './import.js';
 import { parseImageReference } from './reference.js';
-import { encodeTag } from './stored.js';
+import { encodeTag, resolveTag } from './stored.js';
 
 export const LOCAL_FETCH_MODES: readonly LocalFetch[] = ['disabled', 'auto', 'zerocopy'];
 
@@ -32,6 +32,8 @@ export interface PullOptions {
 export interface PullResult extends ImportResult {
   /** The tag the image got. */
   tag: string;
+  /** The manifest the tag named before, when the pull moved it to another one; else null. */
+  replacedManifest: string | null;
 }
 
 /**
@@ -85,7 +87,9 @@ export async function pullImage(repo: Repository, reference: string, opts: PullO
         throw new CfsError('EINVAL', `${(e as Error).message}: the tag a pull of ${reference} would give; name the image (cfs oci pull SOURCE NAME)`);
       }
     }
-    return { ...(await importImage(repo, img, { name: tag, progress, localFetch: opts.localFetch ?? 'auto', signal: opts.signal })), tag };
+    const before = await resolveTag(repo, tag);
+    const r = await importImage(repo, img, { name: tag, progress, localFetch: opts.localFetch ?? 'auto', signal: opts.signal });
+    return { ...r, tag, replacedManifest: before !== null && before !== r.manifestDigest ? before : null };
   } finally {
     await img.close();
   }
