@@ -5,12 +5,12 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout } from './helpers/oci-fixture.js';
-import { cfsOk, runCfs } from './helpers/cli.js';
+import { cfsCommand, cfsOk, runCfs } from './helpers/cli.js';
 import { cfs } from './helpers/cli-detached.js';
 import { isRoot } from './helpers/unpriv.js';
 
@@ -194,6 +194,28 @@ test('mkcomposefs: --skip-devices leaves out device nodes; an empty version rang
   assert.match(dump, /^\/file /m);
   assert.doesNotMatch(dump, /^\/null /m);
   assert.match(runCfs(['mkcomposefs', '--min-version', '1', '--max-version', '0', src, img]).stderr, /^cfs: --min-version 1 is above --max-version 0\n$/);
+});
+
+test('C tool options: mkcomposefs --threads and its output errors, composefs-info --filter, measure-file and a missing --basedir', () => {
+  const src = path.join(work, 'c-opts');
+  mkdirSync(path.join(src, 'a'), { recursive: true });
+  mkdirSync(path.join(src, 'b'));
+  writeFileSync(path.join(src, 'a/x'), 'x'.repeat(100));
+  const img = path.join(work, 'c-opts.img');
+  cfsOk(['mkcomposefs', '--threads=2', src, img]);
+  assert.match(runCfs(['mkcomposefs', '--threads=0', src, img]).stderr, /^cfs: --threads 0: invalid threads count\n$/);
+  const noDir = path.join(work, 'no-dir', 'x.img');
+  assert.equal(runCfs(['mkcomposefs', src, noDir]).stderr, `cfs: ${noDir}: cannot write the image: directory ${path.dirname(noDir)} does not exist\n`);
+  assert.equal(cfsOk(['info', 'ls', '--filter', 'a', img]).stdout, '/a/\t\n/a/x\t@ ' + cfsOk(['info', 'objects', img]).stdout.trim() + '\n');
+  assert.match(runCfs(['info', 'missing-objects', '--basedir', path.join(work, 'no-basedir'), img]).stderr, /^cfs: can't open basedir .*no-basedir: not a directory\n$/);
+  // As C mkcomposefs: no binary image onto a terminal (script(1) gives the command one).
+  const onTty = spawnSync('script', ['-qec', [...cfsCommand(), 'mkcomposefs', src, '-'].map((a) => `'${a}'`).join(' '), '/dev/null'], { encoding: 'utf8' });
+  assert.notEqual(onTty.status, 0);
+  assert.match(onTty.stdout, /stdout is a tty: refusing to write the image to it/);
+  // No fs-verity on this kernel's filesystems (CI): the reason is said, naming the file.
+  const m = runCfs(['info', 'measure-file', img]);
+  if (m.status === 0) assert.match(m.stdout, /^[0-9a-f]{64}\n$/);
+  else assert.match(m.stderr, new RegExp(`^cfs: ${img.replace(/[/.]/g, '\\$&')}: fs-verity`));
 });
 
 test('a pull or mount that fails at its source, or names no image, leaves no new repository behind', { skip: ROOT }, () => {

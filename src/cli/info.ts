@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { CfsError } from '../errors.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../tree/inode.js';
 
-const COMMANDS = ['dump', 'ls', 'objects', 'missing-objects'] as const;
+const COMMANDS = ['dump', 'ls', 'objects', 'missing-objects', 'measure-file'] as const;
 type InfoCommand = (typeof COMMANDS)[number];
 
 function writeStdout(data: Buffer | string): Promise<void> {
@@ -13,14 +13,20 @@ function writeStdout(data: Buffer | string): Promise<void> {
 export function register(program: Command): void {
   program
     .command('info')
-    .description('inspect composefs images: dump (dumpfile), ls (paths), objects (backing files), missing-objects (not under --basedir)')
+    .description('inspect composefs images: dump (dumpfile), ls (paths), objects (backing files), missing-objects (not under --basedir); measure-file FILE…: kernel fs-verity digests')
     .argument('<command>', COMMANDS.join('|'))
     .argument('<images...>')
     .option('--basedir <dir>', 'object store for missing-objects')
-    .action(async (cmd: string, images: string[], o: { basedir?: string }) => {
+    .option('--filter <name>', 'only this top-level entry of the image (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .action(async (cmd: string, images: string[], o: { basedir?: string; filter: string[] }) => {
       if (!(COMMANDS as readonly string[]).includes(cmd)) throw new CfsError('EINVAL', `unknown info command '${cmd}' (${COMMANDS.join(', ')})`);
       const command = cmd as InfoCommand;
+      if (command === 'measure-file') return measureFiles(images);
       if (command === 'missing-objects' && o.basedir === undefined) throw new CfsError('EINVAL', 'missing-objects needs --basedir');
+      if (o.basedir !== undefined) {
+        const { statSync } = await import('node:fs');
+        if (!statSync(o.basedir, { throwIfNoEntry: false })?.isDirectory()) throw new CfsError('ENOENT', `can't open basedir ${o.basedir}: not a directory`, { path: o.basedir });
+      }
       const { readFile } = await import('node:fs/promises');
       const { readErofs } = await import('../erofs/reader.js');
       const { printDumpfile, walkTree } = await import('../dumpfile/print.js');
@@ -28,6 +34,11 @@ export function register(program: Command): void {
       const objects = new Set<string>();
       for (const image of images) {
         const root = readErofs(await readFile(image));
+        // As composefs-info --filter: only the named top-level entries.
+        if (o.filter.length > 0 && root.children) {
+          const keep = new Set(o.filter.map((f) => Buffer.from(f).toString('latin1')));
+          for (const name of [...root.children.keys()]) if (!keep.has(name)) root.children.delete(name);
+        }
         if (command === 'dump') {
           await writeStdout(printDumpfile(root));
           continue;
@@ -71,4 +82,19 @@ export function register(program: Command): void {
       }
       await writeStdout(Buffer.from(list.map((p) => p + '\n').join(''), 'latin1'));
     });
+}
+
+/** composefs-info measure-file: the kernel's fs-verity digest of each file (fs-verity must be enabled on it). */
+async function measureFiles(files: string[]): Promise<void> {
+  const { closeSync, openSync } = await import('node:fs');
+  const { measureVerityFd } = await import('../fsverity/kernel.js');
+  for (const file of files) {
+    const fd = openSync(file, 'r');
+    try {
+      // Its errors name the file and the reason (no fs-verity here, not enabled on the file).
+      await writeStdout(`${measureVerityFd(fd, file).digest.toString('hex')}\n`);
+    } finally {
+      closeSync(fd);
+    }
+  }
 }

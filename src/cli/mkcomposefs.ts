@@ -17,6 +17,7 @@ interface MkOpts {
   skipXattrs?: boolean;
   userXattrs?: boolean;
   skipDevices?: boolean;
+  threads?: string;
 }
 
 function parseVersion(v: string | undefined, what: string): number | undefined {
@@ -51,6 +52,10 @@ async function writeAtomic(dest: string, data: Buffer): Promise<void> {
     await rename(tmp, dest);
   } catch (e) {
     await rm(tmp, { force: true });
+    // Name the output asked for, not the temporary file beside it.
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new CfsError('ENOENT', `${dest}: cannot write the image: directory ${path.dirname(dest)} does not exist`, { path: dest });
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || code === 'EISDIR' || code === 'ENOSPC') throw new CfsError(code === 'EACCES' ? 'EPERM' : 'EIO', `${dest}: cannot write the image: ${code}`, { path: dest });
     throw e;
   }
 }
@@ -75,9 +80,14 @@ export function register(program: Command): void {
     .option('--skip-xattrs', 'ignore xattrs (directory source)')
     .option('--user-xattrs', 'only user.* xattrs (directory source)')
     .option('--skip-devices', 'leave out block and character devices (directory source)')
+    // C mkcomposefs (1.0.4+) digests files on N threads; here digests already run on libuv's pool.
+    .option('--threads <n>', 'accepted for C mkcomposefs compatibility (file digests use libuv\'s thread pool)')
     .action(async (source: string, image: string | undefined, o: MkOpts) => {
       if (o.printDigestOnly && image !== undefined) throw new CfsError('EINVAL', 'cannot specify an image with --print-digest-only');
       if (!o.printDigestOnly && image === undefined) throw new CfsError('EINVAL', 'missing image argument');
+      if (o.threads !== undefined && !/^[1-9][0-9]*$/.test(o.threads)) throw new CfsError('EINVAL', `--threads ${o.threads}: invalid threads count`);
+      // As C mkcomposefs: a binary image is not written to a terminal.
+      if (image === '-' && process.stdout.isTTY) throw new CfsError('EINVAL', 'stdout is a tty: refusing to write the image to it (redirect stdout)');
       const minVersion = parseVersion(o.minVersion, 'min version');
       const maxVersion = parseVersion(o.maxVersion, 'max version');
       if (minVersion !== undefined && maxVersion !== undefined && minVersion > maxVersion) {
