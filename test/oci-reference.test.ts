@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isCfsError } from '../src/errors.js';
 import { parseImageReference } from '../src/oci/reference.js';
+import { parsePlatform } from '../src/oci/platform.js';
 
 test('parseImageReference: table', () => {
   const table: Array<[string, ReturnType<typeof parseImageReference>]> = [
@@ -35,4 +36,18 @@ test('parseImageReference: rejected references', () => {
   for (const [s, code, msg] of bad) {
     assert.throws(() => parseImageReference(s), (e) => isCfsError(e) && e.code === code && msg.test(e.message), s);
   }
+});
+
+test('parsePlatform: case-insensitive, uname architecture names as OCI names them', () => {
+  const table: Array<[string, ReturnType<typeof parsePlatform>]> = [
+    ['linux/amd64', { os: 'linux', architecture: 'amd64' }],
+    ['Linux/AMD64', { os: 'linux', architecture: 'amd64' }],
+    ['linux/x86_64', { os: 'linux', architecture: 'amd64' }],
+    ['linux/aarch64', { os: 'linux', architecture: 'arm64' }],
+    ['linux/arm/v7', { os: 'linux', architecture: 'arm', variant: 'v7' }],
+    ['linux/armhf', { os: 'linux', architecture: 'arm', variant: 'v7' }],
+    ['linux/i386', { os: 'linux', architecture: '386' }],
+  ];
+  for (const [s, want] of table) assert.deepEqual(parsePlatform(s), want, s);
+  assert.throws(() => parsePlatform('linux'), /expected os\/arch\[\/variant\]/);
 });

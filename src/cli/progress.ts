@@ -176,5 +176,6 @@ class BarProgress implements ProgressSink {
 
 export function progressFor(opts: { quiet?: boolean }): ProgressSink {
   if (opts.quiet) return NO_PROGRESS;
-  return process.stderr.isTTY ? new BarProgress() : new LineProgress();
+  // A dumb terminal cannot move the cursor: lines, as for a pipe.
+  return process.stderr.isTTY && process.env['TERM'] !== 'dumb' ? new BarProgress() : new LineProgress();
 }

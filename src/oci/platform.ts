@@ -38,13 +38,27 @@ export function hostPlatform(): Platform {
   return { os, architecture };
 }
 
-/** Parses `os/arch[/variant]` (the `--platform` option). */
+/** Architecture names people (and uname) use, as OCI (Go) names them, with the variant they imply (as containerd normalises them). */
+const ARCH_ALIASES: Readonly<Record<string, { architecture: string; variant?: string }>> = {
+  x86_64: { architecture: 'amd64' },
+  'x86-64': { architecture: 'amd64' },
+  aarch64: { architecture: 'arm64' },
+  i386: { architecture: '386' },
+  i686: { architecture: '386' },
+  armhf: { architecture: 'arm', variant: 'v7' },
+  armel: { architecture: 'arm', variant: 'v6' },
+};
+
+/** Parses `os/arch[/variant]` (the `--platform` option), case-insensitively, with uname's architecture names (x86_64, aarch64…). */
 export function parsePlatform(s: string): Platform {
-  const parts = s.split('/');
+  const parts = s.toLowerCase().split('/');
   if (parts.length < 2 || parts.length > 3 || parts.some((p) => p === '')) {
     throw new CfsError('EINVAL', `platform "${s}": expected os/arch[/variant]`);
   }
-  const [os, architecture, variant] = parts as [string, string, string | undefined];
+  const [os, arch, given] = parts as [string, string, string | undefined];
+  const alias = ARCH_ALIASES[arch];
+  const architecture = alias?.architecture ?? arch;
+  const variant = given ?? alias?.variant;
   return variant === undefined ? { os, architecture } : { os, architecture, variant };
 }
 
