@@ -54,7 +54,8 @@ test('BLS: one entry per kernel, kernel and initramfs copied out of the reposito
     const bootdir = path.join(tmp, 'boot');
     const written = await writeBootEntries(src, { bootdir, karg, cmdline: ['rw'], files: repoTreeFiles(repo) });
     assert.deepEqual(readdirSync(path.join(bootdir, 'loader', 'entries')).sort(), ['6.10.2-1.fc42.x86_64.conf', '6.9.0-1.fc42.x86_64.conf']);
-    assert.equal(written.length, 2);
+    assert.equal(written.entries.length, 2);
+    assert.deepEqual(written.replaced, []);
     for (const kver of Object.keys(kernels)) {
       assert.deepEqual(readFileSync(path.join(bootdir, kver, 'vmlinuz')), kernels[kver]);
       assert.equal(readFileSync(path.join(bootdir, kver, 'initramfs.img'), 'utf8'), `initrd ${kver}`.repeat(20));
@@ -63,6 +64,11 @@ test('BLS: one entry per kernel, kernel and initramfs copied out of the reposito
       assert.match(conf, new RegExp(`^linux /${kver}/vmlinuz$`, 'm'));
       assert.match(conf, new RegExp(`^options ${karg.replace('?', '\\?')} rw$`, 'm'));
     }
+    // The same entries for another image: said (that deployment loses its entries); for the same image: not.
+    assert.deepEqual((await writeBootEntries(src, { bootdir, karg, cmdline: ['rw'], files: repoTreeFiles(repo) })).replaced, []);
+    const other = formatKarg('bb'.repeat(32), 'sha256', { insecure: true });
+    const again = await writeBootEntries(src, { bootdir, karg: other, files: repoTreeFiles(repo) });
+    assert.deepEqual(again.replaced.map((r) => r.previousKarg), [karg, karg]);
     // --entry-id with several kernels: <id>-<kver>
     const b2 = path.join(tmp, 'boot2');
     await writeBootEntries(src, { bootdir: b2, karg, entryId: 'deploy', files: repoTreeFiles(repo) });

@@ -43,6 +43,8 @@ test('parseKargs: all arguments in command-line order; explicit v2 form', () => 
 test('splitCmdline: double quotes protect whitespace and stay in the token', () => {
   assert.deepEqual(splitCmdline(' a  b="c d"\te\n'), ['a', 'b="c d"', 'e']);
   assert.deepEqual(parseKargs(`x="composefs=${H256} y" composefs.digest=v1-sha256-12:${H256}`).length, 1);
+  // The kernel hands `composefs="HEX"` and `"composefs=HEX"` over without their quotes.
+  for (const quoted of [`composefs="${H256}"`, `"composefs=${H256}"`]) assert.deepEqual(parseKargs(quoted), [{ hex: H256, alg: 'sha256', erofsVersion: 2, insecure: false }], quoted);
 });
 
 test('parseKargs: malformed composefs arguments are errors', () => {

@@ -71,6 +71,21 @@ test('oci prepare-boot: boot image recorded, BLS entry, deployment state; setup-
     const r = runCfs(['--repo', repoPath, 'oci', 'prepare-boot', 'missing-tag', '--bootdir', bootdir]);
     assert.equal(r.status, 1);
     assert.match(r.stderr, /not found/);
+    // Another image under the same entry id (the kernel version): said, as that deployment loses its entry.
+    const layout2 = path.join(tmp, 'layout2');
+    await buildOciLayout(layout2, { images: [{ tag: 'os2', layers: [[...osLayer(), { path: 'etc/v2', content: 'two\n' }]] }] });
+    cfsOk(['--repo', repoPath, 'oci', 'pull', '-q', `oci:${layout2}:os2`, 'os2']);
+    const bootdir2 = path.join(tmp, 'boot2');
+    cfsOk(['--repo', repoPath, 'oci', 'prepare-boot', 'os', '--bootdir', bootdir2]);
+    const moved = cfsOk(['--repo', repoPath, 'oci', 'prepare-boot', 'os2', '--bootdir', bootdir2]);
+    assert.match(moved.stderr, new RegExp(`^cfs: note: \\S+/${KVER}\\.conf booted another image \\(composefs\\.digest=\\?v1-sha256-12:${hex}\\); it boots this one now \\(give --entry-id to keep both\\)$`, 'm'));
+    // An image setup-root could not boot (no /var to mount the deployment's over) is refused up front.
+    const layout3 = path.join(tmp, 'layout3');
+    await buildOciLayout(layout3, { images: [{ tag: 'novar', layers: [osLayer().filter((e) => !e.path.startsWith('var'))] }] });
+    cfsOk(['--repo', repoPath, 'oci', 'pull', '-q', `oci:${layout3}:novar`, 'novar']);
+    const novar = runCfs(['--repo', repoPath, 'oci', 'prepare-boot', 'novar', '--bootdir', path.join(tmp, 'boot3')]);
+    assert.equal(novar.stderr, "cfs: image 'novar' has no /var directory: setup-root mounts the deployment's var there, so it could not boot\n");
+    assert.ok(!existsSync(path.join(tmp, 'boot3')), 'no entry written');
 
     if (!hasMountPrivilege()) return;
     mkdirSync(target);
@@ -93,7 +108,13 @@ test('oci prepare-boot: boot image recorded, BLS entry, deployment state; setup-
     writeFileSync(cmdFile, `quiet ${karg}\n`);
     const res2 = runCfs(['setup-root', '--cmdline', cmdFile, '--sysroot', sysroot, '--target', target]);
     assert.equal(res2.status, 0, res2.stderr);
+    // A second setup-root on the same target would stack a second root: refused, nothing added.
+    const mountsBefore = readMountinfo().filter((m) => m.mountpoint.startsWith(tmp)).length;
+    const twice = runCfs(['setup-root', '--cmdline', `composefs.digest="${karg.split(' ')[0]!.split('=')[1]}"`, '--sysroot', sysroot, '--target', target]);
+    assert.match(twice.stderr, new RegExp(`^cfs: ${target.replace(/[/.]/g, '\\$&')} already has a composefs root \\(composefs:${hex}\\); refusing to set up another over it\n$`));
+    assert.equal(readMountinfo().filter((m) => m.mountpoint.startsWith(tmp)).length, mountsBefore);
     teardownRoot(target);
+    assert.match(runCfs(['setup-root', '--cmdline', path.join(tmp, 'no-such-cmdline'), '--sysroot', sysroot, '--target', target]).stderr, /^cfs: --cmdline \S+no-such-cmdline: no such file \(give a file, or the command line itself\)\n$/);
     await assert.rejects(setupRoot({ cmdline: karg.replace(hex, 'ee'.repeat(32)), sysroot, target }), /no composefs image found/);
   } finally {
     for (const m of readMountinfo().filter((x) => x.mountpoint.startsWith(tmp)).reverse()) teardownRoot(m.mountpoint);

@@ -153,7 +153,7 @@ test('setup-root refuses, mounting nothing: unknown digest, corrupted image, mis
   mkdirSync(path.join(state, 'var'));
 
   // The image was found but fails later (no /var in it): the mounts made so far are undone.
-  await refused(formatKarg(noVar, 'sha256', { insecure: true }), target, /image directory .*\/var is missing/);
+  await refused(formatKarg(noVar, 'sha256', { insecure: true }), target, /image directory .*\/var is missing; refusing to set up the root \(the image has no \/var, where setup-root mounts the deployment's var: add \/var to the image\)/);
 
   // Corrupted image object: its digest no longer matches the karg.
   const obj = repo.objectPath(Buffer.from(good, 'hex'));

@@ -23,7 +23,7 @@
  * NAME) from /usr/lib/os-release, else "Linux", and the version is the kernel version.
  * Files are copied (reflinked where possible) to a temporary name and renamed, the entry file last.
  */
-import { constants as FS, copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { constants as FS, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { CfsError } from '../errors.js';
@@ -148,8 +148,26 @@ async function copyOut(files: TreeFiles, file: Inode, treePath: string, dest: st
   await writeAtomic(dest, backing === null ? { data: await files.read(file, treePath) } : { path: backing });
 }
 
-/** Write one Type 1 entry per kernel; returns the entry files written. */
-export async function writeBootEntries(src: BootEntrySource, o: WriteBootEntriesOptions): Promise<string[]> {
+/** The composefs kernel argument of an existing entry file (its `options` line), or null. */
+async function entryKarg(entry: string): Promise<string | null> {
+  let text: string;
+  try {
+    text = await readFile(entry, 'utf8');
+  } catch {
+    return null;
+  }
+  const options = /^options\s+(.*)$/m.exec(text)?.[1] ?? '';
+  return options.split(/\s+/).find((t) => t.startsWith('composefs=') || t.startsWith('composefs.digest=')) ?? null;
+}
+
+export interface WrittenBootEntries {
+  entries: string[];
+  /** Entries that booted another image before and now boot this one (another deployment loses its entry). */
+  replaced: Array<{ entry: string; previousKarg: string }>;
+}
+
+/** Write one Type 1 entry per kernel. */
+export async function writeBootEntries(src: BootEntrySource, o: WriteBootEntriesOptions): Promise<WrittenBootEntries> {
   if (src.kernels.length === 0) throw new CfsError('ENOENT', 'no boot entries: the image has no /usr/lib/modules/<kver>/vmlinuz');
   for (const k of src.kernels) {
     if (!k.initramfs) throw new CfsError('ENOENT', `kernel ${k.kver} has no initramfs.img in /usr/lib/modules/${k.kver}`);
@@ -160,6 +178,7 @@ export async function writeBootEntries(src: BootEntrySource, o: WriteBootEntries
     title = osReleaseValue(text, 'PRETTY_NAME') || osReleaseValue(text, 'NAME') || title;
   }
   const written: string[] = [];
+  const replaced: WrittenBootEntries['replaced'] = [];
   for (const k of src.kernels) {
     const id = o.entryId === undefined ? k.kver : src.kernels.length === 1 ? o.entryId : `${o.entryId}-${k.kver}`;
     checkEntryId(id);
@@ -167,8 +186,10 @@ export async function writeBootEntries(src: BootEntrySource, o: WriteBootEntries
     await copyOut(o.files, k.vmlinuz, `${mod}/vmlinuz`, path.join(o.bootdir, id, 'vmlinuz'));
     await copyOut(o.files, k.initramfs!, `${mod}/initramfs.img`, path.join(o.bootdir, id, 'initramfs.img'));
     const entry = path.join(o.bootdir, 'loader', 'entries', `${id}.conf`);
+    const previousKarg = await entryKarg(entry);
     await writeAtomic(entry, { data: blsEntryText({ id, title, version: k.kver, karg: o.karg, cmdline: o.cmdline }) });
     written.push(entry);
+    if (previousKarg !== null && previousKarg !== o.karg) replaced.push({ entry, previousKarg });
   }
-  return written;
+  return { entries: written, replaced };
 }

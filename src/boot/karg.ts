@@ -94,7 +94,9 @@ function parseV2Value(value: string, token: string): ComposefsKarg {
 /** Every composefs argument of `cmdline`, in order. A malformed one is an error, not skipped. */
 export function parseKargs(cmdline: string): ComposefsKarg[] {
   const out: ComposefsKarg[] = [];
-  for (const token of splitCmdline(cmdline)) {
+  for (const raw of splitCmdline(cmdline)) {
+    // The kernel takes `composefs="HEX"` (and `"composefs=HEX"`) without the quotes; our values never hold any.
+    const token = raw.replace(/"/g, '');
     if (token.startsWith(`${KARG_DIGEST}=`)) out.push(parseDigestValue(token.slice(KARG_DIGEST.length + 1), token));
     else if (token.startsWith(`${KARG_V2}=`)) out.push(parseV2Value(token.slice(KARG_V2.length + 1), token));
   }

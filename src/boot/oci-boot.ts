@@ -19,6 +19,7 @@ import { CfsError } from '../errors.js';
 import { buildTreeFromLayers, erofsForFormat } from '../oci/image-build.js';
 import { configContentId, manifestContentId, openStoredImage, type StoredImage } from '../oci/stored.js';
 import type { Repository } from '../repository/repository.js';
+import { isDir } from '../tree/inode.js';
 import { readExternalSplitStream } from '../splitstream/reader.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { bootTransform } from './boot-transform.js';
@@ -45,6 +46,8 @@ export interface PrepareBootResult {
   imageId: string;
   karg: string;
   entries: string[];
+  /** Entries that booted another image before (same entry id: same kernel version, or --entry-id). */
+  replaced: Array<{ entry: string; previousKarg: string }>;
   stateDir: string;
 }
 
@@ -88,6 +91,12 @@ export async function prepareBoot(repo: Repository, ref: string, opts: PrepareBo
     return { diffId, streamId };
   });
   const root = await buildTreeFromLayers(repo, layers);
+  // setup-root mounts the deployment's etc and var over the image's: without them it cannot.
+  const lacking = ['etc', 'var'].filter((d) => {
+    const n = root.children?.get(d);
+    return !n || !isDir(n);
+  });
+  if (lacking.length > 0) throw new CfsError('EINVAL', `image '${ref}' has no ${lacking.map((d) => `/${d}`).join(' or ')} directory: setup-root mounts the deployment's ${lacking.join(' and ')} there, so it could not boot`);
   const files = repoTreeFiles(repo);
   const boot = findBootEntries(root);
   if (boot.kernels.length === 0) throw new CfsError('ENOENT', `image '${ref}' has no boot entries (no /usr/lib/modules/<kver>/vmlinuz)`);
@@ -96,9 +105,9 @@ export async function prepareBoot(repo: Repository, ref: string, opts: PrepareBo
   await recordBootImage(repo, img, imageId, erofsVersion);
 
   const karg = formatKarg(imageId, repo.alg, { insecure: repo.insecure, erofsVersion });
-  const entries = await writeBootEntries(boot, { bootdir: opts.bootdir ?? '/boot', entryId: opts.entryId, karg, cmdline: opts.cmdline, files });
+  const { entries, replaced } = await writeBootEntries(boot, { bootdir: opts.bootdir ?? '/boot', entryId: opts.entryId, karg, cmdline: opts.cmdline, files });
 
   const stateDir = path.join(path.dirname(repo.path), STATE_DEPLOY_DIR, imageId);
   for (const d of ['var', 'etc/upper', 'etc/work']) await mkdir(path.join(stateDir, d), { recursive: true });
-  return { imageId, karg, entries, stateDir };
+  return { imageId, karg, entries, replaced, stateDir };
 }

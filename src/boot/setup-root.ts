@@ -26,6 +26,7 @@ import path from 'node:path';
 import { CfsError, errnoCode } from '../errors.js';
 import { native } from '../native.js';
 import { mountComposefs } from '../mount/kernel.js';
+import { findMount, isComposefsMount } from '../mount/mountinfo.js';
 import { Repository } from '../repository/repository.js';
 import { parseKargs, type ComposefsKarg } from './karg.js';
 
@@ -63,6 +64,8 @@ export function readCmdlineArg(arg: string | undefined): string {
   } catch {
     // not a file: the argument is the command line
   }
+  // A path (no '=', no blank) that is not a readable file was meant as one, not as a command line.
+  if (arg.startsWith('/') && !/[=\s]/.test(arg)) throw new CfsError('ENOENT', `--cmdline ${arg}: no such file (give a file, or the command line itself)`, { path: arg });
   return arg;
 }
 
@@ -74,8 +77,15 @@ function isDirectory(p: string): boolean {
   }
 }
 
-function requireDir(p: string, what: string): void {
-  if (!isDirectory(p)) throw new CfsError('ENOENT', `${what} ${p} is missing; refusing to set up the root (prepare it with 'cfs oci prepare-boot')`);
+const PREPARE_HINT = "prepare it with 'cfs oci prepare-boot'";
+
+function requireDir(p: string, what: string, hint = PREPARE_HINT): void {
+  if (!isDirectory(p)) throw new CfsError('ENOENT', `${what} ${p} is missing; refusing to set up the root (${hint})`);
+}
+
+/** The image lacks a directory setup-root mounts over: only a rebuilt image helps. */
+function imageHint(dir: string): string {
+  return `the image has no /${dir}, where setup-root mounts the deployment's ${dir}: add /${dir} to the image`;
 }
 
 function ensureDir(p: string, mode: number): void {
@@ -160,6 +170,9 @@ export async function setupRoot(opts: SetupRootOptions): Promise<SetupRootResult
   const kargs = parseKargs(opts.cmdline);
   if (kargs.length === 0) throw new CfsError('ENOENT', 'no composefs karg found in kernel cmdline (composefs.digest=… or composefs=…)');
   requireDir(sysroot, 'sysroot');
+  // A second run would stack a second root (and /etc, /var, /sysroot) on the first.
+  const top = findMount(target);
+  if (top && isComposefsMount(top)) throw new CfsError('EBUSY', `${target} already has a composefs root (${top.source}); refusing to set up another over it`, { path: target });
   const repoPath = path.join(sysroot, REPO_DIR);
   const repo = await Repository.open(repoPath, { create: false });
   try {
@@ -190,7 +203,7 @@ export async function setupRoot(opts: SetupRootOptions): Promise<SetupRootResult
     requireDir(path.join(state, 'var'), 'deployment state directory');
     ensureDir(path.join(state, 'etc', 'upper'), 0o755);
     ensureDir(path.join(state, 'etc', 'work'), 0o700);
-    requireDir(target, 'target directory');
+    requireDir(target, 'target directory', 'create it, or pass --target');
 
     const fds: number[] = [];
     const mounts: string[] = [];
@@ -231,7 +244,7 @@ export async function setupRoot(opts: SetupRootOptions): Promise<SetupRootResult
       }
 
       const etc = path.join(target, 'etc');
-      requireDir(etc, 'image directory');
+      requireDir(etc, 'image directory', imageHint('etc'));
       const lowerFd = openPath(etc);
       fds.push(lowerFd);
       try {
@@ -242,7 +255,7 @@ export async function setupRoot(opts: SetupRootOptions): Promise<SetupRootResult
       mounts.push(etc);
 
       const varMp = path.join(target, 'var');
-      requireDir(varMp, 'image directory');
+      requireDir(varMp, 'image directory', imageHint('var'));
       try {
         const bind = bindClone(varFd);
         fds.push(bind);

@@ -42,6 +42,7 @@ function registerPrepareBoot(program: Command): void {
         const r = await prepareBoot(repo, image, { bootdir: o.bootdir, entryId: o.entryId, cmdline: o.cmdline });
         process.stdout.write(`${repo.alg}:${r.imageId}\n`);
         for (const e of r.entries) process.stdout.write(`wrote ${e}\n`);
+        for (const e of r.replaced) process.stderr.write(`cfs: note: ${e.entry} booted another image (${e.previousKarg}); it boots this one now (give --entry-id to keep both)\n`);
         process.stdout.write(`state ${r.stateDir}\n`);
       } finally {
         repo.close();
