@@ -229,6 +229,21 @@ test('a pull or mount that fails at its source, or names no image, leaves no new
   }
 });
 
+test('an image without /usr is refused naming the image and why', async () => {
+  const layout = path.join(work, 'no-usr');
+  await buildOciLayout(layout, { images: [{ tag: 'x', layers: [[{ path: 'etc/' }, { path: 'etc/a', content: 'a' }]] }] });
+  const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', `oci:${layout}:x`]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^cfs: oci layout \S+no-usr.*: the image has no \/usr directory \(a composefs image takes its root directory metadata from \/usr, as composefs-rs does\); its layers are stored, but no composefs image\n$/);
+});
+
+test('fsck of a name that is not a tag is a one-line error, not a damage report', () => {
+  const r = runCfs(['--repo', repo, 'fsck', '--json', 'no-such-tag']);
+  assert.equal(r.status, 1);
+  assert.equal(r.stdout, '');
+  assert.match(r.stderr, /^cfs: image 'no-such-tag' is not tagged in repository \S+ \(fsck IMAGE takes a tag; see 'cfs oci images'\)\n$/);
+});
+
 test('a missing file is named with the reason, not as Node words it', () => {
   const missing = path.join(work, 'no-such.img');
   assert.equal(runCfs(['info', 'dump', missing]).stderr, `cfs: ${missing}: no such file or directory\n`);

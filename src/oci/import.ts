@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { access } from 'node:fs/promises';
 import { runLayerTasks } from './layer-tasks.js';
-import { CfsError } from '../errors.js';
+import { CfsError, isCfsError } from '../errors.js';
 import { fsverityDigest } from '../fsverity/digest.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
@@ -250,7 +250,10 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
       if (imageId !== prebuilt.imageId) throw new CfsError('EDIGEST', `composefs image of ${img.description}: fs-verity digest ${imageId}, expected ${prebuilt.imageId}`);
     } else {
       progress.message('Building composefs image');
-      const erofs = await buildImageFromLayers(repo, diffIds.map((d) => ({ diffId: d, streamId: streams.get(d)! })), { erofsVersion });
+      const erofs = await buildImageFromLayers(repo, diffIds.map((d) => ({ diffId: d, streamId: streams.get(d)! })), { erofsVersion }).catch((e: unknown) => {
+        // The tree's own errors (no /usr, …) do not know which image they are about.
+        throw isCfsError(e) && e.code === 'EINVAL' ? new CfsError('EINVAL', `${img.description}: ${e.message}; its layers are stored, but no composefs image`) : e;
+      });
       imageId = await repo.writeImage(erofs);
     }
     imageObject = Buffer.from(imageId, 'hex');

@@ -22,7 +22,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import pLimit from 'p-limit';
-import { errnoCode, isCfsError } from '../errors.js';
+import { CfsError, errnoCode, isCfsError } from '../errors.js';
 import type { HashAlg } from '../fsverity/digest.js';
 import { measureVerityFd } from '../fsverity/kernel.js';
 import { readErofs } from '../erofs/reader.js';
@@ -219,10 +219,8 @@ class Checker {
   private async checkOneImage(tag: string): Promise<void> {
     const rel = `streams/refs/${TAG_REF_DIR}/${encodeTag(tag)}`;
     const ref = (await listRefLinks(this.repo, 'streams')).find((r) => r.rel === rel);
-    if (!ref) {
-      this.problem('ref-resolve-failed', rel, `image '${tag}' is not tagged in this repository`);
-      return;
-    }
+    // A name that is not a tag is a mistake in the command, not damage to report.
+    if (!ref) throw new CfsError('ENOENT', `image '${tag}' is not tagged in repository ${this.repo.path} (fsck IMAGE takes a tag; see 'cfs oci images')`);
     // What the walker cannot follow (dangling links, unreadable streams) the checks below report.
     const walker = new ReachabilityWalker(this.repo, () => undefined);
     await this.checkRef('streams', ref);

@@ -22,7 +22,7 @@ const XATTR_ALLOWLIST: ReadonlySet<string> = new Set(['security.capability']);
 
 export function ociTransform(root: Inode, opts: OciTransformOptions = {}): void {
   const usr = root.children?.get('usr');
-  if (!usr || !isDir(usr)) throw new CfsError('EINVAL', 'image has no /usr directory (needed for the root directory metadata)');
+  if (!usr || !isDir(usr)) throw new CfsError('EINVAL', 'the image has no /usr directory (a composefs image takes its root directory metadata from /usr, as composefs-rs does)');
   root.mode = usr.mode;
   root.uid = usr.uid;
   root.gid = usr.gid;
