@@ -44,3 +44,12 @@ export function errnoCode(e: unknown): string | undefined {
   }
   return undefined;
 }
+
+/**
+ * What a Node system error says, without its code and call: "ENOENT: no such file or directory,
+ * open '/x'" is "no such file or directory" (the caller names the path). Other errors: their message.
+ */
+export function systemErrorText(e: unknown): string {
+  const message = e instanceof Error ? e.message : String(e);
+  return /^[A-Z0-9_]+: (.*?), \w+(?: '.*')?$/s.exec(message)?.[1] ?? message;
+}

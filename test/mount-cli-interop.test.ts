@@ -127,6 +127,8 @@ test('mount.composefs: an image + objects written by cfs mkcomposefs mount equal
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, new RegExp(`^cfs: mount\\.composefs: ${re.source}\\n$`));
   }
+  // A missing basedir when really mounting: said in words, not as Node's error text.
+  assert.equal((await cfs(['mount.composefs', image, mp3, '-o', `basedir=${work}/none`])).stderr, `cfs: objects directory ${work}/none: no such file or directory\n`);
   // What mount(8) passes helpers: -t composefs, -s (unknown options ignored), -f (no mount).
   assert.match((await cfs(['mount.composefs', image, mp3, '-t', 'ext4', '-o', `basedir=${objects}`])).stderr, /^cfs: mount\.composefs: -t ext4: this helper mounts composefs only\n$/);
   await cfsOkAsync(['mount.composefs', image, mp3, '-f', '-s', '-t', 'composefs', '-o', `basedir=${objects},bogus,x-systemd.automount`]);

@@ -4,7 +4,7 @@
  */
 import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
-import { CfsError } from '../errors.js';
+import { CfsError, systemErrorText } from '../errors.js';
 import { register as registerFsverity } from './fsverity.js';
 import { register as registerMkcomposefs } from './mkcomposefs.js';
 import { register as registerInfo } from './info.js';
@@ -83,9 +83,8 @@ export function reportError(e: unknown): number {
   if (err && typeof err === 'object' && typeof err.code === 'string' && typeof err.message === 'string') {
     // Node's "ENOENT: no such file or directory, open 'x'" said as "x: no such file or directory".
     // Of two paths (rename, link), the destination: the source is often a temporary name.
-    const m = /^[A-Z0-9_]+: (.*), \w+ '.*'$/s.exec(err.message);
     const where = (err as { dest?: unknown }).dest ?? err.path;
-    process.stderr.write(`cfs: ${m && typeof where === 'string' ? `${where}: ${m[1]}` : err.message}\n`);
+    process.stderr.write(`cfs: ${typeof where === 'string' ? `${where}: ${systemErrorText(err)}` : err.message}\n`);
     return 1;
   }
   process.stderr.write(`cfs: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -28,7 +28,7 @@ import { closeSync, fstatSync, openSync, readSync, realpathSync, statSync } from
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { native } from '../native.js';
-import { CfsError, errnoCode, type CfsErrorCode } from '../errors.js';
+import { CfsError, errnoCode, systemErrorText, type CfsErrorCode } from '../errors.js';
 import { hashAlgOfSize, type HashAlg } from '../fsverity/digest.js';
 import { fsverityDigestFdSync } from '../fsverity/file.js';
 import { measureVerityFd } from '../fsverity/kernel.js';
@@ -86,7 +86,7 @@ function wrap(e: unknown, what: string): CfsError {
   if (e instanceof CfsError) return e;
   const code = errnoCode(e) ?? 'EIO';
   const hint = code === 'EPERM' ? ` (${PRIVILEGE_HINT})` : '';
-  return new CfsError(errnoToCfs(code), `${what}: ${(e as Error).message}${hint}`, { errno: code });
+  return new CfsError(errnoToCfs(code), `${what}: ${systemErrorText(e)}${hint}`, { errno: code });
 }
 
 /** One filesystem context (fsopen fd); failures carry the kernel's log lines for it. */
