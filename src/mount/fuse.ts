@@ -258,7 +258,7 @@ export class FuseImageServer {
 
   stat(n: Inode): FuseStat {
     const ms = Math.max(0, n.mtimeSec * 1000 + Math.floor(n.mtimeNsec / 1e6));
-    const size = isDir(n) ? 0 : isSymlink(n) ? (n.payload ?? '').length : n.size;
+    const size = isSymlink(n) ? (n.payload ?? '').length : n.size;
     return {
       mode: n.mode,
       uid: n.uid,
@@ -269,7 +269,7 @@ export class FuseImageServer {
       ino: this.inos.get(n) ?? 0,
       rdev: n.rdev,
       blksize: BLOCK_SIZE,
-      blocks: Math.ceil(size / 512),
+      blocks: Math.ceil(size / 4096) * 8, // whole 4 KiB blocks, as the kernel mount shows them
       atime: ms,
       mtime: ms,
       ctime: ms,

@@ -105,10 +105,12 @@ export class NodeTable {
   private encodeAttr(id: number, n: Inode, nlink: number): void {
     const b = this.attrs;
     const o = id * Size.ATTR;
-    const size = isDir(n) ? 0 : isSymlink(n) ? Buffer.byteLength(n.payload ?? '', 'latin1') : n.size;
+    // Directories: their size in the image, as the kernel's EROFS mount shows it.
+    const size = isSymlink(n) ? Buffer.byteLength(n.payload ?? '', 'latin1') : n.size;
     writeU64(b, id, o + Attr.ino);
     writeU64(b, size, o + Attr.size);
-    writeU64(b, Math.ceil(size / 512), o + Attr.blocks);
+    // 512-byte units of whole 4 KiB blocks, as EROFS (and ext4 under the kernel mount's objects) count them.
+    writeU64(b, Math.ceil(size / BLOCK_SIZE) * (BLOCK_SIZE / 512), o + Attr.blocks);
     for (const [sec, nsec] of [[Attr.atime, Attr.atimensec], [Attr.mtime, Attr.mtimensec], [Attr.ctime, Attr.ctimensec]]) {
       writeU64(b, n.mtimeSec, o + sec);
       b.writeUInt32LE(n.mtimeNsec, o + nsec);
