@@ -102,7 +102,7 @@ test('output that cannot be written (a full disk, a closed pipe) ends in one lin
     const repo = path.join(dir, 'repo');
     const cli = cfsCommand().map((a) => JSON.stringify(a)).join(' ');
     spawnSync('sh', ['-c', `${cli} init --insecure ${JSON.stringify(repo)}`]);
-    for (const args of ['oci images', 'fsck', 'oci images --json']) {
+    for (const args of ['mounts --json', 'fsck', 'oci images --json']) {
       const r = spawnSync('sh', ['-c', `${cli} --repo ${JSON.stringify(repo)} ${args} > /dev/full`], { encoding: 'utf8' });
       assert.equal(r.status, 1, `${args}: ${r.stderr}`);
       assert.equal(r.stderr, 'cfs: cannot write to standard output: ENOSPC: no space left on device, write\n', args);
