@@ -9,7 +9,7 @@
  * from here and holds until the boot ends (keeping an image too long is the safe mistake).
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { findMount, isComposefsMount, readMountinfo, type MountInfo } from '../mount/mountinfo.js';
 import { ownRuntimeDir, readableRuntimeDirs, runtimeDir } from '../runtime-dir.js';
@@ -56,10 +56,17 @@ export function pinMountedImage(repoPath: string, imageId: string, mountpoint: s
   const m = findMount(mountpoint);
   if (!m || !isComposefsMount(m)) return `${mountpoint}: no cfs mount to pin`;
   const pin: MountPin = { repo: realRepo(repoPath), imageId, mountpoint: m.mountpoint, mountId: m.mountId, mntns: mountNamespace() };
+  let tmp: string | null = null;
   try {
-    writeFileSync(pinFile(ownRuntimeDir(), pin.mountpoint, pin.mountId), `${JSON.stringify(pin)}\n`, { mode: 0o600 });
+    const file = pinFile(ownRuntimeDir(), pin.mountpoint, pin.mountId);
+    // Written whole, then renamed into place: a gc reading pins meanwhile never sees half a pin
+    // (and would take it for a malformed one, and remove it).
+    tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}`);
+    writeFileSync(tmp, `${JSON.stringify(pin)}\n`, { mode: 0o600 });
+    renameSync(tmp, file);
     return null;
   } catch (e) {
+    if (tmp !== null) removeQuietly(tmp);
     return (e as Error).message;
   }
 }
@@ -89,21 +96,23 @@ export function livePins(): MountPin[] {
   const ns = mountNamespace();
   const out: MountPin[] = [];
   for (const dir of readableRuntimeDirs()) {
-    let names: string[];
-    try {
-      names = readdirSync(dir);
-    } catch {
-      continue;
-    }
-    for (const name of names) {
-      if (!name.startsWith(PIN_PREFIX) || !name.endsWith('.json')) continue;
-      const file = path.join(dir, name);
-      const pin = readPin(file);
+    for (const { file, pin } of pinsIn(dir)) {
       if (pin && holds(pin, mounts, ns) !== false) out.push(pin);
       else removeQuietly(file);
     }
   }
   return out;
+}
+
+/** The pin files of a runtime directory, parsed (null: unreadable or malformed). */
+function pinsIn(dir: string): Array<{ file: string; pin: MountPin | null }> {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => n.startsWith(PIN_PREFIX) && n.endsWith('.json')).map((n) => ({ file: path.join(dir, n), pin: readPin(path.join(dir, n)) }));
 }
 
 /** The image ids of the repository that are pinned by a mount. */
@@ -116,17 +125,7 @@ export function mountedImageIds(repoPath: string): Set<string> {
 export function unpinUnmounted(mountpoint: string): void {
   const mounts = readMountinfo();
   const ns = mountNamespace();
-  const dir = runtimeDir();
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const name of names) {
-    if (!name.startsWith(PIN_PREFIX)) continue;
-    const file = path.join(dir, name);
-    const pin = readPin(file);
+  for (const { file, pin } of pinsIn(runtimeDir())) {
     if (pin?.mountpoint === mountpoint && holds(pin, mounts, ns) === false) removeQuietly(file);
   }
 }
