@@ -4,7 +4,8 @@
  *
  * - Inode numbers: root 1, then the order of a depth-first walk over byte-sorted names; a
  *   hardlinked Inode object keeps its first number. Mounted with `use_ino`, so stat shows them.
- * - Hidden like the kernel composefs mount hides them: overlay whiteouts (char device 0:0).
+ * - Hidden as C composefs-fuse hides them: overlay whiteouts (char device 0:0; the kernel mount
+ *   shows them as overlay xwhiteouts).
  * - All data I/O is synchronous on purpose: fuse-native hands every request to the JS main
  *   thread anyway, and not touching the libuv thread pool means a process that serves a mount
  *   can also read from it with async fs calls without deadlocking the pool.

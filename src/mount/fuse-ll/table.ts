@@ -2,8 +2,9 @@
  * The served tree as flat tables keyed by FUSE node id (= st_ino): node id 1 (FUSE_ROOT_ID) is the root, then
  * the order of a depth-first walk over byte-sorted names (the numbering of the fuse-native
  * server, so st_ino does not change between the two); a hardlinked Inode object keeps its
- * first number. Overlay whiteouts (char device 0:0) are hidden, as the kernel composefs mount
- * hides them. Every fuse_attr is encoded once, up front: a request copies 88 bytes.
+ * first number. Overlay whiteouts (char device 0:0) are hidden, as C composefs-fuse hides
+ * them (the kernel mount shows them as overlay xwhiteouts). Every fuse_attr is encoded once, up
+ * front: a request copies 88 bytes.
  */
 import { S_IFMT, isDir, isSymlink, isWhiteout, sortedEntries, type Inode } from '../../tree/inode.js';
 import { Attr, Size, writeU64 } from './protocol.js';
