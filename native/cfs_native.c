@@ -811,6 +811,24 @@ static napi_value js_peer_hung_up(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* peerCredentials(fd) -> { pid, uid, gid }: who connected a unix socket (SO_PEERCRED). */
+static napi_value js_peer_credentials(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "peerCredentials");
+  int fd = (int)arg_int(&c, 0);
+  BAIL_IF_FAILED(&c);
+  call_free(&c);
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return throw_errno(env, errno, "getsockopt SO_PEERCRED", NULL);
+  napi_value obj;
+  napi_create_object(env, &obj);
+  napi_set_named_property(env, obj, "pid", int_value(env, cred.pid));
+  napi_set_named_property(env, obj, "uid", int_value(env, cred.uid));
+  napi_set_named_property(env, obj, "gid", int_value(env, cred.gid));
+  return obj;
+}
+
 /* setNonBlocking(fd): O_NONBLOCK on (socket-activated fds and socketpairs arrive blocking). */
 static napi_value js_set_nonblocking(napi_env env, napi_callback_info info) {
   call_t c;
@@ -1855,6 +1873,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("connectUnix", js_connect_unix),
       FN("accept", js_accept),
       FN("peerHungUp", js_peer_hung_up),
+      FN("peerCredentials", js_peer_credentials),
       FN("setNonBlocking", js_set_nonblocking),
       FN("pollStart", js_poll_start),
       FN("pollUpdate", js_poll_update),

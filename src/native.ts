@@ -84,6 +84,7 @@ export interface NativeAddon {
   accept(listenFd: number): number | null; // accept4; null on EAGAIN
   setNonBlocking(fd: number): void;
   peerHungUp(sockFd: number): boolean; // poll(2) POLLHUP now: the peer closed the socket, not just its write side
+  peerCredentials(sockFd: number): { pid: number; uid: number; gid: number }; // getsockopt SO_PEERCRED: who connected
   pollStart(fd: number, events: number, cb: (status: number, events: number) => void): PollHandle; // events: POLL_* bits
   pollUpdate(handle: PollHandle, events: number): void; // 0 pauses
   pollStop(handle: PollHandle): void; // must precede close(fd)

@@ -86,6 +86,23 @@ function startServer(args: string[], prefix: string[] = []): ChildProcess {
   return child;
 }
 
+/** GetInfo on the abstract socket `@name` as user `uid`: 'reply', or 'closed' when the service hangs up. */
+async function getInfoAs(uid: number, name: string): Promise<string> {
+  const py = [
+    'import json, socket, sys',
+    's = socket.socket(socket.AF_UNIX)',
+    `s.connect("\\0" + sys.argv[1][1:])`,
+    's.sendall(json.dumps({"method": "org.varlink.service.GetInfo"}).encode() + b"\\0")',
+    'try:',
+    '    d = s.recv(65536)',
+    'except ConnectionResetError:',
+    '    d = b""',
+    'print("reply" if d else "closed")',
+  ].join('\n');
+  const { stdout } = await run('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '/usr/bin/python3', '-c', py, name], { cwd: '/' });
+  return stdout.trim();
+}
+
 function serverFds(): number {
   assert.equal(server.exitCode, null, `server exited; log:\n${serverLog}`);
   return readdirSync(`/proc/${server.pid}/fd`).length;
@@ -206,6 +223,20 @@ test('--address: never deletes what is not a stale socket, never takes over a li
     const taken = runCfs(['varlink', '--address', `unix:${abstract}`]);
     assert.equal(taken.status, 1);
     assert.equal(taken.stderr, `cfs: varlink address unix:${abstract} is in use: another service is listening there\n`);
+    // An abstract socket has no permissions: the service itself turns away other users (it
+    // acts with its own privileges), unless --allow-uid names them.
+    if (process.getuid?.() === 0) {
+      assert.equal(await getInfoAs(65534, abstract), 'closed');
+      assert.match(serverLog, /cfs varlink: client refused: uid 65534 \(pid \d+\) is not this service's user \(uid 0\) or root\n/);
+      const allowing = `${abstract}-allow`;
+      const allowed = startServer(['--insecure', 'varlink', '--address', `unix:${allowing}`, '--allow-uid', '65534']);
+      try {
+        for (let i = 0; i < 600 && !serverLog.includes(`serving on unix:${allowing}\n`); i++) await new Promise((r) => setTimeout(r, 50));
+        assert.equal(await getInfoAs(65534, allowing), 'reply');
+      } finally {
+        await stop(allowed);
+      }
+    }
   } finally {
     await stop(inAbstract);
   }

@@ -20,13 +20,18 @@ function parseAddress(a: string): string {
   return p;
 }
 
-async function serve(program: Command, address: string | undefined, idleTimeout: string): Promise<void> {
+async function serve(program: Command, address: string | undefined, idleTimeout: string, allowUids: string[]): Promise<void> {
   const idle = Number(idleTimeout);
   if (!Number.isFinite(idle) || idle <= 0) throw new CfsError('EINVAL', `--idle-timeout must be a positive number of seconds, not '${idleTimeout}'`);
+  const uids = allowUids.map((u) => {
+    if (!/^\d+$/.test(u)) throw new CfsError('EINVAL', `--allow-uid ${u}: not a numeric uid`);
+    return Number(u);
+  });
   const { ComposefsService } = await import('../varlink/service.js');
   const { native } = await import('../native.js');
   const g = program.opts<{ insecure?: boolean }>();
   const service = new ComposefsService({ insecure: !!g.insecure, version: program.version(), streamIdleMs: idle * 1000 });
+  for (const u of uids) service.server.allowedUids.add(u);
   // Before the socket exists: a service stopped right after creating it still removes it.
   const stop = (): void => {
     service.close();
@@ -42,12 +47,12 @@ async function serve(program: Command, address: string | undefined, idleTimeout:
       try {
         native().setNonBlocking(fd);
         const c = native().accept(fd);
-        if (c !== null) service.server.serveFd(c);
+        if (c !== null) service.server.serveClient(c);
       } catch {
         listening = false;
       }
       if (listening) service.server.listenFd(fd);
-      else service.server.serveFd(fd);
+      else service.server.serveClient(fd);
     }
   } else {
     if (address === undefined) throw new CfsError('EINVAL', 'no --address given and not socket-activated');
@@ -67,7 +72,8 @@ export function register(program: Command): void {
       .description('serve org.composefs.Repository and org.composefs.Oci over varlink')
       .option('--address <unix:PATH>', 'listen on this unix socket, or unix:@NAME in the abstract namespace (not needed under socket activation)')
       .option('--idle-timeout <SECONDS>', 'a PutLayer whose client sends nothing for this long fails (it holds the repository lock)', '300')
-      .action(async (opts: { address?: string; idleTimeout: string }) => serve(program, opts.address, opts.idleTimeout));
+      .option('--allow-uid <UID>', "also serve this user's clients (repeatable; by default only the service's own user and root: calls act with the service's privileges)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+      .action(async (opts: { address?: string; idleTimeout: string; allowUid: string[] }) => serve(program, opts.address, opts.idleTimeout, opts.allowUid));
   };
   add(program);
   const oci = program.commands.find((c) => c.name() === 'oci');

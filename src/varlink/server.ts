@@ -89,6 +89,8 @@ export class VarlinkServer {
   private retryTimer: NodeJS.Timeout | null = null;
   /** Called when a client's connection is gone (after its calls were aborted). */
   onDisconnect: (connectionId: number) => void = () => undefined;
+  /** Users besides the service's own and root whose clients are served (`cfs varlink --allow-uid`). */
+  readonly allowedUids = new Set<number>();
   /** Receives one line per dropped client or failed background task. */
   log: (text: string) => void = (t) => process.stderr.write(`cfs varlink: ${t}\n`);
 
@@ -157,7 +159,19 @@ export class VarlinkServer {
     this.listeners.push({ fd, poll, socket });
   }
 
-  /** Serve one connected socket. */
+  /**
+   * Serve a client that connected to one of our sockets, if its user may call us (see
+   * refusal); otherwise close it, and say so in the log. Null when refused.
+   */
+  serveClient(fd: number): FdConnection | null {
+    const refused = this.refusal(fd);
+    if (refused === null) return this.serveFd(fd);
+    this.log(refused);
+    closeQuietly(fd);
+    return null;
+  }
+
+  /** Serve one connected socket (whoever is at the other end: for sockets we made ourselves). */
   serveFd(fd: number): FdConnection {
     const conn = new FdConnection(fd);
     const id = this.nextConn++;
@@ -246,8 +260,26 @@ export class VarlinkServer {
       }
       if (c === null) return;
       this.pauseLogged = null;
-      this.serveFd(c);
+      this.serveClient(c);
     }
+  }
+
+  /**
+   * Why a client may not be served, or null. The service acts with its own privileges (it opens
+   * repositories, reads image sources, creates repositories where it is told): only its own
+   * user and root may call it. An abstract socket (`unix:@NAME`) has no file permissions to keep
+   * others out, and a socket file's depend on the umask.
+   */
+  private refusal(fd: number): string | null {
+    const self = process.geteuid?.() ?? 0;
+    let peer: { pid: number; uid: number };
+    try {
+      peer = native().peerCredentials(fd);
+    } catch (e) {
+      return `client refused: its credentials cannot be read: ${(e as Error).message}`;
+    }
+    if (peer.uid === self || peer.uid === 0 || this.allowedUids.has(peer.uid)) return null;
+    return `client refused: uid ${peer.uid} (pid ${peer.pid}) is not this service's user (uid ${self}) or root`;
   }
 
   /** Stop polling the listeners until a connection closes (or `retryMs` passes). */
