@@ -496,6 +496,78 @@ static napi_value js_openat2(napi_env env, napi_callback_info info) {
   RETURN_INT(&c, fd, "openat2", path);
 }
 
+/* A Float64Array of at least STAT_FIELDS elements (the caller's, reused across calls). */
+#define STAT_FIELDS 7
+static double *arg_stat_out(call_t *c, size_t i) {
+  napi_typedarray_type type;
+  size_t len = 0;
+  void *data = NULL;
+  bool is_ta = false;
+  if (c->failed) return NULL;
+  if (i >= c->argc || napi_is_typedarray(c->env, c->argv[i], &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(c->env, c->argv[i], &type, &len, &data, NULL, NULL) != napi_ok ||
+      type != napi_float64_array || len < STAT_FIELDS) {
+    throw_type(c->env, c->fn, i, "a Float64Array of 7 elements");
+    c->failed = 1;
+    return NULL;
+  }
+  return data;
+}
+
+/* out = [st_dev, st_mode, st_uid, st_gid, st_size, mtime seconds, mtime nanoseconds]. */
+static void stat_fields(const struct stat *st, double *out) {
+  out[0] = (double)st->st_dev;
+  out[1] = (double)st->st_mode;
+  out[2] = (double)st->st_uid;
+  out[3] = (double)st->st_gid;
+  out[4] = (double)st->st_size;
+  out[5] = (double)st->st_mtim.tv_sec;
+  out[6] = (double)st->st_mtim.tv_nsec;
+}
+
+/* fstatFields(fd, out): fstat(2) into `out` (see stat_fields), no Stats object per call. */
+static napi_value js_fstat_fields(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "fstatFields");
+  int fd = (int)arg_int(&c, 0);
+  double *out = arg_stat_out(&c, 1);
+  BAIL_IF_FAILED(&c);
+  struct stat st;
+  int rc = fstat(fd, &st);
+  if (rc == 0) stat_fields(&st, out);
+  RETURN_VOID(&c, rc, "fstat", NULL);
+}
+
+/* openat2Stat(dirfd, path, flags, mode, resolve, out): openat2 as js_openat2, then fstat of the
+ * new fd into `out`; one call for what every opened file needs next. */
+static napi_value js_openat2_stat(napi_env env, napi_callback_info info) {
+  call_t c;
+  call_init(&c, env, info, "openat2Stat");
+  int dirfd = (int)arg_int(&c, 0);
+  const char *path = arg_path(&c, 1);
+  int64_t flags = arg_int(&c, 2);
+  int64_t mode = arg_int(&c, 3);
+  int64_t resolve = arg_int(&c, 4);
+  double *out = arg_stat_out(&c, 5);
+  BAIL_IF_FAILED(&c);
+  struct open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = (uint64_t)flags | O_CLOEXEC;
+  how.mode = (uint64_t)mode;
+  how.resolve = (uint64_t)resolve;
+  int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+  if (fd < 0) RETURN_INT(&c, fd, "openat2", path);
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    RETURN_INT(&c, -1, "fstat", path);
+  }
+  stat_fields(&st, out);
+  RETURN_INT(&c, fd, "openat2", path);
+}
+
 /* ---- mounts ---------------------------------------------------------------------------- */
 
 static napi_value js_fsopen(napi_env env, napi_callback_info info) {
@@ -1866,6 +1938,8 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("mount", js_mount),
       FN("umount2", js_umount2),
       FN("openat2", js_openat2),
+      FN("openat2Stat", js_openat2_stat),
+      FN("fstatFields", js_fstat_fields),
       FN("socketpair", js_socketpair),
       FN("sendFds", js_send_fds),
       FN("recvFds", js_recv_fds),

@@ -44,7 +44,7 @@ import { MountBridge } from '../repository/mount-bridge.js';
 import { ACCESS, inInitialUserNamespace, mayAccessWithoutCaps, namespaceOwnerControls } from '../userns.js';
 import { ASYNC_OBJECT_MAX, ObjectSink } from '../repository/object-sink.js';
 import { countWritten, noObjects, recountPresent, type ObjectCounts } from '../repository/object-counts.js';
-import type { OpenedFile } from './open.js';
+import { fstatFile, type OpenedFile } from './open.js';
 
 const readFd = promisify(fsRead);
 const READ_SIZE = 1024 * 1024;
@@ -316,8 +316,8 @@ export class ObjectPlacer {
     if (z.clone === null) {
       // Both digests must be of one content (see the module comment).
       await streamDone;
-      const now = fstatSync(f.fd);
-      if (now.size !== f.stat.size || now.mtimeMs !== f.stat.mtimeMs) {
+      const now = fstatFile(f.fd);
+      if (now.size !== f.stat.size || now.mtimeSec !== f.stat.mtimeSec || now.mtimeNsec !== f.stat.mtimeNsec) {
         throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
       }
     } else {
