@@ -1682,8 +1682,10 @@ typedef struct {
   size_t data_len;
   hash_seg_t *segs;
   size_t nsegs;
-  uint8_t *digests; /* verityHashFds: nsegs digests of dsize bytes */
+  uint8_t *digests; /* verityHashFds: nsegs digests of dsize bytes; hashFeed: nverity */
   size_t dsize;
+  size_t *verity_segs; /* hashFeed: segments (ascending) whose fs-verity digest is computed too */
+  size_t nverity;
   size_t failed_index;
   uint64_t failed_at;
   int short_read;
@@ -1728,12 +1730,37 @@ static void verity_fds_execute(napi_env env, void *arg) {
   }
 }
 
+/* A stream hash and an fs-verity digest fed from one read. */
+typedef struct {
+  EVP_MD_CTX *stream;
+  verity_t *verity;
+} stream_and_verity_t;
+
+static int update_both(void *ctx, const uint8_t *p, size_t n) {
+  stream_and_verity_t *b = ctx;
+  return update_stream(b->stream, p, n) < 0 ? -1 : verity_update(b->verity, p, n);
+}
+
+/* Segment idx appended to the stream and, from the same reads, its fs-verity digest into `out`. */
+static int hash_fd_range_with_verity(hash_job_t *j, size_t idx, uint8_t *out) {
+  stream_and_verity_t b = { j->hash->ctx, verity_new(j->alg) };
+  if (!b.verity) { j->err = ENOMEM; j->failed_call = "verityNew"; return -1; }
+  int rc = hash_fd_range(j, idx, update_both, &b);
+  if (rc == 0 && verity_final(b.verity, out) < 0) { j->err = errno; j->failed_call = "verityDigest"; rc = -1; }
+  verity_free(b.verity);
+  return rc;
+}
+
 static void hash_feed_execute(napi_env env, void *arg) {
   (void)env;
   hash_job_t *j = arg;
+  size_t k = 0; /* next entry of verity_segs */
   for (size_t i = 0; i < j->nsegs; i++) {
     const hash_seg_t *s = &j->segs[i];
-    if (s->fd >= 0) {
+    if (k < j->nverity && j->verity_segs[k] == i) {
+      if (hash_fd_range_with_verity(j, i, j->digests + k * j->dsize) < 0) return;
+      k++;
+    } else if (s->fd >= 0) {
       if (hash_fd_range(j, i, update_stream, j->hash->ctx) < 0) return;
     } else if (update_stream(j->hash->ctx, j->data + s->off, (size_t)s->len) < 0) {
       j->err = EIO; j->failed_call = "hash update"; return;
@@ -1759,6 +1786,7 @@ static void hash_job_free(napi_env env, hash_job_t *j) {
   if (j->data_ref) napi_delete_reference(env, j->data_ref);
   free(j->segs);
   free(j->digests);
+  free(j->verity_segs);
   free(j);
 }
 
@@ -1774,7 +1802,7 @@ static void hash_job_complete(napi_env env, napi_status status, void *arg) {
   } else if (j->short_read) {
     napi_reject_deferred(env, j->deferred, short_error(env, j));
   } else {
-    r = j->digests ? buffer_copy(env, j->digests, j->nsegs * j->dsize) : undefined(env);
+    r = j->digests ? buffer_copy(env, j->digests, (j->verity_segs ? j->nverity : j->nsegs) * j->dsize) : undefined(env);
     napi_resolve_deferred(env, j->deferred, r);
   }
   napi_delete_async_work(env, j->work);
@@ -1816,6 +1844,23 @@ static hash_seg_t *arg_segments(call_t *c, size_t i, size_t width, size_t *nsegs
   }
   *nsegs = n;
   return segs;
+}
+
+/* A Uint32Array's elements (valid until the call returns). */
+static const uint32_t *arg_u32s(call_t *c, size_t i, size_t *n) {
+  napi_typedarray_type type;
+  void *data = NULL;
+  bool is_ta = false;
+  *n = 0;
+  if (c->failed) return NULL;
+  if (i >= c->argc || napi_is_typedarray(c->env, c->argv[i], &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(c->env, c->argv[i], &type, n, &data, NULL, NULL) != napi_ok || type != napi_uint32_array) {
+    throw_type(c->env, c->fn, i, "a Uint32Array");
+    c->failed = 1;
+    *n = 0;
+    return NULL;
+  }
+  return data;
 }
 
 /* A job over segs (which it owns from here on, also when this fails: NULL). */
@@ -1868,7 +1913,9 @@ static napi_value js_verity_hash_fds(napi_env env, napi_callback_info info) {
   return queue_hash_job(env, j, verity_fds_execute);
 }
 
-/* hashFeed(streamHash, Buffer | null, Float64Array [fd or -1, offset, length, ...]) -> Promise<void>. */
+/* hashFeed(streamHash, Buffer | null, Float64Array [fd or -1, offset, length, ...][, algId, Float64Array
+ * of segment indexes]) -> Promise<void | Buffer>: with the last two, the fs-verity digests of those
+ * (fd) segments too, from the same reads, concatenated in order. */
 static napi_value js_hash_feed(napi_env env, napi_callback_info info) {
   call_t c;
   call_init(&c, env, info, "hashFeed");
@@ -1877,6 +1924,10 @@ static napi_value js_hash_feed(napi_env env, napi_callback_info info) {
   void *data = arg_is_nullish(&c, 1) ? NULL : arg_buf(&c, 1, &data_len);
   size_t n = 0;
   hash_seg_t *segs = arg_segments(&c, 2, 3, &n);
+  int with_verity = c.argc > 3 && !arg_is_nullish(&c, 3);
+  int alg_id = with_verity ? (int)arg_int(&c, 3) : 0;
+  size_t nv = 0;
+  const uint32_t *vsegs = with_verity ? arg_u32s(&c, 4, &nv) : NULL;
   if (c.failed) free(segs);
   BAIL_IF_FAILED(&c);
   call_free(&c);
@@ -1886,11 +1937,38 @@ static napi_value js_hash_feed(napi_env env, napi_callback_info info) {
       return throw_errno(env, ERANGE, "hashFeed", "segment beyond the Buffer");
     }
   }
+  const hash_alg_t *a = with_verity ? hash_alg_find(NULL, alg_id) : NULL;
+  size_t *vidx = with_verity ? malloc((nv ? nv : 1) * sizeof *vidx) : NULL;
+  int bad = with_verity && (!a || !vidx);
+  /* Indexes ascending, each of an fd segment. */
+  for (size_t k = 0; !bad && k < nv; k++) {
+    size_t i = vsegs[k];
+    if (i >= n || segs[i].fd < 0 || (k > 0 && i <= vidx[k - 1])) bad = 1;
+    else vidx[k] = i;
+  }
+  if (bad) {
+    free(segs);
+    free(vidx);
+    return throw_errno(env, EINVAL, "hashFeed", "unknown fs-verity hash algorithm or bad segment index");
+  }
   if (!stream_hash_usable(env, h, "hashFeed")) {
     free(segs);
+    free(vidx);
     return NULL;
   }
   hash_job_t *j = hash_job_new("hashFeed", segs, n);
+  if (j && with_verity) {
+    j->alg = a;
+    j->dsize = (size_t)EVP_MD_get_size(a->md);
+    j->verity_segs = vidx;
+    j->nverity = nv;
+    vidx = NULL;
+    if (!(j->digests = malloc(nv ? nv * j->dsize : 1))) {
+      hash_job_free(env, j);
+      j = NULL;
+    }
+  }
+  free(vidx);
   if (!j) return throw_errno(env, ENOMEM, "hashFeed", NULL);
   j->hash = h;
   j->data = data;

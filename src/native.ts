@@ -57,9 +57,12 @@ export interface NativeAddon {
   /**
    * On the threadpool, one job: appends each (fd, offset, length) segment to `stream` in order;
    * fd -1 takes bytes [offset, offset + length) of `data`. `stream` is busy (EBUSY) until the
-   * promise settles; errors as for verityHashFds.
+   * promise settles; errors as for verityHashFds. With `hashAlg` and `verity` (ascending indexes
+   * of fd segments), also the fs-verity digests of those segments from the same reads,
+   * concatenated in order.
    */
   hashFeed(stream: StreamHashHandle, data: Buffer | null, triples: Float64Array): Promise<void>;
+  hashFeed(stream: StreamHashHandle, data: Buffer | null, triples: Float64Array, hashAlg: 1 | 2, verity: Uint32Array): Promise<Buffer>;
   // new mount API and classic mount calls
   fsopen(fsType: string, flags: number): number; // FSOPEN_CLOEXEC always added
   fsconfigSetString(fsfd: number, key: string, value: string): void;

@@ -63,6 +63,29 @@ test('verityDigestOfFd and VerityBatcher equal FsVerityHasher; StreamFeed sees b
   }
 });
 
+test('StreamFeed.fileWithVerity: one read gives the stream its bytes and the file its fs-verity digest; failures reject', async () => {
+  const data = randomBytes(70_000);
+  await withFile(data, async (fd, file) => {
+    for (const alg of ['sha256', 'sha512'] as const) {
+      const feed = new StreamFeed('sha256');
+      feed.bytes(Buffer.from('head'));
+      const small = feed.fileWithVerity(fd, 100, file, alg);
+      const plain = feed.file(fd, data.length, file);
+      const whole = feed.fileWithVerity(fd, data.length, file, alg);
+      assert.throws(() => feed.fileWithVerity(fd, 1, file, alg === 'sha256' ? 'sha512' : 'sha256'));
+      assert.deepEqual(await small, fsverityDigest(data.subarray(0, 100), alg));
+      assert.deepEqual(await whole, fsverityDigest(data, alg));
+      await plain;
+      const expected = createHash('sha256').update('head').update(data.subarray(0, 100)).update(data).update(data).digest('hex');
+      assert.equal((await feed.digest()).toString('hex'), expected);
+    }
+    const feed = new StreamFeed('sha256');
+    const bad = feed.fileWithVerity(fd, data.length + 1, file, 'sha256');
+    await assert.rejects(bad, { code: 'EDIGEST' });
+    await assert.rejects(feed.digest(), { code: 'EDIGEST' });
+  })();
+});
+
 test('verityDigestOfFd hashes only [0, length); length 0 is the empty digest', async () => {
   const data = randomBytes(10_000);
   await withFile(data, async (fd) => {

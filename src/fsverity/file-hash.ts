@@ -81,6 +81,12 @@ interface Waiter<T> {
 
 /** Files up to this size are hashed in batches (one threadpool job for many files). */
 const BATCH_FILE_MAX = 256 * 1024;
+/**
+ * Files up to this size are best read once for both their fs-verity digest and a stream digest
+ * (StreamFeed.fileWithVerity): thousands of them cost more in reads and per-file work than
+ * the parallelism of two jobs saves.
+ */
+export const ONE_READ_MAX = 256 * 1024;
 const BATCH_FILES = 64;
 const BATCH_BYTES = 4 * 1024 * 1024;
 
@@ -178,6 +184,11 @@ export class StreamFeed {
   private scheduled = false;
   private idle: Array<() => void> = [];
   private failure: unknown = null;
+  /** Plan segments (indexes) whose fs-verity digest is computed too, and who waits for it. */
+  private verityIdx: number[] = [];
+  private verityWaiters: Array<Waiter<Buffer>> = [];
+  /** The fs-verity algorithm of fileWithVerity (one per feed: one per job). */
+  private verityAlg: HashAlg | null = null;
 
   constructor(alg: StreamHashName) {
     this.hash = new StreamHash(alg);
@@ -219,6 +230,22 @@ export class StreamFeed {
     });
   }
 
+  /**
+   * Append [0, length) of `fd` and compute its fs-verity digest from the same reads (a small
+   * file is read once for both); resolves with the digest once the feed is done with the fd,
+   * rejects with the feed's failure.
+   */
+  fileWithVerity(fd: number, length: number, label: string, alg: HashAlg): Promise<Buffer> {
+    if ((this.verityAlg ??= alg) !== alg) throw new Error(`StreamFeed: fs-verity digests in ${this.verityAlg}, not ${alg}`);
+    return new Promise<Buffer>((resolve, reject) => {
+      this.verityIdx.push(this.plan.length / 3);
+      this.verityWaiters.push({ resolve, reject });
+      this.labels.push({ index: this.plan.length / 3, label, length });
+      this.plan.push(fd, 0, length);
+      this.add(length);
+    });
+  }
+
   /** Start hashing what is queued (without waiting for more). */
   flush(): void {
     this.scheduled = false;
@@ -228,6 +255,8 @@ export class StreamFeed {
     const plan = Float64Array.from(this.plan);
     const labels = this.labels;
     const waiters = this.waiters;
+    const verityIdx = this.verityIdx;
+    const verityWaiters = this.verityWaiters;
     const bytes = this.queued;
     if (data) {
       this.stage = this.spare ?? Buffer.allocUnsafe(FEED_KICK);
@@ -237,11 +266,18 @@ export class StreamFeed {
     this.plan = [];
     this.labels = [];
     this.waiters = [];
-    const done = (): void => {
+    this.verityIdx = [];
+    this.verityWaiters = [];
+    const done = (digests: Buffer | void): void => {
       this.queued -= bytes;
       this.running = false;
       if (data) this.spare = data;
       for (const w of waiters) w();
+      if (verityWaiters.length > 0) {
+        const size = HASH_SIZE[this.verityAlg!];
+        // After a failure nothing was digested: every waiter gets the failure.
+        verityWaiters.forEach((w, i) => (digests ? w.resolve(digests.subarray(i * size, (i + 1) * size)) : w.reject(this.failure)));
+      }
       if (this.plan.length > 0) this.flush();
       else for (const w of this.idle.splice(0)) w();
     };
@@ -255,7 +291,10 @@ export class StreamFeed {
       return;
     }
     try {
-      native().hashFeed(this.hash.handle, data, plan).then(done, failed);
+      const job = verityIdx.length > 0
+        ? native().hashFeed(this.hash.handle, data, plan, HASH_ALG_ID[this.verityAlg!], Uint32Array.from(verityIdx))
+        : native().hashFeed(this.hash.handle, data, plan);
+      job.then(done, failed);
     } catch (e) {
       queueMicrotask(() => failed(e));
     }

@@ -17,6 +17,7 @@ import { closeSync, read as fsRead, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { CfsError } from '../errors.js';
 import { StreamFeed, type StreamHashName } from '../fsverity/file-hash.js';
+import type { HashAlg } from '../fsverity/digest.js';
 import type { Repository } from '../repository/repository.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { OrderedSplitWriter, type ObjectRef } from '../splitstream/ordered.js';
@@ -86,6 +87,11 @@ class LogicalSource implements TarInput, StreamTap {
   file(fd: number, length: number, label: string): Promise<void> {
     this.advance(length);
     return this.feed.file(fd, length, label);
+  }
+
+  fileWithVerity(fd: number, length: number, label: string, alg: HashAlg): Promise<Buffer> {
+    this.advance(length);
+    return this.feed.fileWithVerity(fd, length, label, alg);
   }
 
   flush(): void {

@@ -28,7 +28,9 @@
  * the same bytes. A file to be hardlinked (or copied after a failed link) must have the same
  * size and mtime after both reads as when it was opened, so both digests are of one content
  * (not ctime: linking the same inode for an earlier entry changes it); a secure repository then
- * seals it, a later change being refused by the kernel.
+ * seals it, a later change being refused by the kernel. Small files (ONE_READ_MAX) are read
+ * once, on the stream digest's job, for both digests: of one content by construction, no
+ * second stat.
  * Copies read the file once, for the object and the stream, and finish before place() returns.
  */
 import { closeSync, constants as C, fstatSync, lstatSync, mkdirSync, openSync, read as fsRead, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
@@ -36,7 +38,8 @@ import { promisify } from 'node:util';
 import path from 'node:path';
 import { native } from '../native.js';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
-import { VerityBatcher } from '../fsverity/file-hash.js';
+import { ONE_READ_MAX, VerityBatcher } from '../fsverity/file-hash.js';
+import type { HashAlg } from '../fsverity/digest.js';
 import { enableVerityFd, measureVerityFd } from '../fsverity/kernel.js';
 import type { Repository } from '../repository/repository.js';
 import { objectRelPath } from '../repository/ids.js';
@@ -59,6 +62,8 @@ export interface StreamTap {
   count(b: Buffer): void;
   /** Append [0, length) of `fd` to the stream; resolves once the fd is no longer needed. */
   file(fd: number, length: number, label: string): Promise<void>;
+  /** The same, and the fs-verity digest of those bytes from the same reads (resolves with it, or rejects). */
+  fileWithVerity(fd: number, length: number, label: string, alg: HashAlg): Promise<Buffer>;
   /** Start hashing what is queued (before waiting on anything that depends on it). */
   flush(): void;
   /** Wait while too much is queued. */
@@ -241,9 +246,11 @@ export class ObjectPlacer {
         clone = canReflink ? this.clone(f, dir, pair) : null;
         if (clone !== null) fds.push(clone);
         // The stream and the object digest read the same fd: the clone, or the file itself.
+        // A small file is read once for both; a large one twice, the digests in parallel.
         const hashed = clone ?? f.fd;
-        const streamDone = tap.file(hashed, length, f.name);
-        const id = this.zeroCopy(f, length, streamDone, { hashed, clone, dir, pair, canHardlink, local, refusal });
+        const both = length <= ONE_READ_MAX ? tap.fileWithVerity(hashed, length, f.name, this.repo.alg) : null;
+        const streamDone = both ? both.then(() => undefined, () => undefined) : tap.file(hashed, length, f.name);
+        const id = this.zeroCopy(f, length, streamDone, { hashed, clone, dir, pair, canHardlink, local, refusal, both });
         const settled = Promise.allSettled([streamDone, id]).then(() => {
           this.inFlight.delete(settled);
           allInFlight.delete(settled);
@@ -310,21 +317,22 @@ export class ObjectPlacer {
   /** The background part of a zero-copy placement: digest, then name it. */
   private async zeroCopy(
     f: OpenedFile, length: number, streamDone: Promise<void>,
-    z: { hashed: number; clone: number | null; dir: string; pair: string; canHardlink: boolean; local: boolean; refusal: string | null },
+    z: { hashed: number; clone: number | null; dir: string; pair: string; canHardlink: boolean; local: boolean; refusal: string | null; both: Promise<Buffer> | null },
   ): Promise<Buffer> {
-    const id = await this.verity.digest(z.hashed, length, f.name);
-    if (z.clone === null) {
-      // Both digests must be of one content (see the module comment).
+    const id = await (z.both ?? this.verity.digest(z.hashed, length, f.name));
+    if (z.clone !== null) {
+      if (this.repo.secure && this.exists(id)) this.stats.present++;
+      else if (this.linkClone(z.clone, z.dir, id)) this.stats.reflinked++;
+      else this.stats.present++;
+      return id;
+    }
+    if (z.both === null) {
+      // Both digests must be of one content (see the module comment); one read makes them so.
       await streamDone;
       const now = fstatFile(f.fd);
       if (now.size !== f.stat.size || now.mtimeSec !== f.stat.mtimeSec || now.mtimeNsec !== f.stat.mtimeNsec) {
         throw new CfsError('EDIGEST', `${f.name}: changed while it was being imported`);
       }
-    } else {
-      if (this.repo.secure && this.exists(id)) this.stats.present++;
-      else if (this.linkClone(z.clone, z.dir, id)) this.stats.reflinked++;
-      else this.stats.present++;
-      return id;
     }
     const mayLink = z.canHardlink && (z.local || f.name === objectRelPath(id));
     // Insecure repositories learn that an object exists from linkat's EEXIST (one syscall
