@@ -85,8 +85,12 @@ async function* chunked(data: Buffer, size: number): AsyncGenerator<Buffer> {
 /** Import, then check diff_id, cat round trip and every entry against the source tree. */
 async function checkFormat(f: Fixture, tar: Buffer, opts: { nsec: boolean; xattrs: boolean; uid?: number; gid?: number; chunk: number }): Promise<void> {
   const diffId = `sha256:${sha256(tar)}`;
-  const res = await importTarLayer(f.repo, chunked(tar, opts.chunk), { expectedDiffId: diffId, layerName: 'test' });
+  const res = await importTarLayer(f.repo, chunked(tar, opts.chunk), { expectedDiffId: diffId, layerName: 'test', collectEntries: true });
   assert.equal(res.diffId, diffId);
+  // The entries the import kept for the image build are exactly what reading the stream back gives.
+  const readBack: TarEntry[] = [];
+  for await (const e of readLayerEntries(f.repo, res.streamId)) readBack.push(e);
+  assert.deepEqual(res.entries, readBack);
   assert.equal(res.size, tar.length);
   assert.deepEqual(await f.repo.hasStream(`oci-layer-${diffId}`), res.streamId);
   const back = await catBytes(f.repo, `oci-layer-${diffId}`);

@@ -8,11 +8,14 @@ import { readLayerEntries } from '../tar/layer.js';
 import { TreeBuilder } from '../tree/merge.js';
 import { ociTransform } from '../tree/oci-transform.js';
 import type { Inode } from '../tree/inode.js';
+import type { TarEntry } from '../tar/entry.js';
 import { writeErofs } from '../erofs/writer.js';
 
 export interface LayerStreamRef {
   diffId: string;
   streamId: Buffer;
+  /** The stream's entries as its import just parsed them (EntryCollector): not read back from the stream. */
+  entries?: TarEntry[] | null;
 }
 
 export interface TreeOptions {
@@ -24,7 +27,7 @@ export async function buildTreeFromLayers(repo: Repository, layers: LayerStreamR
   const builder = new TreeBuilder();
   for (const l of layers) {
     if (!l.streamId) throw new CfsError('ECORRUPT', `layer ${l.diffId}: split stream missing from repository ${repo.path}`);
-    await builder.applyLayer(readLayerEntries(repo, l.streamId), l.diffId);
+    await builder.applyLayer(l.entries ?? readLayerEntries(repo, l.streamId), l.diffId);
   }
   const root = builder.finish();
   ociTransform(root, { keepUserXattrs: opts.keepUserXattrs });

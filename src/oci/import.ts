@@ -17,6 +17,7 @@ import { CONTENT_TYPES } from '../splitstream/format.js';
 import { existingLayer, importTarLayer, layerContentId } from '../tar/split.js';
 import { addObjects, noObjects, type ObjectCounts } from '../repository/object-counts.js';
 import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
+import type { TarEntry } from '../tar/entry.js';
 import { NO_PROGRESS, type ProgressSink } from '../progress/events.js';
 import { buildImageFromLayers } from './image-build.js';
 import { configContentId, imageRefName, manifestContentId, openStoredImage, tagImage } from './stored.js';
@@ -120,8 +121,20 @@ async function allLayerStreamsIntact(repo: Repository, ids: string[]): Promise<b
   return true;
 }
 
-async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOptions, progress: ProgressSink): Promise<{ streams: Map<string, Buffer>; imported: number; skipped: number; objects: ObjectCounts }> {
+/** Per layer: its stream, and the entries its import parsed when it was imported now (for the image build). */
+interface ImportedLayers {
+  streams: Map<string, Buffer>;
+  entries: Map<string, TarEntry[] | null>;
+  imported: number;
+  skipped: number;
+  objects: ObjectCounts;
+}
+
+async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOptions, progress: ProgressSink): Promise<ImportedLayers> {
   const streams = new Map<string, Buffer>();
+  const entries = new Map<string, TarEntry[] | null>();
+  // Artifacts and prebuilt images need no tree: no entries kept for them.
+  const collectEntries = !img.artifact && !opts.prebuiltImage;
   const todo: LayerToImport[] = [];
   let skipped = 0;
   const seen = new Set<string>();
@@ -161,32 +174,36 @@ async function importLayers(repo: Repository, img: ImageToImport, opts: ImportOp
       progress.progress(layer.id, n);
     };
     let streamId: Buffer;
-    const tarOpts = { expectedDiffId: layer.id, layerName: layer.id, counts: objects };
+    const tarOpts = { expectedDiffId: layer.id, layerName: layer.id, counts: objects, collectEntries };
     if (layer.kind === 'tar' && layer.openLocal && localFetch !== 'disabled') {
-      streamId = await importLocal(repo, layer, layer.openLocal, localFetch === 'zerocopy', onRead, objects, untilAborted);
+      const r = await importLocal(repo, layer, layer.openLocal, localFetch === 'zerocopy', onRead, objects, untilAborted, collectEntries);
+      streamId = r.streamId;
+      entries.set(layer.id, r.entries);
     } else if (layer.kind === 'tar') {
-      streamId = (await importTarLayer(repo, untilAborted(layer.open(onRead)), tarOpts).catch(async (e: unknown) => {
+      const r = await importTarLayer(repo, untilAborted(layer.open(onRead)), tarOpts).catch(async (e: unknown) => {
         throw layer.explain ? await layer.explain(e) : e;
-      })).streamId;
+      });
+      streamId = r.streamId;
+      entries.set(layer.id, r.entries);
     } else {
       streamId = await importBlob(repo, untilAborted(layer.open(() => undefined)), layer.id);
     }
     streams.set(layer.id, streamId);
     progress.done(layer.id, read || layer.size || 0);
   });
-  return { streams, imported: todo.length, skipped, objects };
+  return { streams, entries, imported: todo.length, skipped, objects };
 }
 
 /** A layer whose contents are local files: through the splitdirfdstream consumer. */
 async function importLocal(
   repo: Repository, layer: LayerToImport, openLocal: () => Promise<LocalLayer>, zerocopy: boolean, onRead: (n: number) => void, objects: ObjectCounts,
-  chunks: (src: AsyncIterable<Buffer>) => AsyncIterable<Buffer>,
-): Promise<Buffer> {
+  chunks: (src: AsyncIterable<Buffer>) => AsyncIterable<Buffer>, collectEntries: boolean,
+): Promise<{ streamId: Buffer; entries: TarEntry[] | null }> {
   const local = await openLocal();
   try {
-    const r = await consumeLayerStream(repo, chunks(local.chunks), local.dirfds, { diffId: layer.id, zerocopy, localStore: true, onProgress: onRead });
+    const r = await consumeLayerStream(repo, chunks(local.chunks), local.dirfds, { diffId: layer.id, zerocopy, localStore: true, onProgress: onRead, collectEntries });
     addObjects(objects, r.objects);
-    return r.streamId;
+    return r;
   } catch (e) {
     throw await local.explain(e);
   } finally {
@@ -238,7 +255,7 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
   }
 
   if (img.layers.length > 0) progress.message(`Importing ${img.layers.length} layer${img.layers.length === 1 ? '' : 's'} from ${img.description}`);
-  const { streams, imported, skipped, objects } = await importLayers(repo, img, opts, progress);
+  const { streams, entries, imported, skipped, objects } = await importLayers(repo, img, opts, progress);
   const diffIds = img.layers.map((l) => l.id);
 
   let imageObject: Buffer | null = null;
@@ -250,7 +267,7 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
       if (imageId !== prebuilt.imageId) throw new CfsError('EDIGEST', `composefs image of ${img.description}: fs-verity digest ${imageId}, expected ${prebuilt.imageId}`);
     } else {
       progress.message('Building composefs image');
-      const erofs = await buildImageFromLayers(repo, diffIds.map((d) => ({ diffId: d, streamId: streams.get(d)! })), { erofsVersion }).catch((e: unknown) => {
+      const erofs = await buildImageFromLayers(repo, diffIds.map((d) => ({ diffId: d, streamId: streams.get(d)!, entries: entries.get(d) })), { erofsVersion }).catch((e: unknown) => {
         // The tree's own errors (no /usr, …) do not know which image they are about.
         throw isCfsError(e) && e.code === 'EINVAL' ? new CfsError('EINVAL', `${img.description}: ${e.message}; its layers are stored, but no composefs image`) : e;
       });

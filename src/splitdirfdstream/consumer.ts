@@ -23,6 +23,8 @@ import { SplitStreamWriter } from '../splitstream/writer.js';
 import { OrderedSplitWriter, type ObjectRef } from '../splitstream/ordered.js';
 import { CONTENT_TYPES } from '../splitstream/format.js';
 import { TarEntryParser, type ParsedEntry } from '../tar/parser.js';
+import { EntryCollector } from '../tar/collected.js';
+import type { TarEntry } from '../tar/entry.js';
 import { copyContent, existingLayer, layerContentId, parseDiffId, splitTar, type TarInput } from '../tar/split.js';
 import { SplitdirfdReader } from './reader.js';
 import { checkDirSlot, openBeneath, type OpenedFile } from './open.js';
@@ -45,6 +47,8 @@ export interface ConsumeOptions {
   localStore?: boolean;
   /** Called with the number of stream bytes reconstructed so far. */
   onProgress?: (bytes: number) => void;
+  /** Keep the layer's entries for an image build right after (ConsumeResult.entries). */
+  collectEntries?: boolean;
 }
 
 export interface ConsumeResult {
@@ -54,6 +58,8 @@ export interface ConsumeResult {
   alreadyPresent: boolean;
   /** Bytes of the reconstructed layer. */
   size: number;
+  /** With collectEntries, a tar layer stored now: its entries (EntryCollector); else null. */
+  entries: TarEntry[] | null;
 }
 
 type Segment = { kind: 'bytes' } | { kind: 'file'; file: OpenedFile; length: number; pos: number };
@@ -221,7 +227,7 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   const existing = (await existingLayer(repo, opts.diffId))?.streamId;
   if (existing) {
     await drain(reader);
-    return { streamId: existing, alreadyPresent: true, size: 0, objects: noObjects() };
+    return { streamId: existing, alreadyPresent: true, size: 0, objects: noObjects(), entries: null };
   }
   await repo.ensureWritable();
   const placer = new ObjectPlacer(repo, { zerocopy: !!opts.zerocopy, localStore: opts.localStore });
@@ -229,8 +235,9 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   const kind = opts.kind ?? 'tar';
   const w = new SplitStreamWriter(repo, { contentType: kind === 'tar' ? CONTENT_TYPES.layer : CONTENT_TYPES.blob });
   const ordered = new OrderedSplitWriter(w);
+  const collect = opts.collectEntries && kind === 'tar' ? new EntryCollector() : undefined;
   try {
-    if (kind === 'tar') await splitTar(src, ordered, new TarEntryParser(opts.diffId), opts.diffId, (e) => contentObject(src, placer, ordered, repo, e, opts.diffId));
+    if (kind === 'tar') await splitTar(src, ordered, new TarEntryParser(opts.diffId), opts.diffId, (e) => contentObject(src, placer, ordered, repo, e, opts.diffId), collect);
     else await storeBlob(src, w, placer, repo);
   } catch (e) {
     // Stop the producer: it releases what it holds (open files, the store's lock).
@@ -248,7 +255,7 @@ export async function consumeLayerStream(repo: Repository, input: AsyncIterable<
   if (actual !== opts.diffId) throw new CfsError('EDIGEST', `layer ${opts.diffId}: diff_id mismatch: reconstructed stream has ${actual}`, { expected: opts.diffId, actual });
   const streamId = await w.finish();
   await repo.linkStream(contentId, streamId);
-  return { streamId, alreadyPresent: false, size: src.total, objects: placer.stats };
+  return { streamId, alreadyPresent: false, size: src.total, objects: placer.stats, entries: (await collect?.entries()) ?? null };
 }
 
 /** A file content (> 64 bytes) as an object: zero-copy for a matching whole file chunk. */

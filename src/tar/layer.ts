@@ -3,17 +3,10 @@ import type { Repository } from '../repository/repository.js';
 import { SplitStreamReader } from '../splitstream/reader.js';
 import { INLINE_CONTENT_MAX, type TarContent, type TarEntry } from './entry.js';
 import { BLOCK_SIZE, isZeroBlock, roundUp } from './header.js';
-import { TarEntryParser, type ParsedEntry } from './parser.js';
+import { TarEntryParser } from './parser.js';
+import { withContent } from './collected.js';
 
 const SKIP_CHUNK = 1024 * 1024;
-
-/** The entry with its content (field by field: a rest/spread copy costs more, per entry). */
-function withContent(e: ParsedEntry, content: TarContent | null): TarEntry {
-  return {
-    path: e.path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtimeSec: e.mtimeSec, mtimeNsec: e.mtimeNsec,
-    linkTarget: e.linkTarget, rdev: e.rdev, size: e.size, xattrs: e.xattrs, content,
-  };
-}
 
 /**
  * Entries of a layer stream given by object id, content id (`oci-layer-sha256:…`) or

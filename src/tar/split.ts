@@ -18,6 +18,8 @@ import { INLINE_CONTENT_MAX } from './entry.js';
 import { BLOCK_SIZE, isZeroBlock, roundUp } from './header.js';
 import { TarEntryParser, type ParsedEntry } from './parser.js';
 import { HashingSource } from './source.js';
+import { EntryCollector } from './collected.js';
+import type { TarEntry } from './entry.js';
 
 const COPY_CHUNK = 1024 * 1024;
 type DiffIdAlg = 'sha256' | 'sha384' | 'sha512';
@@ -30,6 +32,8 @@ export interface ImportTarOptions {
   layerName?: string;
   /** Incremented for every file content stored as an object. */
   counts?: ObjectCounts;
+  /** Keep the layer's entries for an image build right after (ImportTarResult.entries). */
+  collectEntries?: boolean;
 }
 
 export interface ImportTarResult {
@@ -38,6 +42,8 @@ export interface ImportTarResult {
   diffId: string;
   /** Size of the uncompressed tar in bytes. */
   size: number;
+  /** With collectEntries, a layer stored now: its entries (EntryCollector); else null. */
+  entries: TarEntry[] | null;
 }
 
 /** The byte reader splitTar pulls the archive from (HashingSource, the splitdirfdstream consumer). */
@@ -89,6 +95,7 @@ export async function importTarLayer(repo: Repository, tar: AsyncIterable<Uint8A
   const w = new SplitStreamWriter(repo, { contentType: CONTENT_TYPES.layer });
   const counts = opts.counts ?? noObjects();
   const sink = new ObjectSink(repo);
+  const collect = opts.collectEntries ? new EntryCollector() : undefined;
   try {
     await splitTar(src, w, new TarEntryParser(name), name, async (e) => {
       if (sink.usable && e.dataSize <= ASYNC_OBJECT_MAX) {
@@ -96,14 +103,15 @@ export async function importTarLayer(repo: Repository, tar: AsyncIterable<Uint8A
         return sink.store(await readContent(src, e, name));
       }
       return copyContent(repo, src, e, name, counts);
-    });
+    }, collect);
   } finally {
     // Never leave writes running past the import, also when it failed.
     await sink.drain().catch(() => undefined);
   }
   await sink.drain();
   recountPresent(counts, sink.takePresent());
-  return publishLayer(repo, w, `${expected?.alg ?? 'sha256'}:${src.digestHex()}`, { name, expectedDiffId: opts.expectedDiffId, size: src.total });
+  const r = await publishLayer(repo, w, `${expected?.alg ?? 'sha256'}:${src.digestHex()}`, { name, expectedDiffId: opts.expectedDiffId, size: src.total });
+  return { ...r, entries: (await collect?.entries()) ?? null };
 }
 
 /**
@@ -126,7 +134,7 @@ export async function existingLayer(repo: Repository, expectedDiffId: string | u
   await r.close();
   const objects = `${repo.path}/objects/`;
   for (const o of r.objectRefs) if (!existsSync(objects + objectRelPath(o))) return null;
-  return { streamId: existing, diffId: expectedDiffId, size: r.streamSize };
+  return { streamId: existing, diffId: expectedDiffId, size: r.streamSize, entries: null };
 }
 
 /** Check the computed diff_id, then finish the stream and publish it as `oci-layer-<diff_id>`. */
@@ -135,7 +143,7 @@ async function publishLayer(
   w: SplitStreamWriter,
   diffId: string,
   info: { name: string; expectedDiffId: string | undefined; size: number },
-): Promise<ImportTarResult> {
+): Promise<Omit<ImportTarResult, 'entries'>> {
   if (info.expectedDiffId !== undefined && diffId !== info.expectedDiffId) {
     throw new CfsError('EDIGEST', `layer ${info.name}: diff_id mismatch: expected ${info.expectedDiffId}, got ${diffId}`);
   }
@@ -184,7 +192,9 @@ export async function copyContent(repo: Repository, src: TarInput, e: ParsedEntr
  * of regular files larger than INLINE_CONTENT_MAX, which `storeContent` consumes (from `src`
  * or otherwise) and which become external references.
  */
-export async function splitTar<R>(src: TarInput, w: TarSink<R>, parser: TarEntryParser, name: string, storeContent: StoreContent<R>): Promise<void> {
+export async function splitTar<R extends Buffer | { readonly pending: Promise<Buffer> }>(
+  src: TarInput, w: TarSink<R>, parser: TarEntryParser, name: string, storeContent: StoreContent<R>, collect?: EntryCollector,
+): Promise<void> {
   const eofIn = (what: string): CfsError => eofError(name, src, what);
 
   /** Copy `n` bytes inline; returns them when `keep` (metadata contents, bounded by limits). */
@@ -224,10 +234,15 @@ export async function splitTar<R>(src: TarInput, w: TarSink<R>, parser: TarEntry
     } else {
       const e = h.entry;
       if (e.type === 'file' && e.dataSize > INLINE_CONTENT_MAX) {
-        w.addExternal(await storeContent(e), e.dataSize);
+        const ref = await storeContent(e);
+        collect?.external(e, ref);
+        w.addExternal(ref, e.dataSize);
         await inline(roundUp(e.dataSize) - e.dataSize, `reading tar padding of ${e.path}`, false);
       } else {
-        await inline(roundUp(e.dataSize), `reading tar entry ${e.path}`, false);
+        // Inline contents are kept for the collector as readLayerEntries gives them (a copy of the content bytes).
+        const keep = collect !== undefined && e.type === 'file';
+        const data = await inline(roundUp(e.dataSize), `reading tar entry ${e.path}`, keep);
+        collect?.entry(e, keep ? { kind: 'inline', data: Buffer.from(data!.subarray(0, e.dataSize)) } : null);
       }
     }
   }

@@ -47,7 +47,7 @@ const TYPE_BITS: Readonly<Record<Exclude<TarEntry['type'], 'hardlink'>, number>>
 export class TreeBuilder {
   private readonly root: Inode = implicitDir();
 
-  async applyLayer(entries: AsyncIterable<TarEntry>, layerName: string): Promise<void> {
+  async applyLayer(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>, layerName: string): Promise<void> {
     for await (const e of entries) this.applyEntry(e, layerName);
   }
 
