@@ -116,11 +116,13 @@ class LogicalSource implements TarInput, StreamTap {
 
   /** Up to `max` bytes (≥ 1 unless at the end). */
   async readUpTo(max: number): Promise<Buffer> {
-    await this.relieve();
-    if (!(await this.current())) return Buffer.alloc(0);
+    // The common case (bytes of the current chunk already received) takes no await but the
+    // caller's: a tar header costs several reads, each awaited promise a microtask and garbage.
+    if (this.feed.backlog > FEED_BACKLOG_MAX) await this.feed.settled();
+    if (!this.ready() && !(await this.current())) return Buffer.alloc(0);
     const s = this.seg!;
     if (s.kind === 'bytes') {
-      const b = await this.reader.body(max);
+      const b = this.reader.bodyNow(max) ?? (await this.reader.body(max));
       this.count(b);
       return b;
     }
@@ -173,6 +175,12 @@ class LogicalSource implements TarInput, StreamTap {
       this.open.splice(this.open.indexOf(s.file), 1);
     }
     this.seg = null;
+  }
+
+  /** A segment with data is current (what current() makes sure of, when it need not wait). */
+  private ready(): boolean {
+    const s = this.seg;
+    return s !== null && (s.kind === 'bytes' ? this.reader.remainingBody > 0 : s.pos < s.length);
   }
 
   /** Make sure a segment with data is current; false at the end of the stream. */

@@ -61,6 +61,17 @@ export class SplitdirfdReader {
     return b;
   }
 
+  /** body(max) when it need not wait for input (bytes of the body are here); else null. */
+  bodyNow(max: number): Buffer | null {
+    if (this.bodyLeft === 0 || this.pos >= this.cur.length) return null;
+    const k = Math.min(max, this.bodyLeft, this.cur.length - this.pos);
+    const out = this.cur.subarray(this.pos, this.pos + k);
+    this.pos += k;
+    this.offset += k;
+    this.bodyLeft -= k;
+    return out;
+  }
+
   /** The whole current body (callers bound it first). */
   async bodyAll(): Promise<Buffer> {
     const parts: Buffer[] = [];

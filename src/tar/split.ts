@@ -22,6 +22,7 @@ import { EntryCollector } from './collected.js';
 import type { TarEntry } from './entry.js';
 
 const COPY_CHUNK = 1024 * 1024;
+const EMPTY = Buffer.alloc(0);
 type DiffIdAlg = 'sha256' | 'sha384' | 'sha512';
 const DIFF_ID_HEX: Record<DiffIdAlg, number> = { sha256: 64, sha384: 96, sha512: 128 };
 
@@ -237,11 +238,12 @@ export async function splitTar<R extends Buffer | { readonly pending: Promise<Bu
         const ref = await storeContent(e);
         collect?.external(e, ref);
         w.addExternal(ref, e.dataSize);
-        await inline(roundUp(e.dataSize) - e.dataSize, `reading tar padding of ${e.path}`, false);
+        // (Nothing to read, no call: most entries have no padding or no data, and each async call costs.)
+        if (e.dataSize % BLOCK_SIZE !== 0) await inline(roundUp(e.dataSize) - e.dataSize, `reading tar padding of ${e.path}`, false);
       } else {
         // Inline contents are kept for the collector as readLayerEntries gives them (a copy of the content bytes).
         const keep = collect !== undefined && e.type === 'file';
-        const data = await inline(roundUp(e.dataSize), `reading tar entry ${e.path}`, keep);
+        const data = e.dataSize === 0 ? EMPTY : await inline(roundUp(e.dataSize), `reading tar entry ${e.path}`, keep);
         collect?.entry(e, keep ? { kind: 'inline', data: Buffer.from(data!.subarray(0, e.dataSize)) } : null);
       }
     }
