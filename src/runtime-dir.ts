@@ -2,49 +2,78 @@
  * The per-user runtime directory cfs keeps per-boot records in (FUSE servers, mounted images):
  * /run/cfs for root, else $XDG_RUNTIME_DIR/cfs, else <tmpdir>/cfs-<uid>. Records vanish with
  * the boot, as the mounts they describe do.
+ *
+ * Root of a user namespace (`podman unshare`, `unshare -r`) is the user who owns it: its records
+ * go where that user's do (its $XDG_RUNTIME_DIR, else <tmpdir>/cfs-<its uid outside>), not to
+ * /run/cfs, which belongs to the real root.
  */
-import { mkdirSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CfsError } from './errors.js';
+import { inInitialUserNamespace, outsideId, parseIdMap } from './userns.js';
 
-function euid(): number {
-  return process.geteuid?.() ?? process.getuid?.() ?? 0;
+const ROOT_DIR = '/run/cfs';
+
+function uid(): number {
+  return process.getuid?.() ?? 0;
+}
+
+/** Our uid as the initial user namespace knows it (the namespace owner's, for its root). */
+function uidOutside(): number {
+  try {
+    return outsideId(parseIdMap(readFileSync('/proc/self/uid_map', 'utf8')), uid()) ?? uid();
+  } catch {
+    return uid();
+  }
+}
+
+let realRoot: boolean | undefined;
+
+/** uid 0 of the initial user namespace: the machine's root, whose records are in /run/cfs. */
+function isRealRoot(): boolean {
+  return uid() === 0 && (realRoot ??= inInitialUserNamespace());
 }
 
 /** This user's runtime directory (not created). */
 export function runtimeDir(): string {
-  const uid = process.getuid?.() ?? 0;
-  if (uid === 0) return '/run/cfs';
-  const xdg = process.env.XDG_RUNTIME_DIR;
-  return xdg ? path.join(xdg, 'cfs') : path.join(os.tmpdir(), `cfs-${uid}`);
+  if (isRealRoot()) return ROOT_DIR;
+  const xdg = process.env['XDG_RUNTIME_DIR'];
+  return xdg ? path.join(xdg, 'cfs') : path.join(os.tmpdir(), `cfs-${uidOutside()}`);
 }
 
 /** This user's runtime directory, created 0700 and checked to be ours (a shared tmpdir fallback could be planted). */
 export function ownRuntimeDir(): string {
   const dir = runtimeDir();
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  if (statSync(dir).uid !== (process.getuid?.() ?? 0)) {
+  if (statSync(dir).uid !== uid()) {
     throw new CfsError('EPERM', `${dir}: runtime directory is owned by another user`, { path: dir });
   }
   return dir;
 }
 
-/** Where user `uid` keeps its records, as far as another user (root) can tell. */
-export function runtimeDirsOf(uid: number): string[] {
-  if (uid === (process.getuid?.() ?? 0)) return [runtimeDir()];
-  return uid === 0 ? ['/run/cfs'] : [`/run/user/${uid}/cfs`, path.join(os.tmpdir(), `cfs-${uid}`)];
+/** Where user `owner` keeps its records, as far as another user (root) can tell: only directories that user owns. */
+export function runtimeDirsOf(owner: number): string[] {
+  if (owner === uid()) return [runtimeDir()];
+  const dirs = owner === 0 ? [ROOT_DIR] : [`/run/user/${owner}/cfs`, path.join(os.tmpdir(), `cfs-${owner}`)];
+  return dirs.filter((d) => statSync(d, { throwIfNoEntry: false })?.uid === owner);
 }
 
-/** Every user's runtime directory this process may read: its own, and everyone's for root. */
-export function readableRuntimeDirs(): string[] {
-  const dirs = new Set([runtimeDir()]);
-  if (euid() === 0) {
-    dirs.add('/run/cfs');
-    for (const uid of listOrEmpty('/run/user')) if (/^\d+$/.test(uid)) dirs.add(`/run/user/${uid}/cfs`);
-    for (const n of listOrEmpty(os.tmpdir())) if (/^cfs-\d+$/.test(n)) dirs.add(path.join(os.tmpdir(), n));
+/**
+ * Every user's runtime directory this process may read, with the user it belongs to: its own;
+ * for root, everyone's. A directory that does not belong to the user its name says (anyone can
+ * make /tmp/cfs-4242) is left out: its records would speak for someone else.
+ */
+export function readableRuntimeDirs(): Array<{ dir: string; owner: number; own: boolean }> {
+  const out = new Map<string, number>([[runtimeDir(), uid()]]);
+  if (isRealRoot()) {
+    const claim = (dir: string, owner: number): void => {
+      if (!out.has(dir) && statSync(dir, { throwIfNoEntry: false })?.uid === owner) out.set(dir, owner);
+    };
+    for (const n of listOrEmpty('/run/user')) if (/^\d+$/.test(n)) claim(`/run/user/${n}/cfs`, Number(n));
+    for (const n of listOrEmpty(os.tmpdir())) if (/^cfs-\d+$/.test(n)) claim(path.join(os.tmpdir(), n), Number(n.slice(4)));
   }
-  return [...dirs];
+  return [...out].map(([dir, owner], i) => ({ dir, owner, own: i === 0 }));
 }
 
 function listOrEmpty(dir: string): string[] {

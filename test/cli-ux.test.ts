@@ -237,6 +237,15 @@ test('an image without /usr is refused naming the image and why', async () => {
   assert.match(r.stderr, /^cfs: oci layout \S+no-usr.*: the image has no \/usr directory \(a composefs image takes its root directory metadata from \/usr, as composefs-rs does\); its layers are stored, but no composefs image\n$/);
 });
 
+test('root of a user namespace (podman unshare, unshare -r) keeps its records where its owner does, not in /run/cfs', { skip: ROOT }, () => {
+  const script = `import(${JSON.stringify(path.join(import.meta.dirname, '../src/runtime-dir.js'))}).then((m) => console.log(m.runtimeDir()))`;
+  const env = { ...process.env };
+  delete env['XDG_RUNTIME_DIR'];
+  assert.equal(execFileSync(process.execPath, ['-e', script], { env, encoding: 'utf8' }).trim(), '/run/cfs');
+  assert.equal(execFileSync('unshare', ['-Ur', process.execPath, '-e', script], { env, encoding: 'utf8' }).trim(), path.join(tmpdir(), 'cfs-0'));
+  assert.equal(execFileSync('unshare', ['-Ur', process.execPath, '-e', script], { env: { ...env, XDG_RUNTIME_DIR: '/run/user/1234' }, encoding: 'utf8' }).trim(), '/run/user/1234/cfs');
+});
+
 test('fsck of a name that is not a tag is a one-line error, not a damage report', () => {
   const r = runCfs(['--repo', repo, 'fsck', '--json', 'no-such-tag']);
   assert.equal(r.status, 1);

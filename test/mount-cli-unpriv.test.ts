@@ -85,8 +85,12 @@ test('unprivileged: cfs mount oci:… (auto → FUSE) shows the tree; mounts lis
     assert.deepEqual(problems, []);
     const list = await asUser(['mounts', '--json']);
     assert.equal(list.status, 0, list.stderr);
-    const rows = (JSON.parse(list.stdout) as { mounts: Array<{ mountpoint: string; kind: string }> }).mounts.filter((m) => m.mountpoint === mp);
-    assert.deepEqual(rows.map((m) => m.kind), ['fuse']);
+    const rows = (JSON.parse(list.stdout) as { mounts: Array<{ mountpoint: string; kind: string; state: string; repository: string }> }).mounts.filter((m) => m.mountpoint === mp);
+    assert.deepEqual(rows.map((m) => [m.kind, m.state, m.repository]), [['fuse', 'active', repo]]);
+    // Another (unprivileged) user is told whose mount it is, not fusermount3's table.
+    const other = await withDevFuseMode(0o666, () => cfs(['umount', mp], { user: { ...user, uid: 65534, gid: 65534 } }));
+    assert.equal(other.status, 1);
+    assert.equal(other.stderr, `cfs: ${mp} is a FUSE mount of uid ${user.uid}: only that user or root can unmount it\n`);
   } finally {
     const u = await asUser(['umount', mp]);
     assert.equal(u.status, 0, u.stderr);

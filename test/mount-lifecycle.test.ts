@@ -101,6 +101,7 @@ test('a non-ASCII mount point: the second mount is refused, mounts lists it, umo
     assert.match(again.stderr, /already has a cfs mount/);
     const listed = JSON.parse((await cfsOkAsync(['mounts', '--json'])).stdout) as { mounts: Array<{ mountpoint: string }> };
     assert.ok(listed.mounts.some((m) => m.mountpoint === mp), JSON.stringify(listed));
+    assert.ok((await cfsOkAsync(['mounts'])).stdout.split('\n').some((l) => l.startsWith(`${mp}\t${fuse === 'yes' ? 'fuse' : 'kernel'}\t`)));
     await cfsOkAsync(['umount', mp]);
     assert.equal(mountsAt(mp).length, 0);
   }
@@ -156,6 +157,17 @@ test('cfs gc keeps an untagged image while it is mounted (kernel, FUSE, foregrou
     assert.deepEqual([after.keptMounted, after.removed.images], [[], [`images/${id}`]], how);
   }
   assert.equal(readdirSync('/run/cfs').filter((n) => n.startsWith('pin-') && readFileSync(path.join('/run/cfs', n), 'utf8').includes(gcRepo)).length, 0, 'no pin is left behind');
+});
+
+test('cfs mounts: one row per mount, a tab or newline in a mount point octal-escaped as in mountinfo', { skip: SKIP }, async () => {
+  const mp = newDir('tab\there\nnewline');
+  await cfsOkAsync(['--repo', repo, 'mount', image, mp]);
+  try {
+    const rows = (await cfsOkAsync(['mounts'])).stdout.split('\n').filter((l) => l.includes('tab'));
+    assert.deepEqual(rows.map((l) => l.split('\t')[0]), [mp.replace('\t', '\\011').replace('\n', '\\012')]);
+  } finally {
+    await cfsOkAsync(['umount', mp]);
+  }
 });
 
 test('umount --lazy of a mount whose FUSE server is stopped returns (nothing stats the mount point)', { skip: SKIP }, async () => {

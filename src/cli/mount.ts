@@ -140,9 +140,12 @@ export function register(program: Command): void {
       if (opts.json) process.stdout.write(`${JSON.stringify({ mounts: rows }, null, 2)}\n`);
       else if (rows.length === 0) process.stderr.write('No cfs mounts\n');
       else {
+        // One row per mount, tab-separated: tabs, newlines and backslashes in paths and names are
+        // octal escapes, as in /proc/self/mountinfo (--json has them as they are).
+        const field = (v: string): string => v.replace(/[\t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
         for (const r of rows) {
           const dead = r.state === 'dead' ? "\tdead: its FUSE server is gone ('cfs umount' removes it)" : '';
-          process.stdout.write(`${r.mountpoint}\t${r.kind}\t${r.source}${dead}\n`);
+          process.stdout.write(`${field(r.mountpoint)}\t${r.kind}\t${field(r.source)}${dead}\n`);
         }
       }
     });

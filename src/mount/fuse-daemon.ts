@@ -40,7 +40,7 @@ interface ServerHandle {
   unmount(opts?: { lazy?: boolean }): Promise<void>;
   closed: Promise<void>;
 }
-import { canonical, findMount, isComposefsMount, readMountinfo, type MountInfo } from './mountinfo.js';
+import { canonical, findMount, fuseMountUid, isComposefsMount, readMountinfo, type MountInfo } from './mountinfo.js';
 import { ownRuntimeDir, runtimeDir, runtimeDirsOf } from '../runtime-dir.js';
 
 export interface FuseDaemonOptions {
@@ -127,7 +127,7 @@ export interface FuseServerState {
  * (its `user_id=` option). The mount point is never touched: a dead one fails, a hung one hangs.
  */
 export function fuseServerState(m: MountInfo): FuseServerState {
-  const uid = Number(/(?:^|,)user_id=(\d+)(?:,|$)/.exec(m.superOptions)?.[1] ?? process.getuid?.() ?? 0);
+  const uid = fuseMountUid(m) ?? process.getuid?.() ?? 0;
   for (const dir of runtimeDirsOf(uid)) {
     const rec = readRecordAt(recordPathOf(m.mountpoint, dir));
     if (!rec) continue;

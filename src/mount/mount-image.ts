@@ -14,7 +14,7 @@ import type { ImageHandle, Repository } from '../repository/repository.js';
 import type { PullOptions, PullResult } from '../oci/pull.js';
 import { hashAlgOfSize } from '../fsverity/digest.js';
 import { hasMountPrivilege } from './caps.js';
-import { canonical, findMount, isComposefsMount, listComposefsMounts } from './mountinfo.js';
+import { canonical, findMount, fuseMountUid, isComposefsMount, listComposefsMounts } from './mountinfo.js';
 import { livePins, pinMountedImage, pinOf, unpinUnmounted } from '../repository/pins.js';
 
 /** auto: the kernel mount when privileged, else FUSE; yes: FUSE; no: the kernel mount or an error. */
@@ -271,6 +271,12 @@ export async function unmountImage(mountpoint: string, opts: { lazy?: boolean } 
     unmount(mp, opts);
     unpinUnmounted(mp);
     return;
+  }
+  // fusermount3 would say only that the mount is not in its table.
+  const owner = m ? fuseMountUid(m) : null;
+  const me = process.getuid?.() ?? 0;
+  if (owner !== null && owner !== me && me !== 0) {
+    throw new CfsError('EPERM', `${mp} is a FUSE mount of uid ${owner}: only that user or root can unmount it`, { path: mp });
   }
   const { readFuseRecord, unmountFuse } = await import('./fuse-daemon.js');
   // No mount but a server's record: its mount was lost (the server is cleaned up).

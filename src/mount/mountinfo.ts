@@ -93,3 +93,9 @@ export function isComposefsMount(m: MountInfo): boolean {
 export function listComposefsMounts(mounts: MountInfo[] = readMountinfo()): MountInfo[] {
   return mounts.filter(isComposefsMount);
 }
+
+/** The uid a FUSE mount was made by (its `user_id=` super option); null for other mounts. */
+export function fuseMountUid(m: MountInfo): number | null {
+  const uid = /(?:^|,)user_id=(\d+)(?:,|$)/.exec(m.superOptions)?.[1];
+  return uid === undefined ? null : Number(uid);
+}

@@ -5,13 +5,14 @@
  * id, mount namespace): nothing is written into the repository, so read-only repositories can
  * be mounted and pinned too, and a reboot forgets every pin with its mounts.
  *
- * A pin holds while its mount exists. One made in another mount namespace cannot be checked
- * from here and holds until the boot ends (keeping an image too long is the safe mistake).
+ * A pin holds while its mount exists. One of our own made in another mount namespace cannot be
+ * checked from here and holds until the boot ends (keeping an image too long is the safe
+ * mistake); another user's counts only when its mount is one we can see.
  */
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { findMount, isComposefsMount, readMountinfo, type MountInfo } from '../mount/mountinfo.js';
+import { findMount, fuseMountUid, isComposefsMount, readMountinfo, type MountInfo } from '../mount/mountinfo.js';
 import { ownRuntimeDir, readableRuntimeDirs, runtimeDir } from '../runtime-dir.js';
 
 export interface MountPin {
@@ -81,27 +82,41 @@ function readPin(file: string): MountPin | null {
   }
 }
 
-/** Whether the pin's mount is still there; null when it is in another mount namespace (cannot tell). */
-function holds(pin: MountPin, mounts: MountInfo[], ns: string): boolean | null {
+/** Whether the pin's mount is still there, made by the pin's owner; null when that cannot be told (another mount namespace, another uid shown). */
+function holds(pin: MountPin, mounts: MountInfo[], ns: string, owner: number): boolean | null {
   if (pin.mntns !== ns) return null;
-  return mounts.some((m) => m.mountId === pin.mountId && m.mountpoint === pin.mountpoint && isComposefsMount(m));
+  const m = mounts.find((x) => x.mountId === pin.mountId && x.mountpoint === pin.mountpoint && isComposefsMount(x));
+  if (!m) return false;
+  // A FUSE mount made inside a user namespace shows that namespace's uid: then we cannot tell.
+  return mountOwner(m) === owner ? true : null;
 }
 
 /**
  * The pins that hold, in every runtime directory this process may read (its own; everyone's for
  * root). Pins of mounts gone from this namespace are removed on the way (where we may).
  */
-export function livePins(): MountPin[] {
+export function livePins(): OwnedPin[] {
   const mounts = readMountinfo();
   const ns = mountNamespace();
-  const out: MountPin[] = [];
-  for (const dir of readableRuntimeDirs()) {
+  const out: OwnedPin[] = [];
+  for (const { dir, owner, own } of readableRuntimeDirs()) {
     for (const { file, pin } of pinsIn(dir)) {
-      if (pin && holds(pin, mounts, ns) !== false) out.push(pin);
-      else removeQuietly(file);
+      const held = pin === null ? false : holds(pin, mounts, ns, owner);
+      // Another user's pin counts only for a mount of theirs we can see: one from a namespace
+      // we cannot check would let any user keep root's images from gc until the reboot.
+      if (pin && (held === true || (held === null && own))) out.push({ ...pin, owner });
+      else if (own || held === false) removeQuietly(file);
     }
   }
   return out;
+}
+
+/** A pin and the user whose runtime directory holds it. */
+export type OwnedPin = MountPin & { owner: number };
+
+/** Who made a mount: the FUSE mount's `user_id=`; root for a kernel mount. */
+function mountOwner(m: MountInfo): number {
+  return fuseMountUid(m) ?? 0;
 }
 
 /** The pin files of a runtime directory, parsed (null: unreadable or malformed). */
@@ -126,13 +141,13 @@ export function unpinUnmounted(mountpoint: string): void {
   const mounts = readMountinfo();
   const ns = mountNamespace();
   for (const { file, pin } of pinsIn(runtimeDir())) {
-    if (pin?.mountpoint === mountpoint && holds(pin, mounts, ns) === false) removeQuietly(file);
+    if (pin?.mountpoint === mountpoint && holds(pin, mounts, ns, process.getuid?.() ?? 0) === false) removeQuietly(file);
   }
 }
 
 /** The pin of the mount `m`, if one of the readable runtime directories has it. */
-export function pinOf(m: MountInfo, pins: MountPin[]): MountPin | undefined {
-  return pins.find((p) => p.mountId === m.mountId && p.mountpoint === m.mountpoint);
+export function pinOf(m: MountInfo, pins: OwnedPin[]): OwnedPin | undefined {
+  return pins.find((p) => p.mountId === m.mountId && p.mountpoint === m.mountpoint && p.owner === mountOwner(m));
 }
 
 /** Stale pins are removed where we may; elsewhere (another user's, as non-root) they stay harmlessly. */

@@ -56,6 +56,8 @@ function withStorageRoot(image: string, storageRoot: string | undefined): string
     throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `storage_root applies to containers-storage: images only, not '${image}'` });
   }
   if (!path.isAbsolute(storageRoot)) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `storage_root '${storageRoot}' is not an absolute path` });
+  // The client's mistake, not the service's failure.
+  if (!statSync(storageRoot, { throwIfNoEntry: false })?.isDirectory()) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `storage_root '${storageRoot}' is not a directory` });
   let ref;
   try {
     ref = parseStorageReference(image);
