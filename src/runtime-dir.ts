@@ -7,7 +7,7 @@
  * go where that user's do (its $XDG_RUNTIME_DIR, else <tmpdir>/cfs-<its uid outside>), not to
  * /run/cfs, which belongs to the real root.
  */
-import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, constants as C, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CfsError } from './errors.js';
@@ -81,5 +81,33 @@ function listOrEmpty(dir: string): string[] {
     return readdirSync(dir);
   } catch {
     return [];
+  }
+}
+
+/** Records are small JSON documents. */
+const RECORD_MAX = 4096;
+
+/**
+ * The text of a record file in a runtime directory, or null. Its user controls what is there:
+ * anything but a small regular file of theirs (a FIFO would block, a symlink lead anywhere) is
+ * not a record. Root reads other users' directories, so this is checked on the opened file.
+ */
+export function readRecordFile(file: string, owner: number): string | null {
+  let fd: number;
+  try {
+    fd = openSync(file, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK | C.O_NOCTTY);
+  } catch {
+    return null;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.uid !== owner || st.size > RECORD_MAX) return null;
+    const buf = Buffer.alloc(RECORD_MAX);
+    const n = readSync(fd, buf, 0, RECORD_MAX, 0);
+    return buf.toString('utf8', 0, n);
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
   }
 }

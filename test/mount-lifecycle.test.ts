@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout } from './helpers/oci-fixture.js';
@@ -167,6 +167,34 @@ test('cfs mounts: one row per mount, a tab or newline in a mount point octal-esc
     assert.deepEqual(rows.map((l) => l.split('\t')[0]), [mp.replace('\t', '\\011').replace('\n', '\\012')]);
   } finally {
     await cfsOkAsync(['umount', mp]);
+  }
+});
+
+test("another user's runtime directory cannot hang or steer root's gc and cfs mounts: FIFOs, symlinks, foreign pins", { skip: SKIP }, async () => {
+  const dir = path.join(tmpdir(), 'cfs-65534');
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { mode: 0o700 });
+  try {
+    execFileSync('mkfifo', [path.join(dir, 'pin-fifo.json')]);
+    execFileSync('ln', ['-s', '/dev/zero', path.join(dir, 'pin-zero.json')]);
+    // And a pin for root's repository claiming a real cfs mount (counted only for a repository
+    // of that user's: pins.ts), all read without harm.
+    const mp = newDir();
+    await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'yes', image, mp]);
+    const m = mountinfo().split('\n').find((l) => l.split(' ')[4] === mp)!;
+    const imageId = (JSON.parse((await cfsOkAsync(['--repo', repo, 'oci', 'inspect', image])).stdout) as { imageId: string }).imageId;
+    writeFileSync(path.join(dir, 'pin-forged.json'), JSON.stringify({ repo, imageId, mountpoint: mp, mountId: Number(m.split(' ')[0]), mntns: readlinkSync('/proc/self/ns/mnt') }));
+    execFileSync('chown', ['-hR', '65534:65534', dir]);
+    try {
+      const listed = spawnSync(process.execPath, [path.join(import.meta.dirname, '../src/cli/entry.js'), 'mounts', '--json'], { timeout: 20_000, encoding: 'utf8' });
+      assert.equal(listed.status, 0, `cfs mounts: ${listed.error?.message ?? listed.stderr}`);
+      const gc = spawnSync(process.execPath, [path.join(import.meta.dirname, '../src/cli/entry.js'), '--repo', repo, 'gc', '--dry-run', '--json'], { timeout: 20_000, encoding: 'utf8' });
+      assert.equal(gc.status, 0, `cfs gc: ${gc.error?.message ?? gc.stderr}`);
+    } finally {
+      await cfsOkAsync(['umount', mp]);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -38,13 +38,13 @@ export async function pullOptionsFromCli(opts: PullOpts): Promise<PullOptions> {
   return { platform: opts.platform, localFetch, lockTimeoutMs: v === undefined ? undefined : Number(v) * 1000, progress: progressFor({ quiet: opts.quiet }) };
 }
 
-/** The summary of where a pull's objects came from (stderr, unless quiet). */
 /** Said on stderr whatever -q: the tag now names another image than before. */
 export function retagNote(r: { tag: string; manifestDigest: string; replacedManifest: string | null }): void {
   if (r.replacedManifest === null) return;
   process.stderr.write(`cfs: note: tag '${r.tag}' moved from ${r.replacedManifest.slice(0, 19)}… to ${r.manifestDigest.slice(0, 19)}… (the earlier image stays until gc while untagged, and while mounted)\n`);
 }
 
+/** The summary of where a pull's objects came from (stderr, unless quiet). */
 export function objectsLine(o: { reflinked: number; hardlinked: number; copied: number; present: number }): string {
   return `objects: ${o.reflinked} reflinked + ${o.hardlinked} hardlinked + ${o.copied} copied${o.present ? ` (+ ${o.present} already present)` : ''}\n`;
 }

@@ -41,7 +41,7 @@ interface ServerHandle {
   closed: Promise<void>;
 }
 import { canonical, findMount, fuseMountUid, isComposefsMount, readMountinfo, type MountInfo } from './mountinfo.js';
-import { ownRuntimeDir, runtimeDir, runtimeDirsOf } from '../runtime-dir.js';
+import { ownRuntimeDir, readRecordFile, runtimeDir, runtimeDirsOf } from '../runtime-dir.js';
 
 export interface FuseDaemonOptions {
   imagePath: string;
@@ -129,7 +129,7 @@ export interface FuseServerState {
 export function fuseServerState(m: MountInfo): FuseServerState {
   const uid = fuseMountUid(m) ?? process.getuid?.() ?? 0;
   for (const dir of runtimeDirsOf(uid)) {
-    const rec = readRecordAt(recordPathOf(m.mountpoint, dir));
+    const rec = readRecordAt(recordPathOf(m.mountpoint, dir), uid);
     if (!rec) continue;
     const serving = alive(rec.pid) && (isServer(rec.pid, m.mountpoint) || (rec.started !== undefined && processStart(rec.pid) === rec.started));
     return { state: serving ? 'active' : 'dead', pid: serving ? rec.pid : null };
@@ -151,9 +151,12 @@ export function readFuseRecord(mountpoint: string): FuseDaemonRecord | null {
   return readRecordAt(fuseRecordPath(mountpoint));
 }
 
-function readRecordAt(file: string): FuseDaemonRecord | null {
+/** The record in `file`, written by user `owner` (by default us), or null. */
+function readRecordAt(file: string, owner = process.getuid?.() ?? 0): FuseDaemonRecord | null {
+  const text = readRecordFile(file, owner);
+  if (text === null) return null;
   try {
-    const rec = JSON.parse(readFileSync(file, 'utf8')) as FuseDaemonRecord;
+    const rec = JSON.parse(text) as FuseDaemonRecord;
     return typeof rec.pid === 'number' ? rec : null;
   } catch {
     return null;
@@ -352,6 +355,8 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions, onForegroundMount
 export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } = {}): Promise<void> {
   const mp = canonical(mountpoint);
   const rec = readFuseRecord(mp);
+  // Only a background server is signalled and waited for: a foreground one (which `cfs mounts`
+  // counts as active too) is its caller's own process, and ends by itself once unmounted.
   const server = rec && alive(rec.pid) && isServer(rec.pid, mp) ? rec.pid : null;
   const mount = findMount(mp);
   let connection: number | null = null;

@@ -94,7 +94,7 @@ async function manifestOf(repo: Repository, source: string): Promise<string | nu
   try {
     return (await resolveImageName(repo, source, repo.erofsFormats.default)).manifestDigest;
   } catch (e) {
-    if (isCfsError(e) && (e.code === 'ENOENT' || (e.code === 'EINVAL' && !/ambiguous/.test(e.message)))) return null;
+    if (isCfsError(e) && (e.code === 'ENOENT' || (e.code === 'EINVAL' && e.context['ambiguous'] === undefined))) return null;
     throw e;
   }
 }

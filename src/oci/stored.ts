@@ -109,9 +109,9 @@ async function shortIdManifest(repo: Repository, id: string, erofsVersion: numbe
   const m = /^(?:(sha256|sha384|sha512):)?([0-9a-f]{6,})$/.exec(id);
   if (!m) return null;
   const [, alg, hex] = m;
-  const prefix = manifestContentId(`${alg ?? 'sha256'}:${hex}`);
   const manifests = (await repo.listStreams()).filter((s) => s.startsWith('oci-manifest-')).map((s) => s.slice('oci-manifest-'.length));
-  const byDigest = manifests.filter((d) => manifestContentId(d).startsWith(prefix));
+  // Without an algorithm, the hex after any (`oci images` shows it so for every algorithm).
+  const byDigest = manifests.filter((d) => (alg === undefined ? d.slice(d.indexOf(':') + 1) : d).startsWith(alg === undefined ? hex! : `${alg}:${hex}`));
   if (byDigest.length > 0 || alg !== undefined) return unique(byDigest, id, 'manifest digest');
   const byImageId: string[] = [];
   for (const d of manifests) {
@@ -123,7 +123,7 @@ async function shortIdManifest(repo: Repository, id: string, erofsVersion: numbe
 }
 
 function unique(hits: string[], id: string, what: string): string | null {
-  if (hits.length > 1) throw new CfsError('EINVAL', `${what} prefix '${id}' is ambiguous: it starts ${hits.map((h) => h.slice(0, 19)).join(', ')}… (give more digits)`);
+  if (hits.length > 1) throw new CfsError('EINVAL', `${what} prefix '${id}' is ambiguous: it starts ${hits.map((h) => h.slice(0, 19)).join(', ')}… (give more digits)`, { ambiguous: hits.length });
   return hits[0] ?? null;
 }
 

@@ -10,10 +10,10 @@
  * mistake); another user's counts only when its mount is one we can see.
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { findMount, fuseMountUid, isComposefsMount, readMountinfo, type MountInfo } from '../mount/mountinfo.js';
-import { ownRuntimeDir, readableRuntimeDirs, runtimeDir } from '../runtime-dir.js';
+import { ownRuntimeDir, readableRuntimeDirs, readRecordFile, runtimeDir } from '../runtime-dir.js';
 
 export interface MountPin {
   /** The repository's real path. */
@@ -72,9 +72,11 @@ export function pinMountedImage(repoPath: string, imageId: string, mountpoint: s
   }
 }
 
-function readPin(file: string): MountPin | null {
+function readPin(file: string, owner: number): MountPin | null {
+  const text = readRecordFile(file, owner);
+  if (text === null) return null;
   try {
-    const p = JSON.parse(readFileSync(file, 'utf8')) as Partial<MountPin>;
+    const p = JSON.parse(text) as Partial<MountPin>;
     if (typeof p.repo !== 'string' || typeof p.imageId !== 'string' || typeof p.mountpoint !== 'string' || typeof p.mountId !== 'number' || typeof p.mntns !== 'string') return null;
     return p as MountPin;
   } catch {
@@ -96,19 +98,50 @@ function holds(pin: MountPin, mounts: MountInfo[], ns: string, owner: number): b
  * root). Pins of mounts gone from this namespace are removed on the way (where we may).
  */
 export function livePins(): OwnedPin[] {
+  // Pins first, then the mount table: a pin is written after its mount is made, so a mount made
+  // while we read is in the table we read next (read the other way round, a fresh pin would look
+  // stale, and be removed).
+  const dirs = readableRuntimeDirs();
+  sweepTemps(dirs[0]!.dir);
+  const found = dirs.flatMap(({ dir, owner, own }) => pinsIn(dir, owner).map((p) => ({ ...p, owner, own })));
   const mounts = readMountinfo();
   const ns = mountNamespace();
   const out: OwnedPin[] = [];
-  for (const { dir, owner, own } of readableRuntimeDirs()) {
-    for (const { file, pin } of pinsIn(dir)) {
-      const held = pin === null ? false : holds(pin, mounts, ns, owner);
-      // Another user's pin counts only for a mount of theirs we can see: one from a namespace
-      // we cannot check would let any user keep root's images from gc until the reboot.
-      if (pin && (held === true || (held === null && own))) out.push({ ...pin, owner });
-      else if (own || held === false) removeQuietly(file);
-    }
+  for (const { file, pin, owner, own } of found) {
+    const held = pin === null ? false : holds(pin, mounts, ns, owner);
+    // Another user's pin is a claim anyone could write: it counts only for a mount of theirs we
+    // can see, of a repository of theirs (or any user could keep root's images from gc).
+    if (pin && (own ? held !== false : held === true && ownsRepository(pin.repo, owner))) out.push({ ...pin, owner });
+    else if (own || held === false) removeQuietly(file);
   }
   return out;
+}
+
+/** Temporary pins of writers that died before their rename (`.pin-….tmp-PID`, PID gone). */
+function sweepTemps(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const pid = new RegExp(`^\\.${PIN_PREFIX}.*\\.tmp-(\\d+)$`).exec(n)?.[1];
+    if (pid !== undefined && !processExists(Number(pid))) removeQuietly(path.join(dir, n));
+  }
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function ownsRepository(repo: string, owner: number): boolean {
+  return statSync(repo, { throwIfNoEntry: false })?.uid === owner;
 }
 
 /** A pin and the user whose runtime directory holds it. */
@@ -120,14 +153,14 @@ function mountOwner(m: MountInfo): number {
 }
 
 /** The pin files of a runtime directory, parsed (null: unreadable or malformed). */
-function pinsIn(dir: string): Array<{ file: string; pin: MountPin | null }> {
+function pinsIn(dir: string, owner: number): Array<{ file: string; pin: MountPin | null }> {
   let names: string[];
   try {
     names = readdirSync(dir);
   } catch {
     return [];
   }
-  return names.filter((n) => n.startsWith(PIN_PREFIX) && n.endsWith('.json')).map((n) => ({ file: path.join(dir, n), pin: readPin(path.join(dir, n)) }));
+  return names.filter((n) => n.startsWith(PIN_PREFIX) && n.endsWith('.json')).map((n) => ({ file: path.join(dir, n), pin: readPin(path.join(dir, n), owner) }));
 }
 
 /** The image ids of the repository that are pinned by a mount. */
@@ -138,10 +171,12 @@ export function mountedImageIds(repoPath: string): Set<string> {
 
 /** Drop the pins of mounts at `mountpoint` (canonical) that are gone (after an unmount). */
 export function unpinUnmounted(mountpoint: string): void {
+  const me = process.getuid?.() ?? 0;
+  const pins = pinsIn(runtimeDir(), me);
   const mounts = readMountinfo();
   const ns = mountNamespace();
-  for (const { file, pin } of pinsIn(runtimeDir())) {
-    if (pin?.mountpoint === mountpoint && holds(pin, mounts, ns, process.getuid?.() ?? 0) === false) removeQuietly(file);
+  for (const { file, pin } of pins) {
+    if (pin?.mountpoint === mountpoint && holds(pin, mounts, ns, me) === false) removeQuietly(file);
   }
 }
 

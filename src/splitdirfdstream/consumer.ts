@@ -118,6 +118,7 @@ class LogicalSource implements TarInput, StreamTap {
   async readUpTo(max: number): Promise<Buffer> {
     // The common case (bytes of the current chunk already received) takes no await but the
     // caller's: a tar header costs several reads, each awaited promise a microtask and garbage.
+    // (relieve(), inlined: calling it would cost a promise per read.)
     if (this.feed.backlog > FEED_BACKLOG_MAX) await this.feed.settled();
     if (!this.ready() && !(await this.current())) return Buffer.alloc(0);
     const s = this.seg!;

@@ -244,7 +244,7 @@ export async function splitTar<R extends Buffer | { readonly pending: Promise<Bu
         // Inline contents are kept for the collector as readLayerEntries gives them (a copy of the content bytes).
         const keep = collect !== undefined && e.type === 'file';
         const data = e.dataSize === 0 ? EMPTY : await inline(roundUp(e.dataSize), `reading tar entry ${e.path}`, keep);
-        collect?.entry(e, keep ? { kind: 'inline', data: Buffer.from(data!.subarray(0, e.dataSize)) } : null);
+        collect?.entry(e, keep ? { kind: 'inline', data: data!.subarray(0, e.dataSize) } : null);
       }
     }
   }
