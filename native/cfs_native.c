@@ -477,6 +477,16 @@ static napi_value js_syncfs(napi_env env, napi_callback_info info) {
   RETURN_VOID(&c, rc, "syncfs", NULL);
 }
 
+/* openat2(2) with O_CLOEXEC always added; -1 and errno on failure. */
+static int open_beneath(int dirfd, const char *path, int64_t flags, int64_t mode, int64_t resolve) {
+  struct open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = (uint64_t)flags | O_CLOEXEC;
+  how.mode = (uint64_t)mode;
+  how.resolve = (uint64_t)resolve;
+  return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
 /* openat2(dirfd, path, flags, mode, resolve); O_CLOEXEC is always added. */
 static napi_value js_openat2(napi_env env, napi_callback_info info) {
   call_t c;
@@ -487,12 +497,7 @@ static napi_value js_openat2(napi_env env, napi_callback_info info) {
   int64_t mode = arg_int(&c, 3);
   int64_t resolve = arg_int(&c, 4);
   BAIL_IF_FAILED(&c);
-  struct open_how how;
-  memset(&how, 0, sizeof how);
-  how.flags = (uint64_t)flags | O_CLOEXEC;
-  how.mode = (uint64_t)mode;
-  how.resolve = (uint64_t)resolve;
-  int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+  int fd = open_beneath(dirfd, path, flags, mode, resolve);
   RETURN_INT(&c, fd, "openat2", path);
 }
 
@@ -550,12 +555,7 @@ static napi_value js_openat2_stat(napi_env env, napi_callback_info info) {
   int64_t resolve = arg_int(&c, 4);
   double *out = arg_stat_out(&c, 5);
   BAIL_IF_FAILED(&c);
-  struct open_how how;
-  memset(&how, 0, sizeof how);
-  how.flags = (uint64_t)flags | O_CLOEXEC;
-  how.mode = (uint64_t)mode;
-  how.resolve = (uint64_t)resolve;
-  int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+  int fd = open_beneath(dirfd, path, flags, mode, resolve);
   if (fd < 0) RETURN_INT(&c, fd, "openat2", path);
   struct stat st;
   if (fstat(fd, &st) < 0) {
