@@ -76,7 +76,8 @@ export function readableRuntimeDirs(): Array<{ dir: string; owner: number; own: 
   return [...out].map(([dir, owner], i) => ({ dir, owner, own: i === 0 }));
 }
 
-function listOrEmpty(dir: string): string[] {
+/** A directory's names; none when it cannot be read. */
+export function listOrEmpty(dir: string): string[] {
   try {
     return readdirSync(dir);
   } catch {

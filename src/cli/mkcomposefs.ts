@@ -3,7 +3,7 @@
  * dumpfile or a directory, like C mkcomposefs.
  */
 import type { Command } from 'commander';
-import { CfsError } from '../errors.js';
+import { CfsError, errnoCode, systemErrorText } from '../errors.js';
 import type { Inode } from '../tree/inode.js';
 
 interface MkOpts {
@@ -53,10 +53,9 @@ async function writeAtomic(dest: string, data: Buffer): Promise<void> {
   } catch (e) {
     await rm(tmp, { force: true });
     // Name the output asked for, not the temporary file beside it.
-    const code = (e as NodeJS.ErrnoException).code;
+    const code = errnoCode(e);
     if (code === 'ENOENT') throw new CfsError('ENOENT', `${dest}: cannot write the image: directory ${path.dirname(dest)} does not exist`, { path: dest });
-    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || code === 'EISDIR' || code === 'ENOSPC') throw new CfsError(code === 'EACCES' ? 'EPERM' : 'EIO', `${dest}: cannot write the image: ${code}`, { path: dest });
-    throw e;
+    throw new CfsError(code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EIO', `${dest}: cannot write the image: ${systemErrorText(e)}`, { path: dest });
   }
 }
 

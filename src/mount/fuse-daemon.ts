@@ -299,8 +299,11 @@ function openServerLog(mountpoint: string): number | 'ignore' {
   }
 }
 
-/** Mount an image through a background FUSE server (or in the foreground, see options). */
-export async function mountFuseDaemon(opts: FuseDaemonOptions, onForegroundMounted?: () => void): Promise<void> {
+/**
+ * Mount an image through a background FUSE server (or in the foreground, see options);
+ * `onMounted` runs once the mount is up (in the foreground, before serving until unmounted).
+ */
+export async function mountFuseDaemon(opts: FuseDaemonOptions, onMounted?: () => void): Promise<void> {
   const config: FuseDaemonOptions = {
     ...opts,
     imagePath: path.resolve(opts.imagePath),
@@ -308,7 +311,7 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions, onForegroundMount
     mountpoint: canonical(opts.mountpoint),
   };
   if (opts.foreground) {
-    await serveFuse(config, () => void onForegroundMounted?.());
+    await serveFuse(config, () => void onMounted?.());
     return;
   }
   const log = openServerLog(config.mountpoint);
@@ -337,6 +340,7 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions, onForegroundMount
   const line = text.split('\n')[0];
   if (line === 'ready') {
     child.unref();
+    onMounted?.();
     return;
   }
   const why = line.startsWith('error ') ? line.slice('error '.length) : `FUSE server ${await exited}`;

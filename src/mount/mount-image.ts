@@ -221,8 +221,7 @@ async function mountResolved(repo: Repository, mounted: MountedImage, image: Ima
       }
       throw e;
     }
-    pin(repo, mounted, opts);
-    opts.onMounted?.(mounted);
+    announce(repo, mounted, opts);
     return mounted;
   }
   await checkImageIntact(image.path, image.imageId);
@@ -236,23 +235,20 @@ async function mountResolved(repo: Repository, mounted: MountedImage, image: Ima
       verify: image.verityRequired ? { alg: repo.alg } : undefined,
       foreground: opts.foreground,
     },
-    // A foreground server returns only once unmounted: it pins (and tells) when it has mounted.
-    () => {
-      pin(repo, mounted, opts);
-      opts.onMounted?.(mounted);
-    },
+    // A foreground server returns only once unmounted: this runs when it has mounted.
+    () => announce(repo, mounted, opts),
   );
-  if (!opts.foreground) {
-    pin(repo, mounted, opts);
-    opts.onMounted?.(mounted);
-  }
   return mounted;
 }
 
-/** Tell gc that the image is mounted (pins.ts); a pin that cannot be written only costs that protection, and is said. */
-function pin(repo: Repository, mounted: MountedImage, opts: MountImageOptions): void {
+/**
+ * The mount is up: pin its image for gc (pins.ts; a pin that cannot be written only costs that
+ * protection, and is said), then tell the caller.
+ */
+function announce(repo: Repository, mounted: MountedImage, opts: MountImageOptions): void {
   const why = pinMountedImage(repo.path, mounted.imageId, mounted.mountpoint);
   if (why !== null) opts.onNotice?.(`cfs gc will not know that image ${mounted.imageId.slice(0, 12)} is mounted: ${why}`);
+  opts.onMounted?.(mounted);
 }
 
 /**

@@ -44,9 +44,8 @@ async function earlierImport(repo: Repository, reference: string): Promise<strin
 /** Short ids (as `cfs oci images` shows them, 12 digits): the one image id starting with `prefix`. */
 async function uniqueIdPrefix(repo: Repository, prefix: string): Promise<string | null> {
   if (!/^[0-9a-f]{6,}$/.test(prefix)) return null;
-  const hits = (await repo.listImages()).filter((i) => i.startsWith(prefix));
-  if (hits.length > 1) throw new CfsError('EINVAL', `image id prefix '${prefix}' is ambiguous: ${hits.map((h) => h.slice(0, 16)).join(', ')}…`);
-  return hits[0] ?? null;
+  const { uniqueMatch } = await import('../oci/stored.js');
+  return uniqueMatch((await repo.listImages()).filter((i) => i.startsWith(prefix)), prefix, 'image id');
 }
 
 export async function resolveMountSource(repo: Repository, source: string, opts: ResolveMountOptions): Promise<ResolvedMountSource> {

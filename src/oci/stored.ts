@@ -112,17 +112,18 @@ async function shortIdManifest(repo: Repository, id: string, erofsVersion: numbe
   const manifests = (await repo.listStreams()).filter((s) => s.startsWith('oci-manifest-')).map((s) => s.slice('oci-manifest-'.length));
   // Without an algorithm, the hex after any (`oci images` shows it so for every algorithm).
   const byDigest = manifests.filter((d) => (alg === undefined ? d.slice(d.indexOf(':') + 1) : d).startsWith(alg === undefined ? hex! : `${alg}:${hex}`));
-  if (byDigest.length > 0 || alg !== undefined) return unique(byDigest, id, 'manifest digest');
+  if (byDigest.length > 0 || alg !== undefined) return uniqueMatch(byDigest, id, 'manifest digest');
   const byImageId: string[] = [];
   for (const d of manifests) {
     // A manifest the repository cannot read has no image id to match; `cfs fsck` reports it.
     const img = await openStoredImage(repo, `@${d}`, erofsVersion).catch(() => null);
     if (img?.imageId?.startsWith(hex)) byImageId.push(d);
   }
-  return unique(byImageId, id, 'image id');
+  return uniqueMatch(byImageId, id, 'image id');
 }
 
-function unique(hits: string[], id: string, what: string): string | null {
+/** The one match of a short id; null for none; more is an error (context `ambiguous`: how many). */
+export function uniqueMatch(hits: string[], id: string, what: string): string | null {
   if (hits.length > 1) throw new CfsError('EINVAL', `${what} prefix '${id}' is ambiguous: it starts ${hits.map((h) => h.slice(0, 19)).join(', ')}… (give more digits)`, { ambiguous: hits.length });
   return hits[0] ?? null;
 }

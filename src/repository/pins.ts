@@ -10,10 +10,10 @@
  * mistake); another user's counts only when its mount is one we can see.
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { findMount, fuseMountUid, isComposefsMount, readMountinfo, type MountInfo } from '../mount/mountinfo.js';
-import { ownRuntimeDir, readableRuntimeDirs, readRecordFile, runtimeDir } from '../runtime-dir.js';
+import { listOrEmpty, ownRuntimeDir, readableRuntimeDirs, readRecordFile, runtimeDir } from '../runtime-dir.js';
 
 export interface MountPin {
   /** The repository's real path. */
@@ -101,9 +101,7 @@ export function livePins(): OwnedPin[] {
   // Pins first, then the mount table: a pin is written after its mount is made, so a mount made
   // while we read is in the table we read next (read the other way round, a fresh pin would look
   // stale, and be removed).
-  const dirs = readableRuntimeDirs();
-  sweepTemps(dirs[0]!.dir);
-  const found = dirs.flatMap(({ dir, owner, own }) => pinsIn(dir, owner).map((p) => ({ ...p, owner, own })));
+  const found = readableRuntimeDirs().flatMap(({ dir, owner, own }) => pinsIn(dir, owner).map((p) => ({ ...p, owner, own })));
   const mounts = readMountinfo();
   const ns = mountNamespace();
   const out: OwnedPin[] = [];
@@ -115,29 +113,6 @@ export function livePins(): OwnedPin[] {
     else if (own || held === false) removeQuietly(file);
   }
   return out;
-}
-
-/** Temporary pins of writers that died before their rename (`.pin-….tmp-PID`, PID gone). */
-function sweepTemps(dir: string): void {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const n of names) {
-    const pid = new RegExp(`^\\.${PIN_PREFIX}.*\\.tmp-(\\d+)$`).exec(n)?.[1];
-    if (pid !== undefined && !processExists(Number(pid))) removeQuietly(path.join(dir, n));
-  }
-}
-
-function processExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function ownsRepository(repo: string, owner: number): boolean {
@@ -154,13 +129,7 @@ function mountOwner(m: MountInfo): number {
 
 /** The pin files of a runtime directory, parsed (null: unreadable or malformed). */
 function pinsIn(dir: string, owner: number): Array<{ file: string; pin: MountPin | null }> {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return [];
-  }
-  return names.filter((n) => n.startsWith(PIN_PREFIX) && n.endsWith('.json')).map((n) => ({ file: path.join(dir, n), pin: readPin(path.join(dir, n), owner) }));
+  return listOrEmpty(dir).filter((n) => n.startsWith(PIN_PREFIX) && n.endsWith('.json')).map((n) => ({ file: path.join(dir, n), pin: readPin(path.join(dir, n), owner) }));
 }
 
 /** The image ids of the repository that are pinned by a mount. */
