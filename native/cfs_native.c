@@ -487,36 +487,31 @@ static int open_beneath(int dirfd, const char *path, int64_t flags, int64_t mode
   return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
 }
 
-/* openat2(dirfd, path, flags, mode, resolve); O_CLOEXEC is always added. */
-static napi_value js_openat2(napi_env env, napi_callback_info info) {
-  call_t c;
-  call_init(&c, env, info, "openat2");
-  int dirfd = (int)arg_int(&c, 0);
-  const char *path = arg_path(&c, 1);
-  int64_t flags = arg_int(&c, 2);
-  int64_t mode = arg_int(&c, 3);
-  int64_t resolve = arg_int(&c, 4);
-  BAIL_IF_FAILED(&c);
-  int fd = open_beneath(dirfd, path, flags, mode, resolve);
-  RETURN_INT(&c, fd, "openat2", path);
-}
-
-/* A Float64Array of at least STAT_FIELDS elements (the caller's, reused across calls). */
-#define STAT_FIELDS 7
-static double *arg_stat_out(call_t *c, size_t i) {
+/* Argument i as a Float64Array whose length `fits`; else a TypeError saying `expected`. */
+static double *arg_float64s(call_t *c, size_t i, size_t *len, bool (*fits)(size_t len, size_t arg), size_t arg, const char *expected) {
   napi_typedarray_type type;
-  size_t len = 0;
   void *data = NULL;
   bool is_ta = false;
+  *len = 0;
   if (c->failed) return NULL;
   if (i >= c->argc || napi_is_typedarray(c->env, c->argv[i], &is_ta) != napi_ok || !is_ta ||
-      napi_get_typedarray_info(c->env, c->argv[i], &type, &len, &data, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || len < STAT_FIELDS) {
-    throw_type(c->env, c->fn, i, "a Float64Array of 7 elements");
+      napi_get_typedarray_info(c->env, c->argv[i], &type, len, &data, NULL, NULL) != napi_ok ||
+      type != napi_float64_array || !fits(*len, arg)) {
+    throw_type(c->env, c->fn, i, expected);
     c->failed = 1;
     return NULL;
   }
   return data;
+}
+
+static bool at_least(size_t len, size_t min) { return len >= min; }
+static bool multiple_of(size_t len, size_t width) { return len % width == 0; }
+
+/* A Float64Array of at least STAT_FIELDS elements (the caller's, reused across calls). */
+#define STAT_FIELDS 7
+static double *arg_stat_out(call_t *c, size_t i) {
+  size_t len;
+  return arg_float64s(c, i, &len, at_least, STAT_FIELDS, "a Float64Array of 7 elements");
 }
 
 /* out = [st_dev, st_mode, st_uid, st_gid, st_size, mtime seconds, mtime nanoseconds]. */
@@ -543,28 +538,30 @@ static napi_value js_fstat_fields(napi_env env, napi_callback_info info) {
   RETURN_VOID(&c, rc, "fstat", NULL);
 }
 
-/* openat2Stat(dirfd, path, flags, mode, resolve, out): openat2 as js_openat2, then fstat of the
- * new fd into `out`; one call for what every opened file needs next. */
-static napi_value js_openat2_stat(napi_env env, napi_callback_info info) {
+/* openat2(dirfd, path, flags, mode, resolve[, out]); O_CLOEXEC is always added. With `out`, the
+ * new fd is also fstat'ed into it (see stat_fields): one call for what every opened file needs
+ * next; the fd is closed again if that fails. */
+static napi_value js_openat2(napi_env env, napi_callback_info info) {
   call_t c;
-  call_init(&c, env, info, "openat2Stat");
+  call_init(&c, env, info, "openat2");
   int dirfd = (int)arg_int(&c, 0);
   const char *path = arg_path(&c, 1);
   int64_t flags = arg_int(&c, 2);
   int64_t mode = arg_int(&c, 3);
   int64_t resolve = arg_int(&c, 4);
-  double *out = arg_stat_out(&c, 5);
+  double *out = c.argc > 5 ? arg_stat_out(&c, 5) : NULL;
   BAIL_IF_FAILED(&c);
   int fd = open_beneath(dirfd, path, flags, mode, resolve);
-  if (fd < 0) RETURN_INT(&c, fd, "openat2", path);
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    int e = errno;
-    close(fd);
-    errno = e;
-    RETURN_INT(&c, -1, "fstat", path);
+  if (fd >= 0 && out != NULL) {
+    if (fstat(fd, &st) < 0) {
+      int e = errno;
+      close(fd);
+      errno = e;
+      RETURN_INT(&c, -1, "fstat", path);
+    }
+    stat_fields(&st, out);
   }
-  stat_fields(&st, out);
   RETURN_INT(&c, fd, "openat2", path);
 }
 
@@ -1811,20 +1808,10 @@ static void hash_job_complete(napi_env env, napi_status status, void *arg) {
 
 /* A Float64Array of `width`-tuples as segments: (fd, length) at width 2, (fd, offset, length) at 3. */
 static hash_seg_t *arg_segments(call_t *c, size_t i, size_t width, size_t *nsegs) {
-  napi_typedarray_type type;
-  size_t len = 0;
-  void *data = NULL;
-  bool is_ta = false;
+  size_t len;
   *nsegs = 0;
-  if (c->failed) return NULL;
-  if (i >= c->argc || napi_is_typedarray(c->env, c->argv[i], &is_ta) != napi_ok || !is_ta ||
-      napi_get_typedarray_info(c->env, c->argv[i], &type, &len, &data, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || len % width != 0) {
-    throw_type(c->env, c->fn, i, width == 2 ? "a Float64Array of (fd, length) pairs" : "a Float64Array of (fd, offset, length) triples");
-    c->failed = 1;
-    return NULL;
-  }
-  const double *v = data;
+  const double *v = arg_float64s(c, i, &len, multiple_of, width, width == 2 ? "a Float64Array of (fd, length) pairs" : "a Float64Array of (fd, offset, length) triples");
+  if (v == NULL) return NULL;
   size_t n = len / width;
   hash_seg_t *segs = calloc(n ? n : 1, sizeof *segs);
   if (!segs) { throw_errno(c->env, ENOMEM, c->fn, NULL); c->failed = 1; return NULL; }
@@ -2016,7 +2003,6 @@ static napi_value init(napi_env env, napi_value exports) {
       FN("mount", js_mount),
       FN("umount2", js_umount2),
       FN("openat2", js_openat2),
-      FN("openat2Stat", js_openat2_stat),
       FN("fstatFields", js_fstat_fields),
       FN("socketpair", js_socketpair),
       FN("sendFds", js_send_fds),

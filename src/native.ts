@@ -76,9 +76,8 @@ export interface NativeAddon {
   umount2(target: string, flags: number): void;
   // directories and fds
   /** `path`: a Buffer for names that are not UTF-8 (no NUL either way). */
-  openat2(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number; // O_CLOEXEC added
-  /** openat2, then fstat of the new fd into `out` (see fstatFields); the fd is closed again if fstat fails. */
-  openat2Stat(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number, out: Float64Array): number;
+  /** O_CLOEXEC added; with `out`, the new fd is also fstat'ed into it (see fstatFields), and closed again if that fails. */
+  openat2(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number, out?: Float64Array): number;
   /** fstat into `out`: [st_dev, st_mode, st_uid, st_gid, st_size, mtime s, mtime ns] (7 elements at least). */
   fstatFields(fd: number, out: Float64Array): void;
   // SCM_RIGHTS over a connected unix socket fd

@@ -68,7 +68,7 @@ export function openBeneath(dirfd: number, rawName: Buffer, where: string): Open
   try {
     if (!openat2Missing) {
       try {
-        fd = native().openat2Stat(dirfd, name, c.O_RDONLY | C.O_NONBLOCK, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV, statOut);
+        fd = native().openat2(dirfd, name, c.O_RDONLY | C.O_NONBLOCK, 0, c.RESOLVE_BENEATH | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV, statOut);
       } catch (e) {
         if (errnoCode(e) !== 'ENOSYS') throw e;
         openat2Missing = true;
