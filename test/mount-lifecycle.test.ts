@@ -159,6 +159,31 @@ test('cfs gc keeps an untagged image while it is mounted (kernel, FUSE, foregrou
   assert.equal(readdirSync('/run/cfs').filter((n) => n.startsWith('pin-') && readFileSync(path.join('/run/cfs', n), 'utf8').includes(gcRepo)).length, 0, 'no pin is left behind');
 });
 
+test('a mount in another mount namespace keeps its image while it is mounted there, and not after (gc reads that namespace through a process in it)', { skip: SKIP }, async () => {
+  const layout = await buildOciLayout(path.join(work, 'ns-layout'), { images: [{ tag: 'v1', layers: [[{ path: 'usr/' }, { path: 'usr/ns-kept', content: Buffer.alloc(4096, 'n') }]] }] });
+  const nsRepo = path.join(work, 'ns-repo');
+  const id = /^image ([0-9a-f]+)$/m.exec((await cfsOkAsync(['--repo', nsRepo, '--insecure', 'oci', 'pull', '-q', `oci:${layout.dir}:v1`, 'ns-img'])).stdout)![1]!;
+  const mp = newDir();
+  const entry = path.join(import.meta.dirname, '../src/cli/entry.js');
+  const holder = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `"$0" "$1" --repo "$2" mount --fuse no ns-img "$3" && echo ready && exec sleep 300`, process.execPath, entry, nsRepo, mp], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+      holder.once('exit', (code) => reject(new Error(`the namespace's mount failed (${code})`)));
+    });
+    assert.equal(mountsAt(mp).length, 0, 'the mount is not in our namespace');
+    await cfsOkAsync(['--repo', nsRepo, 'oci', 'untag', 'ns-img']);
+    type Gc = { keptMounted: string[]; removed: { images: string[] } };
+    const kept = JSON.parse((await cfsOkAsync(['--repo', nsRepo, 'gc', '--json'])).stdout) as Gc;
+    assert.deepEqual(kept.keptMounted, [`images/${id}`]);
+    execFileSync('nsenter', ['-t', String(holder.pid), '-m', 'umount', mp]);
+    const after = JSON.parse((await cfsOkAsync(['--repo', nsRepo, 'gc', '--json'])).stdout) as Gc;
+    assert.deepEqual([after.keptMounted, after.removed.images], [[], [`images/${id}`]], 'unmounted in its namespace: collected');
+  } finally {
+    holder.kill('SIGKILL');
+  }
+});
+
 test('cfs mounts: one row per mount, a tab or newline in a mount point octal-escaped as in mountinfo', { skip: SKIP }, async () => {
   const mp = newDir('tab\there\nnewline');
   await cfsOkAsync(['--repo', repo, 'mount', image, mp]);

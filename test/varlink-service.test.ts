@@ -444,6 +444,32 @@ test('Mount returns a detached composefs mount fd (plain and with an overlay upp
   assert.equal(readFileSync(path.join(ov, 'upper', 'written-through-fd'), 'utf8'), 'hello');
 });
 
+test('a mount made by Mount keeps its image from gc wherever the client attaches it, until it is unmounted', async () => {
+  const r = repo('pinned');
+  cfsOk(['--repo', r, 'oci', 'pull', `oci:${layout}:v1`, 'app']);
+  const id = (JSON.parse(cfsOk(['--repo', r, 'oci', 'inspect', 'app']).stdout) as { imageId: string }).imageId;
+  const target = mkdtempSync(path.join(work, 'attached-'));
+  await client('mountat', sock, r, id, target);
+  try {
+    assert.equal(createHash('sha256').update(readFileSync(path.join(target, 'usr/b'))).digest('hex'), createHash('sha256').update(Buffer.alloc(1_500_000, 'b')).digest('hex'));
+    // The mount was made detached: its pin knows it by id, so cfs mounts names its image.
+    const { mounts } = JSON.parse(cfsOk(['mounts', '--json']).stdout) as { mounts: Array<{ mountpoint: string; imageId: string | null; repository: string | null }> };
+    const listed = mounts.find((m) => m.mountpoint === target);
+    assert.equal(listed?.imageId, id);
+    assert.equal(listed?.repository, r);
+    cfsOk(['--repo', r, 'oci', 'untag', 'app']);
+    const gc = JSON.parse(cfsOk(['--repo', r, 'gc', '--json']).stdout) as { keptMounted: string[] };
+    assert.deepEqual(gc.keptMounted, [`images/${id}`]);
+    assert.deepEqual(repoProblems(r), []);
+    assert.equal(readFileSync(path.join(target, 'usr/b')).length, 1_500_000);
+  } finally {
+    cfsOk(['umount', target]);
+  }
+  const after = JSON.parse(cfsOk(['--repo', r, 'gc', '--json']).stdout) as { keptMounted: string[]; images: string[] };
+  assert.deepEqual(after.keptMounted, []);
+  assert.ok(!existsSync(path.join(r, 'images', id)), 'the unmounted image is collected');
+});
+
 test('eight concurrent clients fetch every layer', async () => {
   const all = await Promise.all(Array.from({ length: 8 }, () => client<{ layers: LayerReport[] }>('getlayers', sock, path.join(work, 'src'), 'app')));
   for (const r of all) assert.deepEqual(r.layers.map((l) => l.rebuilt), diffIds);

@@ -265,7 +265,7 @@ export async function unmountImage(mountpoint: string, opts: { lazy?: boolean } 
   if (m && !m.fsType.startsWith('fuse')) {
     const { unmount } = await import('./kernel.js');
     unmount(mp, opts);
-    unpinUnmounted(mp);
+    unpinUnmounted(mp, m.mountId);
     return;
   }
   // fusermount3 would say only that the mount is not in its table.

@@ -5,14 +5,19 @@
  * id, mount namespace): nothing is written into the repository, so read-only repositories can
  * be mounted and pinned too, and a reboot forgets every pin with its mounts.
  *
- * A pin holds while its mount exists. One of our own made in another mount namespace cannot be
- * checked from here and holds until the boot ends (keeping an image too long is the safe
- * mistake); another user's counts only when its mount is one we can see.
+ * A pin holds while its mount exists. One of our own made in another mount namespace is checked
+ * there when some process we may read is in it; otherwise it holds until the boot ends (keeping an
+ * image too long is the safe mistake). Another user's counts only when its mount is one we can see.
+ *
+ * A detached mount (varlink Mount) has no mount point yet: its pin names the mount by id alone,
+ * which stays the mount's when the client attaches it anywhere (move_mount). It holds while a
+ * mount of that id is in a namespace we can read, and, never seen, for DETACHED_GRACE_MS (a mount
+ * that is used through its fd and never attached is not visible to anyone).
  */
 import { createHash } from 'node:crypto';
-import { readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { findMount, fuseMountUid, isComposefsMount, readMountinfo, type MountInfo } from '../mount/mountinfo.js';
+import { findMount, fuseMountUid, isComposefsMount, parseMountinfo, readMountinfo, type MountInfo } from '../mount/mountinfo.js';
 import { listOrEmpty, ownRuntimeDir, readableRuntimeDirs, readRecordFile, runtimeDir } from '../runtime-dir.js';
 
 export interface MountPin {
@@ -20,13 +25,18 @@ export interface MountPin {
   repo: string;
   /** Hex composefs image id. */
   imageId: string;
+  /** Canonical mount point; '' for a detached mount, known by its id alone. */
   mountpoint: string;
   mountId: number;
   /** `mnt:[inode]` of the namespace the mount was made in. */
   mntns: string;
+  /** A detached mount's pin: when it was written (ms since the epoch). */
+  detachedAt?: number;
 }
 
 const PIN_PREFIX = 'pin-';
+/** How long a detached mount's pin holds while its mount is seen nowhere (not yet attached). */
+export const DETACHED_GRACE_MS = 10 * 60 * 1000;
 
 function mountNamespace(): string {
   try {
@@ -56,7 +66,24 @@ function realRepo(repoPath: string): string {
 export function pinMountedImage(repoPath: string, imageId: string, mountpoint: string): string | null {
   const m = findMount(mountpoint);
   if (!m || !isComposefsMount(m)) return `${mountpoint}: no cfs mount to pin`;
-  const pin: MountPin = { repo: realRepo(repoPath), imageId, mountpoint: m.mountpoint, mountId: m.mountId, mntns: mountNamespace() };
+  return writePin({ repo: realRepo(repoPath), imageId, mountpoint: m.mountpoint, mountId: m.mountId, mntns: mountNamespace() });
+}
+
+/** Pin `imageId` for the detached mount open as `mountFd` (fsmount); the reason when it cannot be. */
+export function pinDetachedMount(repoPath: string, imageId: string, mountFd: number): string | null {
+  let mountId: number;
+  try {
+    // fdinfo's mnt_id is the mount the fd is on: for an fsmount fd, the detached mount itself.
+    const id = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${mountFd}`, 'latin1'))?.[1];
+    if (id === undefined) return `fd ${mountFd}: no mount id in its fdinfo`;
+    mountId = Number(id);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return writePin({ repo: realRepo(repoPath), imageId, mountpoint: '', mountId, mntns: mountNamespace(), detachedAt: Date.now() });
+}
+
+function writePin(pin: MountPin): string | null {
   let tmp: string | null = null;
   try {
     const file = pinFile(ownRuntimeDir(), pin.mountpoint, pin.mountId);
@@ -78,17 +105,72 @@ function readPin(file: string, owner: number): MountPin | null {
   try {
     const p = JSON.parse(text) as Partial<MountPin>;
     if (typeof p.repo !== 'string' || typeof p.imageId !== 'string' || typeof p.mountpoint !== 'string' || typeof p.mountId !== 'number' || typeof p.mntns !== 'string') return null;
+    if (p.detachedAt !== undefined && typeof p.detachedAt !== 'number') return null;
     return p as MountPin;
   } catch {
     return null;
   }
 }
 
-/** Whether the pin's mount is still there, made by the pin's owner; null when that cannot be told (another mount namespace, another uid shown). */
-function holds(pin: MountPin, mounts: MountInfo[], ns: string, owner: number): boolean | null {
-  if (pin.mntns !== ns) return null;
-  const m = mounts.find((x) => x.mountId === pin.mountId && x.mountpoint === pin.mountpoint && isComposefsMount(x));
-  if (!m) return false;
+/**
+ * The mount tables of every mount namespace some process we may read is in, by namespace
+ * (`mnt:[inode]`); ours is `ns`, read already. Read once per check, and only when a pin needs it.
+ */
+class MountTables {
+  private all: Map<string, MountInfo[]> | null = null;
+
+  constructor(private readonly ns: string, private readonly own: MountInfo[]) {}
+
+  /** The mounts of namespace `ns`; undefined when no process we may read is in it. */
+  of(ns: string): MountInfo[] | undefined {
+    if (ns === this.ns) return this.own;
+    return this.tables().get(ns);
+  }
+
+  /** The mount of that id in any namespace we can read (mount ids are global). */
+  byId(mountId: number): MountInfo | undefined {
+    for (const mounts of this.tables().values()) {
+      const m = mounts.find((x) => x.mountId === mountId);
+      if (m) return m;
+    }
+    return undefined;
+  }
+
+  private tables(): Map<string, MountInfo[]> {
+    if (this.all) return this.all;
+    this.all = new Map([[this.ns, this.own]]);
+    for (const pid of listPids()) {
+      try {
+        const ns = readlinkSync(`/proc/${pid}/ns/mnt`);
+        if (!this.all.has(ns)) this.all.set(ns, parseMountinfo(readFileSync(`/proc/${pid}/mountinfo`, 'latin1')));
+      } catch {
+        // gone meanwhile, or not ours to read
+      }
+    }
+    return this.all;
+  }
+}
+
+function listPids(): string[] {
+  try {
+    return readdirSync('/proc').filter((n) => /^\d+$/.test(n));
+  } catch {
+    return [];
+  }
+}
+
+/** Whether the pin's mount is still there, made by the pin's owner; null when that cannot be told (a namespace we cannot read, another uid shown). */
+function holds(pin: MountPin, tables: MountTables, owner: number): boolean | null {
+  let m: MountInfo | undefined;
+  if (pin.detachedAt !== undefined) {
+    m = tables.byId(pin.mountId);
+    if (!m || !isComposefsMount(m)) return Date.now() - pin.detachedAt < DETACHED_GRACE_MS ? null : false;
+  } else {
+    const mounts = tables.of(pin.mntns);
+    if (!mounts) return null;
+    m = mounts.find((x) => x.mountId === pin.mountId && x.mountpoint === pin.mountpoint && isComposefsMount(x));
+    if (!m) return false;
+  }
   // A FUSE mount made inside a user namespace shows that namespace's uid: then we cannot tell.
   return mountOwner(m) === owner ? true : null;
 }
@@ -102,11 +184,10 @@ export function livePins(): OwnedPin[] {
   // while we read is in the table we read next (read the other way round, a fresh pin would look
   // stale, and be removed).
   const found = readableRuntimeDirs().flatMap(({ dir, owner, own }) => pinsIn(dir, owner).map((p) => ({ ...p, owner, own })));
-  const mounts = readMountinfo();
-  const ns = mountNamespace();
+  const tables = new MountTables(mountNamespace(), readMountinfo());
   const out: OwnedPin[] = [];
   for (const { file, pin, owner, own } of found) {
-    const held = pin === null ? false : holds(pin, mounts, ns, owner);
+    const held = pin === null ? false : holds(pin, tables, owner);
     // Another user's pin is a claim anyone could write: it counts only for a mount of theirs we
     // can see, of a repository of theirs (or any user could keep root's images from gc).
     if (pin && (own ? held !== false : held === true && ownsRepository(pin.repo, owner))) out.push({ ...pin, owner });
@@ -138,20 +219,26 @@ export function mountedImageIds(repoPath: string): Set<string> {
   return new Set(livePins().filter((p) => p.repo === repo).map((p) => p.imageId));
 }
 
-/** Drop the pins of mounts at `mountpoint` (canonical) that are gone (after an unmount). */
-export function unpinUnmounted(mountpoint: string): void {
+/**
+ * Drop the pins of mounts at `mountpoint` (canonical) that are gone (after an unmount), and the
+ * pin of the detached mount that was attached there (`mountId`, the mount just unmounted).
+ */
+export function unpinUnmounted(mountpoint: string, mountId?: number): void {
   const me = process.getuid?.() ?? 0;
   const pins = pinsIn(runtimeDir(), me);
   const mounts = readMountinfo();
-  const ns = mountNamespace();
+  const tables = new MountTables(mountNamespace(), mounts);
   for (const { file, pin } of pins) {
-    if (pin?.mountpoint === mountpoint && holds(pin, mounts, ns, me) === false) removeQuietly(file);
+    if (!pin) continue;
+    if (pin.detachedAt !== undefined ? pin.mountId === mountId && !mounts.some((m) => m.mountId === mountId) : pin.mountpoint === mountpoint && holds(pin, tables, me) === false) {
+      removeQuietly(file);
+    }
   }
 }
 
-/** The pin of the mount `m`, if one of the readable runtime directories has it. */
+/** The pin of a mount (by id, owner and mount point; a detached mount's by id and owner). */
 export function pinOf(m: MountInfo, pins: OwnedPin[]): OwnedPin | undefined {
-  return pins.find((p) => p.mountId === m.mountId && p.mountpoint === m.mountpoint && p.owner === mountOwner(m));
+  return pins.find((p) => p.mountId === m.mountId && (p.mountpoint === m.mountpoint || p.detachedAt !== undefined) && p.owner === mountOwner(m));
 }
 
 /** Stale pins are removed where we may; elsewhere (another user's, as non-root) they stay harmlessly. */

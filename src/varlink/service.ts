@@ -18,6 +18,7 @@ import { consumeLayerStream } from '../splitdirfdstream/consumer.js';
 import { FinalReply, type CallContext, type Handler, type ServiceInfo, VarlinkServer } from './server.js';
 import { VarlinkError, type Params } from './protocol.js';
 import { closeQuietly } from './transport.js';
+import { pinDetachedMount } from '../repository/pins.js';
 import { replyWithLayer } from './layer-reply.js';
 import { errorFor, interfaceText, OCI, REPO } from './interfaces.js';
 import { formatStorageReference, parseStorageReference } from '../oci/containers-storage/reference.js';
@@ -310,6 +311,9 @@ export class ComposefsService {
       workdir: overlay ? `/proc/self/fd/${ctx.fds[1]}` : undefined,
       readWrite: overlay && (options.optBool('read_write') ?? false),
     });
+    // gc keeps the image while the mount lives, wherever the client attaches it (pins.ts).
+    const why = pinDetachedMount(repo.path, image.imageId.toString('hex'), mnt);
+    if (why !== null) this.server.log(`${label}: mounted, but not pinned against gc: ${why}`);
     return new FinalReply({ fd_index: 0 }, [mnt], () => closeQuietly(mnt));
   }
 

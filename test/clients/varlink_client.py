@@ -579,6 +579,22 @@ def cmd_mount(sock, repo, image_id, path, overlay_dir=None):
     return out
 
 
+def cmd_mountat(sock, repo, image_id, target):
+    """Mount over varlink and attach the detached mount at `target` (move_mount), then let go of it."""
+    import ctypes
+    c = Conn(sock)
+    h = open_repo(c, repo)
+    (params, rfds), = c.call("org.composefs.Repository.Mount", {"handle": h, "name": image_id, "options": {}})
+    mnt = rfds[params["fd_index"]]
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_move_mount, AT_FDCWD, MOVE_MOUNT_F_EMPTY_PATH = 429, -100, 4  # x86_64
+    if libc.syscall(SYS_move_mount, mnt, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
+        raise OSError(ctypes.get_errno(), "move_mount")
+    for fd in rfds:
+        os.close(fd)
+    return {"attached": target}
+
+
 def cmd_pullhangup(sock, repo, image, name):
     """Starts a Pull that tags `name`, reads its first progress frame, and hangs up."""
     c = Conn(sock)
@@ -693,7 +709,7 @@ def read_all(fd):
         out += b
 
 
-COMMANDS = {"mount": cmd_mount, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "stalled-put": cmd_stalled_put, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount, "halfclose": cmd_halfclose}
+COMMANDS = {"mount": cmd_mount, "mountat": cmd_mountat, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "stalled-put": cmd_stalled_put, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount, "halfclose": cmd_halfclose}
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
