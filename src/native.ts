@@ -135,6 +135,12 @@ export interface NativeConstants {
   AT_EMPTY_PATH: number;
   MOVE_MOUNT_F_EMPTY_PATH: number;
   MOUNT_ATTR_RDONLY: number;
+  MOUNT_ATTR_NOSUID: number;
+  MOUNT_ATTR_NODEV: number;
+  MOUNT_ATTR_NOEXEC: number;
+  MOUNT_ATTR_NOATIME: number;
+  MOUNT_ATTR_STRICTATIME: number;
+  MOUNT_ATTR_NODIRATIME: number;
   OPEN_TREE_CLONE: number;
   MNT_DETACH: number;
   UMOUNT_NOFOLLOW: number;

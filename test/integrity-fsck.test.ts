@@ -160,6 +160,47 @@ test('flipped byte in the image object: the tag is image-damaged; pulling again 
   assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
 });
 
+test('deleted image object: mount and images say the image is damaged; fsck says pulling again repairs it, and it does', () => {
+  const repo = freshRepo();
+  const hex = JSON.parse(cfsOk(['--repo', repo, 'oci', 'inspect', 'b']).stdout).imageId as string;
+  unlinkSync(path.join(repo, objectOf(repo, `images/${hex}`)));
+  const out = expectFsckError(repo, [], 'broken-symlink', `images/${hex}`);
+  assert.match(out, /image-damaged: streams\/refs\/oci\/b: its composefs image [0-9a-f]{64} is damaged .*pull the image again to repair it/);
+  mkdirSync(path.join(work, 'never-mounted'), { recursive: true });
+  expectCleanFailure(['--repo', repo, 'mount', '--fuse', 'yes', 'b', path.join(work, 'never-mounted')], new RegExp(`image ${hex} is damaged: its object objects/${hex.slice(0, 2)}/${hex.slice(2)} is missing`));
+  const listed = runCfs(['--repo', repo, 'oci', 'images']);
+  assert.match(listed.stdout, /^b +\S+ +- +damaged/m);
+  assert.match(listed.stderr, /image b: its composefs image [0-9a-f]{12} is missing/);
+  cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:b`, 'b']);
+  assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+});
+
+test('an object replaced by a symlink or a directory is corrupt: fsck names it and the images using it; --repair removes it, and a pull writes it again', () => {
+  const repo = freshRepo();
+  const obj = uniqueObjectOfB(repo);
+  const hex = JSON.parse(cfsOk(['--repo', repo, 'oci', 'inspect', 'b']).stdout).imageId as string;
+  const imageObj = objectOf(repo, `images/${hex}`);
+  unlinkSync(path.join(repo, obj));
+  symlinkSync('/etc/passwd', path.join(repo, obj));
+  unlinkSync(path.join(repo, imageObj));
+  mkdirSync(path.join(repo, imageObj));
+  const out = expectFsckError(repo, [], 'object-not-regular', obj);
+  assert.match(out, new RegExp(`object-not-regular: ${imageObj}: not a regular file but a directory`));
+  assert.match(out, /corrupt-object-ref: streams\/oci-layer-sha256:.*is corrupt \(it is a symlink, not a regular file\)/);
+  assert.doesNotMatch(out, /stream-size-mismatch/);
+  assert.match(out, /layer-damaged: streams\/refs\/oci\/b: .*run `cfs fsck --repair` \(it removes corrupt objects\), then pull the image again/);
+  const rep = runCfs(['--repo', repo, 'fsck', '--repair']);
+  assert.notEqual(rep.status, 0);
+  assert.ok(!existsSync(path.join(repo, obj)) && !existsSync(path.join(repo, imageObj)), 'both removed');
+  cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:b`, 'b']);
+  assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+  // A pull also replaces a non-regular image object by itself (it compares the image it builds).
+  unlinkSync(path.join(repo, imageObj));
+  symlinkSync('/etc/passwd', path.join(repo, imageObj));
+  cfsOk(['--repo', repo, 'oci', 'pull', '-q', `oci:${layoutDir}:b`, 'b']);
+  assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+});
+
 test('flipped byte in the manifest object: digest mismatch, dump fails clearly', () => {
   const repo = freshRepo();
   // The manifest JSON is the single external object of the manifest stream; find it by content.

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { type Dirent, cpSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { type Dirent, cpSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -163,6 +163,14 @@ test('mount.composefs: a repository image with basedir=REPO/objects and digest=I
   const mp = mountpoint();
   await cfsOkAsync(['mount.composefs', path.join(repo, 'images', id), mp, '-o', `basedir=${path.join(repo, 'objects')},digest=${id}`]);
   assert.deepEqual(compareTree(expectedTree(layers), snapshotTree(mp)), []);
+  await umount(mp);
+  // As mount(8) calls it: the image link resolved to its object, the generic flags as options.
+  // The mount is named by the image id and has the flags.
+  await cfsOkAsync(['mount.composefs', realpathSync(path.join(repo, 'images', id)), mp, '-o', `nosuid,nodev,noexec,noatime,basedir=${path.join(repo, 'objects')}`]);
+  const line = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === mp)!;
+  const [, post] = line.split(' - ');
+  assert.equal(post!.split(' ')[1], `composefs:${id}`);
+  assert.deepEqual(line.split(' ')[5]!.split(',').sort(), ['noatime', 'nodev', 'noexec', 'nosuid', 'ro']);
   await umount(mp);
 });
 

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import path from 'node:path';
 import { CfsError } from '../errors.js';
 import type { FuseMode } from '../mount/mount-image.js';
+import type { MountAttributes } from '../mount/kernel.js';
 import { openRepoFromCli, probeBeforeCreating } from './repo.js';
 import { LOCAL_FETCH_OPTIONS } from './oci.js';
 
@@ -27,8 +28,19 @@ interface ComposefsHelperOpts {
 }
 
 /** `-o basedir=…,digest=…,verity,ro,upperdir=…,workdir=…` as the C mount.composefs takes them. */
-function parseHelperOptions(list: string[], sloppy: boolean): { basedir?: string; digest?: Buffer; verity: boolean; rw?: boolean; upperdir?: string; workdir?: string } {
-  const out: { basedir?: string; digest?: Buffer; verity: boolean; rw?: boolean; upperdir?: string; workdir?: string } = { verity: false };
+interface HelperOptions {
+  basedir?: string;
+  digest?: Buffer;
+  verity: boolean;
+  rw?: boolean;
+  upperdir?: string;
+  workdir?: string;
+  attributes: MountAttributes;
+}
+
+function parseHelperOptions(list: string[], sloppy: boolean): HelperOptions {
+  const out: HelperOptions = { verity: false, attributes: {} };
+  const a = out.attributes;
   for (const opt of list.flatMap((s) => s.split(',')).filter((s) => s !== '')) {
     const eq = opt.indexOf('=');
     const key = eq < 0 ? opt : opt.slice(0, eq);
@@ -59,11 +71,33 @@ function parseHelperOptions(list: string[], sloppy: boolean): { basedir?: string
       case 'workdir':
         out.workdir = value;
         break;
-      case 'defaults':
-      case 'nodev':
+      // The generic mount flags, which mount(8) passes helpers as options: set on the mount.
       case 'nosuid':
+      case 'suid':
+        a.nosuid = key === 'nosuid';
+        break;
+      case 'nodev':
+      case 'dev':
+        a.nodev = key === 'nodev';
+        break;
       case 'noexec':
+      case 'exec':
+        a.noexec = key === 'noexec';
+        break;
+      case 'nodiratime':
+      case 'diratime':
+        a.nodiratime = key === 'nodiratime';
+        break;
       case 'relatime':
+      case 'noatime':
+      case 'strictatime':
+        a.atime = key;
+        break;
+      case 'defaults':
+      case 'auto':
+      case 'noauto':
+      case 'nouser':
+      case 'nofail':
         break;
       default:
         // mount -s: options this helper does not know are ignored.
@@ -71,6 +105,16 @@ function parseHelperOptions(list: string[], sloppy: boolean): { basedir?: string
     }
   }
   return out;
+}
+
+/**
+ * The name a mount shows for an image file: its file name, or, for an object path
+ * (`objects/XX/REST`, which is what mount(8) passes for a repository's `images/ID` link), the id.
+ */
+function imageName(image: string): string {
+  const base = path.basename(image);
+  const fanout = path.basename(path.dirname(image));
+  return /^[0-9a-f]{2}$/.test(fanout) && /^([0-9a-f]{62}|[0-9a-f]{126})$/.test(base) ? fanout + base : base;
 }
 
 export function register(program: Command): void {
@@ -188,11 +232,12 @@ export function register(program: Command): void {
         objectsDir: first,
         moreObjectsDirs: more,
         mountpoint: mp,
-        source: `composefs:${path.basename(image)}`,
+        source: `composefs:${imageName(image)}`,
         verity: o.verity ? 'require' : 'off',
         expectedDigest: o.digest,
         upperdir: o.upperdir,
         workdir: o.workdir,
+        attributes: o.attributes,
         // As C mount.composefs: with an upper layer read-write unless `ro`; without one read-only
         // whatever `rw` says (mount(8) passes `rw` by default).
         readWrite: o.upperdir !== undefined && o.rw !== false,

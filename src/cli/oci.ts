@@ -73,6 +73,10 @@ async function imageRows(repo: Repository): Promise<ImageRow[]> {
       let pending = opened.get(t.manifestDigest);
       if (!pending) opened.set(t.manifestDigest, (pending = openStoredImage(repo, `@${t.manifestDigest}`, repo.erofsFormats.default)));
       const img = await pending;
+      // Cheap (one lstat): a listing shows an image that cannot be mounted as damaged.
+      if (img.imageId !== null && !(await repo.hasObject(Buffer.from(img.imageId, 'hex')))) {
+        throw new CfsError('ECORRUPT', `its composefs image ${img.imageId.slice(0, 12)} is missing (pulling it again writes it)`);
+      }
       rows.push({
         name: t.name,
         manifestDigest: t.manifestDigest,

@@ -46,6 +46,29 @@ export interface ComposefsMountOptions {
   workdir?: string;
   readWrite?: boolean; // needs upperdir and workdir; otherwise the mount is read-only
   strategy?: MountStrategy; // default: auto for both
+  attributes?: MountAttributes; // the mount's own flags (mount(8)'s nosuid, nodev, …)
+}
+
+/** Per-mount flags, as mount(8) options name them. */
+export interface MountAttributes {
+  nosuid?: boolean;
+  nodev?: boolean;
+  noexec?: boolean;
+  nodiratime?: boolean;
+  /** Default relatime, as for every mount. */
+  atime?: 'relatime' | 'noatime' | 'strictatime';
+}
+
+function attributeFlags(a: MountAttributes = {}): number {
+  const c = native().constants;
+  let flags = 0;
+  if (a.nosuid) flags |= c.MOUNT_ATTR_NOSUID;
+  if (a.nodev) flags |= c.MOUNT_ATTR_NODEV;
+  if (a.noexec) flags |= c.MOUNT_ATTR_NOEXEC;
+  if (a.nodiratime) flags |= c.MOUNT_ATTR_NODIRATIME;
+  if (a.atime === 'noatime') flags |= c.MOUNT_ATTR_NOATIME;
+  if (a.atime === 'strictatime') flags |= c.MOUNT_ATTR_STRICTATIME;
+  return flags;
 }
 
 export type ErofsBacking = 'auto' | 'file' | 'loop';
@@ -383,7 +406,7 @@ export function openComposefsMount(opts: DetachedComposefsOptions): number {
         }
         throw e;
       }
-      return ctx.mount(opts.readWrite ? 0 : c.MOUNT_ATTR_RDONLY);
+      return ctx.mount((opts.readWrite ? 0 : c.MOUNT_ATTR_RDONLY) | attributeFlags(opts.attributes));
     } finally {
       ctx.close();
     }

@@ -15,8 +15,8 @@
  * removed, so a re-pull can restore what they name.
  */
 import { createHash } from 'node:crypto';
-import { lstat, readFile, unlink } from 'node:fs/promises';
-import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync, readdirSync } from 'node:fs';
+import { lstat, readFile, rm, unlink } from 'node:fs/promises';
+import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync, readdirSync, type Stats } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -145,14 +145,16 @@ class Checker {
    * true when only objects are missing (which pulling the image again restores).
    */
   private readonly damaged = new Map<string, Damage>();
-  /** Objects whose content does not have the digest they are named by (hex), left in place. */
-  private readonly corrupt = new Set<string>();
+  /** Corrupt objects left in place (hex id → what is wrong with them). */
+  private readonly corrupt = new Map<string, string>();
 
   private noteDamage(rel: string, before: number): void {
     const kinds = this.report.errors.slice(before).map((e) => e.kind);
     const only = (set: readonly string[]): boolean => kinds.every((k) => set.includes(k));
     // A corrupt image object itself: the next pull checks it and writes it again.
-    const imageItself = rel.startsWith('images/') && only(['corrupt-object']);
+    // A missing or corrupt image object, or a broken image link: the next pull writes the image
+    // and its link again.
+    const imageItself = rel.startsWith('images/') && only(['corrupt-object', 'broken-symlink']);
     this.damaged.set(rel, only(MISSING_KINDS) || imageItself ? 'missing' : only([...MISSING_KINDS, ...CORRUPT_KINDS]) ? 'corrupt' : 'other');
   }
 
@@ -170,8 +172,9 @@ class Checker {
 
   /** A problem naming `id` when it is a corrupt object (checked in phase 1); true if it is. */
   private corruptRef(kind: string, rel: string, id: Buffer, what: string): boolean {
-    if (!this.corrupt.has(id.toString('hex'))) return false;
-    this.problem(kind, rel, `${what}object ${objectRelPath(id)} is corrupt (its content does not have that digest)`);
+    const why = this.corrupt.get(id.toString('hex'));
+    if (why === undefined) return false;
+    this.problem(kind, rel, `${what}object ${objectRelPath(id)} is corrupt (${why})`);
     return true;
   }
   /** False once the filesystem said it has no fs-verity (then hash in userspace only). */
@@ -296,7 +299,15 @@ class Checker {
           }
           const ost = lstatSync(path.join(this.repo.path, rel));
           if (!ost.isFile()) {
-            this.problem('object-not-regular', rel, 'not a regular file');
+            // Corrupt like an object with the wrong content: every import takes a name that is
+            // present for the object, so only removing it lets the next pull write it again.
+            this.report.objectsChecked++;
+            this.report.objectsCorrupted++;
+            this.problem('object-not-regular', rel, `not a regular file but a ${fileKind(ost)}`);
+            if (!(await this.repair(rel, { directory: ost.isDirectory() }))) {
+              this.sizes.set(id.toString('hex'), 0);
+              this.corrupt.set(id.toString('hex'), `it is a ${fileKind(ost)}, not a regular file`);
+            }
             continue;
           }
           this.sizes.set(id.toString('hex'), ost.size);
@@ -359,7 +370,7 @@ class Checker {
     // Removed by repair: then missing, which pulling (or copying) the image again restores; an
     // object that is present counts as good to every import.
     if (await this.repair(rel)) this.sizes?.delete(id.toString('hex'));
-    else this.corrupt.add(id.toString('hex'));
+    else this.corrupt.set(id.toString('hex'), 'its content does not have that digest');
   }
 
   // ---- phase 2 and 3: first-level links ----------------------------------------------------
@@ -425,7 +436,7 @@ class Checker {
         if ((await this.objectSize(o)) < 0) {
           complete = false;
           this.problem('missing-object-ref', rel, `object ${objectRelPath(o)} does not exist`);
-        } else this.corruptRef('corrupt-object-ref', rel, o, '');
+        } else if (this.corruptRef('corrupt-object-ref', rel, o, '')) complete = false; // its size says nothing
       }
       for (const [refName, o] of r.namedRefs) {
         if ((await this.objectSize(o)) < 0) this.problem('missing-named-ref', rel, `named ref '${refName}': object ${objectRelPath(o)} does not exist`);
@@ -577,16 +588,26 @@ class Checker {
   }
 
   /** Remove a leftover (repair mode only). Returns whether it was removed. */
-  private async repair(rel: string): Promise<boolean> {
+  private async repair(rel: string, opts: { directory?: boolean } = {}): Promise<boolean> {
     if (!this.opts.repair) return false;
     try {
-      await unlink(path.join(this.repo.path, rel));
+      // A directory where an object belongs goes with whatever it holds: nothing in objects/ is a tree.
+      if (opts.directory) await rm(path.join(this.repo.path, rel), { recursive: true, force: true });
+      else await unlink(path.join(this.repo.path, rel));
     } catch (e) {
       if (errnoCode(e) !== 'ENOENT') throw e;
     }
     this.report.repaired.push(rel);
     return true;
   }
+}
+
+function fileKind(st: Stats): string {
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isDirectory()) return 'directory';
+  if (st.isFIFO()) return 'FIFO';
+  if (st.isSocket()) return 'socket';
+  return 'device';
 }
 
 /** Problems that pulling the image again repairs: missing objects… */

@@ -32,10 +32,14 @@ const TMP_NAME_TRIES = 16;
 /** Named temporary objects (no O_TMPFILE) live directly in objects/ under this prefix. */
 export const TMP_OBJECT_PREFIX = '.tmp-object-';
 
-/** Size of the object file at `p`, or -1 when it does not exist. */
+/** Returned by objectSizeAt for a name that is not a regular file (a damaged object). */
+export const NOT_AN_OBJECT = -2;
+
+/** Size of the object file at `p`; -1 when it does not exist, NOT_AN_OBJECT when it is not a regular file. */
 export function objectSizeAt(p: string): number {
   try {
-    return lstatSync(p).size;
+    const st = lstatSync(p);
+    return st.isFile() ? st.size : NOT_AN_OBJECT;
   } catch (e) {
     if (errnoCode(e) === 'ENOENT') return -1;
     throw e;

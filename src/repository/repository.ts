@@ -23,7 +23,7 @@ import {
   algorithmString, effectiveErofsFormats, META_FILE, newMeta, parseMeta, serializeMeta, unknownReadOnlyFeatures,
   type ErofsFormat, type ErofsFormats, type RepoMeta,
 } from './meta.js';
-import { ObjectWriter, objectSizeAt, TMP_OBJECT_PREFIX, type ObjectStore } from './objects.js';
+import { NOT_AN_OBJECT, ObjectWriter, objectSizeAt, TMP_OBJECT_PREFIX, type ObjectStore } from './objects.js';
 import { atomicSymlink, randomAlnum, validateRefName } from './symlink.js';
 import { acquireLock, type LockWaitOptions } from './lock.js';
 
@@ -470,6 +470,7 @@ export class Repository implements ObjectStore {
       }
     }
     const size = objectSizeAt(this.objectPath(id));
+    if (size === NOT_AN_OBJECT) throw new CfsError('ECORRUPT', `object ${objectRelPath(id)} in repository ${this.path} is not a regular file (run 'cfs fsck --repair')`);
     if (size < 0) throw new CfsError('ENOENT', `object ${objectRelPath(id)} not found in repository ${this.path}`);
     return size;
   }
@@ -618,7 +619,13 @@ export class Repository implements ObjectStore {
     const imageId = await this.imageIdOf(rel);
     const objPath = this.objectPath(imageId);
     if (viaRef && this.secure) return { imageId, path: objPath, verityRequired: true };
-    const fd = openSync(objPath, C.O_RDONLY);
+    let fd: number;
+    try {
+      fd = openSync(objPath, C.O_RDONLY);
+    } catch (e) {
+      if (errnoCode(e) !== 'ENOENT') throw e;
+      throw new CfsError('ECORRUPT', `image ${name} is damaged: its object objects/${objectRelPath(imageId)} is missing (run 'cfs fsck'; pulling the image again writes it)`, { path: objPath });
+    }
     try {
       const m = measureVerityFd(fd, `image ${name}`);
       if (!m.digest.equals(imageId)) throw new CfsError('ECORRUPT', `image ${name}: fs-verity content mismatch`);
