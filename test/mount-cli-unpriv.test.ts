@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout } from './helpers/oci-fixture.js';
@@ -112,6 +112,38 @@ test('unprivileged: the default user repository under $HOME', { skip: SKIP }, as
     assert.equal(u.status, 0, u.stderr);
   }
   assert.ok(!isMounted(mp));
+});
+
+test("unprivileged: a failed FUSE mount leaves no empty log; the first mount (no runtime directory yet) logs its server's errors", { skip: SKIP }, async () => {
+  const home = userDir('u5');
+  const repo = path.join(home, 'repo');
+  const mp = userDir('u5/mnt');
+  const env = { XDG_RUNTIME_DIR: userDir('u5/run') };
+  const runtime = path.join(env.XDG_RUNTIME_DIR, 'cfs');
+  // A /dev/fuse only root may open: fusermount3 fails, after the server opened its log.
+  const failed = await withDevFuseMode(0o600, () => cfs(['--repo', repo, 'mount', '-q', `oci:${layoutDir}:v1`, mp], { user, env }));
+  assert.notEqual(failed.status, 0);
+  assert.match(failed.stderr, /^cfs: .*FUSE mount failed: .*\/dev\/fuse.*$/m);
+  assert.deepEqual(readdirSync(runtime).filter((n) => n.endsWith('.log')), [], 'no empty log is left');
+  rmSync(runtime, { recursive: true, force: true });
+  const r = await asUser(['--repo', repo, 'mount', '-q', `oci:${layoutDir}:v1`, mp], env);
+  assert.equal(r.status, 0, r.stderr);
+  try {
+    const dump = await cfs(['--repo', repo, 'oci', 'dump', `oci:${layoutDir}:v1`], { user, env });
+    assert.equal(dump.status, 0, dump.stderr);
+    const tool = dump.stdout.split('\n').find((l) => l.startsWith('/usr/bin/hard '));
+    const object = / ([0-9a-f]{2}\/[0-9a-f]{62}) /.exec(tool ?? '')?.[1];
+    assert.ok(object, `an object for /usr/bin/hard in:\n${dump.stdout}`);
+    chmodSync(path.join(repo, 'objects', object), 0);
+    const cat = await runDetached(['cat', path.join(mp, 'usr/bin/hard')], { user });
+    assert.notEqual(cat.status, 0);
+    const logs = readdirSync(runtime).filter((n) => n.endsWith('.log'));
+    assert.equal(logs.length, 1, `one server log in ${runtime}`);
+    assert.match(readFileSync(path.join(runtime, logs[0]!), 'utf8'), /permission denied|EACCES/i);
+  } finally {
+    const u = await asUser(['umount', mp], env);
+    assert.equal(u.status, 0, u.stderr);
+  }
 });
 
 test('unprivileged: --fuse no is refused with one clear line; nothing mounted', { skip: SKIP }, async () => {

@@ -223,6 +223,7 @@ test('fuse-ll: a missing object fails with EIO, the rest stays readable; statfs;
   assert.equal(await fs.readFile(path.join(mp, 'ext'), 'utf8'), 'external but small\n');
   await assert.rejects(fs.readFile(path.join(mp, 'nope')), { code: 'ENOENT' });
   await assert.rejects(fs.lstat(path.join(mp, '.wh-gone')), { code: 'ENOENT' });
+  await assert.rejects(fs.lstat(path.join(mp, 'n'.repeat(256))), { code: 'ENAMETOOLONG' });
   const sf = await fs.statfs(mp);
   assert.equal(sf.type, FUSE_SUPER_MAGIC);
   assert.equal(sf.bsize, 4096);

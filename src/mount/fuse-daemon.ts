@@ -172,9 +172,7 @@ function removeFuseRecord(canonicalMountpoint: string, pid: number): void {
   const record = recordPathOf(canonicalMountpoint);
   if (readRecordAt(record)?.pid !== pid) return;
   rmSync(record, { force: true });
-  // A log that says nothing is not kept (one per mount would pile up).
-  const log = logPathOf(record);
-  if (statSync(log, { throwIfNoEntry: false })?.size === 0) rmSync(log, { force: true });
+  removeEmptyLog(logPathOf(record));
 }
 
 /** The server's log beside its record. */
@@ -291,12 +289,19 @@ function serverEntry(): string {
   return path.join(path.dirname(self), `fuse-server-main${path.extname(self)}`);
 }
 
-function openServerLog(mountpoint: string): number | 'ignore' {
+/** The server's log (its runtime directory made first: the first mount after a boot has none yet). */
+function openServerLog(canonicalMountpoint: string): { fd: number | 'ignore'; path: string | null } {
   try {
-    return openSync(logPathOf(fuseRecordPath(mountpoint)), 'a', 0o600);
+    const file = logPathOf(recordPathOf(canonicalMountpoint, ownRuntimeDir()));
+    return { fd: openSync(file, 'a', 0o600), path: file };
   } catch {
-    return 'ignore';
+    return { fd: 'ignore', path: null };
   }
+}
+
+/** A log that says nothing is not kept (one per mount would pile up). */
+function removeEmptyLog(log: string): void {
+  if (statSync(log, { throwIfNoEntry: false })?.size === 0) rmSync(log, { force: true });
 }
 
 /**
@@ -322,9 +327,9 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions, onMounted?: () =>
     cwd: '/',
     // Startup errors come back over the readiness pipe; later messages go to a log file beside
     // the runtime record, so callers capturing our stderr are not held open by the server.
-    stdio: ['ignore', 'ignore', log, 'pipe'],
+    stdio: ['ignore', 'ignore', log.fd, 'pipe'],
   });
-  if (typeof log === 'number') closeSync(log);
+  if (typeof log.fd === 'number') closeSync(log.fd);
   const pipe = child.stdio[READY_FD] as Readable | null;
   if (!pipe) throw new CfsError('EIO', 'FUSE server: no readiness pipe');
   const exited = new Promise<string>((resolve) => {
@@ -344,6 +349,7 @@ export async function mountFuseDaemon(opts: FuseDaemonOptions, onMounted?: () =>
     return;
   }
   const why = line.startsWith('error ') ? line.slice('error '.length) : `FUSE server ${await exited}`;
+  if (log.path !== null) removeEmptyLog(log.path);
   // A server killed after mounting leaves its mount without anyone serving it: undo it.
   const top = findMount(config.mountpoint);
   if (top && top.mountId !== before && top.fsType.startsWith('fuse') && isComposefsMount(top)) await fusermountUnmount(config.mountpoint, true).catch(() => undefined);

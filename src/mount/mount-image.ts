@@ -5,7 +5,7 @@
  * Heavy modules (the import engine, the FUSE server) load only when needed: a plain mount of an
  * imported image should start fast.
  */
-import { closeSync, constants as fsc, openSync, statSync } from 'node:fs';
+import { closeSync, constants as fsc, lstatSync, openSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CfsError, errnoCode } from '../errors.js';
@@ -276,7 +276,11 @@ export async function unmountImage(mountpoint: string, opts: { lazy?: boolean } 
   }
   const { readFuseRecord, unmountFuse } = await import('./fuse-daemon.js');
   // No mount but a server's record: its mount was lost (the server is cleaned up).
-  if (!m && !readFuseRecord(mp)) throw new CfsError('EINVAL', `${mp} is not a mount point`, { path: mp });
+  if (!m && !readFuseRecord(mp)) {
+    // Nothing is mounted there, so looking at the path cannot hang on a dead server.
+    if (!lstatSync(mp, { throwIfNoEntry: false })) throw new CfsError('ENOENT', `${mp} does not exist`, { path: mp });
+    throw new CfsError('EINVAL', `${mp} is not a mount point`, { path: mp });
+  }
   await unmountFuse(mp, opts);
   unpinUnmounted(mp);
 }

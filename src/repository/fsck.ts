@@ -340,7 +340,11 @@ class Checker {
     try {
       fd = openSync(file, C.O_RDONLY);
     } catch (e) {
-      return bad('object-open-failed', (e as Error).message);
+      bad('object-open-failed', (e as Error).message);
+      // Damaged for every image using it, as a corrupt one (a pull takes the name as present).
+      if (await this.repair(rel)) this.sizes?.delete(id.toString('hex'));
+      else this.corrupt.set(id.toString('hex'), `it cannot be read: ${errnoCode(e) ?? (e as Error).message}`);
+      return;
     }
     try {
       this.report.bytesChecked += fstatSync(fd).size;

@@ -29,6 +29,7 @@ const EISDIR = 21;
 const EINVAL = 22;
 const EROFS = 30;
 const ERANGE = 34;
+const ENAMETOOLONG = 36;
 const ENOSYS = 38;
 const ENODATA = 61;
 const EPROTO = 71;
@@ -206,6 +207,8 @@ export class FuseLlServer {
   private lookup(dir: Inode, req: Buffer, at: number, len: number): number {
     if (!dir.children) return this.error(ENOTDIR);
     const name = cString(req, at, len);
+    // As EROFS (and every Linux filesystem) answers a name no directory entry can have.
+    if (name.length > NAME_MAX) return this.error(ENAMETOOLONG);
     const child = dir.children.get(name);
     const id = child ? this.table.idOf(child) : undefined;
     // An absent name is answered as a cacheable negative entry (node id 0), not ENOENT.
