@@ -159,6 +159,45 @@ test('cfs gc keeps an untagged image while it is mounted (kernel, FUSE, foregrou
   assert.equal(readdirSync('/run/cfs').filter((n) => n.startsWith('pin-') && readFileSync(path.join('/run/cfs', n), 'utf8').includes(gcRepo)).length, 0, 'no pin is left behind');
 });
 
+test('after umount --lazy, gc keeps the image while files are open on the detached mount, and not after (kernel and FUSE)', { skip: SKIP }, async () => {
+  const content = Buffer.alloc(8192, 'z');
+  const layout = await buildOciLayout(path.join(work, 'lazy-layout'), { images: [{ tag: 'v1', layers: [[{ path: 'usr/' }, { path: 'usr/lazy-kept', content }]] }] });
+  const lazyRepo = path.join(work, 'lazy-repo');
+  type Gc = { keptMounted: string[]; removed: { images: string[] } };
+  const gc = async (): Promise<Gc> => JSON.parse((await cfsOkAsync(['--repo', lazyRepo, 'gc', '--json'])).stdout) as Gc;
+  for (const fuse of ['no', 'yes']) {
+    const id = /^image ([0-9a-f]+)$/m.exec((await cfsOkAsync(['--repo', lazyRepo, '--insecure', 'oci', 'pull', '-q', `oci:${layout.dir}:v1`, 'lz'])).stdout)![1]!;
+    const mp = newDir();
+    await cfsOkAsync(['--repo', lazyRepo, 'mount', '--fuse', fuse, 'lz', mp]);
+    await cfsOkAsync(['--repo', lazyRepo, 'oci', 'untag', 'lz']);
+    const fd = openSync(path.join(mp, 'usr/lazy-kept'), 'r');
+    try {
+      await cfsOkAsync(['umount', '--lazy', mp]);
+      // The pin follows the mount by id now; make it older than its grace period, so only the open file holds it.
+      const pins = readdirSync('/run/cfs').filter((n) => n.startsWith('pin-')).map((n) => path.join('/run/cfs', n));
+      const pin = pins.find((f) => readFileSync(f, 'utf8').includes(`"imageId":"${id}"`) && readFileSync(f, 'utf8').includes(lazyRepo));
+      assert.ok(pin, `fuse=${fuse}: a pin for the lazily unmounted image`);
+      const record = JSON.parse(readFileSync(pin, 'utf8')) as { mountpoint: string; detachedAt: number };
+      assert.equal(record.mountpoint, '');
+      writeFileSync(pin, JSON.stringify({ ...record, detachedAt: record.detachedAt - 3_600_000 }));
+      assert.deepEqual((await gc()).keptMounted, [`images/${id}`], `fuse=${fuse}: kept while a file is open`);
+      const buf = Buffer.alloc(content.length);
+      assert.equal(readSync(fd, buf, 0, buf.length, 0), content.length);
+      assert.deepEqual(buf, content);
+    } finally {
+      closeSync(fd);
+    }
+    let after: Gc = { keptMounted: [], removed: { images: [] } };
+    // A FUSE mount goes once its server has answered the last release: gc may have to try again.
+    for (let i = 0; i < 50; i++) {
+      after = await gc();
+      if (after.removed.images.length > 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.deepEqual([after.keptMounted, after.removed.images], [[], [`images/${id}`]], `fuse=${fuse}: collected once the file is closed`);
+  }
+});
+
 test('a mount in another mount namespace keeps its image while it is mounted there, and not after (gc reads that namespace through a process in it)', { skip: SKIP }, async () => {
   const layout = await buildOciLayout(path.join(work, 'ns-layout'), { images: [{ tag: 'v1', layers: [[{ path: 'usr/' }, { path: 'usr/ns-kept', content: Buffer.alloc(4096, 'n') }]] }] });
   const nsRepo = path.join(work, 'ns-repo');

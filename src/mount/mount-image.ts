@@ -15,7 +15,7 @@ import type { PullOptions, PullResult } from '../oci/pull.js';
 import { hashAlgOfSize } from '../fsverity/digest.js';
 import { hasMountPrivilege } from './caps.js';
 import { canonical, findMount, fuseMountUid, isComposefsMount, listComposefsMounts } from './mountinfo.js';
-import { livePins, pinMountedImage, pinOf, unpinUnmounted } from '../repository/pins.js';
+import { detachPin, livePins, pinMountedImage, pinOf, unpinUnmounted } from '../repository/pins.js';
 
 /** auto: the kernel mount when privileged, else FUSE; yes: FUSE; no: the kernel mount or an error. */
 export type FuseMode = 'auto' | 'yes' | 'no';
@@ -265,7 +265,8 @@ export async function unmountImage(mountpoint: string, opts: { lazy?: boolean } 
   if (m && !m.fsType.startsWith('fuse')) {
     const { unmount } = await import('./kernel.js');
     unmount(mp, opts);
-    unpinUnmounted(mp, m.mountId);
+    if (opts.lazy) detachPin(mp, m.mountId);
+    else unpinUnmounted(mp, m.mountId);
     return;
   }
   // fusermount3 would say only that the mount is not in its table.
@@ -282,7 +283,8 @@ export async function unmountImage(mountpoint: string, opts: { lazy?: boolean } 
     throw new CfsError('EINVAL', `${mp} is not a mount point`, { path: mp });
   }
   await unmountFuse(mp, opts);
-  unpinUnmounted(mp);
+  if (opts.lazy && m) detachPin(mp, m.mountId);
+  else unpinUnmounted(mp);
 }
 
 /** The cfs mounts of this mount namespace. */

@@ -12,7 +12,9 @@
  * A detached mount (varlink Mount) has no mount point yet: its pin names the mount by id alone,
  * which stays the mount's when the client attaches it anywhere (move_mount). It holds while a
  * mount of that id is in a namespace we can read, and, never seen, for DETACHED_GRACE_MS (a mount
- * that is used through its fd and never attached is not visible to anyone).
+ * that is used through its fd and never attached is not visible to anyone). A lazily unmounted
+ * mount's pin becomes one of these. Such a mount also holds while a process we can read has a
+ * file open on it (fdinfo's mnt_id).
  */
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -136,6 +138,29 @@ class MountTables {
     return undefined;
   }
 
+  /**
+   * Whether a process we can read has a file open on mount `mountId` (fdinfo's mnt_id): how a
+   * detached mount that is in no table (never attached, or unmounted lazily) is still in use.
+   */
+  inUse(mountId: number): boolean {
+    if (!this.fdMounts) {
+      this.fdMounts = new Set();
+      for (const pid of listPids()) {
+        for (const fd of listOrEmpty(`/proc/${pid}/fdinfo`)) {
+          try {
+            const id = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'latin1'))?.[1];
+            if (id !== undefined) this.fdMounts.add(Number(id));
+          } catch {
+            // closed meanwhile
+          }
+        }
+      }
+    }
+    return this.fdMounts.has(mountId);
+  }
+
+  private fdMounts: Set<number> | null = null;
+
   private tables(): Map<string, MountInfo[]> {
     if (this.all) return this.all;
     this.all = new Map([[this.ns, this.own]]);
@@ -164,6 +189,7 @@ function holds(pin: MountPin, tables: MountTables, owner: number): boolean | nul
   let m: MountInfo | undefined;
   if (pin.detachedAt !== undefined) {
     m = tables.byId(pin.mountId);
+    if (!m && tables.inUse(pin.mountId)) return owner === (process.getuid?.() ?? 0) ? true : null;
     if (!m || !isComposefsMount(m)) return Date.now() - pin.detachedAt < DETACHED_GRACE_MS ? null : false;
   } else {
     const mounts = tables.of(pin.mntns);
@@ -233,6 +259,17 @@ export function unpinUnmounted(mountpoint: string, mountId?: number): void {
     if (pin.detachedAt !== undefined ? pin.mountId === mountId && !mounts.some((m) => m.mountId === mountId) : pin.mountpoint === mountpoint && holds(pin, tables, me) === false) {
       removeQuietly(file);
     }
+  }
+}
+
+/**
+ * After a lazy unmount of the mount at `mountpoint` (`mountId`): its pin becomes a detached
+ * mount's, which holds while files are open on the mount (or for DETACHED_GRACE_MS).
+ */
+export function detachPin(mountpoint: string, mountId: number): void {
+  for (const { file, pin } of pinsIn(runtimeDir(), process.getuid?.() ?? 0)) {
+    if (!pin || pin.mountpoint !== mountpoint || pin.mountId !== mountId) continue;
+    if (writePin({ ...pin, mountpoint: '', detachedAt: Date.now() }) === null) removeQuietly(file);
   }
 }
 
