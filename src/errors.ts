@@ -53,3 +53,16 @@ export function systemErrorText(e: unknown): string {
   const message = e instanceof Error ? e.message : String(e);
   return /^[A-Z0-9_]+: (.*?), \w+(?: '.*')?$/s.exec(message)?.[1] ?? message;
 }
+
+/**
+ * `text` as one line of a terminal: control characters (a name in a layer may carry newlines or
+ * escape sequences) shown as the escapes `\n`, `\t`, `\r` and `\xNN`.
+ */
+export function oneLine(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => {
+    if (c === '\n') return '\\n';
+    if (c === '\t') return '\\t';
+    if (c === '\r') return '\\r';
+    return `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+  });
+}

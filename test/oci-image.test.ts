@@ -159,8 +159,15 @@ test('platform selection: variants (arm64 defaults to v8, arm to v7)', async () 
 
 test('platform selection: platform from the config when the descriptor has none', async () => {
   const l = await layout({ images: [img('f', { platform: FOREIGN, platformInDescriptor: false })] });
-  await rejects(resolveIn(l.dir, 'f'), 'EPLATFORM', new RegExp(`no manifest for platform ${HOST}; available: ${FOREIGN}`));
-  assert.equal((await resolveIn(l.dir, 'f', FOREIGN)).manifestDigest, l.images[0]!.manifestDigest);
+  // The only image is taken whatever its platform (as skopeo does), and says which it is; asked
+  // for another platform, it is refused.
+  const only = await resolveIn(l.dir, 'f');
+  assert.equal(only.manifestDigest, l.images[0]!.manifestDigest);
+  assert.equal(only.otherPlatform, FOREIGN);
+  await rejects(resolveIn(l.dir, 'f', HOST), 'EPLATFORM', new RegExp(`no manifest for platform ${HOST}; available: ${FOREIGN}`));
+  const asked = await resolveIn(l.dir, 'f', FOREIGN);
+  assert.equal(asked.manifestDigest, l.images[0]!.manifestDigest);
+  assert.equal(asked.otherPlatform, null);
 });
 
 test('platform selection: a single image without platform info is accepted; two are not', async () => {
@@ -176,6 +183,9 @@ test('untagged lookup: several tagged images need a tag; untagged per-platform m
   await rejects(resolveIn(tagged.dir, null), 'EINVAL', /holds 2 images; name one with :TAG; available tags: "a", "b"/);
   const flat = await layout({ images: [img(null, { platform: FOREIGN }), img(null, { platform: HOST })] });
   assert.equal((await resolveIn(flat.dir, null)).manifestDigest, flat.images[1]!.manifestDigest);
+  // Two untagged images for one platform: nothing says which one (skopeo refuses too).
+  const same = await layout({ images: [img(null, { platform: HOST }), img(null, { platform: HOST, layers: [] })] });
+  await rejects(resolveIn(same.dir, null), 'EINVAL', new RegExp(`holds 2 untagged images for platform ${HOST} \\(sha256:[0-9a-f]{12}, sha256:[0-9a-f]{12}\\); cannot tell which to import`));
 });
 
 test('Docker v2 schema 2 media types are treated as OCI', async () => {

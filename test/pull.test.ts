@@ -186,6 +186,17 @@ for (const c of badCases) {
   });
 }
 
+test('a name with a newline and terminal escapes in a bad layer is shown escaped, on one line', async () => {
+  const layout = await buildOciLayout(path.join(work, 'esc'), {
+    images: [{ tag: 'e', layers: [[{ path: 'usr/' }, { path: 'usr/x', type: 'hardlink', linkname: 'usr/\n\x1b[2J\x1b[31mFAKE: all good\x1b[0m' }]] }],
+  });
+  const r = runCfs(['--repo', path.join(work, 'repo-esc'), 'oci', 'pull', `oci:${layout.dir}:e`, 'e']);
+  assert.notEqual(r.status, 0);
+  assert.equal(r.stderr.split('\n').filter((l) => l.startsWith('cfs: ') && !l.startsWith('cfs: note:')).length, 1, r.stderr);
+  assert.ok(!r.stderr.includes('\x1b'), 'no raw escape reaches the terminal');
+  assert.match(r.stderr, /usr\/\\n\\x1b\[2J\\x1b\[31mFAKE: all good\\x1b\[0m/);
+});
+
 test('artifact blobs are stored as single-object streams', async () => {
   writeFileSync(path.join(work, 'dummy'), '');
   const layout = await buildOciLayout(path.join(work, 'artifact'), {
@@ -195,6 +206,12 @@ test('artifact blobs are stored as single-object streams', async () => {
   cfsOk(['--repo', repo, 'oci', 'pull', `oci:${layout.dir}:a`, 'art']);
   const cat = cfsOk(['--repo', repo, 'cat', `oci-layer-${layout.images[0].layers[0].digest}`]);
   assert.equal(cat.stdout, 'artifact payload');
+  // By name, as by reference: an artifact has no filesystem to dump, hash or mount.
+  for (const args of [['oci', 'dump', 'art'], ['oci', 'compute-id', 'art'], ['mount', 'art', work]]) {
+    const r = runCfs(['--repo', repo, ...args]);
+    assert.notEqual(r.status, 0, args.join(' '));
+    assert.match(r.stderr, /^cfs: .*art.* is an artifact \(config application\/vnd\.oci\.empty\.v1\+json\): it has no filesystem( to mount)?\n$/, args.join(' '));
+  }
 });
 
 test('an image with hardlinks across directories: its dump, through mkcomposefs, gives the image ID the pull gave', async () => {

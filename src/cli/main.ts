@@ -4,7 +4,7 @@
  */
 import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
-import { CfsError, systemErrorText } from '../errors.js';
+import { CfsError, oneLine, systemErrorText } from '../errors.js';
 import { register as registerFsverity } from './fsverity.js';
 import { register as registerMkcomposefs } from './mkcomposefs.js';
 import { register as registerInfo } from './info.js';
@@ -76,7 +76,7 @@ function watchOutput(): void {
 export function reportError(e: unknown): number {
   if (e !== null && e === stdoutError) return stdoutError.code === 'EPIPE' ? 0 : 1;
   if (e instanceof CfsError) {
-    process.stderr.write(`cfs: ${e.message}\n`);
+    process.stderr.write(`cfs: ${oneLine(e.message)}\n`);
     return 1;
   }
   const err = e as NodeJS.ErrnoException;
@@ -84,7 +84,7 @@ export function reportError(e: unknown): number {
     // Node's "ENOENT: no such file or directory, open 'x'" said as "x: no such file or directory".
     // Of two paths (rename, link), the destination: the source is often a temporary name.
     const where = (err as { dest?: unknown }).dest ?? err.path;
-    process.stderr.write(`cfs: ${typeof where === 'string' ? `${where}: ${systemErrorText(err)}` : err.message}\n`);
+    process.stderr.write(`cfs: ${oneLine(typeof where === 'string' ? `${where}: ${systemErrorText(err)}` : err.message)}\n`);
     return 1;
   }
   process.stderr.write(`cfs: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -1,6 +1,6 @@
 /** `cfs oci …`: pull, images, inspect, tag, untag, dump, compute-id. */
 import type { Command } from 'commander';
-import { CfsError } from '../errors.js';
+import { CfsError, oneLine } from '../errors.js';
 import { openRepoFromCli, probeBeforeCreating } from './repo.js';
 import type { Repository } from '../repository/repository.js';
 import type { StoredImage } from '../oci/stored.js';
@@ -89,7 +89,7 @@ async function imageRows(repo: Repository): Promise<ImageRow[]> {
       });
     } catch (e) {
       const error = (e as Error).message;
-      process.stderr.write(`cfs: warning: image ${t.name}: ${error} (see 'cfs fsck')\n`);
+      process.stderr.write(`cfs: warning: ${oneLine(`image ${t.name}: ${error}`)} (see 'cfs fsck')\n`);
       rows.push({ name: t.name, manifestDigest: t.manifestDigest, configDigest: null, imageId: null, architecture: null, variant: null, os: null, layers: null, error });
     }
   }
@@ -101,6 +101,7 @@ async function writeOut(data: Buffer | string): Promise<void> {
 }
 
 async function storedTree(repo: Repository, img: StoredImage) {
+  if (img.artifact) throw new CfsError('EINVAL', `${img.name ?? img.manifestDigest} is an artifact (config ${img.manifest.config.mediaType}): it has no filesystem`);
   const { buildTreeFromLayers } = await import('../oci/image-build.js');
   return buildTreeFromLayers(repo, img.diffIds.map((d) => ({ diffId: d, streamId: img.layerStreams.get(d)! })));
 }

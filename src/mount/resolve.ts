@@ -24,6 +24,7 @@ export interface ResolveMountOptions {
 async function mountableTag(repo: Repository, tag: string): Promise<ImageHandle> {
   const { openStoredImage } = await import('../oci/stored.js');
   const img = await openStoredImage(repo, tag, repo.erofsFormats.default);
+  if (img.artifact) throw new CfsError('EINVAL', `image '${tag}' is an artifact (config ${img.manifest.config.mediaType}): it has no filesystem to mount`);
   if (!img.imageId) throw new CfsError('ENOENT', `image '${tag}' has no composefs image for EROFS format ${repo.erofsFormats.default}; pull it again`);
   return repo.openImage(img.imageId);
 }

@@ -40,6 +40,8 @@ export interface ResolvedImage {
   diffIds: string[];
   /** The config is not an OCI/Docker image config: layers are opaque blobs, not tars. */
   artifact: boolean;
+  /** The only image, of another platform than the one wanted (taken all the same): that platform. */
+  otherPlatform: string | null;
 }
 
 export interface ResolveOptions {
@@ -159,25 +161,37 @@ async function topDescriptors(src: OciRead, index: ImageIndex, tag: string | nul
 export async function resolveImage(src: OciRead, tag: string | null, opts: ResolveOptions = {}): Promise<ResolvedImage> {
   const want = opts.platform !== undefined ? parsePlatform(opts.platform) : hostPlatform();
   const cache = new BlobCache(src);
-  const candidates: Candidate[] = [];
-  let chosen: Candidate | undefined;
-  for (const desc of await manifestCandidates(cache, await topDescriptors(src, await src.readIndex(), tag))) {
-    const c = { desc, platform: await candidatePlatform(cache, desc) };
-    candidates.push(c);
-    if (c.platform && platformMatches(want, c.platform)) {
-      chosen = c;
-      break;
-    }
+  const top = await topDescriptors(src, await src.readIndex(), tag);
+  // Per top-level entry (an image, or an image index), its manifests with their platforms.
+  const perEntry: Candidate[][] = [];
+  for (const entry of top) {
+    const list: Candidate[] = [];
+    for (const desc of await manifestCandidates(cache, [entry])) list.push({ desc, platform: await candidatePlatform(cache, desc) });
+    perEntry.push(list);
   }
-  if (!chosen && candidates.length === 1 && candidates[0]!.platform === null) chosen = candidates[0];
+  const candidates = perEntry.flat();
+  let chosen: Candidate | undefined;
+  // A single image is taken whatever its platform (as skopeo does: one may import, say, an
+  // arm64 image on amd64), unless a platform was asked for.
+  if (candidates.length === 1 && (opts.platform === undefined || candidates[0]!.platform === null)) chosen = candidates[0];
+  else {
+    // The first match of each entry: within an image index, order decides (as for any
+    // registry client); between separate untagged images, nothing does.
+    const matches = perEntry.map((list) => list.find((c) => c.platform !== null && platformMatches(want, c.platform))).filter((c): c is Candidate => c !== undefined);
+    if (matches.length > 1) {
+      throw new CfsError('EINVAL', `${src.description}: holds ${matches.length} untagged images for platform ${formatPlatform(want)} (${matches.map((c) => c.desc.digest.slice(0, 19)).join(', ')}); cannot tell which to import (tag one in index.json)`);
+    }
+    chosen = matches[0];
+  }
   if (!chosen) {
     const avail = candidates.map((c) => (c.platform ? formatPlatform(c.platform) : '(no platform info)'));
     throw new CfsError('EPLATFORM', `${src.description}: no manifest for platform ${formatPlatform(want)}; available: ${[...new Set(avail)].join(', ')}`);
   }
-  return loadManifest(cache, chosen.desc);
+  const other = chosen.platform !== null && !platformMatches(want, chosen.platform) ? formatPlatform(chosen.platform) : null;
+  return { ...(await loadManifest(cache, chosen.desc)), otherPlatform: other };
 }
 
-async function loadManifest(cache: BlobCache, desc: Descriptor): Promise<ResolvedImage> {
+async function loadManifest(cache: BlobCache, desc: Descriptor): Promise<Omit<ResolvedImage, 'otherPlatform'>> {
   const d = cache.src.description;
   const manifestBytes = await cache.get(desc, 'manifest');
   const manifest = parseManifest(manifestBytes, `${d}: manifest ${desc.digest}`);

@@ -65,7 +65,7 @@ export async function probeSource(reference: string, opts: Omit<PullOptions, 'na
 async function openSource(reference: string, opts: PullOptions): Promise<ImageToImport> {
   const { openImageSource } = await import('./sources.js');
   const progress = opts.progress ?? NO_PROGRESS;
-  return openImageSource(reference, { platform: opts.platform, onWait: (text) => progress.message(text), timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
+  return openImageSource(reference, { platform: opts.platform, onNote: (text) => progress.message(text), onWait: (text) => progress.message(text), timeoutMs: opts.lockTimeoutMs, signal: opts.signal });
 }
 
 export async function pullImage(repo: Repository, reference: string, opts: PullOptions = {}): Promise<PullResult> {

@@ -7,10 +7,13 @@ import { isTarLayer, openLayer, openVerifiedBlob } from './blob.js';
 import { openOciSource, resolveImage } from './image.js';
 import type { ImageToImport, LayerToImport } from './import.js';
 import { parseImageReference } from './reference.js';
+import { formatPlatform, hostPlatform } from './platform.js';
 
 export interface SourceOptions {
   /** `os/arch[/variant]`; default: the running machine. */
   platform?: string;
+  /** Told a note to show (e.g. the only image in a layout is for another platform). */
+  onNote?: (text: string) => void;
   /** Told (a line to show) when a source waits noticeably for another process's lock (containers-storage: podman writing); once per lock. */
   onWait?: (text: string) => void;
   /** Stops waiting for such locks. */
@@ -28,6 +31,7 @@ async function openOciImage(transport: 'oci' | 'oci-archive', refPath: string, t
   const src = await openOciSource({ transport, path: refPath });
   try {
     const img = await resolveImage(src, tag, { platform: opts.platform });
+    if (img.otherPlatform !== null) opts.onNote?.(`note: ${text} is a ${img.otherPlatform} image, not for this machine (${formatPlatform(hostPlatform())}); importing it anyway`);
     const layers: LayerToImport[] = img.layers.map((desc, i) => {
       const tar = !img.artifact && isTarLayer(desc);
       if (!img.artifact && !tar) {
