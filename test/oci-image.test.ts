@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
+import { execFileSync } from 'node:child_process';
 import { isCfsError, type CfsErrorCode } from '../src/errors.js';
 import { OciArchive } from '../src/oci/archive.js';
 import { openOciSource, resolveImage, type ResolvedImage } from '../src/oci/image.js';
@@ -127,6 +128,27 @@ test('oci-archive: bad inputs', async () => {
   const junk = join(tmp, `${n++}-junk.tar`);
   await writeFile(junk, Buffer.alloc(1024, 0x41));
   await rejects(OciArchive.open(junk), 'ECORRUPT', /bad tar header checksum at offset 0/);
+  // The other transport's input: each says which transport reads it.
+  await rejects(OciArchive.open(l.dir), 'EINVAL', new RegExp(`a directory, not an archive \\(an OCI layout directory is read with oci:${l.dir}\\)`));
+  await rejects(OciLayout.open(plain), 'EINVAL', new RegExp(`a file, not a directory \\(an OCI archive is read with oci-archive:${plain}\\)`));
+  // A FIFO is refused, not waited on; as a blob too.
+  const fifo = join(tmp, `${n++}.fifo`);
+  execFileSync('mkfifo', [fifo]);
+  await rejects(OciArchive.open(fifo), 'EINVAL', /not a regular file/);
+  const manifest = join(l.dir, 'blobs/sha256', l.images[0]!.manifestDigest.slice(7));
+  await rm(manifest);
+  execFileSync('mkfifo', [manifest]);
+  await rejects(resolveIn(l.dir, 'a'), 'ECORRUPT', /blob sha256:[0-9a-f]{64} is not a regular file/);
+  // A layout under a directory of the archive; an archive cut short at a member boundary.
+  const other = await layout({ images: [img('a')] });
+  const nested = join(tmp, `${n++}-nested.tar`);
+  execFileSync('tar', ['-cf', nested, '-C', join(other.dir, '..'), other.dir.split('/').pop()!]);
+  await rejects(OciArchive.open(nested), 'ECORRUPT', /no oci-layout member; the layout is under [^ ]+\/ in the archive, it must be at the top/);
+  const cut = join(tmp, `${n++}-cut.tar`);
+  await buildOciArchive(other.dir, cut);
+  const whole = await readFile(cut);
+  await writeFile(cut, whole.subarray(0, 1024)); // the first member, nothing after it
+  await rejects(OciArchive.open(cut), 'ECORRUPT', /no oci-layout member; the archive has no end-of-archive marker: it may be truncated/);
 });
 
 test('platform selection: manifest list with two platforms, --platform override, no match', async () => {

@@ -166,6 +166,29 @@ test('hand-made headers: global PAX, stray zero block, base-256 uid, trailing da
   });
 });
 
+test('PAX: empty values leave the header field in effect; negative fractional times count back from the epoch', async () => {
+  await withRepo(async (repo) => {
+    const empty = paxData([['uid', ''], ['path', ''], ['mtime', ''], ['gid', '7']]);
+    const neg = paxData([['mtime', '-1.5']]);
+    const negWhole = paxData([['mtime', '-3']]);
+    const tar = Buffer.concat([
+      rawHeader('./PaxHeaders/a', 'x', empty.length), padded(empty),
+      rawHeader('header-name', '0', 0),
+      rawHeader('./PaxHeaders/b', 'x', neg.length), padded(neg),
+      rawHeader('before-epoch', '0', 0),
+      rawHeader('./PaxHeaders/c', 'x', negWhole.length), padded(negWhole),
+      rawHeader('whole-seconds', '0', 0),
+      Buffer.alloc(1024),
+    ]);
+    const e = await importAndRead(repo, tar);
+    assert.deepEqual(e.map((x) => [x.path, x.uid, x.gid, x.mtimeSec, x.mtimeNsec]), [
+      ['header-name', 0, 7, 0, 0],
+      ['before-epoch', 0, 0, -2, 500_000_000],
+      ['whole-seconds', 0, 0, -3, 0],
+    ]);
+  });
+});
+
 test('malformed headers are rejected naming the layer', async () => {
   await withRepo(async (repo) => {
     const bad = (b: Buffer): Buffer => {

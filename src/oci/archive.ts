@@ -3,6 +3,7 @@
  * (member name → data offset and size) and blobs are served as positioned reads of the archive
  * file; nothing is extracted.
  */
+import { constants as fsc } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { CfsError, errnoCode } from '../errors.js';
@@ -106,18 +107,25 @@ export class OciArchive implements OciRead {
   static async open(path: string): Promise<OciArchive> {
     let fh: FileHandle;
     try {
-      fh = await open(path, 'r');
+      // Non-blocking: a FIFO must not hang us (refused below).
+      fh = await open(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
     } catch (e) {
       if (errnoCode(e) === 'ENOENT') throw new CfsError('ENOENT', `oci archive ${path}: no such file`, { missingImage: path });
+      if (errnoCode(e) === 'EISDIR') throw new CfsError('EINVAL', `oci archive ${path}: a directory, not an archive (an OCI layout directory is read with oci:${path})`);
       throw e;
     }
     try {
       const s = await fh.stat();
+      if (s.isDirectory()) throw new CfsError('EINVAL', `oci archive ${path}: a directory, not an archive (an OCI layout directory is read with oci:${path})`);
       if (!s.isFile()) throw new CfsError('EINVAL', `oci archive ${path}: not a regular file`);
       const archive = new OciArchive(path, fh, s.size);
-      await archive.index();
+      const ended = (archive.ended = await archive.index());
       if (!archive.members.has('oci-layout')) {
-        throw new CfsError('ECORRUPT', `${archive.description}: not an OCI layout archive (no oci-layout member)`);
+        const nested = archive.memberNames().find((n) => n.endsWith('/oci-layout'));
+        let why = 'no oci-layout member';
+        if (nested) why += `; the layout is under ${nested.slice(0, -'/oci-layout'.length)}/ in the archive, it must be at the top`;
+        else if (!ended) why += '; the archive has no end-of-archive marker: it may be truncated';
+        throw new CfsError('ECORRUPT', `${archive.description}: not an OCI layout archive (${why})`);
       }
       return archive;
     } catch (e) {
@@ -138,8 +146,11 @@ export class OciArchive implements OciRead {
     return buf;
   }
 
-  /** One pass over the tar headers. */
-  private async index(): Promise<void> {
+  /** Whether the archive ends with its end-of-archive marker (else it may be cut short). */
+  private ended = true;
+
+  /** One pass over the tar headers; whether the archive ended with its end-of-archive marker. */
+  private async index(): Promise<boolean> {
     const d = this.description;
     let pos = 0;
     let longName: string | null = null;
@@ -149,7 +160,7 @@ export class OciArchive implements OciRead {
       if (this.fileSize - pos < BLOCK) throw new CfsError('EIO', `${d}: truncated tar header at offset ${pos}`);
       const h = await this.pread(pos, BLOCK);
       if (pos === 0) this.rejectCompressed(h);
-      if (h.every((b) => b === 0)) return; // end marker; anything after it is padding
+      if (h.every((b) => b === 0)) return true; // end marker; anything after it is padding
       if (!checksumOk(h)) throw new CfsError('ECORRUPT', `${d}: bad tar header checksum at offset ${pos}`);
       const type = String.fromCharCode(h[H.typeflag[0]]!);
       const prefix = cstr(field(h, H.prefix));
@@ -203,6 +214,7 @@ export class OciArchive implements OciRead {
       pax = null;
       pos = next;
     }
+    return false;
   }
 
   private rejectCompressed(h: Buffer): void {
@@ -218,7 +230,7 @@ export class OciArchive implements OciRead {
     if (m) return m;
     const why = this.special.get(name);
     if (why) throw new CfsError('EINVAL', `${this.description}: ${name} is ${why}`);
-    throw new CfsError('ENOENT', `${this.description}: ${what} not found`);
+    throw new CfsError('ENOENT', `${this.description}: ${what} not found${this.ended ? '' : ' (the archive has no end-of-archive marker: it may be truncated)'}`);
   }
 
   private blob(digest: string): Member {

@@ -1,6 +1,7 @@
 /**
  * OCI image layout directory reader: `oci-layout` marker, `index.json`, `blobs/<alg>/<hex>`.
  */
+import { constants as fsc } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -32,10 +33,10 @@ export class OciLayout implements OciRead {
     } catch (e) {
       const code = errnoCode(e);
       if (code === 'ENOENT' || code === 'ENOTDIR') {
-        const exists = await stat(dir).then((s) => s.isDirectory(), () => false);
-        throw exists
-          ? new CfsError('ECORRUPT', `${layout.description}: not an OCI layout (no oci-layout file)`)
-          : new CfsError('ENOENT', `${layout.description}: no such directory`, { missingImage: layout.description });
+        const st = await stat(dir).catch(() => null);
+        if (st?.isDirectory()) throw new CfsError('ECORRUPT', `${layout.description}: not an OCI layout (no oci-layout file)`);
+        if (st) throw new CfsError('EINVAL', `${layout.description}: a file, not a directory (an OCI archive is read with oci-archive:${dir})`);
+        throw new CfsError('ENOENT', `${layout.description}: no such directory`, { missingImage: layout.description });
       }
       throw e;
     }
@@ -70,7 +71,7 @@ export class OciLayout implements OciRead {
   async blobSize(digest: string): Promise<number> {
     try {
       const s = await stat(this.path(digest));
-      if (!s.isFile()) throw this.missing(digest);
+      if (!s.isFile()) throw new CfsError('ECORRUPT', `${this.description}: blob ${digest} is not a regular file`);
       return s.size;
     } catch (e) {
       if (errnoCode(e) === 'ENOENT') throw this.missing(digest);
@@ -96,14 +97,17 @@ export class OciLayout implements OciRead {
     return fileRangeStream(async () => {
       let fh;
       try {
-        fh = await open(path, 'r');
+        // Non-blocking: a FIFO planted as a blob must not hang the pull (checked below).
+        fh = await open(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
       } catch (e) {
         if (errnoCode(e) === 'ENOENT') throw this.missing(digest);
         throw e;
       }
       let size: number;
       try {
-        size = (await fh.stat()).size;
+        const st = await fh.stat();
+        if (!st.isFile()) throw new CfsError('ECORRUPT', `${this.description}: blob ${digest} is not a regular file`);
+        size = st.size;
       } catch (e) {
         await fh.close();
         throw e;

@@ -115,7 +115,9 @@ export class TarEntryParser {
     const xattrs = new Map<string, Buffer>();
     for (const r of this.pax ?? []) {
       if (r.key.startsWith(XATTR_PREFIX)) xattrs.set(r.key.slice(XATTR_PREFIX.length), r.value);
-      else pax.set(r.key, r.value);
+      // POSIX: a keyword with an empty value leaves the header's field in effect.
+      else if (r.value.length > 0) pax.set(r.key, r.value);
+      else pax.delete(r.key);
     }
     const nameBytes = pax.get('path') ?? this.longName ?? (h.prefix ? Buffer.concat([h.prefix, Buffer.from('/'), h.name]) : h.name);
     const linkBytes = pax.get('linkpath') ?? this.longLink ?? h.linkname;

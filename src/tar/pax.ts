@@ -42,13 +42,17 @@ export function paxInteger(v: Buffer, key: string): number {
 
 /**
  * PAX time `[-]SECONDS[.FRACTION]`: integer seconds (strict); nanoseconds from the fraction
- * truncated to 9 digits (".5" = 500000000), 0 when the fraction does not parse.
+ * truncated to 9 digits (".5" = 500000000), 0 when the fraction does not parse. The fraction has
+ * the sign of the whole: -1.5 is 1.5 s before the epoch, seconds -2 plus 500000000 ns (as Go's
+ * archive/tar reads it).
  */
 export function paxTime(v: Buffer, key: string): { sec: number; nsec: number } {
   const s = v.toString('latin1');
-  const m = /^(-?[0-9]+)(?:\.(.*))?$/.exec(s);
-  if (!m || !Number.isSafeInteger(Number(m[1]))) throw new Error(`PAX header: invalid ${key} '${s}'`);
-  const frac = m[2] ?? '';
+  const m = /^(-?)([0-9]+)(?:\.(.*))?$/.exec(s);
+  if (!m || !Number.isSafeInteger(Number(m[2]))) throw new Error(`PAX header: invalid ${key} '${s}'`);
+  const frac = m[3] ?? '';
   const nsec = /^[0-9]+$/.test(frac) ? Number(frac.slice(0, 9).padEnd(9, '0')) : 0;
-  return { sec: Number(m[1]), nsec };
+  const sec = Number(m[2]);
+  if (m[1] === '') return { sec, nsec };
+  return nsec === 0 ? { sec: sec === 0 ? 0 : -sec, nsec } : { sec: -sec - 1, nsec: 1e9 - nsec };
 }
