@@ -201,6 +201,20 @@ test('an object replaced by a symlink or a directory is corrupt: fsck names it a
   assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
 });
 
+test('a layer stream name removed while its object stays: fsck --repair links it again from the config', () => {
+  const repo = freshRepo();
+  const layer = layerStream(repo, 'b', 1);
+  const target = readlinkSync(path.join(repo, layer));
+  unlinkSync(path.join(repo, layer));
+  const out = expectFsckError(repo, [], 'layer-stream-missing', layer);
+  assert.match(out, /not in the repository under its name \(`cfs fsck --repair` links it again\)/);
+  const rep = runCfs(['--repo', repo, 'fsck', '--repair', '--json']);
+  assert.equal(rep.status, 0, rep.stdout);
+  assert.deepEqual((JSON.parse(rep.stdout) as { relinked: string[] }).relinked, [layer]);
+  assert.equal(readlinkSync(path.join(repo, layer)), target);
+  assert.match(cfsOk(['--repo', repo, 'fsck']).stdout, /^status: ok$/m);
+});
+
 test('flipped byte in the manifest object: digest mismatch, dump fails clearly', () => {
   const repo = freshRepo();
   // The manifest JSON is the single external object of the manifest stream; find it by content.

@@ -268,7 +268,12 @@ export function register(program: Command): void {
         const { fsverityDigest } = await import('../fsverity/digest.js');
         const img = await openStoredImage(repo, name, repo.erofsFormats.default);
         const erofs = erofsForFormat(await storedTree(repo, img), repo.erofsFormats.default);
-        await writeOut(`${fsverityDigest(erofs, repo.alg).toString('hex')}\n`);
+        const id = fsverityDigest(erofs, repo.alg).toString('hex');
+        await writeOut(`${id}\n`);
+        // The layers as stored no longer give the image they gave at the pull: something changed.
+        if (img.imageId !== null && img.imageId !== id) {
+          throw new CfsError('ECORRUPT', `${name}: the layers give image ${id.slice(0, 12)}, but the image stored at the pull is ${img.imageId.slice(0, 12)}; the repository may be damaged (run 'cfs fsck'), or an older cfs built that image (pull it again)`);
+        }
       } finally {
         repo.close();
       }

@@ -23,6 +23,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import pLimit from 'p-limit';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
+import { atomicSymlink } from './symlink.js';
 import type { HashAlg } from '../fsverity/digest.js';
 import { measureVerityFd } from '../fsverity/kernel.js';
 import { readErofs } from '../erofs/reader.js';
@@ -73,6 +74,8 @@ export interface FsckReport {
   tempFiles: number;
   /** Paths (relative to the repository) removed by `repair`. */
   repaired: string[];
+  /** Layer stream names `repair` linked again to the object their image's config names. */
+  relinked: string[];
   errors: RepoProblem[];
 }
 
@@ -133,7 +136,7 @@ class Checker {
   readonly report: FsckReport = {
     ok: false, hasMetadata: false, objectsChecked: 0, objectsCorrupted: 0, streamsChecked: 0, streamsCorrupted: 0,
     imagesChecked: 0, imagesCorrupted: 0, ociImagesChecked: 0, ociImagesCorrupted: 0, objectsSkipped: false, brokenLinks: 0, missingObjects: 0,
-    bytesChecked: 0, tempFiles: 0, repaired: [], errors: [],
+    bytesChecked: 0, tempFiles: 0, repaired: [], relinked: [], errors: [],
   };
   private readonly repo: Repository;
   private readonly opts: FsckOptions;
@@ -574,10 +577,18 @@ class Checker {
     }
     for (const diffId of config.rootfs?.diff_ids ?? []) {
       const o = c.namedRefs.get(diffId);
+      const present = o !== undefined && (await this.objectSize(o)) >= 0;
       if (!o) this.problem('layer-ref-missing', `streams/${configContentId(configDigest)}`, `no named ref '${diffId}'`);
-      else if ((await this.objectSize(o)) < 0) this.problem('layer-object-missing', `streams/${configContentId(configDigest)}`, `${diffId}: object ${objectRelPath(o)} does not exist`);
+      else if (!present) this.problem('layer-object-missing', `streams/${configContentId(configDigest)}`, `${diffId}: object ${objectRelPath(o)} does not exist`);
       if (!(await this.repo.hasStream(layerContentId(diffId)).catch(() => null))) {
-        this.problem('layer-stream-missing', `streams/${layerContentId(diffId)}`, `layer of image '${ref.rel}' is not in the repository`);
+        const rel = `streams/${layerContentId(diffId)}`;
+        // The config still names the layer's stream object: its name can be given back.
+        if (present && this.opts.repair) {
+          await atomicSymlink(this.repo.path, rel, `objects/${objectRelPath(o)}`);
+          this.report.relinked.push(rel);
+        } else {
+          this.problem('layer-stream-missing', rel, `layer of image '${ref.rel}' is not in the repository${present ? ' under its name (`cfs fsck --repair` links it again)' : ''}`);
+        }
       } else if (this.damaged.has(`streams/${layerContentId(diffId)}`)) {
         this.problem('layer-damaged', ref.rel, `layer ${diffId} is damaged (see streams/${layerContentId(diffId)}); ${this.remedy(`streams/${layerContentId(diffId)}`)}`);
       }
@@ -651,6 +662,7 @@ export function formatFsckReport(r: FsckReport): string {
   if (r.missingObjects > 0) lines.push(`missing objects: ${r.missingObjects}`);
   if (r.tempFiles > 0) lines.push(`temporary files: ${r.tempFiles}${r.repaired.length > 0 ? '' : ' (removed by gc or fsck --repair)'}`);
   for (const p of r.repaired) lines.push(`repaired: removed ${p}`);
+  for (const p of r.relinked) lines.push(`repaired: linked ${p} again`);
   lines.push(r.ok ? 'status: ok' : `status: ${r.errors.length} error(s)`);
   for (const e of r.errors) lines.push(`  - ${formatProblem(e)}`);
   return `${lines.join('\n')}\n`;
@@ -675,6 +687,7 @@ export function fsckReportJson(r: FsckReport): Record<string, unknown> {
     metadata_only: r.objectsSkipped,
     temp_files: r.tempFiles,
     repaired: r.repaired,
+    relinked: r.relinked,
     problems: r.errors,
   };
 }
@@ -685,7 +698,7 @@ export function metadataFailureReport(repoPath: string, e: unknown): FsckReport 
   return {
     ok: false, hasMetadata: existsSync(path.join(repoPath, META_FILE)), objectsChecked: 0, objectsCorrupted: 0, streamsChecked: 0, streamsCorrupted: 0,
     imagesChecked: 0, imagesCorrupted: 0, ociImagesChecked: 0, ociImagesCorrupted: 0, objectsSkipped: false, brokenLinks: 0, missingObjects: 0,
-    bytesChecked: 0, tempFiles: 0, repaired: [], errors: [{ kind: 'metadata-parse-failed', path: META_FILE, detail }],
+    bytesChecked: 0, tempFiles: 0, repaired: [], relinked: [], errors: [{ kind: 'metadata-parse-failed', path: META_FILE, detail }],
   };
 }
 
