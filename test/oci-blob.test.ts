@@ -96,7 +96,7 @@ test('openLayer: a wrong blob digest is reported as EDIGEST, for every compressi
   for (const compression of ['gzip', 'zstd', 'none'] as Compression[]) {
     // The flipped byte usually breaks the decoder first; the digest mismatch is still reported.
     const { src, layers } = await single({ tag: 't', layers: [ENTRIES], compression, bad: { corruptLayerBlob: [0] } });
-    await rejects(collect(openLayer(src, layers[0]!).stream), 'EDIGEST', new RegExp(`^layer ${layers[0]!.digest}: content digest is sha256:`));
+    await rejects(collect(openLayer(src, layers[0]!).stream), 'EDIGEST', new RegExp(`^layer blob ${layers[0]!.digest}: content digest is sha256:`));
     await src.close();
   }
 });

@@ -124,7 +124,7 @@ test('on a terminal, a pull that fails with progress bars up gives the terminal 
     const r = spawnSync('script', ['-qec', cli, '/dev/null'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, TERM: 'xterm' } });
     assert.equal(r.signal, null, 'the process ended by itself');
     assert.notEqual(r.status, 0);
-    assert.match(r.stdout, /cfs: layer sha256:[0-9a-f]+: blob has 1000 bytes, descriptor says \d+/);
+    assert.match(r.stdout, /cfs: layer blob sha256:[0-9a-f]+: blob has 1000 bytes, descriptor says \d+/);
     // Whatever hid the cursor showed it again.
     if (r.stdout.includes('\x1b[?25l')) assert.ok(r.stdout.lastIndexOf('\x1b[?25h') > r.stdout.lastIndexOf('\x1b[?25l'), JSON.stringify(r.stdout.slice(-300)));
   } finally {

@@ -28,7 +28,8 @@ export function isTarLayer(desc: Descriptor): boolean {
 
 /** The raw blob bytes, checked against the descriptor's size and digest as they stream. */
 export async function* openVerifiedBlob(src: OciRead, desc: Descriptor, opts: BlobStreamOptions = {}): AsyncGenerator<Buffer> {
-  const where = `layer ${desc.digest}`;
+  // The blob's digest, not the layer's diff_id (which tar errors name): said as such.
+  const where = `layer blob ${desc.digest}`;
   const { algorithm, hex } = parseDigest(desc.digest, where);
   const hash = createHash(algorithm);
   let n = 0;
@@ -52,9 +53,9 @@ function decoder(c: 'gzip' | 'zstd'): Transform {
 function decodeError(e: unknown, c: 'gzip' | 'zstd', digest: string): CfsError {
   const msg = e instanceof Error ? e.message : String(e);
   if ((e as { code?: string }).code === 'Z_BUF_ERROR' || /unexpected end|ended in middle/i.test(msg)) {
-    return new CfsError('EIO', `layer ${digest}: truncated ${c} stream`);
+    return new CfsError('EIO', `layer blob ${digest}: truncated ${c} stream`);
   }
-  return new CfsError('ECORRUPT', `layer ${digest}: invalid ${c} data: ${msg}`);
+  return new CfsError('ECORRUPT', `layer blob ${digest}: invalid ${c} data: ${msg}`);
 }
 
 /** Hashes the whole blob; resolves if it matches its descriptor. */
@@ -82,7 +83,7 @@ async function* decompress(src: OciRead, desc: Descriptor, c: 'gzip' | 'zstd', o
 /** Opens a tar layer as its uncompressed bytes. Non-tar media types → EINVAL (see isTarLayer). */
 export function openLayer(src: OciRead, desc: Descriptor, opts: BlobStreamOptions = {}): OpenedLayer {
   const compression = layerCompression(desc.mediaType);
-  if (compression === null) throw new CfsError('EINVAL', `layer ${desc.digest}: media type "${desc.mediaType}" is not a tar layer`);
+  if (compression === null) throw new CfsError('EINVAL', `layer blob ${desc.digest}: media type "${desc.mediaType}" is not a tar layer`);
   const stream = compression === 'none' ? openVerifiedBlob(src, desc, opts) : decompress(src, desc, compression, opts);
   return { stream, compression };
 }

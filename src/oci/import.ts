@@ -269,7 +269,7 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
       progress.message('Building composefs image');
       const erofs = await buildImageFromLayers(repo, diffIds.map((d) => ({ diffId: d, streamId: streams.get(d)!, entries: entries.get(d) })), { erofsVersion }).catch((e: unknown) => {
         // The tree's own errors (no /usr, …) do not know which image they are about.
-        throw isCfsError(e) && e.code === 'EINVAL' ? new CfsError('EINVAL', `${img.description}: ${e.message}; its layers are stored, but no composefs image`) : e;
+        throw isCfsError(e) ? new CfsError(e.code, `${img.description}: ${e.message}; its layers are stored, but no composefs image`, e.context) : e;
       });
       imageId = await repo.writeImage(erofs);
     }

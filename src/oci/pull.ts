@@ -84,7 +84,7 @@ export async function pullImage(repo: Repository, reference: string, opts: PullO
       try {
         encodeTag(tag);
       } catch (e) {
-        throw new CfsError('EINVAL', `${(e as Error).message}: the tag a pull of ${reference} would give; name the image (cfs oci pull SOURCE NAME)`);
+        throw new CfsError('EINVAL', `${(e as Error).message}: the tag a pull of ${reference} would give; pull it under a name of your own (cfs oci pull SOURCE NAME; then cfs mount NAME MNT)`);
       }
     }
     const before = await resolveTag(repo, tag);
