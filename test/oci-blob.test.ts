@@ -126,7 +126,7 @@ test('openLayer: a blob whose size differs from the descriptor fails with EDIGES
 test('openLayer: truncated gzip and zstd streams (descriptor matching the cut blob)', async () => {
   for (const compression of ['gzip', 'zstd'] as const) {
     const { src, layers } = await single({ tag: 't', layers: [ENTRIES], compression, bad: { truncateLayer: 0 } });
-    await rejects(collect(openLayer(src, layers[0]!).stream), 'EIO', new RegExp(`layer ${layers[0]!.digest}: truncated ${compression} stream`));
+    await rejects(collect(openLayer(src, layers[0]!).stream), 'EIO', new RegExp(`layer blob ${layers[0]!.digest}: truncated ${compression} stream`));
     await src.close();
   }
 });
