@@ -229,12 +229,19 @@ test('a pull or mount that fails at its source, or names no image, leaves no new
   }
 });
 
-test('an image without /usr is refused naming the image and why', async () => {
+test('an image without /usr (a scratch image) is imported; its root keeps its own metadata, /run is still emptied', async () => {
   const layout = path.join(work, 'no-usr');
-  await buildOciLayout(layout, { images: [{ tag: 'x', layers: [[{ path: 'etc/' }, { path: 'etc/a', content: 'a' }]] }] });
-  const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', `oci:${layout}:x`]);
-  assert.equal(r.status, 1);
-  assert.match(r.stderr, /^cfs: oci layout \S+no-usr.*: the image has no \/usr directory \(a composefs image takes its root directory metadata from \/usr, as composefs-rs does\); its layers are stored, but no composefs image\n$/);
+  await buildOciLayout(layout, { images: [{ tag: 'x', layers: [[{ path: './', mode: 0o750, mtime: 1_650_000_000 }, { path: 'hello', mode: 0o755, content: 'static binary' }, { path: 'run/' }, { path: 'run/x', content: 'gone' }]] }] });
+  const r = runCfs(['--repo', repo, 'oci', 'pull', '-q', `oci:${layout}:x`, 'scratch']);
+  assert.equal(r.status, 0, r.stderr);
+  const dump = cfsOk(['--repo', repo, 'oci', 'dump', 'scratch']).stdout;
+  assert.match(dump, /^\/ 0 40750 3 0 0 0 1650000000\.0 - - -$/m);
+  assert.match(dump, /^\/hello 13 100755 1 0 0 0 /m);
+  assert.match(dump, /^\/run 0 40755 2 /m);
+  assert.doesNotMatch(dump, /^\/run\/x/m);
+  // The ID the dump gives through mkcomposefs, as for every image.
+  const id = /^image ([0-9a-f]{64})$/m.exec(r.stdout)![1];
+  assert.equal(cfsOk(['--repo', repo, 'oci', 'compute-id', 'scratch']).stdout.trim(), id);
 });
 
 test('root of a user namespace (podman unshare, unshare -r) keeps its records where its owner does, not in /run/cfs', { skip: ROOT }, () => {
