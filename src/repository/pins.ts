@@ -120,6 +120,7 @@ function readPin(file: string, owner: number): MountPin | null {
  */
 class MountTables {
   private all: Map<string, MountInfo[]> | null = null;
+  private fdMounts: Set<number> | null = null;
 
   constructor(private readonly ns: string, private readonly own: MountInfo[]) {}
 
@@ -158,8 +159,6 @@ class MountTables {
     }
     return this.fdMounts.has(mountId);
   }
-
-  private fdMounts: Set<number> | null = null;
 
   private tables(): Map<string, MountInfo[]> {
     if (this.all) return this.all;
