@@ -198,6 +198,26 @@ test('after umount --lazy, gc keeps the image while files are open on the detach
   }
 });
 
+test('mount ids are reused: a new mount is never credited to the pin of a mount unmounted lazily', { skip: SKIP }, async () => {
+  const a = newDir();
+  const b = newDir();
+  const layout = await buildOciLayout(path.join(work, 'reuse-layout'), { images: [{ tag: 'v1', layers: [[{ path: 'usr/' }, { path: 'usr/reuse', content: 'another image' }]] }] });
+  await cfsOkAsync(['--repo', repo, 'oci', 'pull', '-q', `oci:${layout.dir}:v1`, 'reuse']);
+  const imgId = (JSON.parse((await cfsOkAsync(['--repo', repo, 'oci', 'inspect', image])).stdout) as { imageId: string }).imageId;
+  for (let i = 0; i < 3; i++) {
+    await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'no', 'reuse', a]);
+    const first = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === a)!.split(' ')[0];
+    await cfsOkAsync(['umount', '--lazy', a]);
+    // Nothing was open: the mount is gone, its id free for the next mount; its pin is in its grace period.
+    await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'no', image, b]);
+    type Listed = { mounts: Array<{ mountpoint: string; kind: string; imageId: string | null }> };
+    const listed = (JSON.parse((await cfsOkAsync(['mounts', '--json'])).stdout) as Listed).mounts.find((m) => m.mountpoint === b);
+    const second = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === b)!.split(' ')[0];
+    assert.deepEqual([listed?.kind, listed?.imageId], ['kernel', imgId], `round ${i} (mount ids ${first}, then ${second})`);
+    await cfsOkAsync(['umount', b]);
+  }
+});
+
 test('a mount in another mount namespace keeps its image while it is mounted there, and not after (gc reads that namespace through a process in it)', { skip: SKIP }, async () => {
   const layout = await buildOciLayout(path.join(work, 'ns-layout'), { images: [{ tag: 'v1', layers: [[{ path: 'usr/' }, { path: 'usr/ns-kept', content: Buffer.alloc(4096, 'n') }]] }] });
   const nsRepo = path.join(work, 'ns-repo');

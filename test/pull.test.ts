@@ -150,7 +150,7 @@ const badCases: BadCase[] = [
   { name: 'truncated zstd', build: async (d) => `oci:${(await buildOciLayout(d, { images: [{ tag: 't', compression: 'zstd', layers: [ok], bad: { truncateLayer: 0 } }] })).dir}:t`, error: /truncated|unexpected end/i },
   { name: 'missing blob', build: async (d) => `oci:${(await buildOciLayout(d, { images: [{ tag: 't', layers: [ok], bad: { missingLayerBlob: 0 } }] })).dir}:t`, error: /sha256:[0-9a-f]{64}/ },
   { name: 'unknown tag', build: async (d) => `oci:${(await buildOciLayout(d, { images: [{ tag: 't', layers: [ok] }] })).dir}:nope`, error: /nope/ },
-  { name: 'no manifest for this platform', build: async (d) => `oci:${(await buildOciLayout(d, { images: [{ tag: 't', platform: 'plan9/mips', layers: [ok] }] })).dir}:t`, error: /platform/ },
+  { name: 'no manifest for this platform', build: async (d) => `oci:${(await buildOciLayout(d, { images: [{ tag: 't', platform: 'plan9/mips', layers: [ok] }, { tag: 't', platform: 'plan9/386', layers: [ok] }], index: 'manifest-list', indexTag: 't' })).dir}:t`, error: /no manifest for platform linux\/\w+; available: plan9\/mips, plan9\/386/ },
   { name: 'path traversal', build: async (d) => `oci:${(await buildOciLayout(d, { images: [{ tag: 't', layers: [[...ok, { path: '../../etc/evil', content: 'x' }]] }] })).dir}:t`, error: /escapes|\.\./ },
   { name: 'corrupt index.json', build: async (d) => `oci:${(await buildOciLayout(d, { images: [{ tag: 't', layers: [ok] }], corruptIndexJson: true })).dir}:t`, error: /index\.json/ },
   {

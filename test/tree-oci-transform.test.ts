@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isCfsError } from '../src/errors.js';
 import { S_IFDIR, S_IFLNK, S_IFREG, newInode, type Inode } from '../src/tree/inode.js';
 import { ociTransform } from '../src/tree/oci-transform.js';
 
@@ -61,11 +60,15 @@ test('ociTransform: keepUserXattrs keeps user.* too', () => {
   assert.deepEqual([...root.children!.get('usr')!.children!.get('bin')!.xattrs.keys()].sort(), ['security.capability', 'user.note']);
 });
 
-test('ociTransform: /usr missing or not a directory; /run not a directory', () => {
-  const noUsr = newInode(S_IFDIR | 0o755);
-  assert.throws(() => ociTransform(noUsr), (e) => isCfsError(e) && /no \/usr directory/.test(e.message));
-  const usrLink = newInode(S_IFDIR | 0o755, { children: new Map([['usr', newInode(S_IFLNK | 0o777, { payload: 'x' })]]) });
-  assert.throws(() => ociTransform(usrLink), /no \/usr directory/);
+test('ociTransform: without a /usr directory the root keeps its metadata and /run its mtime; /run not a directory', () => {
+  const run = newInode(S_IFDIR | 0o700, { mtimeSec: 5, children: new Map([['x', newInode(S_IFREG | 0o644)]]) });
+  const noUsr = newInode(S_IFDIR | 0o750, { uid: 7, mtimeSec: 9, children: new Map([['run', run]]) });
+  ociTransform(noUsr);
+  assert.deepEqual([noUsr.mode & 0o7777, noUsr.uid, noUsr.mtimeSec], [0o750, 7, 9]);
+  assert.deepEqual([run.mtimeSec, run.children!.size], [5, 0]);
+  const usrLink = newInode(S_IFDIR | 0o751, { children: new Map([['usr', newInode(S_IFLNK | 0o777, { payload: 'x' })]]) });
+  ociTransform(usrLink);
+  assert.equal(usrLink.mode & 0o7777, 0o751);
   const runLink = newInode(S_IFDIR | 0o755, {
     children: new Map([
       ['usr', newInode(S_IFDIR | 0o755)],

@@ -343,7 +343,7 @@ function setLayers(ctx: FsContext, mode: LayerPassing, erofsFd: number, objectsF
 }
 
 /** fsconfig takes string values of at most 255 bytes: a longer one (a long image name) is cut, on a character boundary. */
-function fitParam(s: string): string {
+export function fitParam(s: string): string {
   if (Buffer.byteLength(s) <= FSCONFIG_VALUE_MAX) return s;
   let out = '';
   for (const ch of s) {

@@ -10,11 +10,12 @@
  * image too long is the safe mistake). Another user's counts only when its mount is one we can see.
  *
  * A detached mount (varlink Mount) has no mount point yet: its pin names the mount by id alone,
- * which stays the mount's when the client attaches it anywhere (move_mount). It holds while a
- * mount of that id is in a namespace we can read, and, never seen, for DETACHED_GRACE_MS (a mount
- * that is used through its fd and never attached is not visible to anyone). A lazily unmounted
- * mount's pin becomes one of these. Such a mount also holds while a process we can read has a
- * file open on it (fdinfo's mnt_id).
+ * which stays the mount's when the client attaches it anywhere (move_mount). Seen attached in a
+ * namespace we can read, the pin becomes an ordinary one (mount point and namespace). Not seen,
+ * it holds while a process we can read has a file open on the mount (fdinfo's mnt_id), and for
+ * DETACHED_GRACE_MS in any case (a mount used through its fd only is in no table). A lazily
+ * unmounted mount's pin becomes a `lazy` one: such a mount is never attached again, so only open
+ * files and the grace period hold it, and a mount seen with its id is another one (ids are reused).
  */
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -32,8 +33,12 @@ export interface MountPin {
   mountId: number;
   /** `mnt:[inode]` of the namespace the mount was made in. */
   mntns: string;
+  /** The mount's source (`composefs:NAME`, `cfs:NAME`): mount ids are reused, so a pin matches only a mount with its source. */
+  source?: string;
   /** A detached mount's pin: when it was written (ms since the epoch). */
   detachedAt?: number;
+  /** A detached pin of a mount unmounted lazily (never attached again). */
+  lazy?: boolean;
 }
 
 const PIN_PREFIX = 'pin-';
@@ -68,11 +73,11 @@ function realRepo(repoPath: string): string {
 export function pinMountedImage(repoPath: string, imageId: string, mountpoint: string): string | null {
   const m = findMount(mountpoint);
   if (!m || !isComposefsMount(m)) return `${mountpoint}: no cfs mount to pin`;
-  return writePin({ repo: realRepo(repoPath), imageId, mountpoint: m.mountpoint, mountId: m.mountId, mntns: mountNamespace() });
+  return writePin({ repo: realRepo(repoPath), imageId, mountpoint: m.mountpoint, mountId: m.mountId, mntns: mountNamespace(), source: m.source });
 }
 
-/** Pin `imageId` for the detached mount open as `mountFd` (fsmount); the reason when it cannot be. */
-export function pinDetachedMount(repoPath: string, imageId: string, mountFd: number): string | null {
+/** Pin `imageId` for the detached mount open as `mountFd` (fsmount, with that source); the reason when it cannot be. */
+export function pinDetachedMount(repoPath: string, imageId: string, mountFd: number, source: string): string | null {
   let mountId: number;
   try {
     // fdinfo's mnt_id is the mount the fd is on: for an fsmount fd, the detached mount itself.
@@ -82,7 +87,7 @@ export function pinDetachedMount(repoPath: string, imageId: string, mountFd: num
   } catch (e) {
     return (e as Error).message;
   }
-  return writePin({ repo: realRepo(repoPath), imageId, mountpoint: '', mountId, mntns: mountNamespace(), detachedAt: Date.now() });
+  return writePin({ repo: realRepo(repoPath), imageId, mountpoint: '', mountId, mntns: mountNamespace(), source, detachedAt: Date.now() });
 }
 
 function writePin(pin: MountPin): string | null {
@@ -108,6 +113,8 @@ function readPin(file: string, owner: number): MountPin | null {
     const p = JSON.parse(text) as Partial<MountPin>;
     if (typeof p.repo !== 'string' || typeof p.imageId !== 'string' || typeof p.mountpoint !== 'string' || typeof p.mountId !== 'number' || typeof p.mntns !== 'string') return null;
     if (p.detachedAt !== undefined && typeof p.detachedAt !== 'number') return null;
+    if (p.lazy !== undefined && typeof p.lazy !== 'boolean') return null;
+    if (p.source !== undefined && typeof p.source !== 'string') return null;
     return p as MountPin;
   } catch {
     return null;
@@ -130,11 +137,11 @@ class MountTables {
     return this.tables().get(ns);
   }
 
-  /** The mount of that id in any namespace we can read (mount ids are global). */
-  byId(mountId: number): MountInfo | undefined {
-    for (const mounts of this.tables().values()) {
-      const m = mounts.find((x) => x.mountId === mountId);
-      if (m) return m;
+  /** The mount of that id in any namespace we can read (mount ids are global), with that namespace. */
+  byId(mountId: number): { mount: MountInfo; ns: string } | undefined {
+    for (const [ns, mounts] of this.tables()) {
+      const mount = mounts.find((x) => x.mountId === mountId);
+      if (mount) return { mount, ns };
     }
     return undefined;
   }
@@ -183,21 +190,37 @@ function listPids(): string[] {
   }
 }
 
-/** Whether the pin's mount is still there, made by the pin's owner; null when that cannot be told (a namespace we cannot read, another uid shown). */
-function holds(pin: MountPin, tables: MountTables, owner: number): boolean | null {
+/** Whether mount `m` is the pin's: its id, and its source where the pin knows it. */
+function isPinned(pin: MountPin, m: MountInfo): boolean {
+  return m.mountId === pin.mountId && (pin.source === undefined || m.source === pin.source) && isComposefsMount(m);
+}
+
+/**
+ * Whether the pin's mount is still there, made by the pin's owner; null when that cannot be told
+ * (a namespace we cannot read, another uid shown, a detached mount in its grace period). A
+ * detached pin whose mount is seen attached comes with the ordinary pin it becomes.
+ */
+function holds(pin: MountPin, tables: MountTables, owner: number): { held: boolean | null; attached?: MountPin } {
   let m: MountInfo | undefined;
+  let attached: MountPin | undefined;
   if (pin.detachedAt !== undefined) {
-    m = tables.byId(pin.mountId);
-    if (!m && tables.inUse(pin.mountId)) return owner === (process.getuid?.() ?? 0) ? true : null;
-    if (!m || !isComposefsMount(m)) return Date.now() - pin.detachedAt < DETACHED_GRACE_MS ? null : false;
+    const seen = pin.lazy ? undefined : tables.byId(pin.mountId);
+    if (seen && isPinned(pin, seen.mount)) {
+      m = seen.mount;
+      attached = { repo: pin.repo, imageId: pin.imageId, mountpoint: m.mountpoint, mountId: m.mountId, mntns: seen.ns, source: m.source };
+    } else if (!seen && tables.inUse(pin.mountId)) {
+      return { held: owner === (process.getuid?.() ?? 0) ? true : null };
+    } else {
+      return { held: Date.now() - pin.detachedAt < DETACHED_GRACE_MS ? null : false };
+    }
   } else {
     const mounts = tables.of(pin.mntns);
-    if (!mounts) return null;
-    m = mounts.find((x) => x.mountId === pin.mountId && x.mountpoint === pin.mountpoint && isComposefsMount(x));
-    if (!m) return false;
+    if (!mounts) return { held: null };
+    m = mounts.find((x) => x.mountpoint === pin.mountpoint && isPinned(pin, x));
+    if (!m) return { held: false };
   }
   // A FUSE mount made inside a user namespace shows that namespace's uid: then we cannot tell.
-  return mountOwner(m) === owner ? true : null;
+  return mountOwner(m) === owner ? { held: true, attached } : { held: null };
 }
 
 /**
@@ -212,7 +235,13 @@ export function livePins(): OwnedPin[] {
   const tables = new MountTables(mountNamespace(), readMountinfo());
   const out: OwnedPin[] = [];
   for (const { file, pin, owner, own } of found) {
-    const held = pin === null ? false : holds(pin, tables, owner);
+    const { held, attached } = pin === null ? { held: false } : holds(pin, tables, owner);
+    // A detached mount attached since: from now on pinned by its mount point, like any other.
+    if (attached && own && writePin(attached) === null) {
+      removeQuietly(file);
+      out.push({ ...attached, owner });
+      continue;
+    }
     // Another user's pin is a claim anyone could write: it counts only for a mount of theirs we
     // can see, of a repository of theirs (or any user could keep root's images from gc).
     if (pin && (own ? held !== false : held === true && ownsRepository(pin.repo, owner))) out.push({ ...pin, owner });
@@ -255,7 +284,9 @@ export function unpinUnmounted(mountpoint: string, mountId?: number): void {
   const tables = new MountTables(mountNamespace(), mounts);
   for (const { file, pin } of pins) {
     if (!pin) continue;
-    if (pin.detachedAt !== undefined ? pin.mountId === mountId && !mounts.some((m) => m.mountId === mountId) : pin.mountpoint === mountpoint && holds(pin, tables, me) === false) {
+    // A detached pin (not lazy: a lazy one of the same id is of a mount gone before) of the mount just unmounted.
+    const detached = pin.detachedAt !== undefined && !pin.lazy && pin.mountId === mountId && !mounts.some((m) => m.mountId === mountId);
+    if (detached || (pin.detachedAt === undefined && pin.mountpoint === mountpoint && holds(pin, tables, me).held === false)) {
       removeQuietly(file);
     }
   }
@@ -268,13 +299,13 @@ export function unpinUnmounted(mountpoint: string, mountId?: number): void {
 export function detachPin(mountpoint: string, mountId: number): void {
   for (const { file, pin } of pinsIn(runtimeDir(), process.getuid?.() ?? 0)) {
     if (!pin || pin.mountpoint !== mountpoint || pin.mountId !== mountId) continue;
-    if (writePin({ ...pin, mountpoint: '', detachedAt: Date.now() }) === null) removeQuietly(file);
+    if (writePin({ ...pin, mountpoint: '', detachedAt: Date.now(), lazy: true }) === null) removeQuietly(file);
   }
 }
 
-/** The pin of a mount (by id, owner and mount point; a detached mount's by id and owner). */
+/** The pin of a mount (by id, owner and mount point: livePins made the pins of detached mounts seen attached ordinary ones). */
 export function pinOf(m: MountInfo, pins: OwnedPin[]): OwnedPin | undefined {
-  return pins.find((p) => p.mountId === m.mountId && (p.mountpoint === m.mountpoint || p.detachedAt !== undefined) && p.owner === mountOwner(m));
+  return pins.find((p) => p.detachedAt === undefined && p.mountpoint === m.mountpoint && isPinned(p, m) && p.owner === mountOwner(m));
 }
 
 /** Stale pins are removed where we may; elsewhere (another user's, as non-root) they stay harmlessly. */

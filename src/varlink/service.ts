@@ -300,11 +300,12 @@ export class ComposefsService {
     if (!overlay && options.optBool('read_write')) throw invalid('read_write needs overlay (an upper layer to write to); the composefs mount itself is read-only');
     const want = overlay ? 2 : 0;
     if (ctx.fds.length !== want) throw invalid(`Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}`);
-    const { openComposefsMount } = await import('../mount/kernel.js');
+    const { fitParam, openComposefsMount } = await import('../mount/kernel.js');
+    const source = fitParam(`composefs:${label}`);
     const mnt = openComposefsMount({
       image: image.path,
       objectsDir: path.join(repo.path, 'objects'),
-      source: `composefs:${label}`,
+      source,
       verity: image.verityRequired ? 'require' : 'off',
       expectedDigest: image.imageId,
       upperdir: overlay ? `/proc/self/fd/${ctx.fds[0]}` : undefined,
@@ -312,7 +313,7 @@ export class ComposefsService {
       readWrite: overlay && (options.optBool('read_write') ?? false),
     });
     // gc keeps the image while the mount lives, wherever the client attaches it (pins.ts).
-    const why = pinDetachedMount(repo.path, image.imageId.toString('hex'), mnt);
+    const why = pinDetachedMount(repo.path, image.imageId.toString('hex'), mnt, source);
     if (why !== null) this.server.log(`${label}: mounted, but not pinned against gc: ${why}`);
     return new FinalReply({ fd_index: 0 }, [mnt], () => closeQuietly(mnt));
   }
