@@ -442,6 +442,16 @@ test('Mount returns a detached composefs mount fd (plain and with an overlay upp
   const o = await client<{ root: string[]; sha256: string }>('mount', sock, src, id, 'usr/b', ov);
   assert.equal(o.sha256, expect);
   assert.equal(readFileSync(path.join(ov, 'upper', 'written-through-fd'), 'utf8'), 'hello');
+  // A workdir fd that is not a directory: the client's mistake, and no fd of the call stays open.
+  const fdCount = (): number => readdirSync(`/proc/${server.pid}/fd`).length;
+  writeFileSync(path.join(work, 'dummy-file'), 'not a directory');
+  const before = fdCount();
+  for (let i = 0; i < 3; i++) {
+    const bad = await client<{ error: VarlinkErrorReply }>('mountbadwork', sock, src, id, path.join(ov, 'upper'), path.join(work, 'dummy-file'));
+    assert.equal(bad.error.error, 'org.composefs.Repository.InvalidSpec');
+    assert.match(bad.error.parameters.message, /^workdir \S+: /);
+  }
+  assert.equal(fdCount(), before);
 });
 
 test('a mount made by Mount keeps its image from gc wherever the client attaches it, until it is unmounted', async () => {
@@ -614,6 +624,10 @@ test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, Gc of an unknown ro
     [`${REPO}.InitRepository`, { path: fresh, insecure: true }],
     [`${REPO}.EnsureRepository`, { path: ensured, insecure: true }],
     [`${REPO}.EnsureRepository`, { path: ensured, insecure: true }],
+    // An existing (sha256) repository opens without an algorithm; one that differs is refused.
+    [`${REPO}.EnsureRepository`, { path: src }],
+    [`${REPO}.InitRepository`, { path: src, algorithm: 'sha512' }],
+    [`${OCI}.Check`, { image: 'no-such-image' }],
     [`${REPO}.Gc`, { dry_run: true, roots: ['no-such-root'] }],
     [`${REPO}.CloseRepository`, {}],
     [`${OCI}.HasLayer`, { diff_id: diffIds[0] }],
@@ -624,9 +638,12 @@ test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, Gc of an unknown ro
   assert.deepEqual([present.present, /^[0-9a-f]{64}$/.test(present.layer_verity)], [true, true]);
   assert.deepEqual(last(r[4]), { present: false });
   assert.deepEqual(r.slice(5, 9).map(last), [{ created: true }, { created: false }, { status: 'Created' }, { status: 'Opened' }]);
-  assert.deepEqual(r[9].error, { error: `${REPO}.NoSuchRef`, parameters: { reference: 'no-such-root' } });
-  assert.deepEqual(last(r[10]), {});
-  assert.equal(r[11].error?.error, `${OCI}.InvalidHandle`, 'the handle is closed');
+  assert.deepEqual(last(r[9]), { status: 'Opened' });
+  assert.equal(r[10].error?.error, `${REPO}.InvalidSpec`);
+  assert.deepEqual(r[11].error, { error: `${OCI}.NoSuchImage`, parameters: { image: 'no-such-image' } });
+  assert.deepEqual(r[12].error, { error: `${REPO}.NoSuchRef`, parameters: { reference: 'no-such-root' } });
+  assert.deepEqual(last(r[13]), {});
+  assert.equal(r[14].error?.error, `${OCI}.InvalidHandle`, 'the handle is closed');
   assert.ok(!cfsOk(['--repo', src, 'oci', 'images']).stdout.includes('extra-tag'));
   for (const p of [fresh, ensured]) assert.match(cfsOk(['--repo', p, 'fsck']).stdout, /^status: ok$/m);
 });
@@ -720,6 +737,10 @@ test('Pull with bootable records the boot image; xattrs and expected_digest choo
   ]);
   assert.deepEqual(roots.map((r) => r.error?.error), [`${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`, `${OCI}.InvalidRequest`]);
   assert.match(String(roots[3].error?.parameters?.message ?? ''), /storage_root '\S+no-such-store' is not a directory/);
+  // The image part is looked up as the client wrote it (a short name keeps its localhost/ fallback).
+  const emptyStore = mkdtempSync(path.join(work, 'store-'));
+  const short = await calls<Completed>(fresh, [[`${OCI}.Pull`, { image: 'containers-storage:bookworm', storage_root: emptyStore }]]);
+  assert.deepEqual(short[0]!.error, { error: `${OCI}.NoSuchImage`, parameters: { image: `containers-storage:[${emptyStore}]bookworm` } });
   // A reference that names nothing is NoSuchImage; one cfs cannot read is InvalidRequest.
   const refs = await calls(dst, [
     [`${OCI}.Pull`, { image: `oci:${layout}:no-such-tag` }],

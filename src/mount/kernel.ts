@@ -384,8 +384,12 @@ export function openComposefsMount(opts: DetachedComposefsOptions): number {
     });
     let upper: number[] | null = null;
     if (opts.upperdir !== undefined && opts.workdir !== undefined) {
-      upper = [openDirPath(opts.upperdir, 'upperdir'), openDirPath(opts.workdir, 'workdir')];
-      fds.push(...upper);
+      // Each fd is in `fds` (closed on any failure) before the next open can throw.
+      const upperFd = openDirPath(opts.upperdir, 'upperdir');
+      fds.push(upperFd);
+      const workFd = openDirPath(opts.workdir, 'workdir');
+      fds.push(workFd);
+      upper = [upperFd, workFd];
     }
     const erofsFd = mountErofsDetached(imageFd, opts.strategy?.erofs, opts.image);
     fds.push(erofsFd);

@@ -3,7 +3,7 @@
  * over repository handles. Handles are per service, start at 1 and are never reused.
  */
 import { createHash } from 'node:crypto';
-import { statSync, fstatSync, createReadStream, type ReadStream, type Stats } from 'node:fs';
+import { existsSync, statSync, fstatSync, createReadStream, type ReadStream, type Stats } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { CfsError, isCfsError } from '../errors.js';
@@ -66,8 +66,11 @@ function withStorageRoot(image: string, storageRoot: string | undefined): string
     throw new VarlinkError(`${OCI}.InvalidRequest`, { message: (e as Error).message });
   }
   if (ref.store?.graphRoot) throw new VarlinkError(`${OCI}.InvalidRequest`, { message: `storage_root and the store spec of '${image}' both name a graph root` });
-  ref.store = { driver: ref.store?.driver ?? null, graphRoot: storageRoot, runRoot: ref.store?.runRoot ?? null, options: ref.store?.options ?? [] };
-  return formatStorageReference(ref);
+  // Only the store spec changes: the image part stays as the client wrote it (a short name or
+  // id is looked up as given, with its localhost/ and id-prefix fallbacks).
+  const spec = formatStorageReference({ ...ref, name: null, digest: null, id: null, idPrefix: null, store: { driver: ref.store?.driver ?? null, graphRoot: storageRoot, runRoot: ref.store?.runRoot ?? null, options: ref.store?.options ?? [] } });
+  const rest = image.slice('containers-storage:'.length);
+  return spec + (rest.startsWith('[') ? rest.slice(rest.indexOf(']') + 1) : rest);
 }
 
 /** Pull's `local_fetch`: anything unrecognised means disabled (brief 5.6). */
@@ -208,9 +211,9 @@ export class ComposefsService {
 
   private repositoryMethods(): Record<string, Handler> {
     const E = (name: string, params: Record<string, unknown>): VarlinkError => new VarlinkError(`${REPO}.${name}`, params);
-    const hashOf = (p: Params): 'sha256' | 'sha512' => {
+    const hashOf = (p: Params): 'sha256' | 'sha512' | undefined => {
       const a = p.optStr('algorithm');
-      if (a === undefined) return 'sha512';
+      if (a === undefined) return undefined;
       try {
         return a === 'sha256' || a === 'sha512' ? a : parseAlgorithm(a);
       } catch (e) {
@@ -226,7 +229,10 @@ export class ComposefsService {
     /** A repository that cannot be created as asked (no fs-verity there, a file in the way) is the client's to fix. */
     const init = async (p: Params): Promise<{ created: boolean }> => {
       try {
-        return await initRepository(repoPath(p), { hashAlg: hashOf(p), insecure: p.optBool('insecure') ?? false });
+        const where = repoPath(p);
+        // Without an algorithm an existing repository is opened whatever its own; a new one is sha512.
+        const hashAlg = hashOf(p) ?? (existsSync(path.join(where, 'meta.json')) ? undefined : 'sha512');
+        return await initRepository(where, { hashAlg, insecure: p.optBool('insecure') ?? false });
       } catch (e) {
         if (isCfsError(e) && ['ENOTSUP', 'EEXIST', 'ENOTDIR'].includes(e.code)) throw E('InvalidSpec', { message: e.message });
         throw e;
@@ -291,6 +297,16 @@ export class ComposefsService {
     };
   }
 
+  /** `f()`, its failures that come from what the client sent (a bad upper or work directory fd) as `invalid`. */
+  private clientMistake<T>(invalid: (message: string) => VarlinkError, f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      if (isCfsError(e) && (e.code === 'EINVAL' || e.code === 'ENOENT')) throw invalid(e.message);
+      throw e;
+    }
+  }
+
   /** Mount and Oci.OciMount: the detached composefs mount of an image, returned as fd 0. */
   private async detachedMount(
     repo: Repository, image: ImageHandle, label: string, options: Params, ctx: CallContext, invalid: (message: string) => VarlinkError,
@@ -302,7 +318,7 @@ export class ComposefsService {
     if (ctx.fds.length !== want) throw invalid(`Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}`);
     const { fitParam, openComposefsMount } = await import('../mount/kernel.js');
     const source = fitParam(`composefs:${label}`);
-    const mnt = openComposefsMount({
+    const mnt = this.clientMistake(invalid, () => openComposefsMount({
       image: image.path,
       objectsDir: path.join(repo.path, 'objects'),
       source,
@@ -311,7 +327,7 @@ export class ComposefsService {
       upperdir: overlay ? `/proc/self/fd/${ctx.fds[0]}` : undefined,
       workdir: overlay ? `/proc/self/fd/${ctx.fds[1]}` : undefined,
       readWrite: overlay && (options.optBool('read_write') ?? false),
-    });
+    }));
     // gc keeps the image while the mount lives, wherever the client attaches it (pins.ts).
     const why = pinDetachedMount(repo.path, image.imageId.toString('hex'), mnt, source);
     if (why !== null) this.server.log(`${label}: mounted, but not pinned against gc: ${why}`);
@@ -420,7 +436,11 @@ export class ComposefsService {
       Check: async (p) => {
         const repo = this.repo(OCI, p);
         const { fsck, fsckReportJson } = await import('../repository/fsck.js');
-        const r = await fsck(repo, { image: p.optStr('image') });
+        const image = p.optStr('image');
+        const r = await fsck(repo, { image }).catch((e: unknown) => {
+          if (image !== undefined && isCfsError(e) && e.code === 'ENOENT') throw E('NoSuchImage', { image });
+          throw e;
+        });
         const j = fsckReportJson(r);
         return { ok: r.ok, images_checked: r.ociImagesChecked, images_corrupted: r.ociImagesCorrupted, errors: j.errors, repo: j };
       },

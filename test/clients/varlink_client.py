@@ -579,6 +579,21 @@ def cmd_mount(sock, repo, image_id, path, overlay_dir=None):
     return out
 
 
+def cmd_mountbadwork(sock, repo, image_id, upper, work_file):
+    """Mount with overlay whose workdir fd is a regular file: the error reply."""
+    c = Conn(sock)
+    h = open_repo(c, repo)
+    fds = [os.open(upper, os.O_RDONLY | os.O_DIRECTORY), os.open(work_file, os.O_RDONLY)]
+    try:
+        c.call("org.composefs.Repository.Mount", {"handle": h, "name": image_id, "options": {"overlay": True}}, fds=fds)
+        return {"error": None}
+    except VarlinkError as e:
+        return {"error": e.reply}
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def cmd_mountat(sock, repo, image_id, target):
     """Mount over varlink and attach the detached mount at `target` (move_mount), then let go of it."""
     import ctypes
@@ -709,7 +724,7 @@ def read_all(fd):
         out += b
 
 
-COMMANDS = {"mount": cmd_mount, "mountat": cmd_mountat, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "stalled-put": cmd_stalled_put, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount, "halfclose": cmd_halfclose}
+COMMANDS = {"mount": cmd_mount, "mountat": cmd_mountat, "mountbadwork": cmd_mountbadwork, "pull": cmd_pull, "pullhangup": cmd_pullhangup, "info": cmd_info, "images": cmd_images, "getlayers": cmd_getlayers, "stalled-put": cmd_stalled_put, "connflood": cmd_connflood, "getlayers-hangup": cmd_getlayers_hangup, "close-during-put": cmd_close_during_put, "transfer": cmd_transfer, "copy": cmd_copy, "bad": cmd_bad, "calls": cmd_calls, "ocimount": cmd_ocimount, "halfclose": cmd_halfclose}
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
