@@ -10,7 +10,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -512,6 +512,16 @@ const last = <T>(r: CallResult<T>): T => {
   assert.ok(r.frames, `expected a reply, got ${JSON.stringify(r.error)}`);
   return r.frames[r.frames.length - 1];
 };
+
+test('GetLayer of a layer whose object is missing ends its stream inside a chunk: the client sees a truncated stream, not a short layer', async () => {
+  const dmg = path.join(work, 'damaged-src');
+  cpSync(path.join(work, 'src'), dmg, { recursive: true, verbatimSymlinks: true });
+  const dump = cfsOk(['--repo', dmg, 'oci', 'dump', 'app']).stdout;
+  const object = / ([0-9a-f]{2}\/[0-9a-f]{62}) /.exec(dump)![1]!;
+  rmSync(path.join(dmg, 'objects', object));
+  await assert.rejects(client('getlayers', sock, dmg, 'app'), (e: Error) => /stream truncated/.test(e.message));
+  assert.match(serverLog, new RegExp(`GetLayer oci-layer-sha256:[0-9a-f]{64}: object ${object} not found`));
+});
 
 test('GetLayer fds outlive the connection; a handle closed during PutLayer is released when the call ends', async () => {
   const src = path.join(work, 'src');

@@ -11,6 +11,7 @@ import { native } from '../native.js';
 import { FinalReply, type CallContext } from './server.js';
 import { VarlinkError } from './protocol.js';
 import { closeQuietly } from './transport.js';
+import { CHUNK } from '../splitdirfdstream/format.js';
 import { dirRegion, FDS_PER_FRAME, frameSizes, layoutSeed, lifetimeDummies, openDummy, type DirRegion } from './fdlayout.js';
 
 export interface LayerReplySource {
@@ -110,7 +111,10 @@ function runProducer(src: LayerReplySource, slots: readonly number[], dataW: num
     out.end();
   })().catch((e: unknown) => {
     src.log(`GetLayer ${src.id}: ${(e as Error).message}`);
-    out.destroy();
+    // Ended inside a chunk header (a lone type byte), so no reader takes what came for the whole
+    // layer: a clean end at a chunk boundary would look like a complete stream.
+    if (out.destroyed || out.writableEnded) out.destroy();
+    else out.end(Buffer.from([CHUNK.metadata]));
   });
   void Promise.all([written, keepClosed]).finally(() => src.release());
   out.on('error', (e) => src.log(`GetLayer ${src.id}: ${e.message}`));
