@@ -189,6 +189,9 @@ test('containers-storage: unknown image lists similar names; --platform, store s
   const unknown = runCfs(['--repo', repo, 'oci', 'pull', '-q', 'containers-storage:localhost/y:latest'], { env: fx.env });
   assert.notEqual(unknown.status, 0);
   assert.match(unknown.stderr, /localhost\/x:latest/);
+  // A registry with a port: the name after it is compared.
+  const ported = runCfs(['--repo', repo, 'oci', 'pull', '-q', 'containers-storage:localhost:5000/team/x'], { env: fx.env });
+  assert.match(ported.stderr, /similar: localhost\/x:latest/);
   // --platform is checked against the stored image; a store named in the reference is blamed as such; an empty name is refused.
   const arm = await fx.add('localhost/arm:1', { platform: 'linux/arm64', layers: [[{ path: 'usr/' }, { path: 'usr/f', content: 'arm64 bits, more than sixty-four bytes of them to make an object!' }]] });
   const plat = runCfs(['--repo', repo, 'oci', 'pull', '-q', '--platform', 'linux/s390x', `containers-storage:${arm.name}`], { env: fx.env });
@@ -209,6 +212,9 @@ test('containers-storage: unknown image lists similar names; --platform, store s
   const other = id.startsWith('0') ? '1234567' : '0123456';
   const byNameAndId = cfsOk(['--repo', path.join(fx.dir, 'repo-by-id'), 'oci', 'pull', '-q', `containers-storage:${fx.images[0].name}@${id.slice(0, 12)}`], { env: fx.env });
   assert.match(byNameAndId.stdout, /image [0-9a-f]{64}/);
+  // A short NAME:TAG@DIGEST, as NAME@DIGEST already works.
+  const digest = (JSON.parse(readFileSync(path.join(fx.graphroot, `${fx.driver}-images`, 'images.json'), 'utf8')) as Array<{ names: string[]; digest: string }>).find((i) => i.names.includes('localhost/x:latest'))!.digest;
+  cfsOk(['--repo', path.join(fx.dir, 'repo-by-id'), 'oci', 'pull', '-q', `containers-storage:x:latest@${digest}`], { env: fx.env });
   // A reference by ID (or digest) is its own default tag; a store spec's path is normalised.
   const byId = cfsOk(['--repo', path.join(fx.dir, 'repo-by-id'), 'oci', 'pull', '-q', `containers-storage:${id.slice(0, 12)}`], { env: fx.env });
   assert.match(byId.stdout, new RegExp(`^tagged containers-storage:${id.slice(0, 12)}$`, 'm'));

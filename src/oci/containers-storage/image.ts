@@ -132,8 +132,10 @@ function findInStore(store: ContainersStore, images: ImageRecord[], ref: Storage
     return hit(img);
   }
   if (ref.digest) {
+    // A short name as given, without its tag (`x:1@sha256:…` is localhost/x's).
+    const givenRepo = ref.given?.replace(/:[^/]*$/, '') ?? null;
     const matches = images.filter(
-      (i) => imageDigests(i).includes(ref.digest!) && (ref.repository === null || i.names.some((n) => repoOf(n) === ref.repository || repoOf(n) === `localhost/${ref.given}`)),
+      (i) => imageDigests(i).includes(ref.digest!) && (ref.repository === null || i.names.some((n) => repoOf(n) === ref.repository || repoOf(n) === `localhost/${givenRepo}`)),
     );
     return matches[0] ? { store, image: matches[0], others: matches.slice(1) } : null;
   }
@@ -167,7 +169,8 @@ const MAX_LISTED_NAMES = 10;
 /** Stored names closest to what was asked for, for the not-found message. */
 function similarNames(all: string[], ref: StorageReference): string[] {
   const want = (ref.given ?? ref.id ?? ref.idPrefix ?? ref.digest ?? '').toLowerCase();
-  const base = want.replace(/[:@].*$/, '').split('/').pop() ?? want;
+  // The last path component without tag or digest (a registry's :port comes before it).
+  const base = (want.split('/').pop() ?? want).replace(/[:@].*$/, '');
   const score = (n: string): number => {
     const repo = repoOf(n).toLowerCase();
     const last = repo.split('/').pop() ?? repo;
