@@ -9,7 +9,7 @@ import { fsverityDigest } from '../src/fsverity/digest.js';
 import { computeDirImage, computeDirKarg, createDirImage, treeFromDirectory } from '../src/boot/image.js';
 import { XATTR_SELINUX } from '../src/boot/selinux.js';
 import type { Inode } from '../src/tree/inode.js';
-import { cfsOk } from './helpers/cli.js';
+import { cfsOk, runCfs } from './helpers/cli.js';
 
 function makeRootfs(base: string): string {
   const root = path.join(base, 'rootfs');
@@ -84,7 +84,19 @@ test('a directory with file names that are not UTF-8 (and xattrs on them) is sca
     const dump = cfsOk(['create-dumpfile', '--no-propagate-usr-to-root', dir]).stdout;
     assert.match(dump, /^\/usr\/bad-\\xe9-name 100 100644 /m);
     assert.match(cfsOk(['--repo', path.join(dir, 'repo'), 'compute-id', dir]).stdout, /^[0-9a-f]{64}$/m);
+    // Both spellings of the xattr mode, on every tree command; create-image stores what compute-id computes.
+    const repo = `${dir}-repo`; // beside the tree, not in it
+    const kept = cfsOk(['create-dumpfile', '--xattrs', 'keep-user-xattrs', dir]).stdout;
+    assert.equal(cfsOk(['create-dumpfile', '--keep-user-xattrs', dir]).stdout, kept);
+    assert.match(kept, /user\.k=v/);
+    const ids = [['--xattrs', 'keep-user-xattrs'], ['--keep-user-xattrs']].flatMap((o) => [
+      cfsOk(['--repo', repo, 'compute-id', ...o, dir]).stdout.trim(),
+      cfsOk(['--repo', repo, 'create-image', ...o, dir]).stdout.trim().replace(/^sha256:/, ''),
+    ]);
+    assert.equal(new Set(ids).size, 1, ids.join(' '));
+    assert.match(runCfs(['create-dumpfile', '--xattrs', 'allowlist-only', '--keep-user-xattrs', dir]).stderr, /contradict each other/);
   } finally {
+    rmSync(`${dir}-repo`, { recursive: true, force: true });
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fsverityDigest, fsverityDigestFile, FsVerityHasher, verityDigestOfFd } from '../src/fsverity/index.js';
+import { cfsOk, runCfs } from './helpers/cli.js';
 
 const SIZES = [0, 1, 4095, 4096, 4097, 8192, 128 * 1024 - 1, 128 * 1024, 128 * 1024 + 1, 512 * 1024, 512 * 1024 + 4096,
   1024 * 1024 + 17, 10 * 1024 * 1024];
@@ -29,6 +30,23 @@ test('fs-verity digests equal `fsverity digest` (sha256, sha512)', async () => {
         }
       }
     }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('cfs fsverity digest prints what fsverity digest prints, with --compact and --block-size 4096 too', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cfs-fsv-cli-'));
+  try {
+    const files = [0, 5000, 300_001].map((n) => {
+      const f = path.join(dir, `f${n}`);
+      writeFileSync(f, randomBytes(n));
+      return f;
+    });
+    for (const args of [[], ['--compact'], ['--hash-alg=sha512', '--compact'], ['--block-size=4096']]) {
+      assert.equal(cfsOk(['fsverity', 'digest', ...args, ...files]).stdout, execFileSync('fsverity', ['digest', ...args, ...files], { encoding: 'utf8' }), args.join(' '));
+    }
+    assert.match(runCfs(['fsverity', 'digest', '--block-size=1024', files[0]!]).stderr, /^cfs: --block-size 1024: only 4096 is supported/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -46,6 +46,13 @@ test('pull, list, dump, mount (kernel and FUSE), unmount through the library; er
     const unknown = runCfs(['--repo', repo.path, 'oci', 'tag', 'f'.repeat(64), 'x']);
     assert.match(unknown.stderr, /^cfs: image 'f{64}' not found in repository \S+ \(not a tag, manifest digest or image id; see 'cfs oci images'\)\n$/);
     await api.untagImage(repo, 'again');
+    // The library's tagImage(repo, NAME, IMAGE) takes what the CLI takes: a tag, a short id, a digest.
+    await api.tagImage(repo, 'by-tag', reference);
+    await api.tagImage(repo, 'by-short-id', pulled.manifestDigest.slice(7, 19));
+    await api.tagImage(repo, 'by-digest', pulled.manifestDigest);
+    const tagged = await api.listTags(repo);
+    for (const t of ['by-tag', 'by-short-id', 'by-digest']) assert.equal(tagged.find((x) => x.name === t)?.manifestDigest, pulled.manifestDigest, t);
+    for (const t of ['by-tag', 'by-short-id', 'by-digest']) await api.untagImage(repo, t);
     const stored = await api.openStoredImage(repo, reference);
     assert.equal(stored.imageId, pulled.imageId);
     const tree = await api.buildTreeFromLayers(repo, stored.diffIds.map((d) => ({ diffId: d, streamId: stored.layerStreams.get(d)! })));

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout, buildOciArchive, type EntrySpec } from './helpers/oci-fixture.js';
@@ -195,6 +195,21 @@ test('a name with a newline and terminal escapes in a bad layer is shown escaped
   assert.equal(r.stderr.split('\n').filter((l) => l.startsWith('cfs: ') && !l.startsWith('cfs: note:')).length, 1, r.stderr);
   assert.ok(!r.stderr.includes('\x1b'), 'no raw escape reaches the terminal');
   assert.match(r.stderr, /usr\/\\n\\x1b\[2J\\x1b\[31mFAKE: all good\\x1b\[0m/);
+});
+
+test('a pull into a repository of EROFS format 2 (composefs-rs legacy) is refused before any layer work', async () => {
+  const layout = await buildOciLayout(path.join(work, 'v2-src'), { images: [{ tag: 't', layers: [[{ path: 'usr/' }, { path: 'usr/f', content: 'x'.repeat(100) }]] }] });
+  const repo = path.join(work, 'repo-v2');
+  cfsOk(['init', '--insecure', repo]);
+  const metaPath = path.join(repo, 'meta.json');
+  const meta = JSON.parse(readFileSync(metaPath, 'utf8')) as { features: { 'read-only-compatible': string[] }; erofs_formats: { default: number } };
+  meta.features['read-only-compatible'] = [];
+  meta.erofs_formats = { default: 2 };
+  writeFileSync(metaPath, JSON.stringify(meta));
+  const r = runCfs(['--repo', repo, 'oci', 'pull', `oci:${layout.dir}:t`, 'v2']);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /^cfs: repository \S+ keeps EROFS format 2 images, which cfs does not write/m);
+  assert.deepEqual(readdirSync(path.join(repo, 'streams')).filter((n) => n !== 'refs'), [], 'no layer was imported');
 });
 
 test('artifact blobs are stored as single-object streams', async () => {

@@ -5,19 +5,17 @@
  */
 import type { Command } from 'commander';
 import { CfsError } from '../errors.js';
+import { KEEP_USER_XATTRS_HELP, keepUserXattrs, NO_PROPAGATE_HELP, XATTRS_HELP } from './tree-options.js';
 import { hashForRepository, openRepoFromCli, type GlobalOptions } from './repo.js';
 
 interface TreeOpts {
   bootable?: boolean;
   propagateUsrToRoot: boolean;
-  xattrs: string;
+  xattrs?: string;
+  keepUserXattrs?: boolean;
 }
 
-function keepUserXattrs(mode: string): boolean {
-  if (mode === 'allowlist-only') return false;
-  if (mode === 'keep-user-xattrs') return true;
-  throw new CfsError('EINVAL', `unknown xattr mode '${mode}' (allowlist-only or keep-user-xattrs)`);
-}
+
 
 function parseErofsVersion(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -57,8 +55,9 @@ export function register(program: Command): void {
     .argument('<path>', 'root directory of the tree')
     .argument('[name]', 'image ref name (images/refs/NAME)')
     .option('--bootable', 'apply the boot transform (empty /boot and /sysroot, SELinux labels)')
-    .option('--no-propagate-usr-to-root', "keep /'s own metadata (skip the OCI transform)")
-    .option('--xattrs <mode>', 'xattrs to keep: allowlist-only or keep-user-xattrs', 'allowlist-only')
+    .option('--no-propagate-usr-to-root', NO_PROPAGATE_HELP)
+    .option('--xattrs <mode>', XATTRS_HELP)
+    .option('--keep-user-xattrs', KEEP_USER_XATTRS_HELP)
     .action(async (dir: string, name: string | undefined, o: TreeOpts) => {
       const { createDirImage } = await import('../boot/image.js');
       const repo = await openRepoFromCli(program);
@@ -67,7 +66,7 @@ export function register(program: Command): void {
           name,
           bootable: o.bootable,
           propagateUsrToRoot: o.propagateUsrToRoot,
-          keepUserXattrs: keepUserXattrs(o.xattrs),
+          keepUserXattrs: keepUserXattrs(o),
         });
         process.stdout.write(`${repo.alg}:${hex}\n`);
       } finally {
@@ -79,7 +78,7 @@ export function register(program: Command): void {
     .command('compute-karg')
     .description('print the composefs kernel argument for the bootable image of a directory (nothing is stored)')
     .argument('<path>', 'root directory of the tree')
-    .option('--no-propagate-usr-to-root', "keep /'s own metadata (skip the OCI transform)")
+    .option('--no-propagate-usr-to-root', NO_PROPAGATE_HELP)
     .option('--hash <alg>', 'sha256 or sha512 (default: the repository\'s, else sha512)')
     .option('--erofs-version <n>', 'EROFS format version 0 or 1 (default 1)')
     .option('--insecure', "mark the digest optional ('?'): fs-verity is not enforced at boot")

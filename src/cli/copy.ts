@@ -54,8 +54,9 @@ export function register(program: Command): void {
           ];
           if (r.imageId) lines.push(`Image ID:        ${r.imageId}`);
           lines.push(`Layers: ${r.layersCopied} copied, ${r.layersSkipped} already present`);
-          // The object line reads as `cfs oci pull`'s.
-          process.stdout.write(`${lines.join('\n')}\n${objectsLine(r.objects)}`);
+          process.stdout.write(`${lines.join('\n')}\n`);
+          // As `cfs oci pull` says it: on stderr, and not with -q.
+          if (!opts.quiet) process.stderr.write(objectsLine(r.objects));
           untaggedNote();
         } finally {
           dst.close();

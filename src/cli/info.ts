@@ -1,6 +1,6 @@
 /** `cfs info dump|ls|objects|missing-objects IMAGE…`, like composefs-info. */
 import type { Command } from 'commander';
-import { CfsError } from '../errors.js';
+import { CfsError, isCfsError } from '../errors.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../tree/inode.js';
 
 const COMMANDS = ['dump', 'ls', 'objects', 'missing-objects', 'measure-file'] as const;
@@ -33,7 +33,14 @@ export function register(program: Command): void {
       const { escape } = await import('../dumpfile/escape.js');
       const objects = new Set<string>();
       for (const image of images) {
-        const root = readErofs(await readFile(image));
+        let root;
+        try {
+          root = readErofs(await readFile(image));
+        } catch (e) {
+          // With several images, which one (as C composefs-info says "Failed to load").
+          if (isCfsError(e)) throw new CfsError(e.code, `${image}: ${e.message}`, { ...e.context, path: image });
+          throw e;
+        }
         // As composefs-info --filter: only the named top-level entries.
         if (o.filter.length > 0 && root.children) {
           const keep = new Set(o.filter.map((f) => Buffer.from(f).toString('latin1')));

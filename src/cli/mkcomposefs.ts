@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import { CfsError, errnoCode, systemErrorText } from '../errors.js';
+import { KEEP_USER_XATTRS_HELP, keepUserXattrs, NO_PROPAGATE_HELP, XATTRS_HELP } from './tree-options.js';
 import type { Inode } from '../tree/inode.js';
 
 interface MkOpts {
@@ -118,14 +119,16 @@ export function register(program: Command): void {
       .description(description)
       .argument('<path>')
       .option('--bootable', 'apply the boot transform (/boot and /sysroot emptied, SELinux relabel)')
-      .option('--no-propagate-usr-to-root', 'no OCI transform: keep / as scanned and every xattr')
-      .option('--keep-user-xattrs', 'OCI transform keeps user.* xattrs too (xattr mode keep-user-xattrs)')
+      .option('--no-propagate-usr-to-root', NO_PROPAGATE_HELP)
+      .option('--xattrs <mode>', XATTRS_HELP)
+      .option('--keep-user-xattrs', KEEP_USER_XATTRS_HELP)
       .option('--hash <alg>', "sha256 or sha512 (default: the repository's, else sha256)")
       .option('--erofs-version <n>', 'EROFS format version (0 or 1)', '1');
 
   interface TreeOpts {
     bootable?: boolean;
     propagateUsrToRoot: boolean;
+    xattrs?: string;
     keepUserXattrs?: boolean;
     hash?: string;
     erofsVersion: string;
@@ -137,7 +140,7 @@ export function register(program: Command): void {
       alg: await hashForRepository(program, o.hash, 'sha256'),
       bootable: o.bootable,
       propagateUsrToRoot: o.propagateUsrToRoot,
-      keepUserXattrs: o.keepUserXattrs,
+      keepUserXattrs: keepUserXattrs(o),
       erofsVersion: parseVersion(o.erofsVersion, 'EROFS version'),
     };
   };

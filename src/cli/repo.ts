@@ -124,7 +124,15 @@ export function register(program: Command): void {
       const insecure = !!(opts.insecure || g.insecure);
       const { created } = await initRepository(target, { hashAlg, insecure });
       if (!created) {
-        process.stdout.write(`Repository already initialized at ${target}\n`);
+        // What it is, which may not be what was asked (a secure init of an insecure repository).
+        const { Repository } = await import('../repository/repository.js');
+        const repo = await Repository.open(target);
+        try {
+          process.stdout.write(`Repository already initialized at ${target}\nalgorithm: ${algorithmString(repo.alg)}\nverity: ${repo.secure ? 'required' : 'not required (insecure)'}\n`);
+        } finally {
+          repo.close();
+        }
+        if (!insecure && !repo.secure) process.stderr.write(`cfs: note: ${target} is an insecure repository (fs-verity not required); it stays so\n`);
         return;
       }
       process.stdout.write(`Initialized composefs repository at ${target}\n`);

@@ -25,7 +25,9 @@ async function mountableTag(repo: Repository, tag: string): Promise<ImageHandle>
   const { openStoredImage } = await import('../oci/stored.js');
   const img = await openStoredImage(repo, tag, repo.erofsFormats.default);
   if (img.artifact) throw new CfsError('EINVAL', `image '${tag}' is an artifact (config ${img.manifest.config.mediaType}): it has no filesystem to mount`);
-  if (!img.imageId) throw new CfsError('ENOENT', `image '${tag}' has no composefs image for EROFS format ${repo.erofsFormats.default}; pull it again`);
+  const format = repo.erofsFormats.default;
+  if (!img.imageId && format !== 0 && format !== 1) throw new CfsError('ENOTSUP', `image '${tag}': repository ${repo.path} keeps EROFS format ${format} images, which cfs does not read or write (formats 0 and 1)`);
+  if (!img.imageId) throw new CfsError('ENOENT', `image '${tag}' has no composefs image for EROFS format ${format}; pull it again`);
   return repo.openImage(img.imageId);
 }
 

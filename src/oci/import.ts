@@ -240,6 +240,10 @@ export async function importImage(repo: Repository, img: ImageToImport, opts: Im
   const progress = opts.progress ?? NO_PROGRESS;
   const erofsVersion = repo.erofsFormats.default;
   const refName = imageRefName(erofsVersion);
+  // Refused before any layer work, not after it (artifacts build no image).
+  if (!img.artifact && erofsVersion !== 0 && erofsVersion !== 1) {
+    throw new CfsError('ENOTSUP', `repository ${repo.path} keeps EROFS format ${erofsVersion} images, which cfs does not write (it writes formats 0 and 1); pull into a repository made by \`cfs init\``);
+  }
 
   if (await repo.hasStream(manifestContentId(img.manifestDigest))) {
     const stored = await openStoredImage(repo, `@${img.manifestDigest}`, erofsVersion).catch(() => null);

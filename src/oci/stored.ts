@@ -71,7 +71,12 @@ export async function resolveTag(repo: Repository, name: string): Promise<string
   return target.slice('oci-manifest-'.length);
 }
 
-export async function tagImage(repo: Repository, name: string, manifestDigest: string): Promise<void> {
+/**
+ * Tag as `name` the image `image` names: a manifest digest, a tag it has or a short id (as
+ * `cfs oci tag IMAGE NAME`, whose arguments come in the other order).
+ */
+export async function tagImage(repo: Repository, name: string, image: string): Promise<void> {
+  const { manifestDigest } = await resolveImageName(repo, image, repo.erofsFormats.default);
   if (!(await repo.hasStream(manifestContentId(manifestDigest)))) {
     throw new CfsError('ENOENT', `manifest ${manifestDigest} is not in repository ${repo.path}`);
   }
