@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, utimesSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildOciLayout } from './helpers/oci-fixture.js';
@@ -195,6 +195,25 @@ test('after umount --lazy, gc keeps the image while files are open on the detach
       await new Promise((r) => setTimeout(r, 100));
     }
     assert.deepEqual([after.keptMounted, after.removed.images], [[], [`images/${id}`]], `fuse=${fuse}: collected once the file is closed`);
+  }
+});
+
+test("logs of FUSE servers gone for a day are removed at the next FUSE mount; a recent one stays", { skip: SKIP }, async () => {
+  const old = path.join('/run/cfs', `fuse-${'0'.repeat(31)}1.log`);
+  const recent = path.join('/run/cfs', `fuse-${'0'.repeat(31)}2.log`);
+  mkdirSync('/run/cfs', { recursive: true, mode: 0o700 });
+  writeFileSync(old, 'an old server said this\n');
+  writeFileSync(recent, 'a recent server said this\n');
+  const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000);
+  utimesSync(old, twoDaysAgo, twoDaysAgo);
+  const mp = newDir();
+  try {
+    await cfsOkAsync(['--repo', repo, 'mount', '--fuse', 'yes', image, mp]);
+    assert.ok(!existsSync(old), 'the old log is removed');
+    assert.ok(existsSync(recent), 'the recent log stays');
+  } finally {
+    rmSync(recent, { force: true });
+    await cfsOkAsync(['umount', mp]);
   }
 });
 

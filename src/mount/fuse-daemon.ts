@@ -41,7 +41,7 @@ interface ServerHandle {
   closed: Promise<void>;
 }
 import { canonical, findMount, fuseMountUid, isComposefsMount, readMountinfo, type MountInfo } from './mountinfo.js';
-import { ownRuntimeDir, readRecordFile, runtimeDir, runtimeDirsOf } from '../runtime-dir.js';
+import { listOrEmpty, ownRuntimeDir, readRecordFile, runtimeDir, runtimeDirsOf } from '../runtime-dir.js';
 
 export interface FuseDaemonOptions {
   imagePath: string;
@@ -289,10 +289,27 @@ function serverEntry(): string {
   return path.join(path.dirname(self), `fuse-server-main${path.extname(self)}`);
 }
 
+/** How long the log of a server that has exited is kept for its user to read. */
+const LOG_KEEP_MS = 24 * 60 * 60 * 1000;
+
+/** Logs of servers gone for a day (no record beside them) are removed: one per mount point would pile up. */
+function pruneOldLogs(dir: string): void {
+  const now = Date.now();
+  for (const name of listOrEmpty(dir)) {
+    if (!/^fuse-[0-9a-f]+\.log$/.test(name)) continue;
+    const log = path.join(dir, name);
+    if (existsSync(log.replace(/\.log$/, '.json'))) continue;
+    const st = statSync(log, { throwIfNoEntry: false });
+    if (st && now - st.mtimeMs > LOG_KEEP_MS) rmSync(log, { force: true });
+  }
+}
+
 /** The server's log (its runtime directory made first: the first mount after a boot has none yet). */
 function openServerLog(canonicalMountpoint: string): { fd: number | 'ignore'; path: string | null } {
   try {
-    const file = logPathOf(recordPathOf(canonicalMountpoint, ownRuntimeDir()));
+    const dir = ownRuntimeDir();
+    pruneOldLogs(dir);
+    const file = logPathOf(recordPathOf(canonicalMountpoint, dir));
     return { fd: openSync(file, 'a', 0o600), path: file };
   } catch {
     return { fd: 'ignore', path: null };
