@@ -248,4 +248,10 @@ test('copy from a source whose object was damaged names the source as damaged (p
   assert.notEqual(zc.status, 0);
   assert.match(zc.stderr, /hardlink \(impossible: the file is not named by its digest [0-9a-f]{2}\/[0-9a-f]+, a damaged object\?\)/);
   for (const d of ['from-damaged', 'from-damaged-zc']) assert.deepEqual(repoProblems(path.join(work, d)), []);
+  // The object removed: the layer and the source are named as well.
+  rmSync(doc);
+  const gone = runCfs(['--repo', path.join(work, 'from-missing'), 'oci', 'copy', 'app', '--from', src]);
+  assert.notEqual(gone.status, 0);
+  assert.match(gone.stderr, new RegExp(`^cfs: layer sha256:[0-9a-f]{64}: object [0-9a-f]{2}/[0-9a-f]+ not found in repository ${src}; the source repository is damaged \\(run cfs --repo ${src} fsck\\)$`, 'm'));
+  assert.deepEqual(repoProblems(path.join(work, 'from-missing')), []);
 });

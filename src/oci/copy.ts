@@ -160,6 +160,12 @@ async function copyLayer(
     kind: artifact ? 'blob' : 'tar',
     zerocopy: opts.zerocopy,
     onProgress: (n) => progress.progress(id, n),
+  }).catch((e: unknown) => {
+    // An object the source's layer names is gone: its repository is damaged, not the copy.
+    if (isCfsError(e) && e.code === 'ENOENT' && e.message.startsWith('object ')) {
+      throw new CfsError('ENOENT', `layer ${id}: ${e.message}; the source repository is damaged (run cfs --repo ${src.path} fsck)`);
+    }
+    throw e;
   });
   addObjects(objects, r.objects);
   progress.done(id, r.size);
