@@ -365,7 +365,12 @@ export class ObjectPlacer {
     const noReflink = this.why(this.noReflink, pair);
     if (noReflink === 'EXDEV' && f.stat.dev !== this.dstDev) return `zero-copy import impossible: ${sourcePath(f)} is on a different filesystem than repository ${this.repo.path}`;
     // One filesystem, two mounts (podman bind-mounts overlay/ onto itself) and no bridge between them.
-    const link = noLink === 'EXDEV' && f.stat.dev === this.dstDev && this.noBridge ? `EXDEV: ${path.dirname(sourcePath(f))} is on another mount of the repository's filesystem, and no bridge to it: ${this.noBridge}` : noLink;
+    const otherMount = noLink === 'EXDEV' && f.stat.dev === this.dstDev;
+    const link = !otherMount
+      ? noLink
+      : this.noBridge
+        ? `EXDEV: ${path.dirname(sourcePath(f))} is on another mount of the repository's filesystem, and no bridge to it: ${this.noBridge}`
+        : `EXDEV: ${path.dirname(sourcePath(f))} is reached through another mount of the repository's filesystem (a bind mount?), and hardlinks cannot cross mounts: name both through one mount`;
     return `reflink (${noReflink}) and hardlink (${link}) both failed`;
   }
 
