@@ -73,6 +73,9 @@ function withStorageRoot(image: string, storageRoot: string | undefined): string
   return spec + (rest.startsWith('[') ? rest.slice(rest.indexOf(']') + 1) : rest);
 }
 
+/** Least time between two Pull progress frames of one layer. */
+const PROGRESS_INTERVAL_MS = 100;
+
 /** Pull's `local_fetch`: anything unrecognised means disabled (brief 5.6). */
 function localFetchOf(v: string | undefined): LocalFetch {
   if (v === 'auto' || v === 'if-possible') return 'auto';
@@ -472,9 +475,17 @@ export class ComposefsService {
     const send = (field: string, value: unknown): void => {
       void ctx.reply({ [field]: value });
     };
+    // Progress at most every PROGRESS_INTERVAL_MS per layer: a layer read in 64 KiB pieces would
+    // otherwise send thousands of frames.
+    const lastProgress = new Map<string, number>();
     const progress: ProgressSink = {
       started: (id, total) => send('started', { id, total, unit: 'Bytes' }),
-      progress: (id, fetched) => send('progress', { id, fetched }),
+      progress: (id, fetched) => {
+        const now = Date.now();
+        if (now - (lastProgress.get(id) ?? 0) < PROGRESS_INTERVAL_MS) return;
+        lastProgress.set(id, now);
+        send('progress', { id, fetched });
+      },
       skipped: (id) => send('skipped', { id }),
       done: (id, transferred) => send('done', { id, transferred }),
       message: (text) => send('message', text),
