@@ -9,7 +9,7 @@ import { objectRelPath } from '../src/repository/ids.js';
 import { addCmdlineArg, blsEntryText, findBootEntries, osReleaseValue, writeBootEntries } from '../src/boot/bls.js';
 import { formatKarg } from '../src/boot/karg.js';
 import { repoTreeFiles } from '../src/boot/tree-files.js';
-import { CfsError } from '../src/errors.js';
+import { CfsError, isCfsError } from '../src/errors.js';
 
 const dir = (children: Record<string, Inode> = {}): Inode => newInode(S_IFDIR | 0o755, { children: new Map(Object.entries(children)) });
 
@@ -22,16 +22,23 @@ test('BLS entry text and options handling (composefs-rs add_cmdline rules)', () 
   assert.equal(addCmdlineArg('quiet splash root=/dev/sda1', 'root=/dev/sda2'), 'quiet splash root=/dev/sda2');
   assert.equal(addCmdlineArg('quiet rw', 'ro'), 'quiet rw ro');
   assert.equal(addCmdlineArg('', 'quiet'), 'quiet');
-  const text = blsEntryText({ id: 'x', title: 'Fedora Linux 42', version: '6.9.0', karg: 'composefs.digest=v1-sha256-12:ab', cmdline: ['rw', 'console=ttyS0', 'console=tty0'] });
+  // A bare word replaces only itself (or word=…), not a word it begins: ro is not root=.
+  assert.equal(addCmdlineArg('root=/dev/vda2 quiet', 'ro'), 'root=/dev/vda2 quiet ro');
+  assert.equal(addCmdlineArg('root=/dev/vda2 ro quiet', 'ro'), 'root=/dev/vda2 ro quiet');
+  const text = blsEntryText({ id: 'x', title: 'Fedora Linux 42', version: '6.9.0', karg: 'composefs.digest=v1-sha256-12:ab', cmdline: ['rw', 'console=ttyS0', 'console=tty0', 'rw', 'foo="a b c"'] });
   assert.equal(text, [
     '# File created by composefs',
     'title Fedora Linux 42',
     'version 6.9.0',
     'linux /x/vmlinuz',
     'initrd /x/initramfs.img',
-    'options composefs.digest=v1-sha256-12:ab rw console=tty0',
+    'options composefs.digest=v1-sha256-12:ab rw console=ttyS0 console=tty0 foo="a b c"',
     '',
   ].join('\n'));
+  // What would break the entry is refused: an empty argument, a newline, the composefs argument, two words.
+  for (const [arg, why] of [['', /empty/], ['quiet\nlinux /evil', /control character/], ['composefs.digest=v1-sha256-12:cd', /composefs argument/], ['composefs', /composefs argument/], ['a b', /more than one argument/]] as const) {
+    assert.throws(() => blsEntryText({ id: 'x', title: 't', version: 'v', karg: 'composefs.digest=v1-sha256-12:ab', cmdline: [arg] }), (e: unknown) => isCfsError(e) && e.code === 'EINVAL' && why.test(e.message), JSON.stringify(arg));
+  }
   assert.equal(osReleaseValue('NAME=Foo\nPRETTY_NAME="Foo \\"Bar\\" 1"\n', 'PRETTY_NAME'), 'Foo "Bar" 1');
 });
 

@@ -79,19 +79,34 @@ export function osReleaseValue(text: string, key: string): string | null {
 }
 
 /**
- * Add one argument to an options line (composefs-rs `add_cmdline`): a word starting with the
- * same key (`key=` or the whole argument) is replaced in place, else the argument is appended.
+ * Add one argument to an options line (composefs-rs `add_cmdline`): `key=value` replaces the word
+ * with that `key=`, a bare word the same word (or `word=…`), in place; else it is appended.
  */
 export function addCmdlineArg(options: string, arg: string): string {
   const eq = arg.indexOf('=');
   const key = eq >= 0 ? arg.slice(0, eq + 1) : arg;
   const words = splitCmdline(options);
-  const i = words.findIndex((w) => w.startsWith(key));
+  const i = words.findIndex((w) => (eq >= 0 ? w.startsWith(key) : w === key || w.startsWith(`${key}=`)));
   if (i >= 0) {
     words[i] = arg;
     return words.join(' ');
   }
   return options ? `${options} ${arg}` : arg;
+}
+
+/** Kernel argument names the composefs argument uses: prepare-boot writes that one itself. */
+const COMPOSEFS_KARG_KEYS = new Set(['composefs', 'composefs.digest']);
+
+/**
+ * An extra kernel argument for a boot entry: one word (spaces only inside quotes), no control
+ * characters (a newline would start another line of the entry), not the composefs argument.
+ */
+export function checkCmdlineArg(arg: string): void {
+  const bad = (why: string): CfsError => new CfsError('EINVAL', `kernel argument ${JSON.stringify(arg)}: ${why}`);
+  if (arg.trim() === '') throw bad('empty');
+  if (/[\u0000-\u001f\u007f]/.test(arg)) throw bad('has a control character (a newline would end the entry\'s options line)');
+  if (splitCmdline(arg).length !== 1) throw bad('is more than one argument (quote a value with spaces: key="a b")');
+  if (COMPOSEFS_KARG_KEYS.has(arg.split('=')[0]!)) throw bad("the composefs argument is the entry's own (written by prepare-boot)");
 }
 
 export interface BlsEntryOptions {
@@ -103,8 +118,14 @@ export interface BlsEntryOptions {
 }
 
 export function blsEntryText(o: BlsEntryOptions): string {
-  let options = '';
-  for (const a of [o.karg, ...(o.cmdline ?? [])]) options = addCmdlineArg(options, a);
+  // The composefs argument first, then the extra ones in order; each given once (a kernel takes
+  // several console=, so a repeated key is not a replacement).
+  const words = [o.karg];
+  for (const a of o.cmdline ?? []) {
+    checkCmdlineArg(a);
+    if (!words.includes(a)) words.push(a);
+  }
+  const options = words.join(' ');
   return [
     '# File created by composefs',
     `title ${o.title}`,
@@ -115,8 +136,14 @@ export function blsEntryText(o: BlsEntryOptions): string {
   ].join('\n') + '\n';
 }
 
+/** The entry id as given and every extra argument, checked before anything is written. */
+export function checkEntryOptions(entryId: string | undefined, cmdline: readonly string[] | undefined): void {
+  if (entryId !== undefined) checkEntryId(entryId);
+  for (const a of cmdline ?? []) checkCmdlineArg(a);
+}
+
 function checkEntryId(id: string): void {
-  if (!id || id === '.' || id === '..' || id.includes('/') || /\s/.test(id)) {
+  if (!id || id === '.' || id === '..' || id.includes('/') || /[\s\u0000-\u001f\u007f]/.test(id)) {
     throw new CfsError('EINVAL', `invalid boot entry id '${id}' (one path component, no whitespace)`);
   }
 }
@@ -177,6 +204,7 @@ export async function writeBootEntries(src: BootEntrySource, o: WriteBootEntries
     const text = (await o.files.read(src.osRelease, '/usr/lib/os-release')).toString('utf8');
     title = osReleaseValue(text, 'PRETTY_NAME') || osReleaseValue(text, 'NAME') || title;
   }
+  checkEntryOptions(o.entryId, o.cmdline);
   const written: string[] = [];
   const replaced: WrittenBootEntries['replaced'] = [];
   for (const k of src.kernels) {

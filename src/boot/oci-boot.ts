@@ -23,7 +23,7 @@ import { isDir } from '../tree/inode.js';
 import { readExternalSplitStream } from '../splitstream/reader.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import { bootTransform } from './boot-transform.js';
-import { findBootEntries, writeBootEntries } from './bls.js';
+import { checkEntryOptions, findBootEntries, writeBootEntries } from './bls.js';
 import { formatKarg } from './karg.js';
 import { loadSelinuxPolicy } from './selinux.js';
 import { STATE_DEPLOY_DIR } from './setup-root.js';
@@ -81,6 +81,7 @@ export async function recordBootImage(repo: Repository, img: StoredImage, imageH
 }
 
 export async function prepareBoot(repo: Repository, ref: string, opts: PrepareBootOptions = {}): Promise<PrepareBootResult> {
+  checkEntryOptions(opts.entryId, opts.cmdline);
   await repo.ensureWritable();
   const erofsVersion = repo.erofsFormats.default;
   const img = await openStoredImage(repo, ref, erofsVersion);
