@@ -1,6 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CfsError } from '../src/errors.js';
@@ -13,6 +14,7 @@ import { objectRelPath } from '../src/repository/ids.js';
 import { formatKarg } from '../src/boot/karg.js';
 import { deploymentStateDir, setupRoot, teardownRoot } from '../src/boot/setup-root.js';
 
+const CLI = path.join(import.meta.dirname, '../src/cli/entry.js');
 const skip = hasMountPrivilege() ? false : 'needs CAP_SYS_ADMIN in the initial user namespace (run as root)';
 
 const dir = (children: Record<string, Inode> = {}): Inode => newInode(S_IFDIR | 0o755, { children: new Map(Object.entries(children)) });
@@ -166,4 +168,27 @@ test('setup-root refuses, mounting nothing: unknown digest, corrupted image, mis
   } finally {
     writeFileSync(obj, bytes);
   }
+});
+
+test('gc keeps the images deployments boot, and a root setup-root mounted; neither once retired or unmounted', { skip }, async () => {
+  // gc waits for every other handle: this process's goes first (the tests above are done with it).
+  repo.close();
+  type Gc = { keptMounted: string[]; keptDeployed: string[]; removed: { images: string[] } };
+  const gc = (): Gc => JSON.parse(execFileSync(process.execPath, [CLI, '--repo', path.join(sysroot, 'composefs'), 'gc', '--dry-run', '--json'], { encoding: 'utf8' })) as Gc;
+  const both = [`images/${good}`, `images/${noVar}`].sort();
+  assert.deepEqual(gc().keptDeployed, both);
+  const target = freshTarget('root-gc');
+  await setupRoot({ cmdline: formatKarg(good, 'sha256', { insecure: true }), sysroot, target });
+  const state = deploymentStateDir(sysroot, good);
+  const retired = `${state}.retired`;
+  try {
+    renameSync(state, retired);
+    const mounted = gc();
+    assert.deepEqual([mounted.keptDeployed, mounted.keptMounted], [[`images/${noVar}`], [`images/${good}`]]);
+  } finally {
+    teardownRoot(target);
+  }
+  const after = gc();
+  assert.deepEqual([after.keptMounted, after.removed.images], [[], [`images/${good}`]]);
+  renameSync(retired, state);
 });

@@ -26,7 +26,7 @@ import { bootTransform } from './boot-transform.js';
 import { checkEntryOptions, findBootEntries, writeBootEntries } from './bls.js';
 import { formatKarg } from './karg.js';
 import { loadSelinuxPolicy } from './selinux.js';
-import { STATE_DEPLOY_DIR } from './setup-root.js';
+import { STATE_DEPLOY_DIR } from '../repository/location.js';
 import { repoTreeFiles } from './tree-files.js';
 
 export const BOOT_REF_V1 = 'composefs.image.boot.v1';

@@ -27,12 +27,13 @@ import { CfsError, errnoCode } from '../errors.js';
 import { native } from '../native.js';
 import { mountComposefs } from '../mount/kernel.js';
 import { findMount, isComposefsMount } from '../mount/mountinfo.js';
+import { STATE_DEPLOY_DIR } from '../repository/location.js';
+import { pinMountedImage } from '../repository/pins.js';
 import { Repository } from '../repository/repository.js';
 import { parseKargs, type ComposefsKarg } from './karg.js';
 
 export const DEFAULT_SYSROOT = '/sysroot';
 export const REPO_DIR = 'composefs';
-export const STATE_DEPLOY_DIR = 'state/deploy';
 
 export interface SetupRootOptions {
   /** Kernel command line text (read /proc/cmdline yourself for the default). */
@@ -232,6 +233,9 @@ export async function setupRoot(opts: SetupRootOptions): Promise<SetupRootResult
         expectedDigest: Buffer.from(karg.hex, 'hex'),
       });
       mounts.push(target);
+      // gc keeps it while mounted here (and, as the booted root, through its deployment).
+      const notPinned = pinMountedImage(repoPath, karg.hex, realpathSync(target));
+      if (notPinned !== null) log(`composefs: the root is mounted but not pinned against gc: ${notPinned}`);
 
       const sysrootMp = path.join(target, 'sysroot');
       if (isDirectory(sysrootMp)) {

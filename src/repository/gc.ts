@@ -27,6 +27,7 @@ import { TMP_OBJECT_PREFIX } from './objects.js';
 import { META_TMP_PREFIX, type Repository } from './repository.js';
 import type { LockWaitOptions } from './lock.js';
 import { mountedImageIds } from './pins.js';
+import { STATE_DEPLOY_DIR } from './location.js';
 
 /** Temporary names writers leave behind when killed (repo root, objects/, objects/XX). */
 const ROOT_TMP_PREFIXES = ['.symlink-', META_TMP_PREFIX];
@@ -309,6 +310,8 @@ export interface GcOptions extends LockWaitOptions {
   roots?: string[];
   /** Also remove images that are mounted (pins.ts); by default they are kept, as roots. */
   ignoreMounts?: boolean;
+  /** Also remove images that have a deployment (`state/deploy/<id>` beside the repository); by default they are kept. */
+  ignoreDeployments?: boolean;
 }
 
 export interface GcResult {
@@ -321,6 +324,8 @@ export interface GcResult {
   tempFilesRemoved: number;
   /** Images kept because they are mounted (and nothing else reaches them): `images/<hex>`. */
   keptMounted: string[];
+  /** Images kept because a deployment boots them (prepare-boot's `state/deploy/<hex>`, and nothing else reaches them). */
+  keptDeployed: string[];
   /** What was (or, in a dry run, would be) removed, as paths in the repository. */
   removed: { images: string[]; streams: string[]; refs: string[]; objects: string[]; temps: string[] };
 }
@@ -412,22 +417,30 @@ async function removeEmptyParents(repo: Repository, kind: string, rel: string): 
  * Mark from every root, then from the mounted images (image ids) no root reached: those are
  * returned as kept only by their mounts. Any fatal problem aborts with a message naming it.
  */
-export async function markLive(repo: Repository, roots: string[] = [], mounted: string[] = []): Promise<{ reach: Reachable; keptMounted: string[] }> {
+export async function markLive(
+  repo: Repository, roots: string[] = [], mounted: string[] = [], deployed: string[] = [],
+): Promise<{ reach: Reachable; keptMounted: string[]; keptDeployed: string[] }> {
   const fatal: RepoProblem[] = [];
   const walker = new ReachabilityWalker(repo, (p, isFatal) => {
     if (isFatal) fatal.push(p);
   });
   await walker.walkAllRoots(roots);
-  const keptMounted: string[] = [];
-  for (const hex of mounted) {
-    if (walker.reach.objects.has(hex)) continue;
-    keptMounted.push(`images/${hex}`);
-    await walker.walkRoot(hex);
-  }
+  // Deployments first: the lasting reason an image stays.
+  const keep = async (ids: string[]): Promise<string[]> => {
+    const kept: string[] = [];
+    for (const hex of ids) {
+      if (walker.reach.objects.has(hex)) continue;
+      kept.push(`images/${hex}`);
+      await walker.walkRoot(hex);
+    }
+    return kept;
+  };
+  const keptDeployed = await keep(deployed);
+  const keptMounted = await keep(mounted);
   if (fatal.length > 0) {
     throw new CfsError('ECORRUPT', `gc: cannot tell what ${fatal[0].path} references (${fatal[0].detail}); nothing was deleted — run 'cfs fsck'`);
   }
-  return { reach: walker.reach, keptMounted };
+  return { reach: walker.reach, keptMounted, keptDeployed };
 }
 
 /** The repository's images that are mounted (pins.ts) and still there. */
@@ -437,11 +450,29 @@ async function mountedImages(repo: Repository): Promise<string[]> {
   return out.sort();
 }
 
+/**
+ * The repository's images that a deployment boots: prepare-boot made `state/deploy/<hex>` beside
+ * the repository for each, and setup-root mounts them from there (retiring a deployment is
+ * removing its directory).
+ */
+async function deployedImages(repo: Repository): Promise<string[]> {
+  const dir = path.join(path.dirname(repo.path), STATE_DEPLOY_DIR);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const hex of names) if (/^[0-9a-f]+$/.test(hex) && (await exists(path.join(repo.path, 'images', hex)))) out.push(hex);
+  return out.sort();
+}
+
 async function collect(repo: Repository, opts: GcOptions): Promise<GcResult> {
   const dryRun = !!opts.dryRun;
-  const marked = await markLive(repo, opts.roots, opts.ignoreMounts ? [] : await mountedImages(repo));
+  const marked = await markLive(repo, opts.roots, opts.ignoreMounts ? [] : await mountedImages(repo), opts.ignoreDeployments ? [] : await deployedImages(repo));
   const live = marked.reach.objects;
-  const keptMounted = marked.keptMounted;
+  const { keptMounted, keptDeployed } = marked;
   const garbage = await findGarbage(repo, live);
   const removed = new Set(garbage.objects.map((o) => o.rel.slice('objects/'.length).replace('/', '')));
   // Names first, then what they name: a gc stopped half-way leaves unreferenced objects (the
@@ -465,6 +496,7 @@ async function collect(repo: Repository, opts: GcOptions): Promise<GcResult> {
     refsPruned: pruned.refs.length,
     tempFilesRemoved: garbage.temps.length,
     keptMounted,
+    keptDeployed,
     removed: { ...pruned, objects: garbage.objects.map((o) => o.rel), temps: garbage.temps },
   };
 }
@@ -491,6 +523,10 @@ export function formatGcResult(r: GcResult): string {
   if (r.keptMounted.length > 0) {
     const ids = r.keptMounted.map((p) => p.slice('images/'.length, 'images/'.length + 12)).join(', ');
     out += `Kept ${r.keptMounted.length} mounted image${r.keptMounted.length === 1 ? '' : 's'} that no ref reaches: ${ids} (a gc after the unmount removes ${r.keptMounted.length === 1 ? 'it' : 'them'})\n`;
+  }
+  if (r.keptDeployed.length > 0) {
+    const ids = r.keptDeployed.map((p) => p.slice('images/'.length, 'images/'.length + 12)).join(', ');
+    out += `Kept ${r.keptDeployed.length} deployed image${r.keptDeployed.length === 1 ? '' : 's'} that no ref reaches: ${ids} (${STATE_DEPLOY_DIR}/<id> beside the repository boots ${r.keptDeployed.length === 1 ? 'it' : 'them'}; remove that directory to retire a deployment)\n`;
   }
   // A dry run names the images, streams and refs it would remove (objects: see --json).
   if (r.dryRun) for (const rel of [...r.removed.refs, ...r.removed.images, ...r.removed.streams]) out += `  ${rel}\n`;

@@ -5,6 +5,9 @@ import { inInitialUserNamespace } from '../userns.js';
 
 export const SYSTEM_REPO_PATH = '/sysroot/composefs';
 
+/** Deployments (prepare-boot, setup-root): `<repository's parent>/state/deploy/<image id>/{etc,var}`. */
+export const STATE_DEPLOY_DIR = 'state/deploy';
+
 export interface RepoLocationOptions {
   repo?: string;
   user?: boolean;
