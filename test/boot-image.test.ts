@@ -65,7 +65,10 @@ test('directory images: bootable transform, labels from the on-disk policy, ids 
     assert.equal(out, `sha256:${boot.id.toString('hex')}\n`);
     const k = cfsOk(['--repo', path.join(tmp, 'repo'), 'compute-karg', rootfs]).stdout;
     assert.equal(k, `composefs.digest=v1-sha256-12:${boot.id.toString('hex')}\n`);
-    const k512 = cfsOk(['--repo', path.join(tmp, 'none'), 'compute-karg', '--insecure', rootfs]).stdout;
+    // Without a repository: sha256, the algorithm `cfs init` gives the repository it will live in.
+    const k256 = cfsOk(['--repo', path.join(tmp, 'none'), 'compute-karg', '--insecure', rootfs]).stdout;
+    assert.equal(k256, `composefs.digest=?v1-sha256-12:${boot.id.toString('hex')}\n`);
+    const k512 = cfsOk(['--repo', path.join(tmp, 'none'), 'compute-karg', '--hash', 'sha512', '--insecure', rootfs]).stdout;
     assert.match(k512, /^composefs\.digest=\?v1-sha512-12:[0-9a-f]{128}\n$/);
     assert.ok(!existsSync(path.join(tmp, 'none')), 'compute-karg creates no repository');
   } finally {

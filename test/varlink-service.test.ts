@@ -634,9 +634,9 @@ test('Tag/Untag, HasLayer, InitRepository, EnsureRepository, Gc of an unknown ro
     [`${REPO}.InitRepository`, { path: fresh, insecure: true }],
     [`${REPO}.EnsureRepository`, { path: ensured, insecure: true }],
     [`${REPO}.EnsureRepository`, { path: ensured, insecure: true }],
-    // An existing (sha256) repository opens without an algorithm; one that differs is refused.
+    // Ensure opens an existing (sha256) repository without an algorithm; Init checks its default (sha512).
     [`${REPO}.EnsureRepository`, { path: src }],
-    [`${REPO}.InitRepository`, { path: src, algorithm: 'sha512' }],
+    [`${REPO}.InitRepository`, { path: src }],
     [`${OCI}.Check`, { image: 'no-such-image' }],
     [`${REPO}.Gc`, { dry_run: true, roots: ['no-such-root'] }],
     [`${REPO}.CloseRepository`, {}],

@@ -79,12 +79,12 @@ export function register(program: Command): void {
     .description('print the composefs kernel argument for the bootable image of a directory (nothing is stored)')
     .argument('<path>', 'root directory of the tree')
     .option('--no-propagate-usr-to-root', NO_PROPAGATE_HELP)
-    .option('--hash <alg>', 'sha256 or sha512 (default: the repository\'s, else sha512)')
+    .option('--hash <alg>', 'sha256 or sha512 (default: the repository\'s, else sha256, as `cfs init` makes them)')
     .option('--erofs-version <n>', 'EROFS format version 0 or 1 (default 1)')
     .option('--insecure', "mark the digest optional ('?'): fs-verity is not enforced at boot")
     .action(async (dir: string, o: { propagateUsrToRoot: boolean; hash?: string; erofsVersion?: string; insecure?: boolean }) => {
       const { computeDirKarg } = await import('../boot/image.js');
-      const alg = await hashForRepository(program, o.hash, 'sha512');
+      const alg = await hashForRepository(program, o.hash, 'sha256');
       const karg = await computeDirKarg(dir, {
         alg,
         propagateUsrToRoot: o.propagateUsrToRoot,

@@ -230,11 +230,12 @@ export class ComposefsService {
       return v;
     };
     /** A repository that cannot be created as asked (no fs-verity there, a file in the way) is the client's to fix. */
-    const init = async (p: Params): Promise<{ created: boolean }> => {
+    const init = async (p: Params, ensure: boolean): Promise<{ created: boolean }> => {
       try {
         const where = repoPath(p);
-        // Without an algorithm an existing repository is opened whatever its own; a new one is sha512.
-        const hashAlg = hashOf(p) ?? (existsSync(path.join(where, 'meta.json')) ? undefined : 'sha512');
+        // The algorithm defaults to sha512 (brief 5.5); Ensure opens an existing repository
+        // whatever its own when none is named, Init requires the default to match.
+        const hashAlg = hashOf(p) ?? (ensure && existsSync(path.join(where, 'meta.json')) ? undefined : 'sha512');
         return await initRepository(where, { hashAlg, insecure: p.optBool('insecure') ?? false });
       } catch (e) {
         if (isCfsError(e) && ['ENOTSUP', 'EEXIST', 'ENOTDIR'].includes(e.code)) throw E('InvalidSpec', { message: e.message });
@@ -242,8 +243,8 @@ export class ComposefsService {
       }
     };
     return {
-      InitRepository: async (p) => ({ created: (await init(p)).created }),
-      EnsureRepository: async (p) => ({ status: (await init(p)).created ? 'Created' : 'Opened' }),
+      InitRepository: async (p) => ({ created: (await init(p, false)).created }),
+      EnsureRepository: async (p) => ({ status: (await init(p, true)).created ? 'Created' : 'Opened' }),
       OpenRepository: async (p, ctx) => {
         const sel = [p.optStr('path') !== undefined, p.optBool('user'), p.optBool('system')].filter(Boolean).length;
         if (sel !== 1) throw E('InvalidSpec', { message: 'exactly one of path, user, system must be given' });
