@@ -69,10 +69,12 @@ test('boot transform: /boot and /sysroot emptied, mtime seconds from /usr, links
   assert.equal(sysroot.children!.size, 0);
   assert.deepEqual([boot.mtimeSec, boot.mtimeNsec], [1700000000, 77]);
   assert.deepEqual([sysroot.mtimeSec, sysroot.mtimeNsec], [1700000000, 88]);
-  // Two names left for the hardlink (was three with /boot/also-shared) — same label for both.
+  // Two names left for the hardlink (was three with /boot/also-shared). Its paths want different
+  // labels (etc_t, usr_t): it stays one inode, labelled for the last path met (composefs-rs).
   const shared = root.children!.get('etc')!.children!.get('shared')!;
-  assert.equal(shared.nlink, 1, 'labels differ (etc_t vs usr_t): the hardlink is split');
-  assert.notEqual(shared, root.children!.get('usr')!.children!.get('lib')!.children!.get('shared'));
+  assert.equal(shared.nlink, 2);
+  assert.equal(shared, root.children!.get('usr')!.children!.get('lib')!.children!.get('shared'));
+  assert.equal(shared.xattrs.get('security.selinux')?.toString(), 'system_u:object_r:usr_t:s0');
 });
 
 test('boot transform: missing /boot, /sysroot or /usr is an error', () => {
@@ -99,7 +101,7 @@ test('SELinux: labels from the image policy (last match wins, types, <<none>>, s
     '/usr/bin/run.sh': 'system_u:object_r:script_t:s0',
     '/usr/lib/link': 'system_u:object_r:link_t:s0',
     '/usr/lib/shared': 'system_u:object_r:usr_t:s0',
-    '/etc/shared': 'system_u:object_r:etc_t:s0',
+    '/etc/shared': 'system_u:object_r:usr_t:s0', // a hardlink of /usr/lib/shared, labelled for its last path
     '/etc/shadow': 'system_u:object_r:shadow_t:s0',
     '/etc/hosts': 'system_u:object_r:net_conf_t:s0', // file_contexts.local comes last
     '/dev/null': 'system_u:object_r:null_device_t:s0',

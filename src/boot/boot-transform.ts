@@ -9,7 +9,7 @@
  * 3. SELinux: with a policy from the image, every inode is relabelled; without one, every
  *    `security.selinux` xattr is removed (selinux.ts).
  * 4. Link counts of non-directories are recounted from the references left in the tree, as the
- *    Rust writer counts them (emptied directories and split hardlinks change them).
+ *    Rust writer counts them (emptied directories change them).
  */
 import { CfsError } from '../errors.js';
 import { isDir, type Inode } from '../tree/inode.js';

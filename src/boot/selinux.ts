@@ -16,8 +16,8 @@
  *   composefs-rs rule; libselinux additionally prefers specs without regex metacharacters,
  *   which composefs-rs (and so this module) does not do.
  * - Every inode is labelled (`security.selinux` = the context bytes, no NUL) or unlabelled.
- *   Hardlinks: the first path met (depth-first, names in byte order) labels the inode; a
- *   later path that needs a different label gets its own copy of the inode.
+ *   Hardlinks stay one inode, labelled for the LAST of its paths met (depth-first, names in
+ *   byte order), as composefs-rs relabels its shared leaf.
  *
  * Regex syntax: see selinux-regex.ts; anything outside the supported subset is an error naming
  * the file and line, never a silently wrong label.
@@ -206,33 +206,15 @@ function setLabel(n: Inode, label: string | null): void {
   else n.xattrs.set(XATTR_SELINUX, Buffer.from(label, 'latin1'));
 }
 
-function cloneLeaf(n: Inode): Inode {
-  return { ...n, xattrs: new Map(n.xattrs) };
-}
-
 /** Label every inode of the tree from `policy` (see the module comment). */
 export function relabelTree(root: Inode, policy: SelinuxPolicy): void {
-  // Leaf inode → the label it got from the first path that reached it.
-  const labelled = new Map<Inode, string | null>();
   const walk = (dir: Inode, path: string): void => {
     setLabel(dir, lookupLabel(policy, path, 'd'));
     for (const [name, node] of sortedEntries(dir)) {
       const childPath = path === '/' ? `/${name}` : `${path}/${name}`;
       const effective = policy.aliases.get(childPath) ?? childPath;
-      if (isDir(node)) {
-        walk(node, effective);
-        continue;
-      }
-      const label = lookupLabel(policy, effective, typeChar(node.mode));
-      const prev = labelled.get(node);
-      let target = node;
-      if (prev !== undefined && prev !== label) {
-        // A hardlink that needs another label than its first path: it becomes its own inode.
-        target = cloneLeaf(node);
-        dir.children!.set(name, target);
-      }
-      setLabel(target, label);
-      if (!labelled.has(target)) labelled.set(target, label);
+      if (isDir(node)) walk(node, effective);
+      else setLabel(node, lookupLabel(policy, effective, typeChar(node.mode)));
     }
   };
   walk(root, '/');
