@@ -65,6 +65,9 @@ test('directory images: bootable transform, labels from the on-disk policy, ids 
     assert.equal(out, `sha256:${boot.id.toString('hex')}\n`);
     const k = cfsOk(['--repo', path.join(tmp, 'repo'), 'compute-karg', rootfs]).stdout;
     assert.equal(k, `composefs.digest=v1-sha256-12:${boot.id.toString('hex')}\n`);
+    // The xattr mode too: compute-karg gives the argument of what create-image stores with it.
+    const kept = cfsOk(['--repo', path.join(tmp, 'repo'), 'create-image', '--bootable', '--keep-user-xattrs', rootfs]).stdout.trim().replace(/^sha256:/, '');
+    assert.equal(cfsOk(['--repo', path.join(tmp, 'repo'), 'compute-karg', '--xattrs', 'keep-user-xattrs', rootfs]).stdout, `composefs.digest=v1-sha256-12:${kept}\n`);
     // Without a repository: sha256, the algorithm `cfs init` gives the repository it will live in.
     const k256 = cfsOk(['--repo', path.join(tmp, 'none'), 'compute-karg', '--insecure', rootfs]).stdout;
     assert.equal(k256, `composefs.digest=?v1-sha256-12:${boot.id.toString('hex')}\n`);

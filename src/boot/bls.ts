@@ -176,6 +176,7 @@ async function copyOut(files: TreeFiles, file: Inode, treePath: string, dest: st
 }
 
 /** The composefs kernel argument of an existing entry file (its `options` line), or null. */
+/** The composefs argument of an existing entry; '' for an entry without one (not composefs's); null when there is none. */
 async function entryKarg(entry: string): Promise<string | null> {
   let text: string;
   try {
@@ -184,12 +185,12 @@ async function entryKarg(entry: string): Promise<string | null> {
     return null;
   }
   const options = /^options\s+(.*)$/m.exec(text)?.[1] ?? '';
-  return options.split(/\s+/).find((t) => t.startsWith('composefs=') || t.startsWith('composefs.digest=')) ?? null;
+  return options.split(/\s+/).find((t) => t.startsWith('composefs=') || t.startsWith('composefs.digest=')) ?? '';
 }
 
 export interface WrittenBootEntries {
   entries: string[];
-  /** Entries that booted another image before and now boot this one (another deployment loses its entry). */
+  /** Entries that booted something else before and now boot this one (another deployment loses its entry); previousKarg '' for an entry that was not composefs's. */
   replaced: Array<{ entry: string; previousKarg: string }>;
 }
 

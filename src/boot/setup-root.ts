@@ -26,6 +26,7 @@ import path from 'node:path';
 import { CfsError, errnoCode } from '../errors.js';
 import { native } from '../native.js';
 import { mountComposefs } from '../mount/kernel.js';
+import { hasMountPrivilege } from '../mount/caps.js';
 import { findMount, isComposefsMount } from '../mount/mountinfo.js';
 import { STATE_DEPLOY_DIR } from '../repository/location.js';
 import { pinMountedImage } from '../repository/pins.js';
@@ -78,7 +79,7 @@ function isDirectory(p: string): boolean {
   }
 }
 
-const PREPARE_HINT = "prepare it with 'cfs oci prepare-boot'";
+const PREPARE_HINT = "an OCI image gets it from 'cfs oci prepare-boot'; for a directory image (create-image --bootable) make its etc and var directories";
 
 function requireDir(p: string, what: string, hint = PREPARE_HINT): void {
   if (!isDirectory(p)) throw new CfsError('ENOENT', `${what} ${p} is missing; refusing to set up the root (${hint})`);
@@ -170,6 +171,7 @@ export async function setupRoot(opts: SetupRootOptions): Promise<SetupRootResult
   const target = path.resolve(opts.target ?? sysroot);
   const kargs = parseKargs(opts.cmdline);
   if (kargs.length === 0) throw new CfsError('ENOENT', 'no composefs karg found in kernel cmdline (composefs.digest=… or composefs=…)');
+  if (!hasMountPrivilege()) throw new CfsError('EPERM', 'setup-root mounts the root filesystem: it needs CAP_SYS_ADMIN in the initial user namespace (run it as root, in the initramfs)');
   requireDir(sysroot, 'sysroot');
   // A second run would stack a second root (and /etc, /var, /sysroot) on the first.
   const top = findMount(target);

@@ -40,7 +40,10 @@ function registerPrepareBoot(program: Command): void {
         const r = await prepareBoot(repo, image, { bootdir: o.bootdir, entryId: o.entryId, cmdline: o.cmdline });
         process.stdout.write(`${repo.alg}:${r.imageId}\n`);
         for (const e of r.entries) process.stdout.write(`wrote ${e}\n`);
-        for (const e of r.replaced) process.stderr.write(`cfs: note: ${e.entry} booted another image (${e.previousKarg}); it boots this one now (give --entry-id to keep both)\n`);
+        for (const e of r.replaced) {
+          const was = e.previousKarg === '' ? 'was not a composefs entry' : `booted another image (${e.previousKarg})`;
+          process.stderr.write(`cfs: note: ${e.entry} ${was}; it boots this one now (give --entry-id to keep both)\n`);
+        }
         process.stdout.write(`state ${r.stateDir}\n`);
       } finally {
         repo.close();
@@ -79,15 +82,18 @@ export function register(program: Command): void {
     .description('print the composefs kernel argument for the bootable image of a directory (nothing is stored)')
     .argument('<path>', 'root directory of the tree')
     .option('--no-propagate-usr-to-root', NO_PROPAGATE_HELP)
+    .option('--xattrs <mode>', XATTRS_HELP)
+    .option('--keep-user-xattrs', KEEP_USER_XATTRS_HELP)
     .option('--hash <alg>', 'sha256 or sha512 (default: the repository\'s, else sha256, as `cfs init` makes them)')
     .option('--erofs-version <n>', 'EROFS format version 0 or 1 (default 1)')
     .option('--insecure', "mark the digest optional ('?'): fs-verity is not enforced at boot")
-    .action(async (dir: string, o: { propagateUsrToRoot: boolean; hash?: string; erofsVersion?: string; insecure?: boolean }) => {
+    .action(async (dir: string, o: { propagateUsrToRoot: boolean; xattrs?: string; keepUserXattrs?: boolean; hash?: string; erofsVersion?: string; insecure?: boolean }) => {
       const { computeDirKarg } = await import('../boot/image.js');
       const alg = await hashForRepository(program, o.hash, 'sha256');
       const karg = await computeDirKarg(dir, {
         alg,
         propagateUsrToRoot: o.propagateUsrToRoot,
+        keepUserXattrs: keepUserXattrs(o),
         erofsVersion: parseErofsVersion(o.erofsVersion),
         insecure: !!(o.insecure || program.opts<GlobalOptions>().insecure),
       });
