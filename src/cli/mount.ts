@@ -28,6 +28,8 @@ interface ComposefsHelperOpts {
 }
 
 /** `-o basedir=…,digest=…,verity,ro,upperdir=…,workdir=…` as the C mount.composefs takes them. */
+const MOUNT_FLAGS = ['nosuid', 'nodev', 'noexec', 'nodiratime'] as const;
+
 interface HelperOptions {
   basedir?: string;
   digest?: Buffer;
@@ -45,6 +47,13 @@ function parseHelperOptions(list: string[], sloppy: boolean): HelperOptions {
     const eq = opt.indexOf('=');
     const key = eq < 0 ? opt : opt.slice(0, eq);
     const value = eq < 0 ? '' : opt.slice(eq + 1);
+    // The generic mount flags, which mount(8) passes helpers as options (`nosuid`, and `suid` to
+    // undo it, …): set on the mount.
+    const flag = MOUNT_FLAGS.find((f) => key === f || `no${key}` === f);
+    if (flag) {
+      a[flag] = key === flag;
+      continue;
+    }
     switch (key) {
       case 'basedir':
         out.basedir = value;
@@ -70,23 +79,6 @@ function parseHelperOptions(list: string[], sloppy: boolean): HelperOptions {
         break;
       case 'workdir':
         out.workdir = value;
-        break;
-      // The generic mount flags, which mount(8) passes helpers as options: set on the mount.
-      case 'nosuid':
-      case 'suid':
-        a.nosuid = key === 'nosuid';
-        break;
-      case 'nodev':
-      case 'dev':
-        a.nodev = key === 'nodev';
-        break;
-      case 'noexec':
-      case 'exec':
-        a.noexec = key === 'noexec';
-        break;
-      case 'nodiratime':
-      case 'diratime':
-        a.nodiratime = key === 'nodiratime';
         break;
       case 'relatime':
       case 'noatime':

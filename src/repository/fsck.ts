@@ -16,13 +16,14 @@
  */
 import { createHash } from 'node:crypto';
 import { lstat, readFile, rm, unlink } from 'node:fs/promises';
-import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync, readdirSync, type Stats } from 'node:fs';
+import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import pLimit from 'p-limit';
 import { CfsError, errnoCode, isCfsError } from '../errors.js';
+import { fileKind } from '../file-kind.js';
 import { atomicSymlink } from './symlink.js';
 import type { HashAlg } from '../fsverity/digest.js';
 import { measureVerityFd } from '../fsverity/kernel.js';
@@ -617,13 +618,6 @@ class Checker {
   }
 }
 
-function fileKind(st: Stats): string {
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isDirectory()) return 'directory';
-  if (st.isFIFO()) return 'FIFO';
-  if (st.isSocket()) return 'socket';
-  return 'device';
-}
 
 /** Problems that pulling the image again repairs: missing objects… */
 const MISSING_KINDS = ['missing-object-ref', 'image-missing-object'] as const;

@@ -3,10 +3,11 @@
  * over repository handles. Handles are per service, start at 1 and are never reused.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, statSync, fstatSync, createReadStream, type ReadStream, type Stats } from 'node:fs';
+import { existsSync, statSync, fstatSync, createReadStream, type ReadStream } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { CfsError, isCfsError } from '../errors.js';
+import { fileKind } from '../file-kind.js';
 import { Repository, initRepository, type ImageHandle } from '../repository/repository.js';
 import { resolveRepositoryPath } from '../repository/location.js';
 import { parseAlgorithm } from '../repository/meta.js';
@@ -83,13 +84,6 @@ function localFetchOf(v: string | undefined): LocalFetch {
   return 'disabled';
 }
 
-function fileKind(st: Stats): string {
-  if (st.isDirectory()) return 'directory';
-  if (st.isCharacterDevice()) return 'character device';
-  if (st.isBlockDevice()) return 'block device';
-  if (st.isSymbolicLink()) return 'symbolic link';
-  return 'file of unknown type';
-}
 
 /** The image `name` names in `repo` (a ref, an ID); NoSuchRef when there is none. */
 async function openImageRef(repo: Repository, name: string): Promise<ImageHandle> {
