@@ -137,6 +137,17 @@ for (const [name, text, version, sha, verity] of GOLDEN) {
   });
 }
 
+test('edge values as C mkcomposefs keeps them: a 2^53-byte file, nanoseconds and device numbers of 32 bits (hashes of C mkcomposefs 6fc335c)', () => {
+  const cases: Array<[string, string]> = [
+    ['/ 0 40755 2 0 0 0 0.0 - - -\n/f 9007199254740992 100644 1 0 0 0 0.0 - - -\n', '6f2e6c06d8e7a359ed343bcd75b4f6f4484aec305afe053ceb13c6d0adac8188'],
+    // 4294967296 ns is 0 in C: the root's (5, 0) is the least mtime, compact inodes follow.
+    ['/ 0 40755 2 0 0 0 5.4294967296 - - -\n/a 0 100644 1 0 0 0 5.1 - - -\n', '68e567a71d746f8f4f901f3ea101ebe4c37a04aeec08608dcb6aa09196e2fb2b'],
+    // Device 2^32 is 0 in C: a whiteout (escaped, version 1).
+    ['/ 0 40755 2 0 0 0 0.0 - - -\n/c 0 20644 1 0 0 4294967296 0.0 - - -\n', '4f12bf239275994853c7b82b0a3714df1f5245407e1bec6c51d4e1caca5056ce'],
+  ];
+  for (const [dump, want] of cases) assert.equal(sha256(writeErofs(parseDumpfile(Buffer.from(dump), { strict: false }))), want, dump);
+});
+
 test('default options write version 0 unless the tree has whiteouts', () => {
   const empty = writeErofs(parseDumpfile(Buffer.from(EMPTY), { strict: true }));
   assert.equal(sha256(empty), GOLDEN[0]![3]);

@@ -102,16 +102,13 @@ function numField(s: string, a: number, b: number, base: 8 | 10): bigint | numbe
   return parseU64(s.slice(a, b), base);
 }
 
-function asNumber(v: bigint | number): number {
-  return typeof v === 'number' ? v : v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : NaN;
-}
 function u32(v: bigint | number): number {
   return typeof v === 'number' ? v >>> 0 : Number(v & 0xffffffffn);
 }
-/** Sizes above 2^53 only ever lead to "too large" (external files) or extended inodes. */
+/** Sizes above 2^53 only ever lead to "too large" (external files) or extended inodes; 2^53 itself is exact (1024 chunks of 2^43). */
 function sizeOf(v: bigint | number): number {
-  const x = asNumber(v);
-  return Number.isNaN(x) || x > TWO53 ? TWO53 + 2 : x;
+  if (typeof v === 'bigint') return v > BigInt(TWO53) ? TWO53 + 2 : Number(v);
+  return v > TWO53 ? TWO53 + 2 : v;
 }
 /** C stores the u64 in a signed 64-bit time field. */
 function signed64(v: bigint | number, what: string): number {
@@ -369,7 +366,8 @@ function parseLine(tb: TreeBuilder, s: string, start: number, end: number, lineN
   let dot = s.indexOf('.', mtA);
   if (dot < 0 || dot >= mtB) dot = -1;
   const mtimeSec = signed64(numField(s, mtA, dot < 0 ? mtB : dot, 10), 'mtime');
-  const mtimeNsec = signed64(dot < 0 ? parseU64('', 10) : numField(s, dot + 1, mtB, 10), 'mtime nsec');
+  // C keeps nanoseconds in 32 bits: 4294967296 is 0 there (and so the least mtime, which decides compact inodes).
+  const mtimeNsec = u32(dot < 0 ? parseU64('', 10) : numField(s, dot + 1, mtB, 10));
 
   const payload = optionalField(s, F_PAYLOAD);
   const content = optionalField(s, F_CONTENT);
@@ -380,10 +378,8 @@ function parseLine(tb: TreeBuilder, s: string, start: number, end: number, lineN
 
   const rdevNonZero = typeof rdevRaw === 'number' ? rdevRaw !== 0 : rdevRaw !== 0n;
   if (type === S_IFCHR || type === S_IFBLK) {
-    // Keep the value exact when safe; otherwise keep its low 32 bits (what the image stores) and
-    // its non-zero-ness (whiteout detection looks at the whole value).
-    const r = asNumber(rdevRaw);
-    node.rdev = Number.isNaN(r) ? u32(rdevRaw) + 2 ** 32 : r;
+    // C keeps the device number in 32 bits while parsing: 2^32 is 0 there, a whiteout.
+    node.rdev = u32(rdevRaw);
   } else if (strict && rdevNonZero) {
     throw new LineError('Non-zero devnum on non-device');
   }
