@@ -53,6 +53,9 @@ test('oci prepare-boot: boot image recorded, BLS entry, deployment state; setup-
     ].join('\n'));
     assert.deepEqual(readFileSync(path.join(bootdir, KVER, 'vmlinuz')), KERNEL);
     for (const d of ['var', 'etc/upper', 'etc/work']) assert.ok(statSync(path.join(sysroot, 'state/deploy', hex, d)).isDirectory());
+    // inspect names the boot image recorded for the image.
+    const inspected = JSON.parse(cfsOk(['--repo', repoPath, 'oci', 'inspect', 'os']).stdout) as { bootImages: Record<string, string> };
+    assert.deepEqual(Object.values(inspected.bootImages), [hex]);
 
     const repo = await Repository.open(repoPath);
     try {

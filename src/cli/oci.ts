@@ -198,6 +198,7 @@ export function register(program: Command): void {
           manifestDigest: img.manifestDigest,
           configDigest: img.configDigest,
           imageId: img.imageId,
+          bootImages: img.bootImages,
           manifest: JSON.parse(img.manifestBytes.toString('utf8')) as unknown,
           config: JSON.parse(img.configBytes.toString('utf8')) as unknown,
           referrers: [],

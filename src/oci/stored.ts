@@ -56,6 +56,8 @@ export interface StoredImage {
   diffIds: string[];
   /** Hex id of the composefs image for the repository's format, when recorded. */
   imageId: string | null;
+  /** Boot images recorded for it (prepare-boot, varlink Pull bootable): config named ref → hex id. */
+  bootImages: Record<string, string>;
   artifact: boolean;
 }
 
@@ -170,7 +172,9 @@ export async function openStoredImage(repo: Repository, nameOrDigest: string, er
   const config = parseConfig(c.data, `config ${configDigest}`, !artifact);
   const diffIds = artifact ? manifest.layers.map((l) => l.digest) : (config.rootfs?.diff_ids ?? []);
   const layerStreams = new Map<string, Buffer>();
+  const bootImages: Record<string, string> = {};
   for (const [k, v] of c.namedRefs) {
+    if (k.startsWith(BOOT_REF_PREFIX)) bootImages[k] = v.toString('hex');
     if (k === IMAGE_REF_V1 || k === IMAGE_REF_V2 || k.startsWith(BOOT_REF_PREFIX)) continue;
     layerStreams.set(k, v);
   }
@@ -187,6 +191,7 @@ export async function openStoredImage(repo: Repository, nameOrDigest: string, er
     layerStreams,
     diffIds,
     imageId: imageObj ? imageObj.toString('hex') : null,
+    bootImages,
     artifact,
   };
 }
