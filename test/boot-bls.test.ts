@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Repository } from '../src/repository/repository.js';
 import { newInode, S_IFDIR, S_IFREG, type Inode } from '../src/tree/inode.js';
 import { objectRelPath } from '../src/repository/ids.js';
-import { addCmdlineArg, blsEntryText, findBootEntries, osReleaseValue, writeBootEntries } from '../src/boot/bls.js';
+import { blsEntryText, checkEntryOptions, findBootEntries, osReleaseValue, writeBootEntries } from '../src/boot/bls.js';
 import { formatKarg } from '../src/boot/karg.js';
 import { repoTreeFiles } from '../src/boot/tree-files.js';
 import { CfsError, isCfsError } from '../src/errors.js';
@@ -18,13 +18,7 @@ async function external(repo: Repository, data: Buffer): Promise<Inode> {
   return newInode(S_IFREG | 0o644, { size: data.length, digest, payload: objectRelPath(digest) });
 }
 
-test('BLS entry text and options handling (composefs-rs add_cmdline rules)', () => {
-  assert.equal(addCmdlineArg('quiet splash root=/dev/sda1', 'root=/dev/sda2'), 'quiet splash root=/dev/sda2');
-  assert.equal(addCmdlineArg('quiet rw', 'ro'), 'quiet rw ro');
-  assert.equal(addCmdlineArg('', 'quiet'), 'quiet');
-  // A bare word replaces only itself (or word=…), not a word it begins: ro is not root=.
-  assert.equal(addCmdlineArg('root=/dev/vda2 quiet', 'ro'), 'root=/dev/vda2 quiet ro');
-  assert.equal(addCmdlineArg('root=/dev/vda2 ro quiet', 'ro'), 'root=/dev/vda2 ro quiet');
+test('BLS entry text: the composefs argument, then the extra ones in order, each once; arguments that would break the entry are refused', () => {
   const text = blsEntryText({ id: 'x', title: 'Fedora Linux 42', version: '6.9.0', karg: 'composefs.digest=v1-sha256-12:ab', cmdline: ['rw', 'console=ttyS0', 'console=tty0', 'rw', 'foo="a b c"'] });
   assert.equal(text, [
     '# File created by composefs',
@@ -37,8 +31,9 @@ test('BLS entry text and options handling (composefs-rs add_cmdline rules)', () 
   ].join('\n'));
   // What would break the entry is refused: an empty argument, a newline, the composefs argument, two words.
   for (const [arg, why] of [['', /empty/], ['quiet\nlinux /evil', /control character/], ['composefs.digest=v1-sha256-12:cd', /composefs argument/], ['composefs', /composefs argument/], ['a b', /more than one argument/]] as const) {
-    assert.throws(() => blsEntryText({ id: 'x', title: 't', version: 'v', karg: 'composefs.digest=v1-sha256-12:ab', cmdline: [arg] }), (e: unknown) => isCfsError(e) && e.code === 'EINVAL' && why.test(e.message), JSON.stringify(arg));
+    assert.throws(() => checkEntryOptions(undefined, ['rw', arg]), (e: unknown) => isCfsError(e) && e.code === 'EINVAL' && why.test(e.message), JSON.stringify(arg));
   }
+  assert.throws(() => checkEntryOptions('a\nb', []), /invalid boot entry id/);
   assert.equal(osReleaseValue('NAME=Foo\nPRETTY_NAME="Foo \\"Bar\\" 1"\n', 'PRETTY_NAME'), 'Foo "Bar" 1');
 });
 

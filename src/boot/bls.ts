@@ -78,22 +78,6 @@ export function osReleaseValue(text: string, key: string): string | null {
   return null;
 }
 
-/**
- * Add one argument to an options line (composefs-rs `add_cmdline`): `key=value` replaces the word
- * with that `key=`, a bare word the same word (or `word=…`), in place; else it is appended.
- */
-export function addCmdlineArg(options: string, arg: string): string {
-  const eq = arg.indexOf('=');
-  const key = eq >= 0 ? arg.slice(0, eq + 1) : arg;
-  const words = splitCmdline(options);
-  const i = words.findIndex((w) => (eq >= 0 ? w.startsWith(key) : w === key || w.startsWith(`${key}=`)));
-  if (i >= 0) {
-    words[i] = arg;
-    return words.join(' ');
-  }
-  return options ? `${options} ${arg}` : arg;
-}
-
 /** Kernel argument names the composefs argument uses: prepare-boot writes that one itself. */
 const COMPOSEFS_KARG_KEYS = new Set(['composefs', 'composefs.digest']);
 
@@ -120,11 +104,9 @@ export interface BlsEntryOptions {
 export function blsEntryText(o: BlsEntryOptions): string {
   // The composefs argument first, then the extra ones in order; each given once (a kernel takes
   // several console=, so a repeated key is not a replacement).
+  // (Arguments are checked where entries are written: checkEntryOptions.)
   const words = [o.karg];
-  for (const a of o.cmdline ?? []) {
-    checkCmdlineArg(a);
-    if (!words.includes(a)) words.push(a);
-  }
+  for (const a of o.cmdline ?? []) if (!words.includes(a)) words.push(a);
   const options = words.join(' ');
   return [
     '# File created by composefs',
@@ -175,7 +157,6 @@ async function copyOut(files: TreeFiles, file: Inode, treePath: string, dest: st
   await writeAtomic(dest, backing === null ? { data: await files.read(file, treePath) } : { path: backing });
 }
 
-/** The composefs kernel argument of an existing entry file (its `options` line), or null. */
 /** The composefs argument of an existing entry; '' for an entry without one (not composefs's); null when there is none. */
 async function entryKarg(entry: string): Promise<string | null> {
   let text: string;

@@ -111,7 +111,6 @@ export class OciArchive implements OciRead {
       fh = await open(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
     } catch (e) {
       if (errnoCode(e) === 'ENOENT') throw new CfsError('ENOENT', `oci archive ${path}: no such file`, { missingImage: path });
-      if (errnoCode(e) === 'EISDIR') throw new CfsError('EINVAL', `oci archive ${path}: a directory, not an archive (an OCI layout directory is read with oci:${path})`);
       throw e;
     }
     try {

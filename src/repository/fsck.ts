@@ -308,10 +308,7 @@ class Checker {
             this.report.objectsChecked++;
             this.report.objectsCorrupted++;
             this.problem('object-not-regular', rel, `not a regular file but a ${fileKind(ost)}`);
-            if (!(await this.repair(rel, { directory: ost.isDirectory() }))) {
-              this.sizes.set(id.toString('hex'), 0);
-              this.corrupt.set(id.toString('hex'), `it is a ${fileKind(ost)}, not a regular file`);
-            }
+            await this.damagedObject(rel, id, `it is a ${fileKind(ost)}, not a regular file`, { directory: ost.isDirectory() });
             continue;
           }
           this.sizes.set(id.toString('hex'), ost.size);
@@ -345,10 +342,7 @@ class Checker {
       fd = openSync(file, C.O_RDONLY);
     } catch (e) {
       bad('object-open-failed', (e as Error).message);
-      // Damaged for every image using it, as a corrupt one (a pull takes the name as present).
-      if (await this.repair(rel)) this.sizes?.delete(id.toString('hex'));
-      else this.corrupt.set(id.toString('hex'), `it cannot be read: ${errnoCode(e) ?? (e as Error).message}`);
-      return;
+      return this.damagedObject(rel, id, `it cannot be read: ${errnoCode(e) ?? (e as Error).message}`);
     }
     try {
       this.report.bytesChecked += fstatSync(fd).size;
@@ -375,10 +369,23 @@ class Checker {
     }
     if (actual.equals(id)) return;
     bad('object-digest-mismatch', `content has fs-verity digest ${actual.toString('hex')}`);
-    // Removed by repair: then missing, which pulling (or copying) the image again restores; an
-    // object that is present counts as good to every import.
-    if (await this.repair(rel)) this.sizes?.delete(id.toString('hex'));
-    else this.corrupt.set(id.toString('hex'), 'its content does not have that digest');
+    await this.damagedObject(rel, id, 'its content does not have that digest');
+  }
+
+  /**
+   * An object that is not what its name says. Removed by repair: then missing, which pulling
+   * (or copying) the image again restores, since an object that is present counts as good to
+   * every import. Otherwise kept as corrupt, and put on every stream and image using it.
+   */
+  private async damagedObject(rel: string, id: Buffer, why: string, opts: { directory?: boolean } = {}): Promise<void> {
+    const hex = id.toString('hex');
+    if (await this.repair(rel, opts)) {
+      this.sizes?.delete(hex);
+      return;
+    }
+    // Present to its users (corrupt, not missing); no size to check streams against.
+    if (this.sizes && !this.sizes.has(hex)) this.sizes.set(hex, 0);
+    this.corrupt.set(hex, why);
   }
 
   // ---- phase 2 and 3: first-level links ----------------------------------------------------
@@ -617,7 +624,6 @@ class Checker {
     return true;
   }
 }
-
 
 /** Problems that pulling the image again repairs: missing objects… */
 const MISSING_KINDS = ['missing-object-ref', 'image-missing-object'] as const;

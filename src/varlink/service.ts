@@ -84,7 +84,6 @@ function localFetchOf(v: string | undefined): LocalFetch {
   return 'disabled';
 }
 
-
 /** The image `name` names in `repo` (a ref, an ID); NoSuchRef when there is none. */
 async function openImageRef(repo: Repository, name: string): Promise<ImageHandle> {
   try {
@@ -295,16 +294,6 @@ export class ComposefsService {
     };
   }
 
-  /** `f()`, its failures that come from what the client sent (a bad upper or work directory fd) as `invalid`. */
-  private clientMistake<T>(invalid: (message: string) => VarlinkError, f: () => T): T {
-    try {
-      return f();
-    } catch (e) {
-      if (isCfsError(e) && (e.code === 'EINVAL' || e.code === 'ENOENT')) throw invalid(e.message);
-      throw e;
-    }
-  }
-
   /** Mount and Oci.OciMount: the detached composefs mount of an image, returned as fd 0. */
   private async detachedMount(
     repo: Repository, image: ImageHandle, label: string, options: Params, ctx: CallContext, invalid: (message: string) => VarlinkError,
@@ -316,16 +305,23 @@ export class ComposefsService {
     if (ctx.fds.length !== want) throw invalid(`Mount expects ${want} fds (${overlay ? 'upperdir, workdir' : 'none without overlay'}), got ${ctx.fds.length}`);
     const { fitParam, openComposefsMount } = await import('../mount/kernel.js');
     const source = fitParam(`composefs:${label}`);
-    const mnt = this.clientMistake(invalid, () => openComposefsMount({
-      image: image.path,
-      objectsDir: path.join(repo.path, 'objects'),
-      source,
-      verity: image.verityRequired ? 'require' : 'off',
-      expectedDigest: image.imageId,
-      upperdir: overlay ? `/proc/self/fd/${ctx.fds[0]}` : undefined,
-      workdir: overlay ? `/proc/self/fd/${ctx.fds[1]}` : undefined,
-      readWrite: overlay && (options.optBool('read_write') ?? false),
-    }));
+    let mnt: number;
+    try {
+      mnt = openComposefsMount({
+        image: image.path,
+        objectsDir: path.join(repo.path, 'objects'),
+        source,
+        verity: image.verityRequired ? 'require' : 'off',
+        expectedDigest: image.imageId,
+        upperdir: overlay ? `/proc/self/fd/${ctx.fds[0]}` : undefined,
+        workdir: overlay ? `/proc/self/fd/${ctx.fds[1]}` : undefined,
+        readWrite: overlay && (options.optBool('read_write') ?? false),
+      });
+    } catch (e) {
+      // What the client sent (a bad upper or work directory fd) is its mistake.
+      if (isCfsError(e) && (e.code === 'EINVAL' || e.code === 'ENOENT')) throw invalid(e.message);
+      throw e;
+    }
     // gc keeps the image while the mount lives, wherever the client attaches it (pins.ts).
     const why = pinDetachedMount(repo.path, image.imageId.toString('hex'), mnt, source);
     if (why !== null) this.server.log(`${label}: mounted, but not pinned against gc: ${why}`);
